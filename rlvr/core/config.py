@@ -1,0 +1,120 @@
+"""Config schema and Hydra wiring.
+
+The composed config has one node per component kind: ``model``, ``task``, ``loss``, ``engine``
+(one plugin each, with a ``name`` field saying which), ``reward`` and ``logger`` (a mapping
+``name -> params`` for each plugin in use), and ``trainer`` (:class:`TrainerConfig`).
+
+Every plugin's config dataclass is stored in Hydra's ConfigStore twice: as a schema under
+``schema/<kind>/<name>`` (the YAML files in ``rlvr/conf`` extend it, so their values are
+type-checked) and, when no YAML of that name ships with rlvr, directly as ``<kind>/<name>`` so
+that ``loss=<name>`` works for a third-party plugin exactly as for a built-in.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Optional
+
+from rlvr.core import registry
+from rlvr.core.hookspecs import KINDS, LIST_KINDS
+
+
+@dataclass
+class TrainerConfig:
+    """The loop's own settings (``trainer.*``)."""
+
+    max_steps: int = 60
+    prompts_per_step: int = 4  # B: prompts sampled per step (groups)
+    num_generations: int = 8  # G: completions per prompt
+    num_iterations: int = 1  # mu: optimisation passes over each generation batch
+    micro_batch_size: int = 0  # completions per forward/backward; 0 = the whole batch at once
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    warmup_steps: int = 2
+    lr_schedule: str = "constant"  # constant | linear | cosine (after warmup)
+    max_grad_norm: float = 1.0
+    advantage_scaling: str = "group"  # group | batch | none
+    advantage_baseline: str = "mean"  # mean | rloo (leave-one-out)
+    seed: int = 0
+    save_steps: int = 0  # 0 = only the final checkpoint
+    log_steps: int = 10
+    eval_steps: int = 0  # 0 = no periodic held-out evaluation
+    eval_samples: int = 0
+    logprob_chunk_tokens: int = 1024
+    gradient_checkpointing: bool = False
+    offload_activations: bool = False
+    output_dir: Optional[str] = None  # default: Hydra's run directory (or ./rlvr-run outside Hydra)
+    threads: int = 0  # torch intra-op threads; 0 = PyTorch's default
+    progress: bool = True
+    log_completions: int = 4  # completions kept per step in completions.jsonl
+    max_bad_steps: int = 5  # non-finite losses in a row before the run stops
+
+
+def _with_name(cls: type, name: str) -> type:
+    """A subclass of the plugin's config dataclass with a ``name`` field saying which plugin it is."""
+    if any(f.name == "name" for f in dataclasses.fields(cls)):
+        return cls
+    return dataclasses.make_dataclass(cls.__name__, [("name", str, field(default=name))], bases=(cls,))
+
+
+def _shipped_yaml(kind: str, name: str) -> bool:
+    try:
+        return resources.files("rlvr.conf").joinpath(kind, f"{name}.yaml").is_file()
+    except (FileNotFoundError, ModuleNotFoundError):
+        return False
+
+
+def store_plugin_configs() -> None:
+    """Put every discovered plugin's config dataclass into Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(group="schema/trainer", name="default", node=TrainerConfig)
+    for kind in KINDS:
+        for name, entry in registry.registry().entries(kind).items():
+            node = _with_name(entry.spec.config, name)
+            cs.store(group=f"schema/{kind}", name=name, node=node)
+            if not _shipped_yaml(kind, name):
+                package = f"{kind}.{name}" if kind in LIST_KINDS else kind
+                cs.store(group=kind, name=name, node=node, package=package)
+
+
+def plugin_params(node: Any) -> dict[str, Any]:
+    """Plain-dict params of one plugin config node, without its ``name``."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(node, DictConfig):
+        params = OmegaConf.to_container(node, resolve=True)
+    elif dataclasses.is_dataclass(node):
+        params = dataclasses.asdict(node)
+    else:
+        params = dict(node or {})
+    params.pop("name", None)
+    return params  # type: ignore[return-value]
+
+
+def trainer_config(node: Any) -> TrainerConfig:
+    """A validated TrainerConfig from a config node (DictConfig, dict or TrainerConfig)."""
+    if isinstance(node, TrainerConfig):
+        return node
+    from omegaconf import OmegaConf
+
+    merged = OmegaConf.merge(OmegaConf.structured(TrainerConfig), plugin_params(node) if node is not None else {})
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def compose(overrides: list[str] | None = None) -> Any:
+    """Compose the run config as ``rlvr train`` would, for notebooks and tests.
+
+    >>> cfg = compose(["model=tiny", "trainer.max_steps=2"])   # doctest: +SKIP
+    """
+    from hydra import compose as hydra_compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    store_plugin_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="rlvr.conf", version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides or []))

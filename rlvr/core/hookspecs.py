@@ -1,0 +1,63 @@
+"""The pluggy hook specifications of rlvr: one hook per component kind.
+
+A plugin module implements any of these hooks with ``@rlvr.hookimpl`` and returns a list of
+:class:`rlvr.core.registry.PluginSpec`. Modules are found through the ``rlvr`` entry-point group
+(``[project.entry-points.rlvr]`` in a pyproject.toml); rlvr's built-ins are declared the same way.
+"""
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "rlvr"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def rlvr_rewards() -> list:
+    """Reward plugins: factory(cfg) -> fn(completions, prompts=..., **columns) -> list[float | None]."""
+
+
+@hookspec
+def rlvr_verifiers() -> list:
+    """Verifier plugins: factory(cfg) -> fn(completions, prompts=..., **columns) -> list[bool | None]."""
+
+
+@hookspec
+def rlvr_losses() -> list:
+    """Loss plugins: factory(cfg) -> loss(logps, old_logps, ref_logps, advantages, mask, truncated) -> (value, metrics)."""
+
+
+@hookspec
+def rlvr_models() -> list:
+    """Model plugins: factory(cfg) -> rlvr.core.policy.Policy (trainable model + tokenizer)."""
+
+
+@hookspec
+def rlvr_engines() -> list:
+    """Engine plugins: factory(cfg) -> engine with generate(policy, prompts, num_generations, seed)."""
+
+
+@hookspec
+def rlvr_tasks() -> list:
+    """Task plugins: factory(cfg) -> rlvr.core.task.Task (rows, prompt template, answer column)."""
+
+
+@hookspec
+def rlvr_loggers() -> list:
+    """Logger / callback plugins: factory(cfg) -> object with optional on_train_start/on_step_end/on_train_end."""
+
+
+KINDS: dict[str, str] = {
+    "reward": "rlvr_rewards",
+    "verifier": "rlvr_verifiers",
+    "loss": "rlvr_losses",
+    "model": "rlvr_models",
+    "engine": "rlvr_engines",
+    "task": "rlvr_tasks",
+    "logger": "rlvr_loggers",
+}
+"""Component kind -> the hook that lists its plugins."""
+
+LIST_KINDS = frozenset({"reward", "verifier", "logger"})
+"""Kinds of which a run uses several at once (``reward=[a,b]``); their configs live under ``<kind>.<name>``."""
