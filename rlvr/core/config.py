@@ -40,6 +40,8 @@ class TrainerConfig:
     advantage_baseline: str = "mean"  # mean | rloo (leave-one-out)
     seed: int = 0
     save_steps: int = 0  # 0 = only the final checkpoint
+    keep_checkpoints: int = 2
+    resume: str = "auto"  # auto = latest complete checkpoint in the run directory | none | a checkpoint path
     log_steps: int = 10
     eval_steps: int = 0  # 0 = no periodic held-out evaluation
     eval_samples: int = 0

@@ -1,0 +1,215 @@
+"""The ``rlvr`` command: train, eval, plugins (``python -m rlvr`` is the same)."""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import sys
+from typing import Any, Optional
+
+USAGE = """usage: rlvr <command> [key=value ...]
+
+commands:
+  train     run GRPO (Hydra overrides: rlvr train loss=dr_grpo trainer.lr=1e-5; -m for sweeps; --cfg job)
+  eval      held-out accuracy of a model or checkpoint: rlvr eval [checkpoint=DIR] [task=...] [num_samples=4] [limit=0]
+  plugins   list every discovered plugin by kind and where it came from
+"""
+
+GROUPS = ("model", "task", "reward", "loss", "engine", "trainer", "logger", "verifier")
+
+
+class UsageError(Exception):
+    pass
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def _keys_at(node: Any) -> list[str]:
+    from omegaconf import DictConfig
+
+    return sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []
+
+
+def check_overrides(overrides: list[str]) -> Optional[str]:
+    """Compose the config; on failure return an actionable message (closest key, valid keys)."""
+    from hydra.errors import HydraException
+    from omegaconf import DictConfig
+    from omegaconf.errors import OmegaConfBaseException
+
+    from rlvr.core.config import compose
+
+    plain = [o for o in overrides if not o.startswith(("hydra.", "hydra/", "+hydra"))]
+    try:
+        compose(plain)
+        return None
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # which dotted key failed? compose with only the group choices and walk the key path
+        groups = [o for o in plain if o.split("=", 1)[0].lstrip("+~").split(".")[0] in GROUPS and "." not in o.split("=", 1)[0]]
+        try:
+            base = compose(groups)
+        except (HydraException, OmegaConfBaseException, ValueError):
+            return str(exc).strip()
+        for o in plain:
+            key = o.split("=", 1)[0]
+            if key.startswith(("+", "~")) or "." not in key:
+                continue
+            node: Any = base
+            parts = key.split(".")
+            for depth, part in enumerate(parts):
+                if not isinstance(node, DictConfig) or part not in node:
+                    level = ".".join(parts[:depth]) or "(top level)"
+                    keys = _keys_at(node)
+                    close = difflib.get_close_matches(part, keys, n=1)
+                    hint = f" Did you mean {'.'.join(parts[:depth] + [close[0]])!r}?" if close else ""
+                    return (f"unknown config key {key!r}: {level} has no key {part!r}.{hint} "
+                            f"Keys at {level}: {', '.join(keys)}. Use `rlvr train --cfg job` to see the whole config.")
+                node = node[part]
+        return f"{first}" if "Available options" not in str(exc) else str(exc).strip()
+
+
+def cmd_train(args: list[str]) -> int:
+    import hydra
+    from omegaconf import DictConfig
+
+    from rlvr.core.config import store_plugin_configs
+
+    store_plugin_configs()
+    special = any(a in ("-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i") or
+                  a.startswith(("--cfg", "--info", "--config", "-cp", "-cn")) for a in args)
+    if not special:
+        problem = check_overrides(args)
+        if problem:
+            print(f"rlvr train: {problem}", file=sys.stderr)
+            return 2
+
+    @hydra.main(version_base="1.3", config_path="conf", config_name="config")
+    def run(cfg: DictConfig) -> float:
+        from rlvr.core.trainer import Trainer
+
+        _quiet_libraries()
+        try:
+            trainer = Trainer(cfg)
+            metrics = trainer.train()
+        except (ValueError, FileNotFoundError, KeyError, ImportError, TypeError, OSError, RuntimeError) as exc:
+            if os.environ.get("RLVR_TRACEBACK") or os.environ.get("HYDRA_FULL_ERROR"):
+                raise
+            print(f"rlvr train: error: {exc}", file=sys.stderr)
+            sys.exit(1)
+        print(f"rlvr: finished {trainer.step} steps; run directory: {trainer.run_dir} (checkpoint: {trainer.run_dir / 'final'})")
+        return float(metrics.get("reward/mean", float("nan")))
+
+    sys.argv = ["rlvr train", *args]
+    try:
+        run()
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    return 0
+
+
+def cmd_eval(args: list[str]) -> int:
+    from rlvr.core import registry
+    from rlvr.core.config import plugin_params
+    from rlvr.core.evaluate import evaluate
+
+    opts = {"checkpoint": "", "num_samples": "4", "limit": "0", "output": "", "batch_prompts": "16"}
+    overrides = []
+    for a in args:
+        key = a.split("=", 1)[0]
+        if key in opts and "=" in a:
+            opts[key] = a.split("=", 1)[1]
+        else:
+            overrides.append(a)
+    problem = check_overrides(overrides)
+    if problem:
+        print(f"rlvr eval: {problem}", file=sys.stderr)
+        return 2
+    from rlvr.core.config import compose, trainer_config
+
+    _quiet_libraries()
+    cfg = compose(overrides)
+    task = registry.create("task", cfg.task.name, **plugin_params(cfg.task))
+    engine = registry.create("engine", cfg.engine.name, **plugin_params(cfg.engine))
+    policy = load_for_eval(cfg, opts["checkpoint"])
+    tc = trainer_config(cfg.trainer)
+    result = evaluate(policy, task, engine, num_samples=int(opts["num_samples"]), limit=int(opts["limit"]),
+                      batch_prompts=int(opts["batch_prompts"]), seed=tc.seed)
+    result = {"model": opts["checkpoint"] or cfg.model.name, "task": cfg.task.name, **result}
+    print(json.dumps(result, indent=2))
+    if opts["output"]:
+        with open(opts["output"], "w") as fh:
+            json.dump(result, fh, indent=2)
+    return 0
+
+
+def load_for_eval(cfg: Any, checkpoint: str) -> Any:
+    """The configured model, or a checkpoint directory (full weights, or a LoRA adapter on the configured base)."""
+    from pathlib import Path
+
+    from rlvr.core import registry
+    from rlvr.core.config import plugin_params
+
+    if not checkpoint:
+        return registry.create("model", cfg.model.name, **plugin_params(cfg.model))
+    path = Path(checkpoint).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint={checkpoint!r}: no such directory (expected e.g. outputs/<date>/<time>/final)")
+    if (path / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        params = plugin_params(cfg.model)
+        params["lora"] = False
+        params["load_in_4bit"] = False
+        base = registry.create("model", cfg.model.name, **params)
+        base.model = PeftModel.from_pretrained(base.model, str(path))
+        base.is_lora = True
+        return base
+    params = {k: v for k, v in plugin_params(cfg.model).items() if k in ("dtype",)}
+    return registry.create("model", "hf", name_or_path=str(path.resolve()), **params)
+
+
+def cmd_plugins(args: list[str]) -> int:
+    from rlvr.core.hookspecs import KINDS
+    from rlvr.core.registry import registry
+
+    reg = registry()
+    for kind in KINDS:
+        entries = reg.entries(kind)
+        print(f"{kind} ({len(entries)})")
+        for name in sorted(entries):
+            e = entries[name]
+            print(f"  {name:<22} {e.source:<24} {e.module}" + (f"  — {e.spec.description}" if e.spec.description else ""))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plugins": cmd_plugins}
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        sys.exit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        close = difflib.get_close_matches(command, COMMANDS, n=1)
+        print(f"rlvr: unknown command {command!r}." + (f" Did you mean {close[0]!r}?" if close else "") + "\n" + USAGE,
+              file=sys.stderr)
+        sys.exit(2)
+    try:
+        code = COMMANDS[command](rest)
+    except (ValueError, FileNotFoundError, KeyError, ImportError, ModuleNotFoundError, TypeError, OSError) as exc:
+        if os.environ.get("RLVR_TRACEBACK"):
+            raise
+        print(f"rlvr {command}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code)

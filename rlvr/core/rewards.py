@@ -1,0 +1,184 @@
+"""Scoring completions with reward plugins.
+
+A *reward* is ``fn(completions, prompts=..., **columns) -> list[float | None]`` where ``columns``
+holds every task column (``answer``, ``tests``, ...) as a list aligned with ``completions``.
+``None`` means "not applicable": it is left out of the weighted sum. A *verifier* returns
+``list[bool | None]``; :func:`verifier_as_reward` turns it into a reward with ``pass_score`` /
+``fail_score``. ``async def`` rewards are awaited concurrently.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+ON_ERROR_CHOICES = ("raise", "zero", "none")
+
+
+@dataclass
+class RewardConfig:
+    """Fields every reward config has (reward configs subclass this)."""
+
+    weight: float = 1.0
+    on_error: str = "raise"  # raise | zero (score 0 and go on) | none (score None and go on)
+
+
+@dataclass
+class VerifierConfig(RewardConfig):
+    """A verifier used as a reward: pass -> pass_score, fail -> fail_score, None stays None."""
+
+    pass_score: float = 1.0
+    fail_score: float = 0.0
+
+
+class RewardError(RuntimeError):
+    """A reward plugin failed or returned something unusable."""
+
+
+@dataclass
+class RewardFn:
+    """One configured reward of a run."""
+
+    name: str
+    fn: Callable[..., Any]
+    weight: float = 1.0
+    on_error: str = "raise"
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ON_ERROR_CHOICES:
+            raise ValueError(f"reward {self.name!r}: on_error={self.on_error!r}; choose one of {ON_ERROR_CHOICES}")
+        if not math.isfinite(self.weight):
+            raise ValueError(f"reward {self.name!r}: weight must be finite, got {self.weight}")
+
+
+def verifier_as_reward(verify: Callable[..., Any], pass_score: float = 1.0, fail_score: float = 0.0) -> Callable[..., Any]:
+    """Wrap a verifier (``-> list[bool | None]``) as a reward (``-> list[float | None]``)."""
+
+    def as_scores(verdicts: Sequence[bool | None]) -> list[float | None]:
+        return [None if v is None else (pass_score if v else fail_score) for v in verdicts]
+
+    if inspect.iscoroutinefunction(verify):
+        async def reward_async(completions: list[str], **kwargs: Any) -> list[float | None]:
+            return as_scores(await verify(completions, **kwargs))
+
+        return reward_async
+
+    def reward(completions: list[str], **kwargs: Any) -> list[float | None]:
+        return as_scores(verify(completions, **kwargs))
+
+    return reward
+
+
+def _fallback(on_error: str) -> float | None:
+    return 0.0 if on_error == "zero" else None
+
+
+def _first_failing(reward: RewardFn, completions: list[str], prompts: list[str], columns: dict[str, list[Any]]) -> str:
+    """Find which row makes a raising reward fail, by scoring rows one at a time (for the message)."""
+    if inspect.iscoroutinefunction(reward.fn):
+        return ""
+    for i, c in enumerate(completions):
+        try:
+            reward.fn([c], prompts=[prompts[i]], **{k: [v[i]] for k, v in columns.items()})
+        except Exception as exc:  # noqa: BLE001 - reported to the user below
+            return f" It fails on row {i} ({type(exc).__name__}: {exc}); completion: {c[:300]!r}"
+    return ""
+
+
+def _check(reward: RewardFn, values: Any, n: int) -> list[float | None]:
+    if not isinstance(values, (list, tuple)):
+        raise RewardError(f"reward {reward.name!r} returned {type(values).__name__}; it must return a list of "
+                          f"{n} floats or None (one per completion)")
+    if len(values) != n:
+        raise RewardError(f"reward {reward.name!r} returned {len(values)} scores for {n} completions; "
+                          "it must return exactly one score (or None) per completion")
+    out: list[float | None] = []
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(None)
+            continue
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise RewardError(f"reward {reward.name!r} returned {v!r} for completion {i}; expected a number or None") from None
+        if not math.isfinite(f):
+            raise RewardError(f"reward {reward.name!r} returned a non-finite score {f} for completion {i}; "
+                              "return None for 'not applicable' instead")
+        out.append(f)
+    return out
+
+
+def score(rewards: Sequence[RewardFn], completions: list[str], prompts: list[str],
+          columns: dict[str, list[Any]]) -> torch.Tensor:
+    """Score every completion with every reward.
+
+    Returns a float32 tensor [N, k] (N completions, k rewards) with NaN where a reward returned
+    None. Columns must be lists of length N. A reward that raises is reported with its name, the
+    row and the completion, unless its ``on_error`` is ``zero`` or ``none``.
+    """
+    n = len(completions)
+    for key, col in columns.items():
+        if len(col) != n:
+            raise ValueError(f"column {key!r} has {len(col)} values for {n} completions")
+    kwargs = {"prompts": prompts, **columns}
+    results: list[list[float | None] | None] = [None] * len(rewards)
+    pending: list[tuple[int, Any]] = []
+    for j, r in enumerate(rewards):
+        try:
+            if inspect.iscoroutinefunction(r.fn):
+                pending.append((j, r.fn(completions, **kwargs)))
+            else:
+                results[j] = _check(r, r.fn(completions, **kwargs), n)
+        except RewardError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if r.on_error == "raise":
+                raise RewardError(f"reward {r.name!r} raised {type(exc).__name__}: {exc}."
+                                  f"{_first_failing(r, completions, prompts, columns)} Fix the reward, or set "
+                                  f"reward.{r.name}.on_error=zero (or none) to score such completions and go on.") from exc
+            results[j] = [_fallback(r.on_error)] * n
+    if pending:
+        async def gather() -> list[Any]:
+            return await asyncio.gather(*(coro for _, coro in pending), return_exceptions=True)
+
+        try:
+            asyncio.get_running_loop()
+            running = True
+        except RuntimeError:
+            running = False
+        if running:  # called from inside an event loop (a notebook): run in a fresh thread's loop
+            import concurrent.futures
+
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                outs = pool.submit(asyncio.run, gather()).result()
+        else:
+            outs = asyncio.run(gather())
+        for (j, _), out in zip(pending, outs):
+            r = rewards[j]
+            if isinstance(out, BaseException):
+                if r.on_error == "raise":
+                    raise RewardError(f"reward {r.name!r} raised {type(out).__name__}: {out}. Set "
+                                      f"reward.{r.name}.on_error=zero (or none) to go on.") from out
+                results[j] = [_fallback(r.on_error)] * n
+            else:
+                results[j] = _check(r, out, n)
+    table = torch.full((n, len(rewards)), float("nan"), dtype=torch.float32)
+    for j, vals in enumerate(results):
+        assert vals is not None
+        for i, v in enumerate(vals):
+            if v is not None:
+                table[i, j] = v
+    return table
+
+
+def weighted_total(table: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+    """Per-completion total ``Σ_j w_j · R[i, j]`` over the rewards that applied (NaN counts as 0).
+
+    table: float32 [N, k] from :func:`score`; returns float32 [N].
+    """
+    w = torch.tensor(list(weights), dtype=table.dtype)
+    return torch.nan_to_num(table, nan=0.0) @ w

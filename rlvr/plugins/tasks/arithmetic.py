@@ -1,0 +1,65 @@
+"""``task=arithmetic`` (the default): seeded synthetic "What is a + b?" questions, no download.
+
+All (a, op, b) combinations within the difficulty are enumerated, shuffled with the seed and
+split, so the held-out questions never appear in training. When the space is very large, a
+seeded sample of it is used instead.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from rlvr import PluginSpec, hookimpl
+from rlvr.core.task import Task, TaskConfig, last_number, same_number
+
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+@dataclass
+class ArithmeticConfig(TaskConfig):
+    system_prompt: Optional[str] = "You are a careful calculator. Reply with the result."
+    prompt_template: str = "What is {question}?"
+    min_operand: int = 0
+    max_operand: int = 9  # difficulty: 9 = single-digit operands
+    operations: List[str] = field(default_factory=lambda: ["+"])
+    eval_fraction: float = 0.2
+    max_rows: int = 20000
+    seed: int = 1234
+
+
+def make_rows(cfg: ArithmeticConfig) -> tuple[list[dict], list[dict]]:
+    bad = [op for op in cfg.operations if op not in OPS]
+    if bad or not cfg.operations:
+        raise ValueError(f"task.operations={list(cfg.operations)}: supported operations are {sorted(OPS)}")
+    if cfg.max_operand < cfg.min_operand:
+        raise ValueError(f"task.max_operand ({cfg.max_operand}) is below task.min_operand ({cfg.min_operand})")
+    if not 0.0 < cfg.eval_fraction < 1.0:
+        raise ValueError(f"task.eval_fraction must be in (0, 1), got {cfg.eval_fraction}")
+    operands = range(cfg.min_operand, cfg.max_operand + 1)
+    rng = random.Random(cfg.seed)
+    space = len(operands) ** 2 * len(cfg.operations)
+    if space <= cfg.max_rows:
+        triples = list(itertools.product(operands, cfg.operations, operands))
+        rng.shuffle(triples)
+    else:
+        seen: set[tuple] = set()
+        while len(seen) < cfg.max_rows:
+            seen.add((rng.choice(operands), rng.choice(cfg.operations), rng.choice(operands)))
+        triples = sorted(seen)
+        rng.shuffle(triples)
+    rows = [{"question": f"{a} {op} {b}", "answer": str(OPS[op](a, b))} for a, op, b in triples]
+    n_eval = max(1, round(len(rows) * cfg.eval_fraction))
+    return rows[n_eval:], rows[:n_eval]
+
+
+def make_arithmetic(cfg: ArithmeticConfig) -> Task:
+    train, held_out = make_rows(cfg)
+    return Task("arithmetic", train, held_out, cfg,
+                is_correct=lambda completion, row: same_number(last_number(completion), row["answer"]))
+
+
+@hookimpl
+def rlvr_tasks() -> list[PluginSpec]:
+    return [PluginSpec("arithmetic", make_arithmetic, ArithmeticConfig, "synthetic a+b questions with a held-out split")]

@@ -1,0 +1,72 @@
+"""``task=jsonl``: any local JSON-lines file (one object per line) with a question and an answer column."""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from rlvr import PluginSpec, hookimpl
+from rlvr.core.task import Task, TaskConfig, last_number, same_number
+
+
+@dataclass
+class JsonlTaskConfig(TaskConfig):
+    train_path: str = ""
+    eval_path: Optional[str] = None  # default: hold out eval_fraction of the training file
+    eval_fraction: float = 0.1
+    max_train_rows: int = 0  # 0 = all
+    max_eval_rows: int = 0
+    seed: int = 0
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSON-lines file; errors name the file and the line."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"dataset file {str(p)!r} does not exist")
+    rows = []
+    with p.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{p}:{lineno}: not valid JSON ({exc.msg}); the file must hold one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"dataset file {str(p)!r} is empty")
+    return rows
+
+
+def split_rows(rows: list[dict], eval_rows: Optional[list[dict]], cfg: JsonlTaskConfig) -> tuple[list[dict], list[dict]]:
+    if eval_rows is None:
+        rows = list(rows)
+        random.Random(cfg.seed).shuffle(rows)
+        n_eval = max(1, int(len(rows) * cfg.eval_fraction))
+        rows, eval_rows = rows[n_eval:], rows[:n_eval]
+    if cfg.max_train_rows:
+        rows = rows[: cfg.max_train_rows]
+    if cfg.max_eval_rows:
+        eval_rows = eval_rows[: cfg.max_eval_rows]
+    return rows, eval_rows
+
+
+def make_jsonl(cfg: JsonlTaskConfig) -> Task:
+    if not cfg.train_path:
+        raise ValueError("task=jsonl needs task.train_path=/path/to/train.jsonl")
+    train = read_jsonl(cfg.train_path)
+    train, held_out = split_rows(train, read_jsonl(cfg.eval_path) if cfg.eval_path else None, cfg)
+    col = cfg.answer_column
+    return Task("jsonl", train, held_out, cfg,
+                is_correct=lambda completion, row: same_number(last_number(completion), row[col])
+                or completion.strip() == str(row[col]).strip())
+
+
+@hookimpl
+def rlvr_tasks() -> list[PluginSpec]:
+    return [PluginSpec("jsonl", make_jsonl, JsonlTaskConfig, "any local JSON-lines dataset")]
