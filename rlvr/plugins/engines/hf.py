@@ -62,6 +62,18 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_
     return out
 
 
+def sample_inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Draw one token per row by inverting the CDF: the first index whose cumulative probability exceeds u.
+
+    probs: float [N, V] rows summing to 1; uniform: float [N] in [0, 1). Returns long [N]. One random
+    number per row (instead of one per vocabulary entry), so per-group generators stay cheap.
+    """
+    cdf = probs.cumsum(-1)
+    u = (uniform.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)  # scale by the total: robust to rounding
+    idx = torch.searchsorted(cdf, u, right=True).squeeze(-1)
+    return idx.clamp(max=probs.shape[-1] - 1)
+
+
 class HFEngine:
     def __init__(self, cfg: HFEngineConfig) -> None:
         validate(cfg)
@@ -118,9 +130,8 @@ class HFEngine:
             if greedy:
                 nxt = scaled.argmax(-1)
             else:
-                probs = filter_logits(scaled, cfg.top_k, cfg.top_p, cfg.min_p).softmax(-1).cpu()
-                nxt = torch.cat([torch.multinomial(probs[b * G:(b + 1) * G], 1, generator=gens[b]).squeeze(-1)
-                                 for b in range(B)]).to(device)
+                probs = filter_logits(scaled, cfg.top_k, cfg.top_p, cfg.min_p).softmax(-1)
+                nxt = sample_inverse_cdf(probs, torch.cat([torch.rand(G, generator=g) for g in gens]).to(device))
             nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
             tokens[:, t] = nxt
             logps[:, t] = torch.where(done, 0.0, logp_all.gather(-1, nxt[:, None]).squeeze(-1))
