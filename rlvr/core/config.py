@@ -24,12 +24,12 @@ from rlvr.core.hookspecs import KINDS, LIST_KINDS
 class TrainerConfig:
     """The loop's own settings (``trainer.*``)."""
 
-    max_steps: int = 60
+    max_steps: int = 20
     prompts_per_step: int = 4  # B: prompts sampled per step (groups)
     num_generations: int = 8  # G: completions per prompt
     num_iterations: int = 1  # mu: optimisation passes over each generation batch
     micro_batch_size: int = 0  # completions per forward/backward; 0 = the whole batch at once
-    lr: float = 2e-5
+    lr: float = 3e-5
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
@@ -43,8 +43,8 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     resume: str = "auto"  # auto = latest complete checkpoint in the run directory | none | a checkpoint path
     log_steps: int = 10
-    eval_steps: int = 0  # 0 = no periodic held-out evaluation
-    eval_samples: int = 0
+    eval_steps: int = 10  # held-out greedy accuracy every N steps and at the end (0 = never)
+    eval_samples: int = 0  # held-out prompts per evaluation (0 = all)
     logprob_chunk_tokens: int = 1024
     gradient_checkpointing: bool = False
     offload_activations: bool = False
@@ -53,6 +53,9 @@ class TrainerConfig:
     progress: bool = True
     log_completions: int = 4  # completions kept per step in completions.jsonl
     max_bad_steps: int = 5  # non-finite losses in a row before the run stops
+    save_merged: bool = False  # LoRA: also write final/merged/, the adapter merged into the base weights
+    distributed: str = "ddp"  # under torchrun: ddp (replicate the model) | fsdp (FSDP2: shard params, grads, optimizer)
+    dist_backend: str = "auto"  # auto (nccl with CUDA, else gloo) | gloo | nccl
 
 
 def _with_name(cls: type, name: str) -> type:

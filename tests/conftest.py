@@ -1,0 +1,28 @@
+"""Shared helpers: the CLI runner and small configs that keep tests fast."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+GSM8K_DIR = REPO.parent / "shared" / "data" / "gsm8k"
+
+# a tiny, fast run: tiny model, 2 prompts x 2 generations, 8 new tokens
+TINY = ["model=tiny", "trainer.prompts_per_step=2", "trainer.num_generations=2", "engine.max_new_tokens=8",
+        "trainer.progress=false", "trainer.threads=1", "trainer.eval_steps=0"]
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m rlvr <args>`` in a subprocess and return the completed process."""
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "rlvr", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    return list(TINY)
