@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -73,17 +74,39 @@ def verifier_as_reward(verify: Callable[..., Any], pass_score: float = 1.0, fail
     return reward
 
 
+def _warn_fallback(reward: RewardFn, exc: BaseException) -> None:
+    warnings.warn(f"reward {reward.name!r} raised {type(exc).__name__}: {exc}; scoring the batch "
+                  f"{'0' if reward.on_error == 'zero' else 'None'} (on_error={reward.on_error})", RuntimeWarning, stacklevel=3)
+
+
 def _fallback(on_error: str) -> float | None:
     return 0.0 if on_error == "zero" else None
 
 
+def is_async(fn: Callable[..., Any]) -> bool:
+    """True for ``async def`` functions and objects with an ``async def __call__``."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+def _run_coroutine(coro: Any) -> Any:
+    """Run a coroutine to completion, also when called from inside a running event loop (a notebook)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def _first_failing(reward: RewardFn, completions: list[str], prompts: list[str], columns: dict[str, list[Any]]) -> str:
     """Find which row makes a raising reward fail, by scoring rows one at a time (for the message)."""
-    if inspect.iscoroutinefunction(reward.fn):
-        return ""
     for i, c in enumerate(completions):
         try:
-            reward.fn([c], prompts=[prompts[i]], **{k: [v[i]] for k, v in columns.items()})
+            out = reward.fn([c], prompts=[prompts[i]], **{k: [v[i]] for k, v in columns.items()})
+            if is_async(reward.fn):
+                _run_coroutine(out)
         except Exception as exc:  # noqa: BLE001 - reported to the user below
             return f" It fails on row {i} ({type(exc).__name__}: {exc}); completion: {c[:300]!r}"
     return ""
@@ -101,6 +124,8 @@ def _check(reward: RewardFn, values: Any, n: int) -> list[float | None]:
         if v is None:
             out.append(None)
             continue
+        if isinstance(v, (str, bytes)):
+            raise RewardError(f"reward {reward.name!r} returned the string {v!r} for completion {i}; expected a number or None")
         try:
             f = float(v)
         except (TypeError, ValueError):
@@ -121,6 +146,10 @@ def score(rewards: Sequence[RewardFn], completions: list[str], prompts: list[str
     row and the completion, unless its ``on_error`` is ``zero`` or ``none``.
     """
     n = len(completions)
+    clash = sorted({"prompts", "completions"} & set(columns))
+    if clash:
+        raise ValueError(f"task column(s) {clash} clash with the arguments every reward receives (completions, prompts); "
+                         "rename the column in the dataset")
     for key, col in columns.items():
         if len(col) != n:
             raise ValueError(f"column {key!r} has {len(col)} values for {n} completions")
@@ -129,7 +158,7 @@ def score(rewards: Sequence[RewardFn], completions: list[str], prompts: list[str
     pending: list[tuple[int, Any]] = []
     for j, r in enumerate(rewards):
         try:
-            if inspect.iscoroutinefunction(r.fn):
+            if is_async(r.fn):
                 pending.append((j, r.fn(completions, **kwargs)))
             else:
                 results[j] = _check(r, r.fn(completions, **kwargs), n)
@@ -140,29 +169,21 @@ def score(rewards: Sequence[RewardFn], completions: list[str], prompts: list[str
                 raise RewardError(f"reward {r.name!r} raised {type(exc).__name__}: {exc}."
                                   f"{_first_failing(r, completions, prompts, columns)} Fix the reward, or set "
                                   f"reward.{r.name}.on_error=zero (or none) to score such completions and go on.") from exc
+            _warn_fallback(r, exc)
             results[j] = [_fallback(r.on_error)] * n
     if pending:
         async def gather() -> list[Any]:
             return await asyncio.gather(*(coro for _, coro in pending), return_exceptions=True)
 
-        try:
-            asyncio.get_running_loop()
-            running = True
-        except RuntimeError:
-            running = False
-        if running:  # called from inside an event loop (a notebook): run in a fresh thread's loop
-            import concurrent.futures
-
-            with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                outs = pool.submit(asyncio.run, gather()).result()
-        else:
-            outs = asyncio.run(gather())
+        outs = _run_coroutine(gather())
         for (j, _), out in zip(pending, outs):
             r = rewards[j]
             if isinstance(out, BaseException):
                 if r.on_error == "raise":
-                    raise RewardError(f"reward {r.name!r} raised {type(out).__name__}: {out}. Set "
+                    raise RewardError(f"reward {r.name!r} raised {type(out).__name__}: {out}."
+                                      f"{_first_failing(r, completions, prompts, columns)} Fix the reward, or set "
                                       f"reward.{r.name}.on_error=zero (or none) to go on.") from out
+                _warn_fallback(r, out)
                 results[j] = [_fallback(r.on_error)] * n
             else:
                 results[j] = _check(r, out, n)
