@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import sys
 from typing import Any, Optional
 
@@ -13,6 +14,9 @@ commands:
   train     run GRPO (Hydra overrides: rlvr train loss=dr_grpo trainer.lr=1e-5; -m for sweeps; --cfg job)
   eval      held-out accuracy of a model or checkpoint: rlvr eval [checkpoint=DIR] [task=...] [num_samples=4] [limit=0]
   plugins   list every discovered plugin by kind and where it came from
+  show      the latest sampled completions of a run as a table: rlvr show RUN_DIR [--last K] [--step N] [--full]
+  report    PNG plots + one HTML page for a run: rlvr report RUN_DIR [--output DIR]
+  export    the trained model as GGUF (llama.cpp, Ollama): rlvr export RUN_DIR --format gguf [--type f16|q8_0] [--output FILE]
 """
 
 GROUPS = ("model", "task", "reward", "loss", "engine", "trainer", "logger", "verifier")
@@ -53,6 +57,9 @@ def check_overrides(overrides: list[str]) -> Optional[str]:
         return None
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        missing = re.search(r"Could not (?:load|find) '(\w+)/([^']+)'", str(exc))
+        if missing:  # an unknown plugin / preset name in a config group: list the valid ones
+            return unknown_choice(missing.group(1), missing.group(2))
         # which dotted key failed? compose with only the group choices and walk the key path
         groups = [o for o in plain if o.split("=", 1)[0].lstrip("+~").split(".")[0] in GROUPS and "." not in o.split("=", 1)[0]]
         try:
@@ -74,7 +81,33 @@ def check_overrides(overrides: list[str]) -> Optional[str]:
                     return (f"unknown config key {key!r}: {level} has no key {part!r}.{hint} "
                             f"Keys at {level}: {', '.join(keys)}. Use `rlvr train --cfg job` to see the whole config.")
                 node = node[part]
+        cause = exc.__cause__
+        if isinstance(cause, OmegaConfBaseException) and str(cause).strip():  # wrong type: say which and why
+            return f"{first}: {str(cause).strip().splitlines()[0]}"
         return f"{first}" if "Available options" not in str(exc) else str(exc).strip()
+
+
+def group_options(group: str) -> list[str]:
+    """Every name ``group=<name>`` accepts: the shipped YAML presets and the discovered plugins."""
+    from importlib import resources
+
+    from rlvr.core.hookspecs import KINDS
+    from rlvr.core.registry import names
+
+    found = set(names(group)) if group in KINDS else set()
+    try:
+        found.update(f.name[:-5] for f in resources.files("rlvr.conf").joinpath(group).iterdir() if f.name.endswith(".yaml"))
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    return sorted(found)
+
+
+def unknown_choice(group: str, name: str) -> str:
+    options = group_options(group)
+    close = difflib.get_close_matches(name, options, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return (f"unknown {group} {name!r}.{hint} Available options in {group!r}: {', '.join(options) or '(none)'}. "
+            "Run `rlvr plugins` to see every plugin and where it comes from.")
 
 
 def cmd_train(args: list[str]) -> int:
@@ -191,7 +224,89 @@ def cmd_plugins(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plugins": cmd_plugins}
+def parse_options(command: str, args: list[str], options: dict[str, str], flags: tuple[str, ...] = ()) -> tuple[list[str], dict[str, Any]]:
+    """``--name value`` / ``--name=value`` options and ``--flag`` switches; returns (positionals, values)."""
+    values: dict[str, Any] = dict(options)
+    values.update({f: False for f in flags})
+    positional: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--"):
+            name, eq, value = a[2:].partition("=")
+            key = name.replace("-", "_")
+            if key in flags and not eq:
+                values[key] = True
+            elif key in options:
+                if not eq:
+                    if i + 1 >= len(args):
+                        raise UsageError(f"rlvr {command}: --{name} needs a value")
+                    i += 1
+                    value = args[i]
+                values[key] = value
+            else:
+                known = [f"--{k.replace('_', '-')}" for k in [*options, *flags]]
+                close = difflib.get_close_matches(f"--{name}", known, n=1)
+                raise UsageError(f"rlvr {command}: unknown option --{name}." + (f" Did you mean {close[0]}?" if close else "")
+                                 + f" Options: {', '.join(known)}")
+        else:
+            positional.append(a)
+        i += 1
+    return positional, values
+
+
+def _one_run_dir(command: str, positional: list[str]) -> str:
+    if len(positional) != 1:
+        raise UsageError(f"rlvr {command}: give one run directory, e.g. rlvr {command} outputs/2026-11-25/10-00-00"
+                         + (f" (got {len(positional)}: {' '.join(positional)})" if positional else ""))
+    return positional[0]
+
+
+def _int_option(command: str, name: str, value: Any) -> Optional[int]:
+    if value in ("", None):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"rlvr {command}: --{name} must be an integer, got {value!r}") from None
+
+
+def cmd_show(args: list[str]) -> int:
+    from rlvr.show import show
+
+    positional, opts = parse_options("show", args, {"last": "1", "step": "", "width": "0", "max_lines": "6"}, ("full",))
+    text = show(_one_run_dir("show", positional), step=_int_option("show", "step", opts["step"]),
+                last=_int_option("show", "last", opts["last"]) or 1, width=_int_option("show", "width", opts["width"]) or 0,
+                max_lines=0 if opts["full"] else (_int_option("show", "max-lines", opts["max_lines"]) or 0))
+    print(text)
+    return 0
+
+
+def cmd_report(args: list[str]) -> int:
+    from rlvr.report import build_report
+
+    positional, opts = parse_options("report", args, {"output": ""})
+    page = build_report(_one_run_dir("report", positional), opts["output"] or None)
+    pngs = sorted(p.name for p in page.parent.glob("*.png"))
+    print(f"rlvr report: wrote {page} and {len(pngs)} plots in {page.parent}: {', '.join(pngs)}")
+    return 0
+
+
+def cmd_export(args: list[str]) -> int:
+    from rlvr.export import export
+
+    positional, opts = parse_options("export", args, {"format": "gguf", "type": "f16", "output": "", "pre": ""})
+    _quiet_libraries()
+    path = export(_one_run_dir("export", positional), fmt=opts["format"], outtype=opts["type"],
+                  output=opts["output"] or None, pre=opts["pre"] or None)
+    size = path.stat().st_size / 2**20
+    print(f"rlvr export: wrote {path} ({size:.1f} MiB, {opts['type']}); run it with llama.cpp "
+          f"(llama-cli -m {path}) or Ollama (a Modelfile with: FROM {path})")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plugins": cmd_plugins, "show": cmd_show, "report": cmd_report,
+            "export": cmd_export}
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -207,6 +322,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.exit(2)
     try:
         code = COMMANDS[command](rest)
+    except UsageError as exc:
+        print(f"{exc}\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
     except (ValueError, FileNotFoundError, KeyError, ImportError, ModuleNotFoundError, TypeError, OSError) as exc:
         if os.environ.get("RLVR_TRACEBACK"):
             raise

@@ -1,16 +1,23 @@
 """Checkpoints: written atomically (a temporary directory renamed into place), the last K kept.
 
 A checkpoint directory ``checkpoint-<step>`` holds the policy (adapter or full weights, loadable
-by transformers/peft) and ``trainer_state.pt`` (optimizer, scheduler, RNG states, sampler
-position, step). Only directories with the ``COMPLETE`` marker count: a crash while writing
-leaves a ``.tmp-`` directory that is ignored and cleaned up.
+by transformers/peft), ``trainer_state.pt`` (optimizer, scheduler, every RNG state, sampler
+position, step, skipped-step counters) and a copy of ``metrics.jsonl`` up to that step. Only
+directories with the ``COMPLETE`` marker count: a crash while writing leaves a ``.tmp-`` directory
+that is ignored and cleaned up, and the previous checkpoint stays the latest valid one.
+
+Test hook: ``RLVR_TEST_CRASH_AT=checkpoint-write:<step>`` SIGKILLs the process in the middle of
+writing checkpoint ``<step>`` (after the weights, before the trainer state);
+``RLVR_TEST_CRASH_AT=checkpoint-write:<step>:enospc`` raises "no space left on device" there instead.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
 import shutil
+import signal
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,16 +28,66 @@ from rlvr.core.policy import Policy, save_policy
 
 PREFIX = "checkpoint-"
 MARKER = "COMPLETE"
+STATE_FILE = "trainer_state.pt"
+METRICS_FILE = "metrics.jsonl"
+CRASH_ENV = "RLVR_TEST_CRASH_AT"
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every RNG the loop may draw from: torch CPU (and CUDA when present), Python, NumPy."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _test_fault(point: str, step: int) -> None:
+    """The test-only fault injection named by ``$RLVR_TEST_CRASH_AT`` (``<point>:<step>[:enospc]``)."""
+    spec = os.environ.get(CRASH_ENV, "")
+    if not spec:
+        return
+    parts = spec.split(":")
+    if len(parts) < 2 or parts[0] != point or parts[1] != str(step):
+        return
+    if len(parts) > 2 and parts[2] == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (e.g. the disk is full); the previous one is still valid."""
+
+    def __init__(self, target: Path, previous: Optional[Path], cause: BaseException) -> None:
+        code = getattr(cause, "errno", None)
+        text = str(cause)
+        full = code == errno.ENOSPC or "No space left" in text or "write failed" in text or _disk_full(target.parent)
+        reason = "no space left on device" if full else f"{type(cause).__name__}: {text}"
+        fix = "free some space" if full else "fix the cause"
+        message = (f"could not write checkpoint {target} ({reason}). "
+                   + (f"The previous checkpoint {previous} is intact: {fix} and run the same command again to "
+                      "resume from it." if previous else f"There is no earlier checkpoint; {fix} and run again.")
+                   + (" Checkpoints take less space with a smaller trainer.keep_checkpoints or a larger "
+                      "trainer.save_steps." if full else ""))
+        super().__init__(errno.ENOSPC if full else (code or errno.EIO), message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _disk_full(path: Path, margin: int = 16 << 20) -> bool:
+    try:
+        return shutil.disk_usage(path).free < margin
+    except OSError:
+        return False
 
 
 def save_checkpoint(run_dir: Path, step: int, policy: Policy, trainer_state: dict[str, Any], keep: int = 2) -> Path:
@@ -42,13 +99,24 @@ def save_checkpoint(run_dir: Path, step: int, policy: Policy, trainer_state: dic
         shutil.rmtree(tmp)
     try:
         save_policy(policy, str(tmp))
-        torch.save({**trainer_state, "rng": rng_state(), "step": step}, tmp / "trainer_state.pt")
+        _test_fault("checkpoint-write", step)
+        torch.save({**trainer_state, "rng": rng_state(), "step": step}, tmp / STATE_FILE)
+        metrics = Path(run_dir) / METRICS_FILE
+        if metrics.is_file():  # the metrics so far, so that a checkpoint is self-contained
+            shutil.copyfile(metrics, tmp / METRICS_FILE)
         (tmp / MARKER).write_text(str(step))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
+        if final.exists():  # re-saving the same step: move the old one aside, never leave neither
+            old = ckpt_root / f".tmp-old-{PREFIX}{step}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except Exception as exc:  # noqa: BLE001 - disk full shows up as OSError, RuntimeError (torch) or SafetensorError
         shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint stays the latest valid one
+        raise CheckpointWriteError(final, latest_checkpoint(run_dir), exc) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
@@ -61,7 +129,11 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     if not root.is_dir():
         return []
     for leftover in root.glob(".tmp-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+        m = re.fullmatch(rf"\.tmp-old-({PREFIX}\d+)-\d+", leftover.name)
+        if m and (leftover / MARKER).is_file() and not (root / m.group(1)).exists():
+            os.replace(leftover, root / m.group(1))  # interrupted while replacing a re-saved step: put it back
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
     found = []
     for d in root.iterdir():
         m = re.fullmatch(rf"{PREFIX}(\d+)", d.name)
@@ -73,6 +145,23 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def resolve_resume(resume: str) -> Path:
+    """``trainer.resume=PATH``: a checkpoint directory, or a run directory (its latest complete checkpoint)."""
+    path = Path(resume).expanduser()
+    if (path / MARKER).is_file():
+        return path
+    if path.is_dir():
+        latest = latest_checkpoint(path)
+        if latest is not None:
+            return latest
+        if re.fullmatch(rf"{PREFIX}\d+", path.name):
+            raise FileNotFoundError(f"trainer.resume={resume!r} is an incomplete checkpoint (no {MARKER} marker: "
+                                    "its writing was interrupted); pick an earlier one or trainer.resume=auto")
+        raise FileNotFoundError(f"trainer.resume={resume!r} is neither a checkpoint directory nor a run directory "
+                                f"with complete checkpoints under checkpoints/")
+    raise FileNotFoundError(f"trainer.resume={resume!r}: no such directory")
 
 
 def load_trainable_weights(policy: Policy, ckpt: Path) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,14 @@ class JsonlLoggerConfig:
     completions_file: str = "completions.jsonl"
 
 
+def _step_of(line: str) -> float:
+    """The step a jsonl line belongs to; infinity (= dropped) for a blank or torn line."""
+    try:
+        return float(json.loads(line).get("step", 0)) if line.strip() else float("inf")
+    except (json.JSONDecodeError, AttributeError):
+        return float("inf")
+
+
 class JsonlLogger:
     def __init__(self, cfg: JsonlLoggerConfig) -> None:
         self.cfg = cfg
@@ -22,13 +31,14 @@ class JsonlLogger:
 
     def on_train_start(self, run_dir: Path, config: dict[str, Any], start_step: int) -> None:
         self.run_dir = Path(run_dir)
-        # on resume, drop lines of steps after the checkpoint (they will be redone)
+        # on resume, drop lines of steps after the checkpoint (they will be redone), and a line torn by a crash
         for name in (self.cfg.metrics_file, self.cfg.completions_file):
             path = self.run_dir / name
             if path.exists():
-                kept = [line for line in path.read_text().splitlines()
-                        if line.strip() and json.loads(line).get("step", 0) <= start_step]
-                path.write_text("".join(line + "\n" for line in kept))
+                kept = [line for line in path.read_text().splitlines() if _step_of(line) <= start_step]
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text("".join(line + "\n" for line in kept))
+                os.replace(tmp, path)  # atomic: a crash here never loses the earlier lines
 
     def on_step_end(self, step: int, metrics: dict[str, float], samples: list[dict[str, Any]]) -> None:
         assert self.run_dir is not None

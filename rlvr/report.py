@@ -1,0 +1,353 @@
+"""``rlvr report RUN_DIR``: PNG plots of a run and one self-contained HTML page.
+
+Reads ``metrics.jsonl`` and ``completions.jsonl`` (jsonl logger) and ``config.json``; writes into
+``RUN_DIR/report/`` (or ``--output DIR``):
+
+- ``reward.png``: the total reward and each reward's mean per step, with a ±1 std band
+- ``accuracy.png``: held-out accuracy (when the run evaluated: ``trainer.eval_steps``)
+- ``completion_length.png``: mean and max completion length, and the fraction cut at max_new_tokens
+- ``kl.png``: KL to the reference (when ``loss.beta > 0``)
+- ``clip_ratio.png``: the fraction of tokens clipped low / high / in the two-sided region
+- ``loss.png``: loss and gradient norm
+- ``step_time.png``: seconds per step and the part spent generating
+- ``report.html``: all of the above (embedded, no external files) and sample completions
+
+matplotlib is needed (``pip install 'rlvr[report]'``).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from rlvr.show import check_run_dir, clean, prompt_question, read_records
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+
+
+def _matplotlib() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("rlvr report needs matplotlib: pip install 'rlvr[report]' (or pip install matplotlib)") from None
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "font.size": 10, "axes.titlesize": 11,
+                         "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False})
+    return plt
+
+
+def _series(metrics: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of the steps where ``key`` is a finite number."""
+    xs, ys = [], []
+    for m in metrics:
+        v = m.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            xs.append(float(m["step"]))
+            ys.append(float(v))
+    return xs, ys
+
+
+def _smooth(ys: Sequence[float], n: int) -> list[float]:
+    """A trailing moving average over ``n`` points (for noisy per-step curves)."""
+    out, acc = [], 0.0
+    for i, y in enumerate(ys):
+        acc += y
+        if i >= n:
+            acc -= ys[i - n]
+        out.append(acc / min(i + 1, n))
+    return out
+
+
+def _window(count: int) -> int:
+    """Moving-average window for a curve of ``count`` steps (0: short enough to show as is)."""
+    return max(3, count // 10) if count >= 20 else 0
+
+
+def _curve(ax: Any, xs: list[float], ys: list[float], color: str, label: str, **kw: Any) -> int:
+    """Draw one metric: as is for short runs; thin per-step line + thick moving average for long ones."""
+    w = _window(len(xs))
+    if not w:
+        ax.plot(xs, ys, color=color, linewidth=1.6, marker="o", markersize=3, label=label, **kw)
+        return 0
+    ax.plot(xs, ys, color=color, linewidth=0.8, alpha=0.35, label="_nolegend_", **kw)
+    ax.plot(xs, _smooth(ys, w), color=color, linewidth=2.2, label=label, **kw)
+    return w
+
+
+def _legend(ax: Any, handles: Any = None, labels: Any = None) -> None:
+    handles, labels = (handles, labels) if handles is not None else ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(4, len(handles)),
+                  fontsize=8, frameon=False)
+
+
+def _smoothing_note(w: int) -> str:
+    return f"  (thick: {w}-step avg.)" if w else ""
+
+
+def _mean_std_panel(ax: Any, metrics: list[dict[str, Any]], key: str, color: str, label: str) -> bool:
+    xs, ys = _series(metrics, f"{key}/mean")
+    if not xs:
+        return False
+    std = dict(zip(*_series(metrics, f"{key}/std")))
+    sd = [std.get(x, 0.0) for x in xs]
+    w = _window(len(xs))
+    lo = _smooth([y - s for y, s in zip(ys, sd)], w) if w else [y - s for y, s in zip(ys, sd)]
+    hi = _smooth([y + s for y, s in zip(ys, sd)], w) if w else [y + s for y, s in zip(ys, sd)]
+    ax.fill_between(xs, lo, hi, color=color, alpha=0.18, linewidth=0, label="mean ± 1 std")
+    _curve(ax, xs, ys, color, "mean")
+    ax.set_title(label + _smoothing_note(w), fontsize=10)
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward")
+    _legend(ax)
+    return True
+
+
+def _save(fig: Any, path: Path) -> Path:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in fig.axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+    fig.tight_layout()
+    fig.savefig(path)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def _lines_plot(plt: Any, metrics: list[dict[str, Any]], keys: list[tuple[str, str]], title: str, ylabel: str,
+                path: Path, percent: bool = False, secondary: Optional[tuple[str, str, str]] = None,
+                full_scale: bool = False) -> Optional[Path]:
+    """One panel with a line per (key, label) present; ``secondary`` = (key, label, ylabel) on a right axis."""
+    present = [(k, lab) for k, lab in keys if _series(metrics, k)[0]]
+    if not present:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    w = 0
+    for i, (k, lab) in enumerate(present):
+        xs, ys = _series(metrics, k)
+        w = max(w, _curve(ax, xs, [100 * y for y in ys] if percent else ys, COLORS[i % len(COLORS)], lab))
+    ax.set_title(title + _smoothing_note(w))
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    handles, labels = ax.get_legend_handles_labels()
+    if secondary and _series(metrics, secondary[0])[0]:
+        ax2 = ax.twinx()
+        ax2.grid(False)
+        ax2.spines["right"].set_visible(True)
+        xs, ys = _series(metrics, secondary[0])
+        _curve(ax2, xs, [100 * y for y in ys], "#7f7f7f", secondary[1], linestyle="--")
+        ax2.set_ylabel(secondary[2])
+        ax2.set_ylim(-3, 103)
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    if percent:  # accuracy on its full 0-100 % scale; small shares (clipping) zoomed in, from 0
+        top = max((100 * y for k, _ in present for y in _series(metrics, k)[1]), default=0.0)
+        span = 100.0 if full_scale else max(1.0, 1.15 * top)
+        ax.set_ylim(-0.03 * span, span + (3 if full_scale else 0))
+    _legend(ax, handles, labels)
+    return _save(fig, path)
+
+
+def reward_names(metrics: list[dict[str, Any]]) -> list[str]:
+    names: list[str] = []
+    for m in metrics:
+        for k in m:
+            if k.startswith("rewards/") and k.endswith("/mean"):
+                name = k[len("rewards/"):-len("/mean")]
+                if name not in names:
+                    names.append(name)
+    return names
+
+
+def make_plots(metrics: list[dict[str, Any]], out: Path) -> dict[str, Path]:
+    """Write every plot the metrics allow into ``out``; returns {name: png path}."""
+    plt = _matplotlib()
+    out.mkdir(parents=True, exist_ok=True)
+    plots: dict[str, Path] = {}
+    names = reward_names(metrics)
+    panels = [("reward", "total reward (weighted sum)")] + [(f"rewards/{n}", f"reward: {n}") for n in names]
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.5 * rows), squeeze=False)
+    for i, (key, label) in enumerate(panels):
+        _mean_std_panel(axes[i // cols][i % cols], metrics, key, COLORS[i % len(COLORS)], label)
+    for j in range(len(panels), rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    plots["reward"] = _save(fig, out / "reward.png")
+    acc_keys = sorted({k for m in metrics for k in m if k.startswith("eval/") and ("accuracy" in k or "pass@" in k)})
+    made = _lines_plot(plt, metrics, [(k, k[len("eval/"):].replace("_", " ")) for k in acc_keys],
+                       "held-out accuracy", "accuracy (%)", out / "accuracy.png", percent=True, full_scale=True)
+    if made:
+        plots["accuracy"] = made
+    specs = [
+        ("completion_length", [("completion_length/mean", "mean"), ("completion_length/max", "max")],
+         "completion length", "tokens", ("completion_length/clipped_ratio", "cut at max_new_tokens (%)", "cut at max_new_tokens (%)")),
+        ("kl", [("kl", "KL(policy ‖ reference)")], "KL divergence to the reference", "KL (nats per token)", None),
+        ("clip_ratio", [("clip_ratio/low_mean", "low (ratio < 1 − ε)"), ("clip_ratio/high_mean", "high (ratio > 1 + ε_high)"),
+                        ("clip_ratio/region_mean", "either (clipped region)")],
+         "clipped tokens", "tokens clipped (%)", None),
+        ("loss", [("loss", "loss")], "loss and gradient norm", "loss", None),
+        ("step_time", [("step_time", "whole step"), ("generation_time", "generation")], "time per step", "seconds", None),
+    ]
+    for name, keys, title, ylabel, secondary in specs:
+        made = _lines_plot(plt, metrics, keys, title, ylabel, out / f"{name}.png",
+                           percent=name == "clip_ratio", secondary=secondary)
+        if made:
+            plots[name] = made
+    if "loss" in plots and _series(metrics, "grad_norm")[0]:
+        plots["loss"] = _loss_plot(plt, metrics, out / "loss.png")
+    return plots
+
+
+def _loss_plot(plt: Any, metrics: list[dict[str, Any]], path: Path) -> Path:
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    for ax, key, label, color in ((a1, "loss", "loss", COLORS[0]), (a2, "grad_norm", "gradient norm (before clipping)", COLORS[1])):
+        xs, ys = _series(metrics, key)
+        w = _curve(ax, xs, ys, color, label)
+        ax.set_title(label + _smoothing_note(w), fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel(key.replace("_", " "))
+    return _save(fig, path)
+
+
+# ----- HTML -----------------------------------------------------------------------------------
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.meta{color:#555} table{border-collapse:collapse;width:100%;font-size:.9em;margin:.5em 0}
+th,td{border:1px solid #ddd;padding:.35em .5em;vertical-align:top;text-align:left}
+th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:.95em}
+img{max-width:100%;border:1px solid #eee;margin:.4em 0}
+.pos{color:#1a7f37} .neg{color:#b42318}
+"""
+
+
+def _fnum(v: Any, digits: int = 3) -> str:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{v:.{digits}g}" if math.isfinite(v) else str(v)
+    return "–" if v is None else html.escape(str(v))
+
+
+def _summary_rows(metrics: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """(metric, mean over the first tenth of the steps, over the last tenth, best step value for scores)."""
+    rows = []
+    keys = ["reward/mean"] + [f"rewards/{r}/mean" for r in reward_names(metrics)] + sorted(
+        {key for m in metrics for key in m if key.startswith("eval/") and "num_prompts" not in key}) + [
+        "completion_length/mean", "kl", "step_time"]
+    for key in keys:
+        ys = _series(metrics, key)[1]
+        if not ys:
+            continue
+        tenth = max(1, len(ys) // 10)
+        first, last = ys[:tenth], ys[-tenth:]
+        best = _fnum(max(ys)) if ("reward" in key or key.startswith("eval/")) else "–"
+        rows.append((key, _fnum(sum(first) / len(first)), _fnum(sum(last) / len(last)), best))
+    return rows
+
+
+def _samples_html(records: list[dict[str, Any]], step: int) -> str:
+    samples = [r for r in records if int(r.get("step", 0)) == step]
+    if not samples:
+        return ""
+    names: list[str] = []
+    for s in samples:
+        names.extend(k for k in (s.get("rewards") or {}) if k not in names)
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in ["prompt", "completion", "answer", *names, "advantage"])
+    body = []
+    for s in samples:
+        rewards = s.get("rewards") or {}
+        adv = s.get("advantage")
+        cls = "pos" if isinstance(adv, (int, float)) and adv > 0 else "neg" if isinstance(adv, (int, float)) and adv < 0 else ""
+        completion = clean(s.get("completion", "")) + (" [truncated]" if s.get("truncated") else "")
+        cells = [f"<td><pre>{html.escape(clean(prompt_question(str(s.get('prompt', '')))))}</pre></td>",
+                 f"<td><pre>{html.escape(completion)}</pre></td>",
+                 f"<td><pre>{html.escape(clean(s.get('answer', '')))}</pre></td>"]
+        cells += [f'<td class="num">{_fnum(rewards.get(n))}</td>' for n in names]
+        cells.append(f'<td class="num {cls}">{_fnum(adv)}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<h3>step {step}</h3><table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _config_line(config: dict[str, Any]) -> str:
+    def name(kind: str) -> str:
+        node = config.get(kind)
+        if isinstance(node, dict):
+            return str(node.get("name", "") or ", ".join(node))
+        return "?"
+
+    tr = config.get("trainer", {}) if isinstance(config.get("trainer"), dict) else {}
+    parts = [f"model <b>{html.escape(name('model'))}</b>", f"task <b>{html.escape(name('task'))}</b>",
+             f"rewards <b>{html.escape(', '.join(config.get('reward') or {}))}</b>", f"loss <b>{html.escape(name('loss'))}</b>"]
+    for key, label in (("prompts_per_step", "B"), ("num_generations", "G"), ("lr", "lr"), ("max_steps", "max steps")):
+        if key in tr:
+            parts.append(f"{label} = {html.escape(str(tr[key]))}")
+    return " · ".join(parts)
+
+
+def write_html(run_dir: Path, out: Path, metrics: list[dict[str, Any]], plots: dict[str, Path],
+               records: list[dict[str, Any]], config: dict[str, Any]) -> Path:
+    captions = {"reward": "Reward per step: the mean over the step's completions, with a ±1 standard deviation band.",
+                "accuracy": "Held-out accuracy, measured every trainer.eval_steps steps.",
+                "completion_length": "Completion length in tokens; dashed: share of completions cut at max_new_tokens.",
+                "kl": "KL divergence of the policy to the reference model (loss.beta > 0).",
+                "clip_ratio": "Share of completion tokens whose probability ratio was clipped.",
+                "loss": "Loss and gradient norm.",
+                "step_time": "Seconds per training step, and the part spent generating completions."}
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>rlvr report: {html.escape(run_dir.name)}</title>"
+             f"<style>{CSS}</style></head><body>",
+             f"<h1>rlvr run report</h1><p class='meta'>{html.escape(str(run_dir.resolve()))}<br>"
+             f"{len(metrics)} steps logged"
+             + (f" (last: step {int(metrics[-1]['step'])})" if metrics else "") + "</p>"]
+    if config:
+        parts.append(f"<p>{_config_line(config)}</p>")
+    skipped = [m for m in metrics if m.get("skipped_steps")]
+    if skipped and skipped[-1].get("skipped_steps"):
+        parts.append(f"<p class='neg'>{int(skipped[-1]['skipped_steps'])} step(s) skipped for a non-finite loss.</p>")
+    rows = _summary_rows(metrics)
+    if rows:
+        parts.append("<h2>Summary</h2><table><tr><th>metric</th><th>first 10% of steps (mean)</th>"
+                     "<th>last 10% of steps (mean)</th><th>best step</th></tr>"
+                     + "".join(f"<tr><td>{html.escape(k)}</td><td class='num'>{a}</td><td class='num'>{b}</td>"
+                               f"<td class='num'>{c}</td></tr>" for k, a, b, c in rows) + "</table>")
+    parts.append("<h2>Plots</h2>")
+    for name, path in plots.items():
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{html.escape(captions.get(name, name))}</figcaption></figure>")
+    steps = sorted({int(r.get("step", 0)) for r in records})
+    if steps:
+        parts.append("<h2>Sample completions</h2><p class='meta'>From completions.jsonl: the first and the last "
+                     "logged step (trainer.log_completions per step).</p>")
+        for st in ([steps[0], steps[-1]] if len(steps) > 1 else steps):
+            parts.append(_samples_html(records, st))
+    parts.append("</body></html>")
+    path = out / "report.html"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def build_report(run_dir: str | Path, output: Optional[str | Path] = None) -> Path:
+    """Write the plots and ``report.html`` for a run directory; returns the HTML path."""
+    path = check_run_dir(run_dir)
+    metrics = [m for m in read_records(path / "metrics.jsonl") if "step" in m]
+    if not metrics:
+        raise ValueError(f"{path}/metrics.jsonl has no steps yet: nothing to plot")
+    by_step = {int(m["step"]): m for m in metrics}  # one line per step (the last one wins)
+    metrics = [by_step[s] for s in sorted(by_step)]
+    out = Path(output).expanduser() if output else path / "report"
+    plots = make_plots(metrics, out)
+    config: dict[str, Any] = {}
+    if (path / "config.json").is_file():
+        try:
+            config = json.loads((path / "config.json").read_text())
+        except json.JSONDecodeError:
+            config = {}
+    return write_html(path, out, metrics, plots, read_records(path / "completions.jsonl"), config)
