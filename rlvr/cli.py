@@ -27,7 +27,10 @@ class UsageError(Exception):
 
 
 def _quiet_libraries() -> None:
+    import logging
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # CPU kernel-hub fallback notices
     try:
         from transformers.utils import logging as hf_logging
 
@@ -138,7 +141,8 @@ def cmd_train(args: list[str]) -> int:
                 raise
             print(f"rlvr train: error: {exc}", file=sys.stderr)
             sys.exit(1)
-        print(f"rlvr: finished {trainer.step} steps; run directory: {trainer.run_dir} (checkpoint: {trainer.run_dir / 'final'})")
+        if trainer.dist.is_main:
+            print(f"rlvr: finished {trainer.step} steps; run directory: {trainer.run_dir} (checkpoint: {trainer.run_dir / 'final'})")
         return float(metrics.get("reward/mean", float("nan")))
 
     sys.argv = ["rlvr train", *args]

@@ -85,9 +85,18 @@ def finish_policy(model: Any, tokenizer: Any, cfg: ModelConfig, name: str) -> Po
         from peft import LoraConfig, get_peft_model
 
         if cfg.load_in_4bit:
-            from peft import prepare_model_for_kbit_training
-
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+            # The 4-bit base is frozen; the other weights (embeddings, norms, head) stay in model.dtype and the
+            # adapters are float32 (peft's default). (peft's prepare_model_for_kbit_training would also upcast
+            # every non-4-bit weight to float32: twice the memory for the embeddings and the head, and a
+            # float32 residual stream.)
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for module in model.modules():
+                # bitsandbytes on AVX512-BF16 CPUs repacks a 4-bit weight, for good, at its first eval-mode
+                # no-grad forward (generation), and the repacked path has no autograd: the backward would then
+                # lose every gradient that flows through the frozen base layers. Keep the trainable path.
+                if hasattr(module, "support_avx512bf16_for_cpu"):
+                    module.support_avx512bf16_for_cpu = False
         present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
         targets = [t for t in cfg.lora_target_modules if t in present]
         if not targets:
@@ -113,13 +122,70 @@ def eos_token_ids(policy: Policy) -> list[int]:
     return sorted(ids)
 
 
-def save_policy(policy: Policy, path: str, merged: bool = False) -> None:
+def save_policy(policy: Policy, path: str, merged: bool = False,
+                state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
     """Save weights + tokenizer loadable by plain transformers (or peft for an adapter).
 
-    With LoRA: the adapter alone by default, or merged into the base weights with ``merged=True``.
+    With LoRA: the adapter alone by default (``PeftModel.from_pretrained(base, path)``), or merged into
+    the base weights with ``merged=True`` (``AutoModelForCausalLM.from_pretrained(path)``; a QLoRA base
+    is de-quantized first, so the merged model is a plain 16/32-bit one). ``state_dict``: the weights to
+    write instead of the model's own (a sharded model gathered to this rank).
     """
-    model = policy.model
     if policy.is_lora and merged:
-        model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(path, safe_serialization=True)
+        merged_model(policy.model).save_pretrained(path, safe_serialization=True)
+    else:
+        extra = {} if state_dict is None else {"state_dict": state_dict}
+        policy.model.save_pretrained(path, safe_serialization=True, **extra)
     policy.tokenizer.save_pretrained(path)
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """A weight as a plain tensor: bitsandbytes 4-bit parameters are de-quantized."""
+    quant_state = getattr(t, "quant_state", None)
+    if quant_state is None:
+        return t.detach()
+    import bitsandbytes as bnb
+
+    return bnb.functional.dequantize_4bit(t.data, quant_state)
+
+
+def merged_model(model: Any) -> Any:
+    """A plain transformers model (no peft, no quantization) holding ``base + LoRA deltas``, for saving.
+
+    Built on the meta device and filled with the merged tensors (the LoRA layers' new weights; every
+    other tensor is shared with ``model``), so it costs one copy of the adapted layers, not of the model.
+    Meant for ``save_pretrained``: non-persistent buffers (rotary tables) stay on the meta device.
+    """
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForCausalLM
+
+    base = model.get_base_model()
+    config = copy.deepcopy(base.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    dtype = getattr(config, "dtype", None) or torch.float32
+    if isinstance(dtype, str):
+        dtype = torch_dtype(dtype)
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    state: dict[str, torch.Tensor] = {}
+    for key in plain.state_dict():
+        owner, attr = key.rsplit(".", 1) if "." in key else ("", key)
+        mod = base.get_submodule(owner)
+        if hasattr(mod, "modules_to_save") and hasattr(mod, "active_adapter"):  # a fully trained copy (e.g. the head)
+            active = mod.active_adapter[0] if isinstance(mod.active_adapter, (list, tuple)) else mod.active_adapter
+            mod = mod.modules_to_save[active]
+        if isinstance(mod, LoraLayer):
+            layer = mod.get_base_layer()
+            tensor = _dense(getattr(layer, attr))
+            if attr == "weight" and not getattr(mod, "merged", False):
+                tensor = tensor.float()
+                for name in mod.active_adapters:
+                    if name in mod.lora_A:
+                        tensor = tensor + mod.get_delta_weight(name).float()
+        else:
+            tensor = _dense(getattr(mod, attr))
+        state[key] = tensor.to(dtype)
+    plain.load_state_dict(state, assign=True)
+    plain.generation_config = copy.deepcopy(base.generation_config)
+    return plain

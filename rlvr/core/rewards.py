@@ -101,7 +101,12 @@ def _run_coroutine(coro: Any) -> Any:
 
 
 def _first_failing(reward: RewardFn, completions: list[str], prompts: list[str], columns: dict[str, list[Any]]) -> str:
-    """Find which row makes a raising reward fail, by scoring rows one at a time (for the message)."""
+    """Find which row makes a raising reward fail, by scoring rows one at a time (for the message).
+
+    A single completion is reported without calling the reward again (no second request to a judge).
+    """
+    if len(completions) == 1:
+        return f" It fails on row 0; completion: {completions[0][:300]!r}"
     for i, c in enumerate(completions):
         try:
             out = reward.fn([c], prompts=[prompts[i]], **{k: [v[i]] for k, v in columns.items()})

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from rlvr.core import checkpoint as ckpt_io
-from rlvr.core import registry
+from rlvr.core import distributed, registry
 from rlvr.core.advantages import group_advantages, zero_std_fraction
 from rlvr.core.config import TrainerConfig, plugin_params, trainer_config
 from rlvr.core.policy import Policy, save_policy
@@ -47,6 +47,8 @@ def validate_trainer(tc: TrainerConfig) -> None:
         (tc.lr_schedule in ("constant", "linear", "cosine"), f"trainer.lr_schedule={tc.lr_schedule!r}: choose constant, linear or cosine"),
         (tc.max_grad_norm >= 0, f"trainer.max_grad_norm must be >= 0 (0 = no clipping), got {tc.max_grad_norm}"),
         (tc.warmup_steps >= 0, f"trainer.warmup_steps must be >= 0, got {tc.warmup_steps}"),
+        (tc.distributed in distributed.STRATEGIES, f"trainer.distributed={tc.distributed!r}: choose ddp or fsdp"),
+        (tc.dist_backend in distributed.BACKENDS, f"trainer.dist_backend={tc.dist_backend!r}: choose auto, gloo or nccl"),
     ]
     for ok, message in checks:
         if not ok:
@@ -99,6 +101,8 @@ class Trainer:
         validate_trainer(self.tc)
         if self.tc.threads > 0:
             torch.set_num_threads(self.tc.threads)
+        self.dist = distributed.setup(self.tc.dist_backend)  # torchrun: join the process group; else one process
+        self._validate_parallel()
         # cheap components first: a bad name or value fails before the model loads
         task_name, task_params = _select(cfg, "task")
         self.task: Task = registry.create("task", task_name, **task_params)
@@ -107,18 +111,49 @@ class Trainer:
         self.loss = registry.create("loss", loss_name, **loss_params)
         engine_name, engine_params = _select(cfg, "engine")
         self.engine = registry.create("engine", engine_name, **engine_params)
-        self.loggers = [registry.create("logger", n, **plugin_params(p)) for n, p in (cfg.get("logger") or {}).items()]
-        self.run_dir = Path(run_dir) if run_dir else self._default_run_dir()
+        loggers = [registry.create("logger", n, **plugin_params(p)) for n, p in (cfg.get("logger") or {}).items()]
+        self.loggers = loggers if self.dist.is_main else []  # rank 0 writes the logs
+        self.run_dir = Path(self.dist.broadcast(str(run_dir or self._default_run_dir())))  # rank 0's, on every rank
         model_name, model_params = _select(cfg, "model")
+        ecfg = getattr(self.engine, "cfg", None)
+        longest = int(getattr(ecfg, "max_prompt_length", 0) or 0) + int(getattr(ecfg, "max_new_tokens", 0) or 0)
+        if policy is None and model_params.get("max_seq_length") and longest > int(model_params["max_seq_length"]):
+            raise ValueError(f"engine.max_prompt_length + engine.max_new_tokens = {longest} exceeds "
+                             f"model.max_seq_length={model_params['max_seq_length']}: raise model.max_seq_length "
+                             "(memory grows with it) or shorten the prompts / completions")
+        torch.manual_seed(self.tc.seed)  # LoRA adapters are initialised from the global RNG: same seed, same init
         self.policy = policy or registry.create("model", model_name, **model_params)
+        if self.dist.device is not None and self.dist.device.type == "cuda" and self.policy.device.type == "cpu":
+            self.policy.model.to(self.dist.device)  # the GPU (cuda:LOCAL_RANK under torchrun); device_map'd models stay
         self.temperature = float(getattr(getattr(self.engine, "cfg", None), "temperature", 1.0))
         self.step = 0
         self.sampler = RowSampler(len(self.task.train_rows), self.tc.seed)
         self.bad_steps_in_row = 0
         self.skipped_steps = 0
+        if (self.dist.enabled and self.tc.distributed == "fsdp" and not self.policy.is_lora
+                and float(getattr(self.loss, "beta", 0.0)) > 0):
+            raise ValueError("trainer.distributed=fsdp with full fine-tuning and loss.beta > 0 is not supported (the KL "
+                             "reference would be a second, unsharded copy of the model): use LoRA (the reference is "
+                             "the base with the adapters off) or trainer.distributed=ddp")
+        # DDP / FSDP2 wrapper for the training forward-backward (None in one process); Policy.model stays unwrapped
+        self.parallel = distributed.wrap(self.policy.model, self.dist, self.tc.distributed)
         self._setup_optimizer()
 
     # ----- construction -------------------------------------------------------------------
+    def _validate_parallel(self) -> None:
+        tc, world = self.tc, self.dist.world_size
+        if world == 1:
+            return
+        if tc.prompts_per_step < world:
+            raise ValueError(f"trainer.prompts_per_step={tc.prompts_per_step} < {world} processes: each process "
+                             "generates whole groups, so give every process at least one prompt")
+        if tc.distributed == "fsdp" and tc.prompts_per_step % world:
+            raise ValueError(f"trainer.distributed=fsdp needs trainer.prompts_per_step ({tc.prompts_per_step}) to be a "
+                             f"multiple of the {world} processes (every rank must run the same number of passes)")
+        if tc.distributed == "fsdp" and tc.save_merged:
+            raise ValueError("trainer.save_merged=true is not supported with trainer.distributed=fsdp: merge the saved "
+                             "adapter afterwards (rlvr.core.policy.save_policy(policy, path, merged=True))")
+
     def _build_rewards(self, cfg: Any, fns: Optional[Sequence[Callable[..., Any]]]) -> list[RewardFn]:
         if fns is not None:
             return [RewardFn(getattr(f, "__name__", f"reward_{i}"), f) for i, f in enumerate(fns)]
@@ -161,10 +196,13 @@ class Trainer:
         return [(self.tc.seed * 1_000_003 + step * 10_007 + g) % (2**63) for g in range(num_groups)]
 
     def generate(self, step: int) -> Rollouts:
-        idx = self.sampler.take(self.tc.prompts_per_step)
-        rows = [self.task.train_rows[i] for i in idx]
+        idx = self.sampler.take(self.tc.prompts_per_step)  # the same B prompts on every rank
+        mine = self.dist.groups(len(idx))  # this rank's groups (all of them in one process)
+        rows = [self.task.train_rows[i] for i in idx[mine]]
         prompts = [self.task.render(r, self.policy.tokenizer) for r in rows]
-        rollouts = self.engine.generate(self.policy, prompts, self.tc.num_generations, self.group_seeds(step, len(rows)))
+        seeds = self.group_seeds(step, len(idx))[mine]  # seeded by the global group index
+        with distributed.unsharded(self.parallel):
+            rollouts = self.engine.generate(self.policy, prompts, self.tc.num_generations, seeds)
         rollouts.rows = [r for r in rows for _ in range(self.tc.num_generations)]
         return rollouts
 
@@ -173,9 +211,11 @@ class Trainer:
         attn = torch.cat([ro.prompt_mask[sl], ro.completion_mask[sl]], dim=1).to(self.policy.device)
         ctx = torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()) if (
             self.tc.offload_activations and torch.is_grad_enabled()) else contextlib.nullcontext()
+        kw = {"temperature": self.temperature, "chunk_tokens": self.tc.logprob_chunk_tokens, "return_entropy": with_entropy}
         with ctx:
-            return completion_logprobs(model, ids, attn, ro.prompt_ids.shape[1], temperature=self.temperature,
-                                       chunk_tokens=self.tc.logprob_chunk_tokens, return_entropy=with_entropy)
+            if self.parallel is not None and model is self.policy.model:  # DDP / FSDP2 act through the wrapper
+                return self.parallel(ids, attn, ro.prompt_ids.shape[1], **kw)
+            return completion_logprobs(model, ids, attn, ro.prompt_ids.shape[1], **kw)
 
     def micro_slices(self, n: int) -> list[slice]:
         mb = self.tc.micro_batch_size or n
@@ -188,8 +228,14 @@ class Trainer:
         ro = self.generate(step)
         t_gen = time.perf_counter() - t0
         table = score(self.rewards, ro.completions, ro.prompts, ro.columns())
-        total = weighted_total(table, [r.weight for r in self.rewards])
-        adv = group_advantages(total, tc.num_generations, tc.advantage_scaling, tc.advantage_baseline)
+        # the whole batch on every rank (one process: its own): advantages (batch scaling) and metrics use it
+        parts = self.dist.gather({"rewards": table, "lengths": ro.completion_mask.sum(1).float(),
+                                  "truncated": ro.truncated, "generation_time": t_gen})
+        total = weighted_total(torch.cat([p["rewards"] for p in parts]), [r.weight for r in self.rewards])
+        mine = self.dist.groups(tc.prompts_per_step)
+        adv = group_advantages(total, tc.num_generations, tc.advantage_scaling, tc.advantage_baseline)[
+            mine.start * tc.num_generations:mine.stop * tc.num_generations]
+        num_sequences = total.numel()
         mask = ro.completion_mask.float().to(self.policy.device)
         truncated = ro.truncated.to(self.policy.device)
         adv_d = adv.to(self.policy.device)
@@ -204,6 +250,7 @@ class Trainer:
                 old_logps = torch.cat([self.logprobs(self.policy.model, ro, sl) for sl in slices])
         active = getattr(self.loss, "active_tokens", None)
         num_tokens = sum(int(active(mask[sl], truncated[sl])) for sl in slices) if active else int(mask.sum())
+        num_tokens = int(self.dist.sum(num_tokens))  # loss normalisers are whole-batch totals
         needs_entropy = bool(getattr(self.loss, "needs_entropy", False))
         self.policy.model.train()
         loss_sum, sums, grad_norm, skipped = 0.0, {}, 0.0, False
@@ -215,15 +262,17 @@ class Trainer:
                 kwargs = {"entropies": ent} if needs_entropy else {}
                 value, m = self.loss(logps, old_logps[sl] if old_logps is not None else None,
                                      ref_logps[sl] if ref_logps is not None else None, adv_d[sl], mask[sl], truncated[sl],
-                                     num_sequences=ro.num, num_tokens=num_tokens, **kwargs)
-                value.backward()
+                                     num_sequences=num_sequences, num_tokens=num_tokens, **kwargs)
+                with distributed.grad_sync(self.parallel, sync=sl is slices[-1]):
+                    (value * self.dist.world_size).backward()  # DDP / FSDP2 average gradients over the ranks
                 loss_sum += float(value.detach())
-                share = (sl.stop - sl.start if sl.stop <= ro.num else ro.num - sl.start) / ro.num
+                share = (sl.stop - sl.start if sl.stop <= ro.num else ro.num - sl.start) / num_sequences
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * share / tc.num_iterations
             params = [p for p in self.policy.model.parameters() if p.requires_grad]
             norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf"))
-            if not torch.isfinite(norm) or not math.isfinite(loss_sum):
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
+            if self.dist.sum(float(not torch.isfinite(norm) or not math.isfinite(loss_sum))) > 0:  # any rank
                 skipped = True
                 self.optimizer.zero_grad(set_to_none=True)
                 break
@@ -242,23 +291,29 @@ class Trainer:
             self.bad_steps_in_row = 0
         self.step = step
         dt = time.perf_counter() - t0
-        lengths = ro.completion_mask.sum(1).float()
+        lengths = torch.cat([p["lengths"] for p in parts])
+        clipped = torch.cat([p["truncated"] for p in parts]).float()
+        t_gen = max(p["generation_time"] for p in parts)
+        loss_sum = self.dist.sum(loss_sum)
+        sums = {k: self.dist.sum(v) for k, v in sorted(sums.items())}
         metrics: dict[str, float] = {
             "reward/mean": float(total.mean()), "reward/std": float(total.std()) if total.numel() > 1 else 0.0,
             "frac_reward_zero_std": zero_std_fraction(total, tc.num_generations),
             "loss": loss_sum / tc.num_iterations, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0],
             "completion_length/mean": float(lengths.mean()), "completion_length/max": float(lengths.max()),
-            "completion_length/clipped_ratio": float(ro.truncated.float().mean()),
+            "completion_length/clipped_ratio": float(clipped.mean()),
             "step_time": dt, "generation_time": t_gen, "tokens_per_s": float(lengths.sum()) / max(t_gen, 1e-9),
             "skipped_steps": float(self.skipped_steps),
         }
+        batch_table = torch.cat([p["rewards"] for p in parts])
         for j, r in enumerate(self.rewards):
-            col = table[:, j]
+            col = batch_table[:, j]
             ok = col[~torch.isnan(col)]
             metrics[f"rewards/{r.name}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
             metrics[f"rewards/{r.name}/std"] = float(ok.std()) if ok.numel() > 1 else 0.0
         metrics.update(sums)
-        self._last_samples = self._samples(ro, table, adv)
+        samples = self.dist.gather(self._samples(ro, table, adv))  # the batch's first log_completions, as in one process
+        self._last_samples = [s for part in samples for s in part][:tc.log_completions]
         return metrics
 
     def _samples(self, ro: Rollouts, table: torch.Tensor, adv: torch.Tensor) -> list[dict[str, Any]]:
@@ -279,13 +334,40 @@ class Trainer:
                 "skipped_steps": self.skipped_steps}
 
     def save(self) -> Path:
-        return ckpt_io.save_checkpoint(self.run_dir, self.step, self.policy, self.state_dict(),
-                                       keep=max(1, int(self.cfg["trainer"].get("keep_checkpoints", 2))))
+        """Checkpoint: rank 0 writes it (DDP: every rank holds the same weights); with FSDP2 every rank writes
+        its shard of weights and optimizer state (torch.distributed.checkpoint)."""
+        keep = max(1, int(self.cfg["trainer"].get("keep_checkpoints", 2)))
+        if distributed.is_fsdp(self.parallel):
+            state = {k: v for k, v in self.state_dict().items() if k != "optimizer"}
+            return distributed.save_sharded_checkpoint(self.dist, self.run_dir, self.step, self.parallel,
+                                                       self.optimizer, state, keep)
+        path = Path(self.run_dir) / "checkpoints" / f"{ckpt_io.PREFIX}{self.step}"
+        if self.dist.is_main:
+            path = ckpt_io.save_checkpoint(self.run_dir, self.step, self.policy, self.state_dict(), keep=keep)
+        self.dist.barrier()
+        return path
+
+    def save_final(self, path: Path) -> None:
+        """The trained model, loadable by transformers / peft (LoRA: the adapter; ``trainer.save_merged``: also
+        ``merged/``). With FSDP2 the shards are gathered to rank 0 first."""
+        state = distributed.full_state_dict(self.parallel) if distributed.is_fsdp(self.parallel) else None
+        if self.dist.is_main:
+            save_policy(self.policy, str(path), state_dict=state)
+            if self.tc.save_merged and self.policy.is_lora:
+                save_policy(self.policy, str(path / "merged"), merged=True)
+        self.dist.barrier()
 
     def resume_from(self, path: Path) -> None:
-        ckpt_io.load_trainable_weights(self.policy, path)
+        if float(getattr(self.loss, "beta", 0.0)) > 0 and not self.policy.is_lora:
+            self.policy.reference()  # full fine-tune: snapshot the base weights as the KL reference first
+        if (path / distributed.SHARDED_DIR).is_dir():  # FSDP2's checkpoint: each rank reads what it holds
+            module = self.parallel if self.parallel is not None else distributed.LogprobModule(self.policy.model)
+            distributed.load_sharded(path / distributed.SHARDED_DIR, module, self.optimizer)
+        else:
+            ckpt_io.load_trainable_weights(self.policy, path)
         state = torch.load(path / "trainer_state.pt", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         self.bad_steps_in_row, self.skipped_steps = state["bad_steps_in_row"], state["skipped_steps"]
@@ -301,11 +383,10 @@ class Trainer:
             if path is None:
                 return
         else:
-            path = Path(resume)
-            if not (path / ckpt_io.MARKER).is_file():
-                raise FileNotFoundError(f"trainer.resume={resume!r} is not a complete rlvr checkpoint directory")
+            path = ckpt_io.resolve_resume(resume)  # a checkpoint, or a run directory's latest one
         self.resume_from(path)
-        print(f"rlvr: resumed from {path} at step {self.step}")
+        if self.dist.is_main:
+            print(f"rlvr: resumed from {path} at step {self.step}")
 
     # ----- the loop -----------------------------------------------------------------------
     def train(self) -> dict[str, float]:
@@ -316,12 +397,13 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._maybe_resume()
         config_dict = _to_dict(self.cfg)
-        (self.run_dir / "config.json").write_text(json.dumps(config_dict, indent=2, default=str))
+        if self.dist.is_main:
+            (self.run_dir / "config.json").write_text(json.dumps(config_dict, indent=2, default=str))
         for lg in self.loggers:
             if hasattr(lg, "on_train_start"):
                 lg.on_train_start(self.run_dir, config_dict, self.step)
-        bar = tqdm(total=tc.max_steps, initial=self.step, disable=not tc.progress, desc="rlvr train", unit="step",
-                   dynamic_ncols=True)
+        bar = tqdm(total=tc.max_steps, initial=self.step, disable=not (tc.progress and self.dist.is_main),
+                   desc="rlvr train", unit="step", dynamic_ncols=True)
         metrics: dict[str, float] = {}
         while self.step < tc.max_steps:
             metrics = self.train_step()
@@ -336,7 +418,7 @@ class Trainer:
                 post.update({r.name: f"{metrics[f'rewards/{r.name}/mean']:.2f}" for r in self.rewards})
             bar.set_postfix(post)
             bar.update(1)
-            if tc.log_steps and self.step % tc.log_steps == 0:
+            if tc.log_steps and self.step % tc.log_steps == 0 and self.dist.is_main:
                 bar.write(f"step {self.step}/{tc.max_steps}  reward {metrics['reward/mean']:.3f} ± {metrics['reward/std']:.3f}  "
                           f"len {metrics['completion_length/mean']:.1f}  zero-std groups {metrics['frac_reward_zero_std']:.2f}  "
                           f"{metrics['step_time']:.1f} s/step")
@@ -344,11 +426,11 @@ class Trainer:
                 self.save()
         bar.close()
         self.save()
-        final = self.run_dir / "final"
-        save_policy(self.policy, str(final))
+        self.save_final(self.run_dir / "final")
         for lg in self.loggers:
             if hasattr(lg, "on_train_end"):
                 lg.on_train_end(metrics)
+        self.dist.close()  # leave the process group this trainer joined (torchrun)
         return metrics
 
     def evaluate(self, limit: int = 0, num_samples: int = 0) -> dict[str, float]:
@@ -356,7 +438,8 @@ class Trainer:
 
         was = self.policy.model.training
         self.policy.model.eval()
-        out = evaluate(self.policy, self.task, self.engine, num_samples=num_samples, limit=limit, seed=self.tc.seed)
+        with distributed.unsharded(self.parallel):  # every rank evaluates the same rows
+            out = evaluate(self.policy, self.task, self.engine, num_samples=num_samples, limit=limit, seed=self.tc.seed)
         if was:
             self.policy.model.train()
         return out
