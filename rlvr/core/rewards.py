@@ -74,13 +74,18 @@ def verifier_as_reward(verify: Callable[..., Any], pass_score: float = 1.0, fail
     return reward
 
 
-def _warn_fallback(reward: RewardFn, exc: BaseException) -> None:
-    warnings.warn(f"reward {reward.name!r} raised {type(exc).__name__}: {exc}; scoring the batch "
-                  f"{'0' if reward.on_error == 'zero' else 'None'} (on_error={reward.on_error})", RuntimeWarning, stacklevel=3)
-
-
-def _fallback(on_error: str) -> float | None:
-    return 0.0 if on_error == "zero" else None
+def _on_failure(reward: RewardFn, exc: BaseException, completions: list[str], prompts: list[str],
+                columns: dict[str, list[Any]]) -> list[float | None]:
+    """A reward raised: stop with the plugin, row and completion named, or (on_error zero/none) warn and
+    score the whole batch 0 / None."""
+    if reward.on_error == "raise":
+        raise RewardError(f"reward {reward.name!r} raised {type(exc).__name__}: {exc}."
+                          f"{_first_failing(reward, completions, prompts, columns)} Fix the reward, or set "
+                          f"reward.{reward.name}.on_error=zero (or none) to score such completions and go on.") from exc
+    fallback = 0.0 if reward.on_error == "zero" else None
+    warnings.warn(f"reward {reward.name!r} raised {type(exc).__name__}: {exc}; scoring the batch {fallback} "
+                  f"(on_error={reward.on_error})", RuntimeWarning, stacklevel=3)
+    return [fallback] * len(completions)
 
 
 def is_async(fn: Callable[..., Any]) -> bool:
@@ -170,12 +175,7 @@ def score(rewards: Sequence[RewardFn], completions: list[str], prompts: list[str
         except RewardError:
             raise
         except Exception as exc:  # noqa: BLE001
-            if r.on_error == "raise":
-                raise RewardError(f"reward {r.name!r} raised {type(exc).__name__}: {exc}."
-                                  f"{_first_failing(r, completions, prompts, columns)} Fix the reward, or set "
-                                  f"reward.{r.name}.on_error=zero (or none) to score such completions and go on.") from exc
-            _warn_fallback(r, exc)
-            results[j] = [_fallback(r.on_error)] * n
+            results[j] = _on_failure(r, exc, completions, prompts, columns)
     if pending:
         async def gather() -> list[Any]:
             return await asyncio.gather(*(coro for _, coro in pending), return_exceptions=True)
@@ -183,13 +183,10 @@ def score(rewards: Sequence[RewardFn], completions: list[str], prompts: list[str
         outs = _run_coroutine(gather())
         for (j, _), out in zip(pending, outs):
             r = rewards[j]
+            if isinstance(out, RewardError):
+                raise out
             if isinstance(out, BaseException):
-                if r.on_error == "raise":
-                    raise RewardError(f"reward {r.name!r} raised {type(out).__name__}: {out}."
-                                      f"{_first_failing(r, completions, prompts, columns)} Fix the reward, or set "
-                                      f"reward.{r.name}.on_error=zero (or none) to go on.") from out
-                _warn_fallback(r, out)
-                results[j] = [_fallback(r.on_error)] * n
+                results[j] = _on_failure(r, out, completions, prompts, columns)
             else:
                 results[j] = _check(r, out, n)
     table = torch.full((n, len(rewards)), float("nan"), dtype=torch.float32)
