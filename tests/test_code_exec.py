@@ -328,7 +328,7 @@ def test_bwrap_blocks_the_network(listener):
 
 
 def test_rlimit_mode_has_network_documented(listener):
-    """Without bubblewrap there is no network isolation (docs/rewards.md says so): the loopback is reachable."""
+    """Without bubblewrap there is no network isolation (the README says so): the loopback is reachable."""
     port, hits = listener
     code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\nprint('connected')"
     assert make("rlimit")([py(code)], tests=[[{"input": "", "output": "connected"}]]) == [1.0]

@@ -12,7 +12,7 @@ Tests (one value of the ``tests`` column, or a JSON string holding it):
   ``{"inputs": [...], "outputs": [...]}`` (the APPS layout); the program's stdout is compared
   with the expected output line by line, trailing whitespace ignored; it must also exit with 0.
 
-The sandbox (see docs/rewards.md, "code_exec's sandbox"):
+The sandbox (see the README, "code_exec's sandbox"):
 
 - always: a fresh temporary directory as working directory and HOME, deleted afterwards; a clean
   environment; a new session; a wall-clock timeout; rlimits on CPU time, address space
