@@ -22,11 +22,13 @@ from rlvr.core import checkpoint as ckpt_io
 from rlvr.core import distributed, registry
 from rlvr.core.advantages import group_advantages, zero_std_fraction
 from rlvr.core.config import TrainerConfig, plugin_params, trainer_config
+from rlvr.core.importance import importance_metrics, importance_weights, scale_gradient
 from rlvr.core.policy import Policy, save_policy
 from rlvr.core.rewards import RewardFn, score, weighted_total
 from rlvr.core.rollout import Rollouts
 from rlvr.core.task import RowSampler, Task
 from rlvr.kernels.causal_lm import completion_logprobs
+from rlvr.kernels.shared_prompt import shared_prompt_applies, shared_prompt_logprobs
 
 
 class TrainingError(RuntimeError):
@@ -215,7 +217,10 @@ class Trainer:
         with ctx:
             if self.parallel is not None and model is self.policy.model:  # DDP / FSDP2 act through the wrapper
                 return self.parallel(ids, attn, ro.prompt_ids.shape[1], **kw)
-            return completion_logprobs(model, ids, attn, ro.prompt_ids.shape[1], **kw)
+            P, G = ro.prompt_ids.shape[1], self.tc.num_generations
+            if shared_prompt_applies(model, ro.prompt_ids[sl], G, ro.prompt_mask[sl]):  # each group's prompt once
+                return shared_prompt_logprobs(model, ids[:, :P], attn[:, :P], ids[:, P:], attn[:, P:], G, **kw)
+            return completion_logprobs(model, ids, attn, P, **kw)
 
     def micro_slices(self, n: int) -> list[slice]:
         mb = self.tc.micro_batch_size or n
@@ -252,6 +257,8 @@ class Trainer:
         num_tokens = sum(int(active(mask[sl], truncated[sl])) for sl in slices) if active else int(mask.sum())
         num_tokens = int(self.dist.sum(num_tokens))  # loss normalisers are whole-batch totals
         needs_entropy = bool(getattr(self.loss, "needs_entropy", False))
+        is_cfg = getattr(self.engine, "importance_sampling", None)  # engine/trainer mismatch correction (engine=vllm)
+        use_is = bool(is_cfg is not None and is_cfg.enabled and ro.sampling_logps is not None)
         self.policy.model.train()
         loss_sum, sums, grad_norm, skipped = 0.0, {}, 0.0, False
         for _ in range(tc.num_iterations):
@@ -259,6 +266,11 @@ class Trainer:
             for sl in slices:
                 out = self.logprobs(self.policy.model, ro, sl, with_entropy=needs_entropy)
                 logps, ent = out if needs_entropy else (out, None)
+                is_metrics: dict[str, float] = {}
+                if use_is:  # each token's loss times a capped ratio trainer/engine (a constant)
+                    old = old_logps[sl] if old_logps is not None else logps.detach()
+                    w = importance_weights(old, ro.sampling_logps[sl].to(logps.device), mask[sl], is_cfg)
+                    logps, is_metrics = scale_gradient(logps, w), importance_metrics(w, mask[sl])
                 kwargs = {"entropies": ent} if needs_entropy else {}
                 value, m = self.loss(logps, old_logps[sl] if old_logps is not None else None,
                                      ref_logps[sl] if ref_logps is not None else None, adv_d[sl], mask[sl], truncated[sl],
@@ -267,7 +279,7 @@ class Trainer:
                     (value * self.dist.world_size).backward()  # DDP / FSDP2 average gradients over the ranks
                 loss_sum += float(value.detach())
                 share = (sl.stop - sl.start if sl.stop <= ro.num else ro.num - sl.start) / num_sequences
-                for k, v in m.items():
+                for k, v in {**m, **is_metrics}.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * share / tc.num_iterations
             params = [p for p in self.policy.model.parameters() if p.requires_grad]
             norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf"))

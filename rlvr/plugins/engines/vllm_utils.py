@@ -1,0 +1,157 @@
+"""The parts of ``engine=vllm`` that need no vLLM: weight names, sampling parameters, output conversion.
+
+Kept pure (plain tensors, dicts and duck-typed output objects) so they are tested on the CPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+
+from rlvr.core.rollout import Rollouts
+
+PEFT_PREFIX = "base_model.model."
+WRAPPER_PARTS = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
+
+
+def vllm_weight_name(name: str) -> Optional[str]:
+    """The name vLLM's ``load_weights`` expects for a (possibly peft-wrapped) transformers parameter name,
+    or None for parameters vLLM does not have (LoRA factors, the frozen original of a ``modules_to_save``).
+
+    ``base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight`` -> ``model.layers.0.self_attn.q_proj.weight``
+    """
+    if ".lora_" in name or name.startswith("lora_") or ".original_module." in name:
+        return None
+    if name.startswith(PEFT_PREFIX):
+        name = name[len(PEFT_PREFIX):]
+    for part in WRAPPER_PARTS:
+        name = name.replace(part, "")
+    name = name.replace(".base_layer.", ".")
+    name = name.replace(".modules_to_save.default.", ".")
+    return name
+
+
+def _adapter_owner(name: str) -> str:
+    """``...q_proj.base_layer.weight`` -> ``...q_proj`` (the peft module whose effective weight to send)."""
+    return name.split(".base_layer.")[0]
+
+
+def weights_for_vllm(model: Any, changed_only: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(vllm_name, tensor)`` pairs to push into vLLM.
+
+    Full fine-tuning: every parameter (``changed_only``: only the trainable ones). LoRA: each adapted
+    layer's weight with its active adapters folded in (``W + scale * B @ A``, computed without touching
+    the model, never written to disk); with ``changed_only`` only those layers, since the frozen base
+    weights vLLM already holds do not change.
+    """
+    from rlvr.plugins.engines.hf import effective_linear_weight
+
+    modules = dict(model.named_modules())
+    is_peft = hasattr(model, "peft_config")
+    for name, param in model.named_parameters():
+        target = vllm_weight_name(name)
+        if target is None:
+            continue
+        if is_peft and ".base_layer." in name:
+            owner = modules.get(_adapter_owner(name))
+            folded = effective_linear_weight(owner) if owner is not None else None
+            if folded is None:
+                raise TypeError(f"cannot fold the adapter of {_adapter_owner(name)} ({type(owner).__name__}) into "
+                                "its weight for vLLM (DoRA and quantised layers are not supported)")
+            weight, bias = folded
+            tensor = weight if name.endswith(".weight") else bias
+            yield target, tensor.detach()
+            continue
+        if changed_only and not param.requires_grad:
+            continue
+        yield target, param.detach()
+
+
+def sampling_kwargs(cfg: Any, num_generations: int, max_new_tokens: int, seed: Optional[int], greedy: bool,
+                    stop_token_ids: Sequence[int]) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.SamplingParams`` for one prompt's group, from an engine config.
+
+    ``logprobs=0`` returns the sampled token's log-prob (under ``logprobs_mode="processed_logprobs"``: after
+    temperature and top-k/top-p/min-p, i.e. the distribution that actually sampled).
+    """
+    kw: dict[str, Any] = {
+        "n": int(num_generations),
+        "max_tokens": int(max_new_tokens),
+        "temperature": 0.0 if greedy else float(cfg.temperature),
+        "top_p": 1.0 if greedy else float(cfg.top_p),
+        "top_k": 0 if greedy or not cfg.top_k else int(cfg.top_k),
+        "min_p": 0.0 if greedy else float(cfg.min_p),
+        "logprobs": 0,
+        "stop_token_ids": sorted({int(t) for t in stop_token_ids}),
+        "skip_special_tokens": True,
+        "detokenize": False,
+    }
+    if seed is not None:
+        kw["seed"] = int(seed) % (2**63)
+    return kw
+
+
+@dataclass
+class Completion:
+    """One sampled completion as vLLM's ``CompletionOutput`` exposes it (the fields used here)."""
+
+    token_ids: Sequence[int]
+    logprobs: Optional[Sequence[dict]]  # per token: {token_id: Logprob(logprob=...)} or {token_id: float}
+    finish_reason: Optional[str]  # "stop" (EOS / stop token) | "length" (max_tokens) | None
+
+
+def _token_logprob(entry: Any, token: int) -> float:
+    if entry is None:
+        return float("nan")
+    value = entry.get(token) if isinstance(entry, dict) else None
+    if value is None:
+        return float("nan")
+    return float(getattr(value, "logprob", value))
+
+
+def rollouts_from_outputs(prompt_ids: Sequence[Sequence[int]], completions: Sequence[Sequence[Any]],
+                          prompts: Sequence[str], pad_id: int, eos_ids: Sequence[int],
+                          decode: Any = None) -> Rollouts:
+    """Rollouts (group order) from B prompts' token ids and each prompt's G completions.
+
+    ``completions[b]`` are the outputs of prompt b (``RequestOutput.outputs``). Prompts are left-padded,
+    completions right-padded with ``pad_id``; ``truncated`` is True when a completion stopped for length
+    (finish reason "length", or no reason and no EOS at its end); a token without a log-prob gets NaN
+    (the importance weight of such a token is 1).
+    """
+    B = len(prompt_ids)
+    groups = [len(c) for c in completions]
+    if len(completions) != B or len(set(groups)) > 1:
+        raise ValueError(f"rollouts_from_outputs: expected {B} prompts with the same number of completions, got {groups}")
+    G = groups[0] if groups else 0
+    N = B * G
+    P = max((len(p) for p in prompt_ids), default=0)
+    rows = [c for group in completions for c in group]
+    T = max([len(c.token_ids) for c in rows] + [1])
+    prompt = torch.full((N, P), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((N, P), dtype=torch.long)
+    tokens = torch.full((N, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((N, T), dtype=torch.long)
+    logps = torch.zeros((N, T), dtype=torch.float32)
+    truncated = torch.zeros(N, dtype=torch.bool)
+    eos = {int(e) for e in eos_ids}
+    for i, c in enumerate(rows):
+        p = list(prompt_ids[i // G])
+        if p:
+            prompt[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
+            prompt_mask[i, P - len(p):] = 1
+        ids = [int(t) for t in c.token_ids]
+        n = len(ids)
+        if n:
+            tokens[i, :n] = torch.tensor(ids, dtype=torch.long)
+            mask[i, :n] = 1
+            lp = c.logprobs or [None] * n
+            logps[i, :n] = torch.tensor([_token_logprob(lp[j] if j < len(lp) else None, ids[j]) for j in range(n)])
+        reason = getattr(c, "finish_reason", None)
+        truncated[i] = reason == "length" or (reason is None and (n == 0 or ids[-1] not in eos))
+    texts = decode(tokens.masked_fill(mask == 0, pad_id)) if decode is not None else ["" for _ in range(N)]
+    return Rollouts(prompt_ids=prompt, prompt_mask=prompt_mask, completion_ids=tokens, completion_mask=mask,
+                    truncated=truncated, group=torch.arange(B).repeat_interleave(G),
+                    sampling_logps=logps.masked_fill(mask == 0, 0.0), prompts=[p for p in prompts for _ in range(G)],
+                    completions=list(texts))
