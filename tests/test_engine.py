@@ -6,7 +6,7 @@ import torch
 
 import rlvr
 from rlvr.kernels.causal_lm import completion_logprobs
-from rlvr.kernels.shared_prompt import shared_prompt_applies, shared_prompt_logprobs
+from rlvr.kernels.shared_prompt import grouped_completion_logprobs, shared_prompt_applies, shared_prompt_logprobs
 from rlvr.plugins.engines.hf import (HFEngine, HFEngineConfig, fast_decoder_reason, filter_logits,
                                      sample_inverse_cdf)
 
@@ -212,4 +212,11 @@ def test_shared_prompt_logprobs_equal_full_forward_values_and_gradients(lora):
     torch.testing.assert_close(shared * ro.completion_mask, full * ro.completion_mask, atol=1e-5, rtol=1e-5)
     for a, b in zip(g_full, g_shared):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():  # the dispatcher the trainer and the DDP/FSDP wrapper call
+        grouped = grouped_completion_logprobs(model, ids, mask, ro.prompt_ids.shape[1], 3, temperature=0.8)
+        plain = grouped_completion_logprobs(model, ids, mask, ro.prompt_ids.shape[1], 0, temperature=0.8)
+        mixed = grouped_completion_logprobs(model, ids, mask, ro.prompt_ids.shape[1], 2, temperature=0.8)  # not groups of 2
+    torch.testing.assert_close(grouped, shared, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(plain, full, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(mixed, full, atol=1e-6, rtol=1e-6)
     model.eval()

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 
-from rlvr.kernels.causal_lm import completion_logprobs
+from rlvr.kernels.shared_prompt import grouped_completion_logprobs
 
 STRATEGIES = ("ddp", "fsdp")
 BACKENDS = ("auto", "gloo", "nccl")
@@ -163,7 +163,7 @@ class LogprobModule(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int,
                 **kwargs: Any) -> Any:
-        return completion_logprobs(self.model, input_ids, attention_mask, prompt_length, **kwargs)
+        return grouped_completion_logprobs(self.model, input_ids, attention_mask, prompt_length, **kwargs)
 
 
 def _is_4bit(model: nn.Module) -> bool:

@@ -27,8 +27,7 @@ from rlvr.core.policy import Policy, save_policy
 from rlvr.core.rewards import RewardFn, score, weighted_total
 from rlvr.core.rollout import Rollouts
 from rlvr.core.task import RowSampler, Task
-from rlvr.kernels.causal_lm import completion_logprobs
-from rlvr.kernels.shared_prompt import shared_prompt_applies, shared_prompt_logprobs
+from rlvr.kernels.shared_prompt import grouped_completion_logprobs
 
 
 class TrainingError(RuntimeError):
@@ -216,11 +215,9 @@ class Trainer:
         kw = {"temperature": self.temperature, "chunk_tokens": self.tc.logprob_chunk_tokens, "return_entropy": with_entropy}
         with ctx:
             if self.parallel is not None and model is self.policy.model:  # DDP / FSDP2 act through the wrapper
-                return self.parallel(ids, attn, ro.prompt_ids.shape[1], **kw)
-            P, G = ro.prompt_ids.shape[1], self.tc.num_generations
-            if shared_prompt_applies(model, ro.prompt_ids[sl], G, ro.prompt_mask[sl]):  # each group's prompt once
-                return shared_prompt_logprobs(model, ids[:, :P], attn[:, :P], ids[:, P:], attn[:, P:], G, **kw)
-            return completion_logprobs(model, ids, attn, P, **kw)
+                return self.parallel(ids, attn, ro.prompt_ids.shape[1], group_size=self.tc.num_generations, **kw)
+            # each group's prompt once when the rows allow it (rlvr/kernels/shared_prompt.py)
+            return grouped_completion_logprobs(model, ids, attn, ro.prompt_ids.shape[1], self.tc.num_generations, **kw)
 
     def micro_slices(self, n: int) -> list[slice]:
         mb = self.tc.micro_batch_size or n

@@ -10,7 +10,7 @@ rounding, in value and gradient (tested), and the decoder work drops from ``N·(
 
 It needs the KV cache in the training forward, so it does not combine with gradient
 checkpointing (transformers turns the cache off there); :func:`shared_prompt_applies` says when
-it can be used.
+it can be used and :func:`grouped_completion_logprobs` picks the shared or the plain path.
 """
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ from typing import Any, Optional, Tuple, Union
 
 import torch
 
-from rlvr.kernels.causal_lm import decoder_of, lm_head_params, position_ids_from_mask
+from rlvr.kernels.causal_lm import completion_logprobs, decoder_of, lm_head_params, position_ids_from_mask
 from rlvr.kernels.logprobs import token_logprobs
 
 Tensor = torch.Tensor
 
-__all__ = ["shared_prompt_logprobs", "shared_prompt_applies"]
+__all__ = ["shared_prompt_logprobs", "shared_prompt_applies", "grouped_completion_logprobs"]
 
 
 def shared_prompt_applies(model: Any, prompt_ids: Tensor, group_size: int, prompt_mask: Optional[Tensor] = None) -> bool:
@@ -83,3 +83,15 @@ def shared_prompt_logprobs(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, 
     weight, bias, softcap, scale = lm_head_params(model)
     return token_logprobs(hidden, weight, completion_ids, temperature=temperature, bias=bias, chunk_tokens=chunk_tokens,
                           return_entropy=return_entropy, softcap=softcap, logit_scale=scale, backend=backend)
+
+
+def grouped_completion_logprobs(model: Any, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
+                                group_size: int = 0, **kwargs: Any) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """:func:`rlvr.kernels.completion_logprobs` of ``[prompt | completion]`` rows, through
+    :func:`shared_prompt_logprobs` when the rows come in groups of ``group_size`` identical prompts
+    (and the model keeps a KV cache in training); the same values either way, up to float rounding."""
+    P = int(prompt_length)
+    if group_size and shared_prompt_applies(model, input_ids[:, :P], group_size, attention_mask[:, :P]):
+        return shared_prompt_logprobs(model, input_ids[:, :P], attention_mask[:, :P], input_ids[:, P:],
+                                      attention_mask[:, P:], group_size, **kwargs)
+    return completion_logprobs(model, input_ids, attention_mask, P, **kwargs)
