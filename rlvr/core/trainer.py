@@ -6,7 +6,6 @@ optimizer) → metrics and checkpoints.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -27,6 +26,7 @@ from rlvr.core.policy import Policy, save_policy
 from rlvr.core.rewards import RewardFn, score, weighted_total
 from rlvr.core.rollout import Rollouts
 from rlvr.core.task import RowSampler, Task
+from rlvr.kernels.memory import enable_gradient_checkpointing, offload_activations
 from rlvr.kernels.shared_prompt import grouped_completion_logprobs
 
 
@@ -187,9 +187,7 @@ class Trainer:
                                            weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(tc, tc.max_steps * tc.num_iterations))
         if tc.gradient_checkpointing:
-            self.policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if self.policy.is_lora and hasattr(self.policy.model, "enable_input_require_grads"):
-                self.policy.model.enable_input_require_grads()
+            enable_gradient_checkpointing(self.policy.model)
 
     # ----- one step -----------------------------------------------------------------------
     def group_seeds(self, step: int, num_groups: int) -> list[int]:
@@ -210,8 +208,7 @@ class Trainer:
     def logprobs(self, model: Any, ro: Rollouts, sl: slice, with_entropy: bool = False) -> Any:
         ids = torch.cat([ro.prompt_ids[sl], ro.completion_ids[sl]], dim=1).to(self.policy.device)
         attn = torch.cat([ro.prompt_mask[sl], ro.completion_mask[sl]], dim=1).to(self.policy.device)
-        ctx = torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()) if (
-            self.tc.offload_activations and torch.is_grad_enabled()) else contextlib.nullcontext()
+        ctx = offload_activations(self.policy.model, enabled=self.tc.offload_activations and torch.is_grad_enabled())
         kw = {"temperature": self.temperature, "chunk_tokens": self.tc.logprob_chunk_tokens, "return_entropy": with_entropy}
         with ctx:
             if self.parallel is not None and model is self.policy.model:  # DDP / FSDP2 act through the wrapper
