@@ -335,6 +335,7 @@ class HFEngine:
     def __init__(self, cfg: HFEngineConfig) -> None:
         validate(cfg)
         self.cfg = cfg
+        self.importance_sampling = None  # samples from the trainer's own distribution: no correction
         self._fast: Optional[FastDecoder] = None
         self.last_decoder = ""  # which loop the last generate() used: "fast" or "transformers"
 
