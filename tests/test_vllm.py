@@ -20,8 +20,8 @@ import torch
 import rlvr
 from rlvr.core.importance import ImportanceSamplingConfig, importance_metrics, importance_weights, scale_gradient
 from rlvr.plugins.engines.vllm import VLLMEngine, VLLMEngineConfig
-from rlvr.plugins.engines.vllm_utils import INT64_MAX, Completion, engine_dtype, request_seeds, rollouts_from_outputs, \
-    sampling_kwargs, vllm_weight_name, weights_for_vllm
+from rlvr.plugins.engines.vllm_utils import INT64_MAX, Completion, engine_dtype, request_seeds, \
+    rollouts_from_outputs, sampling_kwargs, vllm_weight_name, weights_for_vllm
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 TRAINER_TINY = ["model=tiny", "trainer.prompts_per_step=2", "trainer.num_generations=2", "trainer.progress=false",
@@ -109,7 +109,8 @@ def test_rollouts_from_outputs():
         [Completion([2], [{2: Logprob(-0.1)}], "stop"),
          Completion([14, 15], None, "length")],
     ]
-    ro = rollouts_from_outputs(prompts, outs, ["a", "b"], pad_id=0, eos_ids=[2], decode=lambda t: [str(r.tolist()) for r in t])
+    ro = rollouts_from_outputs(prompts, outs, ["a", "b"], pad_id=0, eos_ids=[2],
+                               decode=lambda t: [str(r.tolist()) for r in t])
     assert ro.prompt_ids.tolist() == [[5, 6, 7], [5, 6, 7], [0, 0, 8], [0, 0, 8]]
     assert ro.prompt_mask.tolist() == [[1, 1, 1], [1, 1, 1], [0, 0, 1], [0, 0, 1]]
     assert ro.completion_ids.tolist() == [[10, 2, 0], [11, 12, 13], [2, 0, 0], [14, 15, 0]]
@@ -136,7 +137,8 @@ def test_importance_weights_token_level():
     old, samp, mask = _logps()
     e = torch.exp
     w = importance_weights(old, samp, mask, ImportanceSamplingConfig("token_truncate", cap=3.0))
-    torch.testing.assert_close(w, torch.tensor([[1.0, 3.0, float(e(torch.tensor(-1.5)))], [float(e(torch.tensor(0.2))), 1.0, 0.0]]))
+    torch.testing.assert_close(w, torch.tensor([[1.0, 3.0, float(e(torch.tensor(-1.5)))],
+                                                [float(e(torch.tensor(0.2))), 1.0, 0.0]]))
     w = importance_weights(old, samp, mask, ImportanceSamplingConfig("token_mask", cap=3.0))
     assert w[0, 1] == 0 and w[0, 0] == 1 and w[1, 1] == 1 and w[1, 2] == 0  # e^2 > 3 masked; NaN -> 1; pad -> 0
     w = importance_weights(old, samp, mask, ImportanceSamplingConfig("token_truncate", cap=None, floor=0.5))
@@ -149,7 +151,8 @@ def test_importance_weights_sequence_level():
     old, samp, mask = _logps()
     seq0, seq1 = 0.0 + 2.0 - 1.5, 0.2  # sums of (old - sampling) over each row's tokens (NaN counts 0)
     w = importance_weights(old, samp, mask, ImportanceSamplingConfig("sequence_truncate", cap=2.0))
-    expected = torch.tensor([[min(2.0, float(torch.tensor(seq0).exp()))] * 3, [float(torch.tensor(seq1).exp())] * 2 + [0.0]])
+    expected = torch.tensor([[min(2.0, float(torch.tensor(seq0).exp()))] * 3,
+                             [float(torch.tensor(seq1).exp())] * 2 + [0.0]])
     torch.testing.assert_close(w, expected)
     w = importance_weights(old, samp, mask, ImportanceSamplingConfig("sequence_mask", cap=1.6))
     assert (w[0] == 0).all()  # e^0.5 = 1.65 > 1.6: the whole row is masked
@@ -542,12 +545,17 @@ def test_vllm_side_effects_on_rngs_and_matmul_precision_are_undone(fake_vllm):
         np.random.seed(9)
         before = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
         engine, policy = _engine(), _policy()
-        engine.generate(policy, ["p"], 2, [0])
+
+        def unchanged():
+            assert torch.get_float32_matmul_precision() == "medium"
+            assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[1]
+            assert (np.random.get_state()[1] == before[2]).all()
+
+        engine.generate(policy, ["p"], 2, [0])  # starts vLLM, which reseeds and sets the precision
+        unchanged()
         engine.release(policy)
-        engine.generate(policy, ["p"], 2, [1])
-        assert torch.get_float32_matmul_precision() == "medium"
-        assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[1]
-        assert (np.random.get_state()[1] == before[2]).all()
+        engine.generate(policy, ["p"], 2, [1])  # wake up, push, generate
+        unchanged()
     finally:
         torch.set_float32_matmul_precision(precision)
 

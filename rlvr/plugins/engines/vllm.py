@@ -63,7 +63,8 @@ class VLLMEngineConfig(SamplingConfig):
     enforce_eager: bool = False  # True skips CUDA-graph capture (less start-up time and memory)
     tensor_parallel_size: int = 1  # only 1: one vLLM per GPU (under torchrun, one per process)
     seed: int = 0
-    importance_sampling: str = "token_truncate"  # off | token_truncate | token_mask | sequence_truncate | sequence_mask
+    # off | token_truncate | token_mask | sequence_truncate | sequence_mask
+    importance_sampling: str = "token_truncate"
     importance_sampling_cap: Optional[float] = 3.0
     importance_sampling_floor: Optional[float] = None
 
@@ -159,7 +160,8 @@ class VLLMEngine:
                              on_cuda and torch.cuda.is_bf16_supported())
         kwargs: dict[str, Any] = dict(
             model=path, dtype=dtype, gpu_memory_utilization=cfg.gpu_memory_utilization,
-            max_model_len=cfg.max_model_len or cfg.max_prompt_length + cfg.max_new_tokens, max_num_seqs=cfg.max_num_seqs,
+            max_model_len=cfg.max_model_len or cfg.max_prompt_length + cfg.max_new_tokens,
+            max_num_seqs=cfg.max_num_seqs,
             enable_sleep_mode=cfg.enable_sleep_mode, enable_prefix_caching=cfg.enable_prefix_caching,
             enforce_eager=cfg.enforce_eager, tensor_parallel_size=1, seed=cfg.seed,
             logprobs_mode="processed_logprobs",

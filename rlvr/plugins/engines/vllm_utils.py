@@ -23,7 +23,8 @@ def vllm_weight_name(name: str) -> Optional[str]:
     """The name vLLM's ``load_weights`` expects for a (possibly peft-wrapped) transformers parameter name,
     or None for parameters vLLM does not have (LoRA factors, the frozen original of a ``modules_to_save``).
 
-    ``base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight`` -> ``model.layers.0.self_attn.q_proj.weight``
+    ``base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight``
+    -> ``model.layers.0.self_attn.q_proj.weight``
     """
     if ".lora_" in name or name.startswith("lora_") or ".original_module." in name:
         return None
@@ -206,7 +207,8 @@ def rollouts_from_outputs(prompt_ids: Sequence[Sequence[int]], completions: Sequ
     B = len(prompt_ids)
     groups = [len(c) for c in completions]
     if len(completions) != B or len(set(groups)) > 1:
-        raise ValueError(f"rollouts_from_outputs: expected {B} prompts with the same number of completions, got {groups}")
+        raise ValueError(f"rollouts_from_outputs: expected {B} prompts with the same number of completions, "
+                         f"got {groups}")
     G = groups[0] if groups else 0
     N = B * G
     P = max((len(p) for p in prompt_ids), default=0)
