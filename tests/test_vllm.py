@@ -602,7 +602,7 @@ def test_live_vllm_logps_close_to_trainer():  # pragma: no cover - needs vLLM an
 
     policy = rlvr.create("model", "hf", name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
     policy.model.cuda()
-    engine = VLLMEngine(VLLMEngineConfig(max_new_tokens=16, enforce_eager=True))
+    engine = VLLMEngine(VLLMEngineConfig(max_new_tokens=16, enforce_eager=True, dtype="float32"))  # as the trainer
     ro = engine.generate(policy, ["What is 2 + 3?"], 4, [0])
     ids = torch.cat([ro.prompt_ids, ro.completion_ids], 1)
     mask = torch.cat([ro.prompt_mask, ro.completion_mask], 1)

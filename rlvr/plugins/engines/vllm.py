@@ -44,7 +44,8 @@ from rlvr.plugins.engines.vllm_utils import engine_dtype, preserved_global_state
 INSTALL_HINT = "pip install 'rlvr[vllm]'"
 MULTIPROCESSING_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-# where vLLM's nn.Module sits in an in-process engine (V1 / V2 model runner; the second is older vLLMs')
+# where vLLM's nn.Module sits in an in-process engine: the worker wrapper's worker (vLLM 0.33, V1 and V2 model
+# runners); TRL's shorter path relies on the wrapper forwarding attribute look-ups to its worker
 MODEL_PATHS = ("model_executor.driver_worker.worker.model_runner.model",
                "model_executor.driver_worker.model_runner.model")
 
@@ -212,7 +213,8 @@ class VLLMEngine:
 
     def _load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Stream ``(name, tensor)`` pairs into vLLM's model (it consumes them one by one)."""
-        self._model.load_weights(weights)
+        model = self._find_model(self.llm) or self._model  # looked up again: the handle vLLM holds now
+        model.load_weights(weights)
 
     def wake(self, what: str) -> None:
         """Give vLLM back its ``weights`` or its ``kv_cache`` after a sleep."""
