@@ -316,6 +316,8 @@ class Trainer:
         seeds = self.group_seeds(step, len(idx))[mine]  # seeded by the global group index
         with distributed.unsharded(self.parallel):
             rollouts = self.engine.generate(self.policy, prompts, self.tc.num_generations, seeds)
+        if hasattr(self.engine, "release"):  # engine=vllm: sleep mode hands its GPU memory to the rest of the step
+            self.engine.release(self.policy)
         rollouts.rows = [r for r in rows for _ in range(self.tc.num_generations)]
         return StepBatch(step=step, rollouts=rollouts, groups=mine, started=t0,
                          generation_time=time.perf_counter() - t0)
