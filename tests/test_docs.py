@@ -186,7 +186,12 @@ def shell_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str | N
     return json.loads(found[-1][len("RESULTS"):])
 
 
-@pytest.mark.parametrize("block,cmd", [pytest.param(b, c, id=f"{b.where}:{c[:60]}",
+def _short(cmd: str) -> str:
+    words = " ".join(shlex.split(cmd, comments=True))
+    return words if len(words) <= 70 else words[:67] + "..."
+
+
+@pytest.mark.parametrize("block,cmd", [pytest.param(b, c, id=f"{b.where}:{_short(c)}",
                                                     marks=[pytest.mark.skip(reason=b.skip)] if b.skip else [])
                                        for b, c in SHELL_LINES])
 def test_rlvr_command(block: Block, cmd: str, shell_results: dict[str, str | None]) -> None:
