@@ -93,6 +93,11 @@ class Engine(Protocol):
         """G completions of each prompt (``len(prompts)`` · G rows, group order), seeded per group."""
         ...
 
+    def release(self, policy: Policy) -> None:
+        """Called once per training step after the rollout: give back memory the engine holds that the update
+        needs (vLLM's sleep mode). The next ``generate`` takes it back."""
+        ...
+
 
 @runtime_checkable
 class Task(Protocol):
