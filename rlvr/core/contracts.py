@@ -17,7 +17,6 @@ if TYPE_CHECKING:  # torch is heavy; the protocols only name its types
     from torch import Tensor
 
     from rlvr.core.importance import ImportanceSamplingConfig
-    from rlvr.core.policy import Policy
     from rlvr.core.rollout import Rollouts
 
 
@@ -88,12 +87,12 @@ class Engine(Protocol):
     cfg: SamplingSettings
     importance_sampling: Optional[ImportanceSamplingConfig]
 
-    def generate(self, policy: Policy, prompts: Sequence[str], num_generations: int, seeds: Sequence[int],
+    def generate(self, policy: Model, prompts: Sequence[str], num_generations: int, seeds: Sequence[int],
                  greedy: bool = False) -> Rollouts:
         """G completions of each prompt (``len(prompts)`` · G rows, group order), seeded per group."""
         ...
 
-    def release(self, policy: Policy) -> None:
+    def release(self, policy: Model) -> None:
         """Called once per training step after the rollout: give back memory the engine holds that the update
         needs (vLLM's sleep mode). The next ``generate`` takes it back."""
         ...
@@ -132,8 +131,9 @@ Verifier = Reward
 
 
 @runtime_checkable
-class Policy(Protocol):
-    """``model=<name>``: the trainable model and its tokenizer (see :class:`rlvr.core.policy.Policy`)."""
+class Model(Protocol):
+    """``model=<name>``: the trainable policy, its tokenizer and the KL reference
+    (see :class:`rlvr.core.policy.Policy`, which every built-in model plugin returns)."""
 
     model: Any
     tokenizer: Any
@@ -164,7 +164,7 @@ LOGGER_HOOKS: dict[str, tuple[str, ...]] = {
 
 
 CONTRACTS: dict[str, Any] = {"loss": Loss, "engine": Engine, "task": Task, "reward": Reward,
-                             "verifier": Reward, "model": Policy, "advantage": AdvantageEstimator}
+                             "verifier": Reward, "model": Model, "advantage": AdvantageEstimator}
 """Kind → the Protocol its plugins satisfy (loggers: any of :data:`LOGGER_HOOKS`)."""
 
 _CALLS = {Loss: "__call__", Engine: "generate", AdvantageEstimator: "__call__"}

@@ -441,7 +441,7 @@ class Trainer:
             "reward/std": (float(total.std()) if total.numel() > 1 else 0.0) if scored else None,
             "frac_reward_zero_std": zero_std_fraction(total, tc.num_generations),
             "frac_scored": float(batch.scored.float().mean()),
-            "loss": loss_sum / tc.num_iterations, "grad_norm": update.grad_norm, "lr": self.scheduler.get_last_lr()[0],
+            "loss": loss_sum / tc.num_iterations, "grad_norm": update.grad_norm, "lr": float(self.scheduler.get_last_lr()[0]),
             "completion_length/mean": float(batch.lengths.mean()), "completion_length/max": float(batch.lengths.max()),
             "completion_length/clipped_ratio": float(batch.all_truncated.float().mean()),
             "step_time": time.perf_counter() - batch.started, "generation_time": batch.generation_time,
@@ -495,7 +495,7 @@ class Trainer:
         """Checkpoint: rank 0 writes it (DDP: every rank holds the same weights); with FSDP2 every rank writes
         its shard of weights and optimizer state (torch.distributed.checkpoint)."""
         keep = max(1, self.tc.keep_checkpoints)
-        if distributed.is_fsdp(self.parallel):
+        if self.parallel is not None and distributed.is_fsdp(self.parallel):
             state = {k: v for k, v in self.state_dict().items() if k != "optimizer"}
             return distributed.save_sharded_checkpoint(self.dist, self.run_dir, self.step, self.parallel,
                                                        self.optimizer, state, keep)
@@ -508,7 +508,8 @@ class Trainer:
     def save_final(self, path: Path) -> None:
         """The trained model, loadable by transformers / peft (LoRA: the adapter; ``trainer.save_merged``: also
         ``merged/``). With FSDP2 the shards are gathered to rank 0 first."""
-        state = distributed.full_state_dict(self.parallel) if distributed.is_fsdp(self.parallel) else None
+        parallel = self.parallel
+        state = distributed.full_state_dict(parallel) if parallel is not None and distributed.is_fsdp(parallel) else None
         if self.dist.is_main:
             save_policy(self.policy, str(path), state_dict=state)
             if self.tc.save_merged and self.policy.is_lora:
