@@ -108,12 +108,25 @@ def _mean_std_panel(ax: Any, metrics: list[dict[str, Any]], key: str, color: str
     return True
 
 
-def _save(fig: Any, path: Path) -> Path:
+def integer_step_axis(ax: Any) -> None:
+    """Whole-number ticks on a step axis, also when the data span less than two steps.
+
+    MaxNLocator(integer=True) falls back to fractional ticks (2.84 … 3.16 around one point at step 3) when the
+    view holds fewer than two integers, so a narrow view is first widened to one step either side of the data.
+    """
     from matplotlib.ticker import MaxNLocator
 
+    lo, hi = (float(v) for v in ax.dataLim.intervalx)
+    if math.isfinite(lo) and math.isfinite(hi) and hi - lo < 2:
+        ax.set_xlim(lo - 1, hi + 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
+def _save(fig: Any, path: Path, rect: Optional[tuple[float, float, float, float]] = None) -> Path:
     for ax in fig.axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
-    fig.tight_layout()
+        if ax.axison:
+            integer_step_axis(ax)  # steps are whole numbers
+    fig.tight_layout(rect=rect)
     fig.savefig(path)
     import matplotlib.pyplot as plt
 
@@ -153,6 +166,76 @@ def _lines_plot(plt: Any, metrics: list[dict[str, Any]], keys: list[tuple[str, s
         ax.set_ylim(-0.03 * span, span + (3 if full_scale else 0))
     _legend(ax, handles, labels)
     return _save(fig, path)
+
+
+Series = tuple[str, list[float], list[float], str]  # (legend label, steps, values, colour)
+AUDIT_PREFIX = "audit/"
+PANELS_PER_FIGURE = 6  # 3 x 2 panels: one figure stays readable; more panels go to the next file
+
+
+def run_colors(n: int) -> list[str]:
+    """``n`` distinguishable colours (tab10, then tab20 for more runs; cycles beyond 20)."""
+    if n <= len(COLORS):
+        return COLORS[:n]
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return [matplotlib.colors.to_hex(cmap(i % cmap.N)) for i in range(n)]
+
+
+def panel_grid(plt: Any, panels: list[tuple[str, list[Series]]], path: Path, ylabel: str = "",
+               percent: bool = False, linestyles: Optional[dict[str, str]] = None) -> Path:
+    """One figure with a panel per ``(title, series)`` (up to 3 per row); one shared legend under the panels
+    when there is more than one series label (e.g. one line per run of a sweep). ``percent``: values are
+    fractions, drawn as 0-100 %. ``linestyles``: label -> matplotlib line style (runs whose curves coincide
+    stay visible when their styles differ)."""
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    labels: list[str] = []
+    for _, series in panels:
+        labels.extend(lab for lab, *_ in series if lab not in labels)
+    longest = max((len(lab) for lab in labels), default=0)
+    ncol = 1 if longest > 60 else math.ceil(len(labels) / math.ceil(len(labels) / (2 if longest > 35 else 3)))
+    legend_in = 0.15 + 0.2 * math.ceil(len(labels) / ncol) if len(labels) > 1 else 0.0
+    height = 3.3 * rows + legend_in
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols if cols > 1 else 7.5, height), squeeze=False)
+    handles: dict[str, Any] = {}
+    for i, (title, series) in enumerate(panels):
+        ax = axes[i // cols][i % cols]
+        w = 0
+        for label, xs, ys, color in series:
+            style = {"linestyle": linestyles[label]} if linestyles and label in linestyles else {}
+            w = max(w, _curve(ax, xs, [100 * y for y in ys] if percent else ys, color, label, **style))
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+        ax.set_title(title + _smoothing_note(w), fontsize=10)
+        ax.set_xlabel("step")
+        if ylabel:
+            ax.set_ylabel(ylabel)
+        if percent:
+            ax.set_ylim(-3, 103)
+    for j in range(len(panels), rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    if len(labels) > 1:
+        fig.legend([handles[lab] for lab in labels if lab in handles], [lab for lab in labels if lab in handles],
+                   loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    return _save(fig, path, rect=(0, legend_in / height, 1, 1) if legend_in else None)
+
+
+def panel_figures(plt: Any, panels: list[tuple[str, list[Series]]], out: Path, stem: str,
+                  **kw: Any) -> dict[str, Path]:
+    """``panel_grid`` over as many files as needed: ``stem.png``, ``stem_2.png``, ... (PANELS_PER_FIGURE each)."""
+    made: dict[str, Path] = {}
+    for k in range(0, len(panels), PANELS_PER_FIGURE):
+        name = stem if k == 0 else f"{stem}_{k // PANELS_PER_FIGURE + 1}"
+        made[name] = panel_grid(plt, panels[k:k + PANELS_PER_FIGURE], out / f"{name}.png", **kw)
+    return made
+
+
+def audit_keys(metrics: list[dict[str, Any]]) -> list[str]:
+    """Every numeric ``audit/...`` metric (the reward-hacking monitor), sorted by name."""
+    return sorted({k for m in metrics for k, v in m.items()
+                   if k.startswith(AUDIT_PREFIX) and isinstance(v, (int, float)) and not isinstance(v, bool)})
 
 
 def reward_names(metrics: list[dict[str, Any]]) -> list[str]:
@@ -203,6 +286,10 @@ def make_plots(metrics: list[dict[str, Any]], out: Path) -> dict[str, Path]:
             plots[name] = made
     if "loss" in plots and _series(metrics, "grad_norm")[0]:
         plots["loss"] = _loss_plot(plt, metrics, out / "loss.png")
+    audit = [(k[len(AUDIT_PREFIX):], [(k, *_series(metrics, k), COLORS[i % len(COLORS)])])
+             for i, k in enumerate(audit_keys(metrics)) if _series(metrics, k)[0]]
+    if audit:
+        plots.update(panel_figures(plt, audit, out, "audit"))
     return plots
 
 
@@ -241,7 +328,7 @@ def _summary_rows(metrics: list[dict[str, Any]]) -> list[tuple[str, str, str, st
     rows = []
     keys = ["reward/mean"] + [f"rewards/{r}/mean" for r in reward_names(metrics)] + sorted(
         {key for m in metrics for key in m if key.startswith("eval/") and "num_prompts" not in key}) + [
-        "completion_length/mean", "kl", "step_time"]
+        "completion_length/mean", "kl", "step_time", "memory/peak_rss_mib", "memory/peak_gpu_reserved_mib"]
     for key in keys:
         ys = _series(metrics, key)[1]
         if not ys:
@@ -301,6 +388,8 @@ def write_html(run_dir: Path, out: Path, metrics: list[dict[str, Any]], plots: d
                 "clip_ratio": "Share of completion tokens whose probability ratio was clipped.",
                 "loss": "Loss and gradient norm.",
                 "step_time": "Seconds per training step, and the part spent generating completions."}
+    audit_caption = ("Reward-hacking monitor: every audit/… metric the run logged, one panel each (signals such as "
+                     "disagreement between the reward and an independent check, duplicates, format-only gains).")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>rlvr report: {html.escape(run_dir.name)}</title>"
              f"<style>{CSS}</style></head><body>",
              f"<h1>rlvr run report</h1><p class='meta'>{html.escape(str(run_dir.resolve()))}<br>"
@@ -321,7 +410,8 @@ def write_html(run_dir: Path, out: Path, metrics: list[dict[str, Any]], plots: d
     for name, path in plots.items():
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
-                     f"<figcaption>{html.escape(captions.get(name, name))}</figcaption></figure>")
+                     f"<figcaption>{html.escape(captions.get(name, audit_caption if name.startswith('audit') else name))}"
+                     "</figcaption></figure>")
     steps = sorted({int(r.get("step", 0)) for r in records})
     if steps:
         parts.append("<h2>Sample completions</h2><p class='meta'>From completions.jsonl: the first and the last "
@@ -334,20 +424,30 @@ def write_html(run_dir: Path, out: Path, metrics: list[dict[str, Any]], plots: d
     return path
 
 
+def load_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The step records of ``run_dir/metrics.jsonl``, one per step (the last line of a step wins), by step."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for m in read_records(run_dir / "metrics.jsonl"):
+        if isinstance(m.get("step"), (int, float)) and not isinstance(m.get("step"), bool):
+            by_step[int(m["step"])] = m
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def load_config(run_dir: Path) -> dict[str, Any]:
+    """``run_dir/config.json`` (the composed config the trainer wrote), or {} when absent or unreadable."""
+    try:
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def build_report(run_dir: str | Path, output: Optional[str | Path] = None) -> Path:
     """Write the plots and ``report.html`` for a run directory; returns the HTML path."""
     path = check_run_dir(run_dir)
-    metrics = [m for m in read_records(path / "metrics.jsonl") if "step" in m]
+    metrics = load_metrics(path)
     if not metrics:
         raise ValueError(f"{path}/metrics.jsonl has no steps yet: nothing to plot")
-    by_step = {int(m["step"]): m for m in metrics}  # one line per step (the last one wins)
-    metrics = [by_step[s] for s in sorted(by_step)]
     out = Path(output).expanduser() if output else path / "report"
     plots = make_plots(metrics, out)
-    config: dict[str, Any] = {}
-    if (path / "config.json").is_file():
-        try:
-            config = json.loads((path / "config.json").read_text())
-        except json.JSONDecodeError:
-            config = {}
-    return write_html(path, out, metrics, plots, read_records(path / "completions.jsonl"), config)
+    return write_html(path, out, metrics, plots, read_records(path / "completions.jsonl"), load_config(path))

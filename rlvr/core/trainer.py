@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from rlvr.core import checkpoint as ckpt_io
-from rlvr.core import distributed, registry
+from rlvr.core import distributed, registry, resources
 from rlvr.core.advantages import group_advantages, zero_std_fraction
 from rlvr.core.config import TrainerConfig, plugin_params, trainer_config
 from rlvr.core.importance import importance_metrics, importance_weights, scale_gradient
@@ -318,6 +318,7 @@ class Trainer:
             metrics[f"rewards/{r.name}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
             metrics[f"rewards/{r.name}/std"] = float(ok.std()) if ok.numel() > 1 else 0.0
         metrics.update(sums)
+        metrics.update(resources.peak_memory())  # memory/peak_rss_mib (+ GPU): rlvr report's peak memory
         samples = self.dist.gather(self._samples(ro, table, adv))  # the batch's first log_completions, as in one process
         self._last_samples = [s for part in samples for s in part][:tc.log_completions]
         return metrics
@@ -409,7 +410,8 @@ class Trainer:
             if hasattr(lg, "on_train_start"):
                 lg.on_train_start(self.run_dir, config_dict, self.step)
         bar = tqdm(total=tc.max_steps, initial=self.step, disable=not (tc.progress and self.dist.is_main),
-                   desc="rlvr train", unit="step", dynamic_ncols=True)
+                   desc="rlvr train", unit="step", dynamic_ncols=True,
+                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")  # rate: s/step only
         metrics: dict[str, float] = {}
         while self.step < tc.max_steps:
             metrics = self.train_step()
@@ -419,7 +421,7 @@ class Trainer:
                 if hasattr(lg, "on_step_end"):
                     lg.on_step_end(self.step, metrics, self._last_samples)
             post = {"reward": f"{metrics['reward/mean']:.2f}", "len": f"{metrics['completion_length/mean']:.0f}",
-                    "s/step": f"{metrics['step_time']:.1f}"}
+                    "s/step": f"{metrics['step_time']:.3g}"}
             if len(self.rewards) > 1:
                 post.update({r.name: f"{metrics[f'rewards/{r.name}/mean']:.2f}" for r in self.rewards})
             bar.set_postfix(post)
