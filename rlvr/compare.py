@@ -197,11 +197,11 @@ def load_runs(paths: Sequence[str | Path]) -> tuple[list[RunSummary], list[str],
         common, own = [], config_differences([load_config(r) for r in runs])
     summaries = [summarize(r, n, o or []) for r, n, o in zip(runs, names, recorded)]
     for s, mine in zip(summaries, own):
-        s.label = " ".join(mine) or ("(defaults)" if len(runs) > 1 else "")
+        s.label = " ".join(mine)
     seen: dict[str, int] = {}
     for s in summaries:
         seen[s.label] = seen.get(s.label, 0) + 1
-    for s in summaries:  # the same overrides twice (e.g. the same sweep twice): add the directory
+    for s in summaries:  # no own overrides, or the same ones twice (the same sweep twice): add the directory
         if seen[s.label] > 1 or not s.label:
             s.label = f"{s.label} [{s.name}]".strip()
     return summaries, common, sweep
