@@ -17,8 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from rlvr.report import (CSS, _matplotlib, _series, audit_keys, build_report, load_config, load_metrics,
-                         panel_figures, run_colors)
+from rlvr.report import (
+    CSS,
+    _matplotlib,
+    _series,
+    audit_keys,
+    build_report,
+    load_config,
+    load_metrics,
+    panel_figures,
+    run_colors,
+)
 
 REWARD = "reward/mean"
 ACCURACY = "eval/greedy_accuracy"
@@ -79,8 +88,9 @@ def find_runs(paths: Sequence[str | Path]) -> tuple[list[Path], Optional[Path]]:
             found = [g for c in children for g in sorted(c.iterdir(), key=_job_order)
                      if g.is_dir() and g.name not in NOT_RUNS and is_run_dir(g)]
         if not found:
-            raise FileNotFoundError(f"{str(path)!r} is neither a run directory (with metrics.jsonl) nor a sweep directory "
-                                    "(sub-directories 0, 1, ... as `rlvr train -m` writes under multirun/<date>/<time>)")
+            raise FileNotFoundError(f"{str(path)!r} is neither a run directory (with metrics.jsonl) nor a sweep "
+                                    "directory (sub-directories 0, 1, ... as `rlvr train -m` writes under "
+                                    "multirun/<date>/<time>)")
         runs.extend(found)
         sweep = path if len(paths) == 1 else None
     unique: list[Path] = []

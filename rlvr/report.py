@@ -10,8 +10,10 @@ Reads ``metrics.jsonl`` and ``completions.jsonl`` (jsonl logger) and ``config.js
 - ``clip_ratio.png``: the fraction of tokens clipped low / high / in the two-sided region
 - ``loss.png``: loss and gradient norm
 - ``step_time.png``: seconds per step and the part spent generating
+- ``audit.png`` (``audit_2.png``, ...): one panel per ``audit/...`` metric (the reward-hacking monitor), 6 per file
 - ``report.html``: all of the above (embedded, no external files) and sample completions
 
+Step axes show whole numbers only. A sweep or several runs side by side: ``rlvr.compare``.
 matplotlib is needed (``pip install 'rlvr[report]'``).
 """
 from __future__ import annotations
@@ -32,7 +34,8 @@ def _matplotlib() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise ImportError("rlvr report needs matplotlib: pip install 'rlvr[report]' (or pip install matplotlib)") from None
+        raise ImportError("rlvr report needs matplotlib: pip install 'rlvr[report]' (or pip install matplotlib)"
+                          ) from None
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
@@ -271,13 +274,16 @@ def make_plots(metrics: list[dict[str, Any]], out: Path) -> dict[str, Path]:
         plots["accuracy"] = made
     specs = [
         ("completion_length", [("completion_length/mean", "mean"), ("completion_length/max", "max")],
-         "completion length", "tokens", ("completion_length/clipped_ratio", "cut at max_new_tokens (%)", "cut at max_new_tokens (%)")),
+         "completion length", "tokens",
+         ("completion_length/clipped_ratio", "cut at max_new_tokens (%)", "cut at max_new_tokens (%)")),
         ("kl", [("kl", "KL(policy ‖ reference)")], "KL divergence to the reference", "KL (nats per token)", None),
-        ("clip_ratio", [("clip_ratio/low_mean", "low (ratio < 1 − ε)"), ("clip_ratio/high_mean", "high (ratio > 1 + ε_high)"),
+        ("clip_ratio", [("clip_ratio/low_mean", "low (ratio < 1 − ε)"),
+                        ("clip_ratio/high_mean", "high (ratio > 1 + ε_high)"),
                         ("clip_ratio/region_mean", "either (clipped region)")],
          "clipped tokens", "tokens clipped (%)", None),
         ("loss", [("loss", "loss")], "loss and gradient norm", "loss", None),
-        ("step_time", [("step_time", "whole step"), ("generation_time", "generation")], "time per step", "seconds", None),
+        ("step_time", [("step_time", "whole step"), ("generation_time", "generation")], "time per step", "seconds",
+         None),
     ]
     for name, keys, title, ylabel, secondary in specs:
         made = _lines_plot(plt, metrics, keys, title, ylabel, out / f"{name}.png",
@@ -295,7 +301,8 @@ def make_plots(metrics: list[dict[str, Any]], out: Path) -> dict[str, Path]:
 
 def _loss_plot(plt: Any, metrics: list[dict[str, Any]], path: Path) -> Path:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.5, 3.8))
-    for ax, key, label, color in ((a1, "loss", "loss", COLORS[0]), (a2, "grad_norm", "gradient norm (before clipping)", COLORS[1])):
+    for ax, key, label, color in ((a1, "loss", "loss", COLORS[0]),
+                                  (a2, "grad_norm", "gradient norm (before clipping)", COLORS[1])):
         xs, ys = _series(metrics, key)
         w = _curve(ax, xs, ys, color, label)
         ax.set_title(label + _smoothing_note(w), fontsize=10)
@@ -306,8 +313,10 @@ def _loss_plot(plt: Any, metrics: list[dict[str, Any]], path: Path) -> Path:
 
 # ----- HTML -----------------------------------------------------------------------------------
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
-h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;
+padding:0 1em}
+h1{font-size:1.5em;margin-bottom:.2em}
+h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 .meta{color:#555} table{border-collapse:collapse;width:100%;font-size:.9em;margin:.5em 0}
 th,td{border:1px solid #ddd;padding:.35em .5em;vertical-align:top;text-align:left}
 th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
@@ -352,7 +361,8 @@ def _samples_html(records: list[dict[str, Any]], step: int) -> str:
     for s in samples:
         rewards = s.get("rewards") or {}
         adv = s.get("advantage")
-        cls = "pos" if isinstance(adv, (int, float)) and adv > 0 else "neg" if isinstance(adv, (int, float)) and adv < 0 else ""
+        number = isinstance(adv, (int, float))
+        cls = "pos" if number and adv > 0 else "neg" if number and adv < 0 else ""
         completion = clean(s.get("completion", "")) + (" [truncated]" if s.get("truncated") else "")
         cells = [f"<td><pre>{html.escape(clean(prompt_question(str(s.get('prompt', '')))))}</pre></td>",
                  f"<td><pre>{html.escape(completion)}</pre></td>",
@@ -372,7 +382,8 @@ def _config_line(config: dict[str, Any]) -> str:
 
     tr = config.get("trainer", {}) if isinstance(config.get("trainer"), dict) else {}
     parts = [f"model <b>{html.escape(name('model'))}</b>", f"task <b>{html.escape(name('task'))}</b>",
-             f"rewards <b>{html.escape(', '.join(config.get('reward') or {}))}</b>", f"loss <b>{html.escape(name('loss'))}</b>"]
+             f"rewards <b>{html.escape(', '.join(config.get('reward') or {}))}</b>",
+             f"loss <b>{html.escape(name('loss'))}</b>"]
     for key, label in (("prompts_per_step", "B"), ("num_generations", "G"), ("lr", "lr"), ("max_steps", "max steps")):
         if key in tr:
             parts.append(f"{label} = {html.escape(str(tr[key]))}")
@@ -383,14 +394,16 @@ def write_html(run_dir: Path, out: Path, metrics: list[dict[str, Any]], plots: d
                records: list[dict[str, Any]], config: dict[str, Any]) -> Path:
     captions = {"reward": "Reward per step: the mean over the step's completions, with a ±1 standard deviation band.",
                 "accuracy": "Held-out accuracy, measured every trainer.eval_steps steps.",
-                "completion_length": "Completion length in tokens; dashed: share of completions cut at max_new_tokens.",
+                "completion_length": ("Completion length in tokens; dashed: share of completions cut at "
+                                      "max_new_tokens."),
                 "kl": "KL divergence of the policy to the reference model (loss.beta > 0).",
                 "clip_ratio": "Share of completion tokens whose probability ratio was clipped.",
                 "loss": "Loss and gradient norm.",
                 "step_time": "Seconds per training step, and the part spent generating completions."}
     audit_caption = ("Reward-hacking monitor: every audit/… metric the run logged, one panel each (signals such as "
                      "disagreement between the reward and an independent check, duplicates, format-only gains).")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>rlvr report: {html.escape(run_dir.name)}</title>"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'>"
+             f"<title>rlvr report: {html.escape(run_dir.name)}</title>"
              f"<style>{CSS}</style></head><body>",
              f"<h1>rlvr run report</h1><p class='meta'>{html.escape(str(run_dir.resolve()))}<br>"
              f"{len(metrics)} steps logged"
@@ -409,8 +422,9 @@ def write_html(run_dir: Path, out: Path, metrics: list[dict[str, Any]], plots: d
     parts.append("<h2>Plots</h2>")
     for name, path in plots.items():
         data = base64.b64encode(path.read_bytes()).decode("ascii")
+        caption = captions.get(name, audit_caption if name.startswith("audit") else name)
         parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
-                     f"<figcaption>{html.escape(captions.get(name, audit_caption if name.startswith('audit') else name))}"
+                     f"<figcaption>{html.escape(caption)}"
                      "</figcaption></figure>")
     steps = sorted({int(r.get("step", 0)) for r in records})
     if steps:

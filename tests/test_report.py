@@ -34,7 +34,8 @@ def test_progress_bar_and_summary_lines(run_dir):
     bar = err.replace("\r", "\n")
     assert re.search(r"rlvr train: +\d+%.*\| *[1-4]/4 \[", bar)  # step n/total
     last = [line for line in bar.splitlines() if "4/4" in line][-1]
-    for field in ("reward=", "arithmetic=", "proximity=", "len=", "s/step="):  # reward mean, each reward, length, step time
+    # reward mean, each reward, length, step time
+    for field in ("reward=", "arithmetic=", "proximity=", "len=", "s/step="):
         assert field in last, (field, last)
     assert re.search(r"\[\d\d:\d\d<\d\d:\d\d", bar)  # elapsed<ETA
     assert "step/s" not in bar and not re.search(r"\ds/step", bar), last  # one rate (s/step=), not also tqdm's
@@ -114,7 +115,8 @@ def test_report_of_a_run_without_kl_or_eval_leaves_those_plots_out(tmp_path):
     from rlvr.report import build_report
 
     rows = [{"step": s, "reward/mean": s / 10, "reward/std": 0.1, "rewards/r/mean": s / 10, "rewards/r/std": 0.1,
-             "completion_length/mean": 10.0 + s, "step_time": 1.0, "loss": 0.1, "grad_norm": 1.0} for s in range(1, 31)]
+             "completion_length/mean": 10.0 + s, "step_time": 1.0, "loss": 0.1, "grad_norm": 1.0}
+            for s in range(1, 31)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 31, "rew')
     page = build_report(tmp_path)
     names = {p.stem for p in page.parent.glob("*.png")}
@@ -174,7 +176,7 @@ def test_tensorboard_resume_drops_the_redone_steps(tmp_path):
 
 
 # ----- integer step axes, audit/ plots, peak memory ------------------------------------------------------------------
-def test_a_single_point_gets_whole_number_step_ticks():
+def test_a_single_point_gets_whole_number_step_ticks(tmp_path):
     """One evaluation at step 3 used to give an x-axis of 2.84 … 3.16 with fractional ticks."""
     from rlvr.report import _matplotlib, _save
 
@@ -182,7 +184,7 @@ def test_a_single_point_gets_whole_number_step_ticks():
     for steps in ([3.0], [2.0, 3.0], [1.0, 50.0]):
         fig, ax = plt.subplots()
         ax.plot(steps, [0.5] * len(steps), marker="o")
-        _save(fig, __import__("pathlib").Path(plt.matplotlib.get_cachedir()) / "rlvr-test-ticks.png")
+        _save(fig, tmp_path / "ticks.png")
         lo, hi = ax.get_xlim()
         ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
         assert ticks and all(float(t).is_integer() for t in ticks), (steps, ticks)
@@ -305,7 +307,7 @@ def test_compare_named_runs_labels_only_what_differs(cli, sweep_dir, tmp_path):
 def test_runs_without_hydra_records_are_labelled_by_their_config(sweep_dir, tmp_path):
     import shutil
 
-    from rlvr.compare import load_runs
+    from rlvr.compare import load_runs, text_table
 
     for job in ("1", "2"):
         shutil.copytree(sweep_dir / job, tmp_path / "s" / job, ignore=shutil.ignore_patterns(".hydra", "final",
@@ -314,7 +316,7 @@ def test_runs_without_hydra_records_are_labelled_by_their_config(sweep_dir, tmp_
     assert sweep == tmp_path / "s" and common == []
     assert "trainer.lr=0.001" in runs[0].label and "loss.name=dr_grpo" in runs[0].label
     assert "trainer.lr=0.01" in runs[1].label and "loss.name=grpo" in runs[1].label
-    assert not runs[0].finished and "(unfinished)" in __import__("rlvr.compare").compare.text_table(runs)
+    assert not runs[0].finished and "(unfinished)" in text_table(runs)
 
 
 def test_varying_overrides():
