@@ -15,7 +15,7 @@ commands:
   eval      held-out accuracy of a model or checkpoint: rlvr eval [checkpoint=DIR] [task=...] [num_samples=4] [limit=0]
   plugins   list every discovered plugin by kind and where it came from
   show      the latest sampled completions of a run as a table: rlvr show RUN_DIR [--last K] [--step N] [--full]
-  report    PNG plots + one HTML page for a run, or a sweep compared: rlvr report RUN_DIR|SWEEP_DIR|RUN... [--output DIR]
+  report    plots + one HTML page for a run, or runs compared: rlvr report RUN_DIR|SWEEP_DIR|RUN... [--output DIR]
   export    the trained model as GGUF (llama.cpp, Ollama): rlvr export RUN_DIR --format gguf [--type f16|q8_0] [--output FILE]
 """
 

@@ -236,8 +236,10 @@ def _pct(v: Optional[float]) -> str:
 
 
 def _steps(s: RunSummary) -> str:
+    if not s.metrics:
+        return "none logged"  # a job that failed before its first step (its directory has the log)
     done = f"{s.last_step}/{s.max_steps}" if s.max_steps else str(s.last_step)
-    return done if s.finished or not s.metrics else f"{done} (unfinished)"
+    return done if s.finished else f"{done} (unfinished)"
 
 
 def table_rows(runs: list[RunSummary]) -> tuple[list[str], list[list[str]]]:

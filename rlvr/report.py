@@ -337,14 +337,15 @@ def _summary_rows(metrics: list[dict[str, Any]]) -> list[tuple[str, str, str, st
     rows = []
     keys = ["reward/mean"] + [f"rewards/{r}/mean" for r in reward_names(metrics)] + sorted(
         {key for m in metrics for key in m if key.startswith("eval/") and "num_prompts" not in key}) + [
-        "completion_length/mean", "kl", "step_time", "memory/peak_rss_mib", "memory/peak_gpu_reserved_mib"]
+        "completion_length/mean", "kl", "step_time", "memory/peak_rss_mib", "memory/peak_gpu_reserved_mib"
+    ] + audit_keys(metrics)
     for key in keys:
         ys = _series(metrics, key)[1]
         if not ys:
             continue
         tenth = max(1, len(ys) // 10)
         first, last = ys[:tenth], ys[-tenth:]
-        best = _fnum(max(ys)) if ("reward" in key or key.startswith("eval/")) else "–"
+        best = _fnum(max(ys)) if key.startswith(("reward/", "rewards/", "eval/")) else "–"  # higher is better
         rows.append((key, _fnum(sum(first) / len(first)), _fnum(sum(last) / len(last)), best))
     return rows
 

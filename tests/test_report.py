@@ -215,6 +215,7 @@ def test_every_audit_metric_gets_a_panel(tmp_path):
     assert {"audit", "audit_2", "accuracy"} <= names
     text = page.read_text()
     assert text.count("Reward-hacking monitor") == 2
+    assert "<td>audit/duplicate_completions</td>" in text  # also in the summary table
     from rlvr.report import audit_keys
 
     assert audit_keys(rows) == sorted(AUDIT)
@@ -332,7 +333,7 @@ def test_varying_overrides():
 
 def test_sweep_of_synthetic_runs_plots_audit_metrics_and_gpu_memory(tmp_path):
     """Runs that logged audit/… metrics and GPU memory (as on a GPU): both appear; identical labels get the dir."""
-    from rlvr.compare import build_comparison, text_table
+    from rlvr.compare import build_comparison, table_rows, text_table
 
     for job, shift in (("0", 0.0), ("1", 0.5)):
         rows = [{"step": s, "reward/mean": shift + s / 10, "step_time": 0.5, "memory/peak_rss_mib": 900.0 + s,
@@ -341,15 +342,23 @@ def test_sweep_of_synthetic_runs_plots_audit_metrics_and_gpu_memory(tmp_path):
         _write_metrics(tmp_path / "sweep" / job, rows)
         (tmp_path / "sweep" / job / ".hydra").mkdir()
         (tmp_path / "sweep" / job / ".hydra" / "overrides.yaml").write_text("- model=tiny\n- reward=[arithmetic]\n")
+    (tmp_path / "sweep" / "2" / ".hydra").mkdir(parents=True)  # a job that failed before its first step
+    (tmp_path / "sweep" / "2" / ".hydra" / "overrides.yaml").write_text("- model=tiny\n- reward=[oops]\n")
     page, runs = build_comparison([tmp_path / "sweep"])
-    assert [r.label for r in runs] == ["[0]", "[1]"]  # nothing differs: the directory tells them apart
+    # 0 and 1 differ only by their directory
+    assert [r.label for r in runs] == ["reward=[arithmetic] [0]", "reward=[arithmetic] [1]", "reward=[oops]"]
+    assert "none logged" in text_table(runs).splitlines()[-1]
+    runs = runs[:2]
     names = {p.stem for p in page.parent.glob("*.png")}
     assert {"reward", "audit", "audit_2"} <= names and "accuracy" not in names
     table = text_table(runs)
     assert "peak GPU" in table and "2.00 GiB" in table and "3.00 GiB" in table and "925 MiB" in table
-    row0, row1 = table.splitlines()[2:4]
-    assert "2.450" in row0 and "2.500" in row0 and "2.950" in row1 and "3.000" in row1  # final (last 10 %), best
-    assert row0.split()[7] == row1.split()[7] == "2"  # steps/s = 25 steps / (25 x 0.5 s)
+    header, (row0, row1) = table_rows(runs)
+    cell = {name: i for i, name in enumerate(header)}
+    assert (row0[cell["final reward"]], row0[cell["best reward"]]) == ("2.450", "2.500")  # mean of the last 10 %
+    assert (row1[cell["final reward"]], row1[cell["best reward"]]) == ("2.950", "3.000")
+    assert row0[cell["steps/s"]] == row1[cell["steps/s"]] == "2"  # 25 steps / (25 x 0.5 s)
+    assert row0[cell["steps"]] == "25 (unfinished)"  # no final/ directory
     text = page.read_text()
     assert "<b>2.950</b>" in text and "<b>3.000</b>" in text and "<b>925 MiB</b>" not in text  # best in bold
     assert "<b>2.00 GiB</b>" in text  # the lower peak GPU memory
