@@ -132,10 +132,23 @@ def cmd_train(args: list[str]) -> int:
     def run(cfg: DictConfig) -> float:
         from rlvr.core.trainer import Trainer
 
+        from rlvr.core.trainer import ResumeConfigError, TrainingInterrupted
+
         _quiet_libraries()
         try:
             trainer = Trainer(cfg)
             metrics = trainer.train()
+        except TrainingInterrupted as exc:
+            print(f"rlvr train: {exc}", file=sys.stderr)
+            sys.exit(130)
+        except KeyboardInterrupt:
+            print("rlvr train: interrupted; run the same command again to resume from the last checkpoint "
+                  "(checkpoints/ in the run directory; trainer.save_steps sets how often one is written)",
+                  file=sys.stderr)
+            sys.exit(130)
+        except ResumeConfigError as exc:
+            print(f"rlvr train: error: {exc}", file=sys.stderr)
+            sys.exit(2)
         except (ValueError, FileNotFoundError, KeyError, ImportError, TypeError, OSError, RuntimeError) as exc:
             if os.environ.get("RLVR_TRACEBACK") or os.environ.get("HYDRA_FULL_ERROR"):
                 raise
@@ -143,7 +156,8 @@ def cmd_train(args: list[str]) -> int:
             sys.exit(1)
         if trainer.dist.is_main:
             print(f"rlvr: finished {trainer.step} steps; run directory: {trainer.run_dir} (checkpoint: {trainer.run_dir / 'final'})")
-        return float(metrics.get("reward/mean", float("nan")))
+        reward = metrics.get("reward/mean")
+        return float("nan") if reward is None else float(reward)
 
     sys.argv = ["rlvr train", *args]
     try:
