@@ -94,7 +94,7 @@ class ProgressBar:
 
     def update(self, step: int, metrics: dict[str, Optional[float]], verbose: bool) -> None:
         post = {"reward": _fmt(metrics["reward/mean"], ".2f"), "len": _fmt(metrics["completion_length/mean"], ".0f"),
-                "s/step": _fmt(metrics["step_time"], ".1f")}
+                "s/step": _fmt(metrics["step_time"], ".3g")}  # 0.024, 5.12, 123
         if len(self.reward_names) > 1:
             post.update({n: _fmt(metrics[f"rewards/{n}/mean"], ".2f") for n in self.reward_names})
         self.bar.set_postfix(post)
