@@ -15,7 +15,7 @@ commands:
   eval      held-out accuracy of a model or checkpoint: rlvr eval [checkpoint=DIR] [task=...] [num_samples=4] [limit=0]
   plugins   list every discovered plugin by kind and where it came from
   show      the latest sampled completions of a run as a table: rlvr show RUN_DIR [--last K] [--step N] [--full]
-  report    PNG plots + one HTML page for a run: rlvr report RUN_DIR [--output DIR]
+  report    plots + one HTML page for a run, or runs compared: rlvr report RUN_DIR|SWEEP_DIR|RUN... [--output DIR]
   export    the trained model as GGUF (llama.cpp, Ollama): rlvr export RUN_DIR --format gguf [--type f16|q8_0] [--output FILE]
 """
 
@@ -301,12 +301,13 @@ def cmd_show(args: list[str]) -> int:
 
 
 def cmd_report(args: list[str]) -> int:
-    from rlvr.report import build_report
+    from rlvr.compare import report
 
     positional, opts = parse_options("report", args, {"output": ""})
-    page = build_report(_one_run_dir("report", positional), opts["output"] or None)
-    pngs = sorted(p.name for p in page.parent.glob("*.png"))
-    print(f"rlvr report: wrote {page} and {len(pngs)} plots in {page.parent}: {', '.join(pngs)}")
+    if not positional:
+        raise UsageError("rlvr report: give a run directory (outputs/<date>/<time>), a sweep directory "
+                         "(multirun/<date>/<time>) or several run directories to compare")
+    print(report(positional, opts["output"] or None))
     return 0
 
 

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 
 from rlvr.core import checkpoint as ckpt_io
-from rlvr.core import distributed, registry
+from rlvr.core import distributed, registry, resources
 from rlvr.core.advantages import zero_std_fraction
 from rlvr.core.callbacks import logger_manager
 from rlvr.core.config import TrainerConfig, plugin_params, trainer_config
@@ -94,7 +94,7 @@ class ProgressBar:
 
     def update(self, step: int, metrics: dict[str, Optional[float]], verbose: bool) -> None:
         post = {"reward": _fmt(metrics["reward/mean"], ".2f"), "len": _fmt(metrics["completion_length/mean"], ".0f"),
-                "s/step": _fmt(metrics["step_time"], ".1f")}
+                "s/step": _fmt(metrics["step_time"], ".3g")}  # 0.024, 5.12, 123
         if len(self.reward_names) > 1:
             post.update({n: _fmt(metrics[f"rewards/{n}/mean"], ".2f") for n in self.reward_names})
         self.bar.set_postfix(post)
@@ -454,6 +454,7 @@ class Trainer:
             metrics[f"rewards/{r.name}/mean"] = float(ok.mean()) if ok.numel() else None  # None: nothing scored
             metrics[f"rewards/{r.name}/std"] = float(ok.std()) if ok.numel() > 1 else (0.0 if ok.numel() else None)
         metrics.update(sums)
+        metrics.update(resources.peak_memory())  # memory/peak_rss_mib (+ GPU): rlvr report's peak memory
         metrics = {k: v if v is None or math.isfinite(v) else None for k, v in metrics.items()}  # JSON: null
         samples = self.dist.gather(self._samples(batch.rollouts, batch.local_rewards, batch.advantages))
         self._last_samples = [s for part in samples for s in part][:tc.log_completions]
