@@ -13,8 +13,17 @@ MIB = 2**20
 def peak_rss_mib() -> float:
     """The largest resident set size this process has had since it started, in MiB.
 
-    ``getrusage(RUSAGE_SELF).ru_maxrss`` is in KiB on Linux and in bytes on macOS; it never decreases.
+    Linux: ``VmHWM`` of /proc/self/status (the kernel's high-water mark, up to date; ``getrusage``'s
+    ``ru_maxrss`` is updated lazily and can lag it by tens of MiB). Elsewhere ``getrusage(RUSAGE_SELF)
+    .ru_maxrss`` (bytes on macOS, KiB otherwise).
     """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     return peak / MIB if sys.platform == "darwin" else peak / 1024
 
