@@ -82,7 +82,9 @@ def test_extract_code_takes_the_last_python_block():
 
 def test_parse_tests_formats():
     s = parse_tests("import math\nassert math.sqrt(4) == 2\nassert f(1) == 2\n")
-    assert s.kind == "assert" and s.count == 2 and s.steps[0][0] == "setup"
+    assert s.kind == "assert" and s.count == 2 and len(s.program.steps) == 3
+    assert "import math" in s.program.steps[0] and "assert" not in "".join(s.program.steps)  # asserts rewritten
+    assert "2" not in s.program.steps[1].replace("math.sqrt(4)", "")  # the expected value stays outside
     assert parse_tests(["assert f(1) == 2", "assert f(2) == 3"]).count == 2
     io = parse_tests([{"input": "1 2\n", "output": "3\n"}, {"stdin": "2 2", "stdout": "4"}])
     assert io.kind == "io" and io.cases == [("1 2\n", "3\n"), ("2 2", "4")]
@@ -189,7 +191,7 @@ def test_limits_environment_and_fresh_directory(mode, monkeypatch):
 
 
 def test_bwrap_required_but_missing(monkeypatch):
-    import rlvr.plugins.rewards.code_exec as ce
+    import rlvr.plugins.rewards.code_exec.sandbox as ce
 
     monkeypatch.setattr(ce.shutil, "which", lambda name: None)
     with pytest.raises(SandboxError, match="apt-get install bubblewrap"):
