@@ -204,9 +204,6 @@ class Sandbox:
                                    "point TMPDIR at a world-traversable directory")
             self.root_dir = "/tmp"
         self.cgroups: Optional[cg.Cgroups] = None
-        self.cgroup_reason = "disabled (cgroups: false)"
-        if cfg.cgroups:
-            self.cgroups, self.cgroup_reason = cg.probe(cfg.memory_mb << 20, cfg.max_processes + BWRAP_EXTRA_PROCESSES)
         self.bwrap: Optional[str] = None
         self.reason = ""
         if cfg.sandbox in ("auto", "bwrap"):
@@ -220,6 +217,10 @@ class Sandbox:
             else:
                 self.reason = why
         self.mode = "bwrap" if self.bwrap else "rlimit"
+        self.cgroup_reason = "disabled (cgroups: false)"
+        if cfg.cgroups:
+            extra = BWRAP_EXTRA_PROCESSES if self.bwrap else 0
+            self.cgroups, self.cgroup_reason = cg.probe(cfg.memory_mb << 20, cfg.max_processes + extra)
         if self.mode == "rlimit" and not self.drop:
             warnings.warn("code_exec runs untrusted code without bubblewrap and not as root: it runs as this user, so it "
                           "can read and write this user's files, use the network and signal this user's processes. "
