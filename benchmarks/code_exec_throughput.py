@@ -3,12 +3,14 @@
     python benchmarks/code_exec_throughput.py [--n 64] [--workers 2] [--repeat 3] [--modes rlimit,bwrap]
 
 Prints the best wall-clock time of ``--repeat`` calls per mode (the first call, which starts the
-sandbox and probes bubblewrap, is not timed). Run it with another checkout's interpreter to compare
-two versions on the same machine load.
+sandbox and probes bubblewrap, is not timed) and the CPU time the calls used (this process and
+every sandbox process, reaped: less sensitive to other load on the machine than the wall clock).
+Run it with another checkout's interpreter to compare two versions under the same load.
 """
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import rlvr
@@ -29,14 +31,23 @@ def main() -> None:
             print(f"{mode}: unavailable ({exc})")
             continue
         fn([completion], tests=["assert add(1, 2) == 3"])  # warm-up
-        times = []
+        times, cpus = [], []
         for _ in range(args.repeat):
+            cpu0 = _cpu()
             start = time.perf_counter()
             scores = fn([completion] * args.n, tests=["assert add(1, 2) == 3"] * args.n)
             times.append(time.perf_counter() - start)
+            cpus.append(_cpu() - cpu0)
             assert scores == [1.0] * args.n, scores
-        print(f"{mode}: {args.n} completions, max_workers={args.workers}: best {min(times):.2f} s "
-              f"(all: {', '.join(f'{t:.2f}' for t in times)})")
+        print(f"{mode}: {args.n} completions, max_workers={args.workers}: best {min(times):.2f} s wall "
+              f"(all: {', '.join(f'{t:.2f}' for t in times)}); CPU {min(cpus):.2f} s "
+              f"({1000 * min(cpus) / args.n:.1f} ms per completion)")
+
+
+def _cpu() -> float:
+    """User + system CPU seconds of this process and of its reaped descendants."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 if __name__ == "__main__":

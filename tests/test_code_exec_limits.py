@@ -44,7 +44,9 @@ def run(sb: Sandbox, code: str, wall: float = 10.0) -> str:
 
 FORK_AND_HOLD = """
     import os, time
-    kids = []
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    kids = dict()
     for i in range({n}):
         try:
             pid = os.fork()
@@ -53,12 +55,23 @@ FORK_AND_HOLD = """
         if pid == 0:
             try:
                 block = b"x" * ({mb} << 20)  # touched, so it is really used
-                time.sleep(4)
+                os.write(w, bytes([i]))
+                time.sleep(8)
             finally:
                 os._exit(0)
-        kids.append(pid)
-    time.sleep(1.5)
-    print(sum(os.waitpid(pid, os.WNOHANG) == (0, 0) for pid in kids))  # still alive
+        kids[pid] = i
+    ready, dead = set(), set()
+    until = time.monotonic() + 6
+    while len(ready | dead) < len(kids) and time.monotonic() < until:  # each child holds its block or died
+        try:
+            ready.update(os.read(r, 100))
+        except BlockingIOError:
+            pass
+        for pid, i in kids.items():
+            if i not in dead and os.waitpid(pid, os.WNOHANG) != (0, 0):
+                dead.add(i)
+        time.sleep(0.02)
+    print(len(kids) - len(dead))  # still alive, each holding its block
 """
 
 

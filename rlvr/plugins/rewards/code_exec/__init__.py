@@ -19,6 +19,7 @@ Modules: ``suite`` (tests and code blocks), ``transform`` (assert rewriting), ``
 from __future__ import annotations
 
 import json
+import marshal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,8 +29,8 @@ from rlvr import PluginSpec, hookimpl
 from rlvr.core.rewards import VerifierConfig, verifier_as_reward
 
 from .channel import ResultChannel
-from .sandbox import (HARNESS, SANDBOX_MODES, RunResult, Sandbox, SandboxError, _uid_base, processes_of_uid,
-                      sweep_shared_tmp, uid_block)
+from .sandbox import (HARNESS, SANDBOX_MODES, RunResult, Sandbox, SandboxError, _uid_base, compiled,
+                      processes_of_uid, sweep_shared_tmp, uid_block)
 from .suite import TestSuite, extract_code, parse_tests, same_output
 from .transform import TestsNotSupported, transform
 from .verdict import check_passes, unplain_count
@@ -80,31 +81,22 @@ class TestReport:
         return self.passed / self.total if self.total else 0.0
 
 
-_HARNESS_SOURCE: Optional[bytes] = None
-
-
-def _harness_source() -> bytes:
-    global _HARNESS_SOURCE
-    if _HARNESS_SOURCE is None:
-        with open(HARNESS, "rb") as f:
-            _HARNESS_SOURCE = f.read()
-    return _HARNESS_SOURCE
-
-
 def run_tests(code: str, suite: TestSuite, sandbox: Sandbox) -> TestReport:
     """Run ``code`` against ``suite`` in ``sandbox``; verdicts decided here."""
     cfg = sandbox.cfg
     if suite.kind == "assert":
         program = suite.program
         slot_counts = [c.slots for c in program.checks]
-        plan = json.dumps({"timeout": cfg.timeout_s, "steps": program.steps, "slots": slot_counts,
-                           "max_bytes": cfg.max_result_bytes})
+        plan = marshal.dumps({"timeout": float(cfg.timeout_s), "steps": program.steps, "slots": slot_counts,
+                              "max_bytes": int(cfg.max_result_bytes)}, 4)
         units = len(program.steps) + len(program.checks) + 1
         wall = min(cfg.total_timeout_s, cfg.timeout_s * units) + cfg.startup_grace_s
-        files = {"solution.py": code.encode("utf-8", errors="replace"), "rlvr_harness.py": _harness_source()}
+        path, harness = compiled(sandbox.python, HARNESS)
+        script = "rlvr_harness.pyc" if path.endswith(".pyc") else "rlvr_harness.py"
+        files = {"solution.py": code.encode("utf-8", errors="replace"), script: harness}
         channel = ResultChannel(cfg.max_result_bytes, slot_counts)
         try:
-            res = sandbox.run("rlvr_harness.py", [], files, plan.encode(), wall, channel=channel)
+            res = sandbox.run(script, [], files, plan, wall, channel=channel)
         finally:
             channel.close()
         log = channel.log

@@ -1,6 +1,6 @@
 """code_exec's harness: runs inside the sandbox, next to the untrusted solution.
 
-Started as ``python -I -B harness.py FD`` in the run directory, with the plan on stdin (JSON:
+Started as ``python -I -B harness.py FD`` in the run directory, with the plan on stdin (``marshal``:
 ``{"timeout": seconds per step and per assert, "steps": [source, ...], "slots": [n, ...],
 "max_bytes": n}``) and ``FD`` a Unix stream socket whose other end the trainer holds with
 ``SO_PASSCRED``: the kernel stamps every chunk with the real pid of the process that wrote it.
@@ -26,25 +26,24 @@ imported, and the hello it sends then tells the trainer which pid the harness ha
 acknowledges it (after pinning the process with a pidfd) before the harness goes on. What the
 solution can still do from inside this process is described in docs/sandbox.md ("residual risks").
 """
+import _signal as signal  # the C modules: no enum / re imports on every run
+import _socket
 import builtins
+import marshal
 import os
-import signal
-import socket
-import struct
 import sys
 
 
 def _main() -> None:  # noqa: C901 - one closure on purpose: the references it captures are its locals
-    import json
     from _json import encode_basestring_ascii
 
     fd = int(sys.argv[1])
-    plan = json.loads(sys.stdin.buffer.read())
+    plan = marshal.loads(sys.stdin.buffer.read())
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.close(null)
     os.set_inheritable(fd, False)  # programs the solution execs do not get the channel
-    chan = socket.socket(fileno=fd)
+    chan = _socket.socket(fileno=fd)  # the C socket type: no Python-level methods to patch
     timeout = float(plan["timeout"])
     steps = list(plan["steps"])
     slot_counts = list(plan["slots"])
@@ -52,7 +51,7 @@ def _main() -> None:  # noqa: C901 - one closure on purpose: the references it c
 
     # -- references taken before any untrusted code runs --------------------------------------
     _send, _recv = chan.sendall, chan.recv
-    _pack = struct.Struct(">I").pack
+    _to_bytes = int.to_bytes
     _getpid, _exit = os.getpid, os._exit
     _gettrace, _getprofile = sys.gettrace, sys.getprofile
     _setitimer, _getitimer, _REAL = signal.setitimer, signal.getitimer, signal.ITIMER_REAL
@@ -73,7 +72,7 @@ def _main() -> None:  # noqa: C901 - one closure on purpose: the references it c
     def send(text: str) -> None:
         data = _str_encode(text, "ascii")
         try:
-            _send(_pack(_len(data)) + data)
+            _send(_to_bytes(_len(data), 4, "big") + data)
         except OSError:
             _exit(3)
 

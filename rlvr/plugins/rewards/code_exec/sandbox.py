@@ -10,8 +10,10 @@ deleted. See docs/sandbox.md for what holds in each mode.
 """
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
+import marshal
 import math
 import os
 import selectors
@@ -37,6 +39,33 @@ SANDBOX_MODES = ("auto", "bwrap", "rlimit")
 UID_START, UID_BLOCK, UID_BLOCKS = 200_000, 64, 10_000
 SHARED_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 BWRAP_EXTRA_PROCESSES = 2  # bubblewrap itself and its init in the new pid namespace
+
+
+_COMPILED: dict[tuple[str, str], tuple[str, bytes]] = {}
+_COMPILE_LOCK = threading.Lock()
+_COMPILE_SCRIPT = ("import py_compile, sys\n"
+                   "py_compile.compile(sys.argv[1], cfile=sys.argv[2], dfile=sys.argv[3], doraise=True)\n")
+
+
+def compiled(python: str, source: str) -> tuple[str, bytes]:
+    """``source`` (``supervisor.py`` / ``harness.py``) byte-compiled by ``python`` once per process:
+    (a private path of the ``.pyc``, its bytes). Running the ``.pyc`` by path skips compiling the
+    file on every run (~5 ms each for the harness). Falls back to the ``.py`` when it cannot."""
+    key = (python, source)
+    with _COMPILE_LOCK:
+        if key not in _COMPILED:
+            directory = tempfile.mkdtemp(prefix="rlvr-code-exec-")
+            atexit.register(shutil.rmtree, directory, True)
+            target = os.path.join(directory, os.path.basename(source) + "c")
+            out = subprocess.run([python, "-I", "-S", "-c", _COMPILE_SCRIPT, source, target, os.path.basename(source)],
+                                 capture_output=True, timeout=60, check=False)
+            if out.returncode == 0 and os.path.exists(target):
+                with open(target, "rb") as f:
+                    _COMPILED[key] = (target, f.read())
+            else:
+                with open(source, "rb") as f:
+                    _COMPILED[key] = (source, f.read())
+        return _COMPILED[key]
 
 
 class SandboxError(RuntimeError):
@@ -334,7 +363,8 @@ class Sandbox:
             cmd = (self._bwrap_args(self.bwrap, work, sorted(files)) if self.bwrap else []) + inner
             plan = {"uid": uid, "limits": self._limits(uid, wall), "close": [fd] if fd >= 0 else [],
                     "cgroups": self.cgroups.slot(slot) if self.cgroups is not None and slot is not None else []}
-            proc = subprocess.Popen([self.python, "-I", "-S", SUPERVISOR, json.dumps(plan)] + cmd,
+            supervisor = compiled(self.python, SUPERVISOR)[0]
+            proc = subprocess.Popen([self.python, "-I", "-S", supervisor, marshal.dumps(plan, 4).hex()] + cmd,
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     pass_fds=(fd,) if fd >= 0 else (), cwd=work,
                                     env=self._env(work, os.path.join(work, "tmp")), start_new_session=True)

@@ -1,7 +1,7 @@
 """code_exec's supervisor: starts one sandboxed program, waits for it, then kills and reaps all it left.
 
 Run by the trainer (as the trainer's user) as ``python -I -S supervisor.py PLAN CMD...`` where
-``PLAN`` is JSON: ``{"uid": sandbox uid or null, "limits": {"RLIMIT_AS": n, ...},
+``PLAN`` is ``marshal`` data in hex: ``{"uid": sandbox uid or null, "limits": {"RLIMIT_AS": n, ...},
 "cgroups": [cgroup.procs files], "close": [fds to close here]}``. It
 
 - makes itself the *child subreaper* (orphans of the code come back to it, even after ``setsid``
@@ -14,11 +14,11 @@ Run by the trainer (as the trainer's user) as ``python -I -S supervisor.py PLAN 
   until none is left, reaping them all (no zombies); exits with the program's status (124 when
   it was stopped before it ended).
 """
+import _signal as signal  # the C modules: no enum / re / json imports on every run
 import ctypes
-import json
+import marshal
 import os
 import resource
-import signal
 import sys
 import time
 
@@ -90,7 +90,7 @@ def _start(cmd, plan):
 
 
 def main():
-    plan = json.loads(sys.argv[1])
+    plan = marshal.loads(bytes.fromhex(sys.argv[1]))
     cmd = sys.argv[2:]
     uid = plan["uid"]
     try:
