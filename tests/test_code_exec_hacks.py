@@ -417,6 +417,14 @@ def test_results_from_a_forked_child_fail_closed_with_a_reason():
     assert report.passed == 0 and report.violation
 
 
+def test_a_top_level_assert_reported_twice_fails():
+    # the second report carries the right value too: a top-level assert runs once, so it still fails
+    code = py("import sys\ndef mystery(x):\n    sys._getframe(1).f_globals['_rlvr_end'](0, [4817])\n    return 4817\n"
+              "def magic(x): return True")
+    report = reward("rlimit").executor.reports([code], {"tests": [MYSTERY]})[0]
+    assert report.passed == 0 and report.duplicates == 1
+
+
 def test_unplain_values_are_counted():
     fn = reward("rlimit")
     report = fn.executor.reports([py(HACKS["always-equal int subclass"])], {"tests": [MYSTERY]})[0]

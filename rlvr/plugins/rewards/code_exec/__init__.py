@@ -33,7 +33,7 @@ from .sandbox import (HARNESS, SANDBOX_MODES, RunResult, Sandbox, SandboxError, 
                       processes_of_uid, sweep_shared_tmp, uid_block)
 from .suite import TestSuite, extract_code, parse_tests, same_output
 from .transform import TestsNotSupported, transform
-from .verdict import check_passes, unplain_count
+from .verdict import check_passes, duplicate_count, unplain_count
 
 __all__ = ["CodeExecConfig", "CodeExecutor", "RunResult", "SANDBOX_MODES", "Sandbox", "SandboxError", "TestReport",
            "TestSuite", "TestsNotSupported", "extract_code", "parse_tests", "processes_of_uid", "run_tests",
@@ -68,13 +68,15 @@ class CodeExecConfig(VerifierConfig):
 class TestReport:
     """Outcome of one completion's tests. ``violation`` (the harness protocol was broken: a forked
     child wrote, a second hello, tampering...) fails every test; ``unplain`` counts values that
-    were not plain built-ins (each failed its test)."""
+    were not plain built-ins (each failed its test); ``duplicates`` top-level asserts reported more
+    than once (each failed)."""
 
     passed: int
     total: int
     detail: str = ""
     violation: str = ""
     unplain: int = 0
+    duplicates: int = 0
 
     @property
     def fraction(self) -> float:
@@ -107,7 +109,8 @@ def run_tests(code: str, suite: TestSuite, sandbox: Sandbox) -> TestReport:
         passed = sum(check_passes(check, log.executions.get(i, [])) for i, check in enumerate(program.checks))
         detail = ("timed out" if res.timed_out else "output over the cap" if res.output_capped
                   else f"the solution failed to load ({log.load_error})" if log.load_error else "")
-        return TestReport(passed, total, detail, unplain=unplain_count(log.executions))
+        return TestReport(passed, total, detail, unplain=unplain_count(log.executions),
+                          duplicates=duplicate_count(program.checks, log.executions))
     passed = 0
     details = []
     files = {"solution.py": code.encode("utf-8", errors="replace")}

@@ -130,6 +130,7 @@ class Check:
     slots: int
     line: int
     source: str  # the assert's source with constant operands shown as ``<expected>``
+    once: bool = False  # at module level outside loops and functions: it must run exactly once
 
 
 @dataclass
@@ -368,6 +369,16 @@ class _Rewriter(ast.NodeTransformer):
         self.shadowed = shadowed
         self.origin = origin
         self.guarded = 0  # depth of try bodies whose handlers catch AssertionError
+        self.repeats = 0  # depth of loops, functions and classes (an assert there may run any number of times)
+
+    def _repeating(self, node: ast.AST) -> Any:
+        self.repeats += 1
+        try:
+            return self.generic_visit(node)
+        finally:
+            self.repeats -= 1
+
+    visit_For = visit_AsyncFor = visit_While = visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _repeating
 
     def visit_Try(self, node: ast.Try) -> ast.AST:
         catches = any(_catches_assertion_error(h) for h in node.handlers)
@@ -404,7 +415,8 @@ class _Rewriter(ast.NodeTransformer):
                 "the check as a comparison instead, e.g. `assert raises_value_error(lambda: f(-1)) == True` with "
                 "the helper defined in the tests.")
         index = len(self.program.checks)
-        self.program.checks.append(Check(pred, len(builder.slots), node.lineno, _shown(node, self.shadowed)))
+        self.program.checks.append(Check(pred, len(builder.slots), node.lineno, _shown(node, self.shadowed),
+                                         once=self.repeats == 0))
         return _emit(index, builder.slots, node)
 
 

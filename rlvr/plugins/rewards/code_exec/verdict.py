@@ -159,13 +159,19 @@ def evaluate(pred: Pred, values: list[Any], sent: list[list[Any]]) -> Optional[b
 
 
 def check_passes(check: Check, executions: list[list[list[Any]]]) -> bool:
-    """A check passes when it ran at least once and every execution's predicate is True."""
-    if not executions:
+    """A check passes when it ran (exactly once for a top-level assert outside loops and functions,
+    at least once elsewhere) and every execution's predicate is True."""
+    if not executions or (check.once and len(executions) != 1):
         return False
     for sent in executions:
         if evaluate(check.pred, slot_values(sent), sent) is not True:
             return False
     return True
+
+
+def duplicate_count(checks: list[Check], executions: dict[int, list[list[list[Any]]]]) -> int:
+    """Top-level checks reported more than once (a second report fails the check)."""
+    return sum(1 for i, runs in executions.items() if 0 <= i < len(checks) and checks[i].once and len(runs) > 1)
 
 
 def unplain_count(executions: dict[int, list[list[list[Any]]]]) -> int:
