@@ -29,8 +29,18 @@ from rlvr import PluginSpec, hookimpl
 from rlvr.core.rewards import VerifierConfig, verifier_as_reward
 
 from .channel import ResultChannel
-from .sandbox import (HARNESS, SANDBOX_MODES, RunResult, Sandbox, SandboxError, _uid_base, compiled,
-                      processes_of_uid, sweep_shared_tmp, uid_block)
+from .sandbox import (
+    HARNESS,
+    SANDBOX_MODES,
+    RunResult,
+    Sandbox,
+    SandboxError,
+    _uid_base,
+    compiled,
+    processes_of_uid,
+    sweep_shared_tmp,
+    uid_block,
+)
 from .suite import TestSuite, extract_code, parse_tests, same_output
 from .transform import TestsNotSupported, transform
 from .verdict import check_passes, duplicate_count, unplain_count
@@ -58,7 +68,7 @@ class CodeExecConfig(VerifierConfig):
     sandbox: str = "auto"  # auto (bubblewrap when usable) | bwrap (required) | rlimit (never bubblewrap)
     cgroups: bool = True  # whole-run memory / process limits with cgroups when this process may create them
     drop_root: bool = True  # when the trainer runs as root, run the code under a uid of its own
-    python: str = ""  # interpreter for the code; "" = this one, or python3 from /usr when the sandbox uid cannot run it
+    python: str = ""  # interpreter for the code; "" = this one, or /usr's python3 when the sandbox uid cannot run it
     max_workers: int = 2  # runs in parallel
     allow_unfenced: bool = False  # no code block: run the whole completion (else it scores fail_score)
     partial: bool = True  # reward = fraction of tests passed; false: pass_score only when all pass
@@ -120,8 +130,9 @@ def run_tests(code: str, suite: TestSuite, sandbox: Sandbox) -> TestReport:
               and same_output(res.stdout.decode(errors="replace"), expected))
         passed += ok
         if not ok and len(details) < 3:
-            details.append(f"case {i}: " + ("timed out" if res.timed_out else "output over the cap" if res.output_capped
-                                            else f"exit {res.returncode}" if res.returncode else "wrong output"))
+            why = ("timed out" if res.timed_out else "output over the cap" if res.output_capped
+                   else f"exit {res.returncode}" if res.returncode else "wrong output")
+            details.append(f"case {i}: {why}")
     return TestReport(passed, len(suite.cases), "; ".join(details))
 
 

@@ -120,8 +120,8 @@ def uid_block(start: Optional[int] = None) -> int:
         k0 = os.getpid() % UID_BLOCKS if start is None else start
         for i in range(UID_BLOCKS):
             k = (k0 + i) % UID_BLOCKS
-            fd = os.open(os.path.join(directory, f"uids-{k}.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600)
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(os.path.join(directory, f"uids-{k}.lock"), flags, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -251,14 +251,15 @@ class Sandbox:
             extra = BWRAP_EXTRA_PROCESSES if self.bwrap else 0
             self.cgroups, self.cgroup_reason = cg.probe(cfg.memory_mb << 20, cfg.max_processes + extra)
         if self.mode == "rlimit" and not self.drop:
-            warnings.warn("code_exec runs untrusted code without bubblewrap and not as root: it runs as this user, so it "
-                          "can read and write this user's files, use the network and signal this user's processes. "
+            warnings.warn("code_exec runs untrusted code without bubblewrap and not as root: it runs as this user, "
+                          "so it can read and write this user's files, use the network and signal this user's "
+                          "processes. "
                           f"Install bubblewrap (apt-get install bubblewrap). {self.reason}".strip(), stacklevel=2)
 
     # -- set-up ---------------------------------------------------------------------------
     def _interpreter(self, uid: Optional[int]) -> str:
-        candidates = [self.cfg.python] if self.cfg.python else [sys.executable, "/usr/bin/python3",
-                                                                 "/usr/local/bin/python3", shutil.which("python3") or ""]
+        candidates = [self.cfg.python] if self.cfg.python else [
+            sys.executable, "/usr/bin/python3", "/usr/local/bin/python3", shutil.which("python3") or ""]
         for c in candidates:
             if c and os.path.exists(c) and _others_can_use(c, uid):
                 return c

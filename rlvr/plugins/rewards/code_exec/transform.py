@@ -191,11 +191,13 @@ def const_value(node: ast.AST, shadowed: frozenset[str] = frozenset()) -> Any:
             a, b = ev(n.left), ev(n.right)
             if isinstance(n.op, ast.Pow):
                 if not (isinstance(a, (int, float)) and isinstance(b, (int, float))) or abs(b) > 4096 \
-                        or (isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and b * abs(a).bit_length() > MAX_CONST_BITS):
+                        or (isinstance(a, int) and isinstance(b, int) and abs(a) > 1
+                            and b * abs(a).bit_length() > MAX_CONST_BITS):
                     raise _NotConst
             elif isinstance(n.op, ast.Mult):
                 for x, y in ((a, b), (b, a)):
-                    if isinstance(x, (str, bytes, list, tuple)) and isinstance(y, int) and len(x) * y > MAX_CONST_ITEMS:
+                    if isinstance(x, (str, bytes, list, tuple)) and isinstance(y, int) \
+                            and len(x) * y > MAX_CONST_ITEMS:
                         raise _NotConst
             elif isinstance(n.op, ast.LShift):
                 if not isinstance(b, int) or b > MAX_CONST_BITS:

@@ -15,7 +15,7 @@ import math
 import operator
 from typing import Any, Callable, Optional
 
-from .transform import AbsDiff, BoolOp, Check, Compare, Const, Falsy, IsClose, Lit, Not, Operand, Pred, Slot, Truth
+from .transform import BoolOp, Check, Compare, Const, Falsy, IsClose, Lit, Not, Operand, Pred, Slot, Truth
 
 MAX_DEPTH = 100
 MAX_HASHED = 20_000  # largest set / dict rebuilt here (bounds hash-collision work)
