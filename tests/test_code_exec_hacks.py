@@ -552,6 +552,13 @@ def test_each_assert_shape_is_judged_like_python(code, expected):
     assert [r.passed for r in reports] == expected
 
 
+def test_each_operand_has_its_own_time_limit():
+    fn = reward("rlimit")
+    code = py("def f(x):\n    while x:\n        pass\n    return x\n")
+    tests = "assert f(1) == f(1)\nassert f(0) == 0\n"  # two hanging operands, then a passing assert
+    assert fn([code], tests=[tests]) == [0.0]  # one of two passed: -1 + 0.5 * 2
+
+
 def test_a_check_in_a_loop_fails_when_any_iteration_fails():
     fn = reward("rlimit")
     tests = "for i in range(5):\n    assert f(i) == i * i\n"
