@@ -525,6 +525,22 @@ def test_expected_values_never_enter_the_sandbox():
     assert "mystery(9) - 1" in shipped  # a non-constant side is evaluated in the sandbox, as written
 
 
+def test_decoding_of_sent_values_is_strict():
+    from rlvr.plugins.rewards.code_exec.verdict import Unplain, decode
+
+    assert decode({"t": [1, [2.5, None]]}) == (1, [2.5, None])
+    assert decode({"d": [[{"t": [1, 2]}, "x"]]}) == {(1, 2): "x"}
+    assert decode({"s": [1, 2]}) == {1, 2} and decode({"f": "-inf"}) == float("-inf")
+    for bad in ({"x": 1}, {"t": [1], "d": []}, {"d": [[[1], 2]]}, {"f": "1e999"}, {"b": "zz"}, {"s": [[1]]}):
+        with pytest.raises(Unplain):
+            decode(bad)
+    deep = 1
+    for _ in range(200):
+        deep = [deep]
+    with pytest.raises(Unplain):
+        decode(deep)
+
+
 def test_shapes_that_cannot_be_judged_outside_fail_closed():
     with pytest.raises(TestsNotSupported, match="always false"):
         parse_tests("try:\n    f(-1)\n    assert False\nexcept ValueError:\n    pass\n")

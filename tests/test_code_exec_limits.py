@@ -190,3 +190,11 @@ def test_sandbox_uid_blocks_are_unique_across_trainers():
     os.waitpid(pid, 0)
     os.close(r)
     assert child != mine
+
+
+def test_without_cgroups_the_probe_says_why(tmp_path):
+    groups, why = cgroup_probe(64 << 20, 8, root=str(tmp_path))  # an empty "cgroup root": no controllers
+    assert groups is None and "no memory hierarchy" in why
+    (tmp_path / "cgroup.controllers").write_text("cpu io\n")  # a v2 root without memory / pids
+    groups, why = cgroup_probe(64 << 20, 8, root=str(tmp_path))
+    assert groups is None and "memory and pids not available" in why
