@@ -198,3 +198,24 @@ def test_without_cgroups_the_probe_says_why(tmp_path):
     (tmp_path / "cgroup.controllers").write_text("cpu io\n")  # a v2 root without memory / pids
     groups, why = cgroup_probe(64 << 20, 8, root=str(tmp_path))
     assert groups is None and "memory and pids not available" in why
+
+
+def test_cgroup_v2_layout_is_written_as_the_kernel_expects(tmp_path, monkeypatch):
+    """The v2 code path on a fake hierarchy (this machine may only have v1 controllers): a parent
+    under our own cgroup with memory and pids delegated, one leaf per slot with the limits."""
+    from rlvr.plugins.rewards.code_exec import cgroups
+
+    monkeypatch.setattr(cgroups, "_own_paths", lambda: {"": "/trainer.scope"})
+    own = tmp_path / "trainer.scope"
+    own.mkdir()
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    (own / "cgroup.controllers").write_text("memory pids\n")
+    groups, why = cgroups.probe(128 << 20, 9, root=str(tmp_path))
+    assert groups is not None and groups.version == 2, why
+    parent = own / os.path.basename(groups.parents[0])
+    assert (own / "cgroup.subtree_control").read_text() == "+memory +pids"
+    assert (parent / "cgroup.subtree_control").read_text() == "+memory +pids"
+    procs = groups.slot(3)
+    assert procs == [str(parent / "s3" / "cgroup.procs")]
+    assert (parent / "s3" / "memory.max").read_text() == str(128 << 20)
+    assert (parent / "s3" / "pids.max").read_text() == "9"
