@@ -14,7 +14,7 @@ import pytest
 import rlvr
 from rlvr.plugins.rewards.code_exec import CodeExecConfig, Sandbox, SandboxError, TestsNotSupported, parse_tests
 
-FAST = {"timeout_s": 1.0, "startup_grace_s": 2.0, "memory_mb": 256, "max_processes": 32, "max_output_bytes": 64_000,
+FAST = {"timeout_s": 1.0, "startup_grace_s": 2.0, "memory_mb": 512, "max_processes": 80, "max_output_bytes": 64_000,
         "pass_score": 1.0, "fail_score": -1.0}
 
 
@@ -409,6 +409,14 @@ def test_honest_scores_are_exact(mode):
     fn = reward(mode)
     # PARTIAL passes mystery(3), mystery(10), 1 < mystery(5) < 4: 3 of 6 -> -1 + 0.5 * 2
     assert fn([HONEST, PARTIAL, HONEST], tests=[MYSTERY] * 3) == [1.0, 0.0, 1.0]
+
+
+def test_the_fork_oracle_really_has_64_guessers():
+    code = HACKS["fork oracle: 64 children, each answering with a different guess"]
+    code += "\nimport sys\nif guess == 63:\n    print('all 64 ran', flush=True)\n"
+    sb = reward("rlimit").executor.sandbox
+    res = sb.run("solution.py", [], {"solution.py": code.encode()}, b"", 10.0)
+    assert b"all 64 ran" in res.stdout
 
 
 def test_results_from_a_forked_child_fail_closed_with_a_reason():
