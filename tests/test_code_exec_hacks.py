@@ -438,6 +438,10 @@ def test_unplain_values_are_counted():
     fn = reward("rlimit")
     report = fn.executor.reports([py(HACKS["always-equal int subclass"])], {"tests": [MYSTERY]})[0]
     assert report.passed == 0 and report.unplain >= 5
+    fn([HONEST, py(HACKS["always-equal int subclass"]), py(HACKS["fork oracle: children write forged frames "
+                                                                  "straight to every fd"])], tests=[MYSTERY] * 3)
+    counts = fn.executor.fail_closed_counts()
+    assert counts["violations"] == 1 and counts["unplain_values"] >= 5 and counts["duplicate_reports"] == 0
 
 
 # --------------------------------------------------------------------------- real suites

@@ -144,6 +144,7 @@ class CodeExecutor:
         self.sandbox = Sandbox(cfg)
         self._suites: dict[str, Optional[TestSuite]] = {}
         self._lock = threading.Lock()
+        self.last_reports: list[Optional[TestReport]] = []  # the reports of the last call (for monitors)
 
     def suite(self, tests: Any) -> Optional[TestSuite]:
         """Parsed (and rewritten) tests, cached per distinct value (a row's G completions share it)."""
@@ -170,9 +171,21 @@ class CodeExecutor:
                 raise type(exc)(f"code_exec: row {i}: {exc}") from None
             jobs.append(self._job(text, suite))
         if self.cfg.max_workers <= 1 or len(jobs) <= 1:
-            return [job() for job in jobs]
-        with ThreadPoolExecutor(max_workers=self.cfg.max_workers) as pool:
-            return list(pool.map(lambda job: job(), jobs))
+            out = [job() for job in jobs]
+        else:
+            with ThreadPoolExecutor(max_workers=self.cfg.max_workers) as pool:
+                out = list(pool.map(lambda job: job(), jobs))
+        self.last_reports = out
+        return out
+
+    def fail_closed_counts(self) -> dict[str, int]:
+        """Signals of the last call for a reward-hacking monitor: runs that broke the result protocol
+        (a forked child or another process wrote, tampering, ...), values that were not plain
+        built-ins, and top-level asserts reported more than once."""
+        reports = [r for r in self.last_reports if r is not None]
+        return {"violations": sum(bool(r.violation) for r in reports),
+                "unplain_values": sum(r.unplain for r in reports),
+                "duplicate_reports": sum(r.duplicates for r in reports)}
 
     def _job(self, text: str, suite: Optional[TestSuite]) -> Callable[[], Optional[TestReport]]:
         def job() -> Optional[TestReport]:
