@@ -537,6 +537,20 @@ def test_expected_values_never_enter_the_sandbox():
     assert "mystery(9) - 1" in shipped  # a non-constant side is evaluated in the sandbox, as written
 
 
+def test_expected_values_held_in_a_variable_stay_outside_when_only_asserts_use_them():
+    tests = ("EXPECTED = [4817, -3163]\nLIMIT = 5555\nassert mystery(3) == EXPECTED\nassert mystery(9) < LIMIT\n"
+             "SHARED = 12\nassert mystery(SHARED) == 12\n")
+    shipped = "".join(parse_tests(tests).program.steps)
+    assert "4817" not in shipped and "5555" not in shipped
+    assert "SHARED = 12" in shipped  # an argument of the call: the sandbox needs it
+    fn = reward("rlimit")
+    good = py("def mystery(x):\n    return [4817, -3163] if x == 3 else 12")
+    stub = py("def mystery(x):\n    return 0")  # passes mystery(9) < LIMIT, as any small guess would
+    hack = py(HACKS["frame locals and gc.get_objects: parse the expected values out of the harness's memory"])
+    scores = fn([good, stub, hack], tests=[tests] * 3)
+    assert scores[0] == 1.0 and scores[2] == scores[1] < 0  # reading the memory gains nothing over a stub
+
+
 def test_decoding_of_sent_values_is_strict():
     from rlvr.plugins.rewards.code_exec.verdict import Unplain, decode
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -159,17 +160,20 @@ def _size_ok(value: Any) -> Any:
     return value
 
 
-def const_value(node: ast.AST, shadowed: frozenset[str] = frozenset()) -> Any:
+def const_value(node: ast.AST, shadowed: frozenset[str] = frozenset(), names: Optional[dict[str, Any]] = None) -> Any:
     """The value of a constant expression, computed here (never in the sandbox).
 
     Constant: literals and displays of constants, unary/binary arithmetic on them (sizes bounded),
     and calls of a few pure built-ins (``set``, ``tuple``, ``sorted``, ``float``, ``range``, ...)
-    with constant arguments, unless the test code rebinds that name (``shadowed``). Raises
-    ``_NotConst`` for anything else.
+    with constant arguments, unless the test code rebinds that name (``shadowed``); and the
+    ``names`` bound once to a constant at the top level of the tests (see ``_named_constants``).
+    Raises ``_NotConst`` for anything else.
     """
     def ev(n: ast.AST) -> Any:
         if isinstance(n, ast.Constant):
             return n.value
+        if isinstance(n, ast.Name) and names and n.id in names:
+            return copy.deepcopy(names[n.id])
         if isinstance(n, (ast.List, ast.Tuple, ast.Set)):
             if any(isinstance(e, ast.Starred) for e in n.elts):
                 raise _NotConst
@@ -234,9 +238,9 @@ def const_value(node: ast.AST, shadowed: frozenset[str] = frozenset()) -> Any:
     return ev(node)
 
 
-def _is_const(node: ast.AST, shadowed: frozenset[str]) -> tuple[bool, Any]:
+def _is_const(node: ast.AST, shadowed: frozenset[str], names: Optional[dict[str, Any]] = None) -> tuple[bool, Any]:
     try:
-        return True, const_value(node, shadowed)
+        return True, const_value(node, shadowed, names)
     except (_NotConst, RecursionError):
         return False, None
 
@@ -250,16 +254,20 @@ _SINGLETONS = (None, True, False, Ellipsis)
 class _Builder:
     """Collects the slot expressions of one assert while its predicate is built."""
 
-    def __init__(self, shadowed: frozenset[str]):
+    def __init__(self, shadowed: frozenset[str], names: dict[str, Any]):
         self.shadowed = shadowed
+        self.names = names
         self.slots: list[ast.expr] = []
+
+    def const(self, node: ast.AST) -> tuple[bool, Any]:
+        return _is_const(node, self.shadowed, self.names)
 
     def slot(self, expr: ast.expr) -> Slot:
         self.slots.append(expr)
         return Slot(len(self.slots) - 1)
 
     def operand(self, node: ast.expr) -> Operand:
-        ok, value = _is_const(node, self.shadowed)
+        ok, value = self.const(node)
         if ok:
             return Lit(value)
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "abs"
@@ -269,7 +277,7 @@ class _Builder:
         return self.slot(node)
 
     def pred(self, node: ast.expr) -> Pred:
-        ok, value = _is_const(node, self.shadowed)
+        ok, value = self.const(node)
         if ok:
             return Const(value is True)
         if isinstance(node, ast.BoolOp):
@@ -290,7 +298,7 @@ class _Builder:
         nodes = [node.left, *node.comparators]
         ops = [type(op).__name__ for op in node.ops]
         operands: list[Optional[Operand]] = [None] * len(nodes)
-        consts = [_is_const(n, self.shadowed) for n in nodes]
+        consts = [self.const(n) for n in nodes]
         # identity between two values computed in the sandbox: the sandbox itself says ``a is b``
         # (identity cannot be faked by an object), sent as a bool that must be exactly True
         identity_pairs = [i for i, op in enumerate(ops) if op in ("Is", "IsNot")
@@ -316,7 +324,7 @@ class _Builder:
     def isclose(self, node: ast.Call) -> Pred:
         kwargs = {}
         for k in node.keywords:
-            ok, value = _is_const(k.value, self.shadowed)
+            ok, value = self.const(k.value)
             if k.arg not in ("rel_tol", "abs_tol") or not ok or not isinstance(value, (int, float)):
                 return Truth(self.slot(node))
             kwargs[k.arg] = float(value)
@@ -334,12 +342,12 @@ def _slot_ref(index: int) -> ast.expr:
     return ast.Subscript(value=ast.Name(id=VALUES, ctx=ast.Load()), slice=ast.Constant(index), ctx=ast.Load())
 
 
-def _shown(node: ast.Assert, shadowed: frozenset[str]) -> str:
+def _shown(node: ast.Assert, shadowed: frozenset[str], names: dict[str, Any]) -> str:
     """The assert's source with its constant operands replaced by ``<expected>`` (for reports)."""
     class Hide(ast.NodeTransformer):
         def visit_Compare(self, n: ast.Compare) -> ast.AST:
             parts = [n.left, *n.comparators]
-            hidden = [ast.Name(id="<expected>", ctx=ast.Load()) if _is_const(p, shadowed)[0] else self.visit(p)
+            hidden = [ast.Name(id="<expected>", ctx=ast.Load()) if _is_const(p, shadowed, names)[0] else self.visit(p)
                       for p in parts]
             return ast.Compare(left=hidden[0], ops=n.ops, comparators=hidden[1:])
 
@@ -366,9 +374,10 @@ def _catches_assertion_error(handler: ast.ExceptHandler) -> bool:
 
 
 class _Rewriter(ast.NodeTransformer):
-    def __init__(self, program: Program, shadowed: frozenset[str], origin: str):
+    def __init__(self, program: Program, shadowed: frozenset[str], origin: str, names: dict[str, Any]):
         self.program = program
         self.shadowed = shadowed
+        self.names = names
         self.origin = origin
         self.guarded = 0  # depth of try bodies whose handlers catch AssertionError
         self.repeats = 0  # depth of loops, functions and classes (an assert there may run any number of times)
@@ -408,7 +417,7 @@ class _Rewriter(ast.NodeTransformer):
                 f"code_exec tests: the assert at {where} is inside a try whose handler catches AssertionError, so its "
                 "outcome depends on the assert raising inside the sandbox; code_exec decides verdicts outside the "
                 "sandbox and cannot judge it. Move the assert out of the try block.")
-        builder = _Builder(self.shadowed)
+        builder = _Builder(self.shadowed, self.names)
         pred = builder.pred(node.test)
         if isinstance(pred, Const) and not pred.value:
             raise TestsNotSupported(
@@ -417,8 +426,8 @@ class _Rewriter(ast.NodeTransformer):
                 "the check as a comparison instead, e.g. `assert raises_value_error(lambda: f(-1)) == True` with "
                 "the helper defined in the tests.")
         index = len(self.program.checks)
-        self.program.checks.append(Check(pred, len(builder.slots), node.lineno, _shown(node, self.shadowed),
-                                         once=self.repeats == 0))
+        shown = _shown(node, self.shadowed, self.names)
+        self.program.checks.append(Check(pred, len(builder.slots), node.lineno, shown, once=self.repeats == 0))
         return _emit(index, builder.slots, node)
 
 
@@ -471,6 +480,73 @@ def _uses_reserved(tree: ast.AST) -> Optional[int]:
     return None
 
 
+def _operand_nodes(expr: ast.expr, shadowed: frozenset[str]) -> list[ast.expr]:
+    """The nodes of an assert expression that ``_Builder`` treats as whole operands."""
+    if isinstance(expr, ast.BoolOp):
+        return [n for v in expr.values for n in _operand_nodes(v, shadowed)]
+    if isinstance(expr, ast.UnaryOp) and isinstance(expr.op, ast.Not):
+        inner = expr.operand
+        nested = isinstance(inner, (ast.Compare, ast.BoolOp, ast.UnaryOp)) or _isclose(inner)
+        return _operand_nodes(inner, shadowed) if nested else []
+    if isinstance(expr, ast.Compare):
+        out = []
+        for n in [expr.left, *expr.comparators]:
+            out.append(n)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "abs" and len(n.args) == 1 \
+                    and isinstance(n.args[0], ast.BinOp) and isinstance(n.args[0].op, ast.Sub):
+                out += [n.args[0].left, n.args[0].right]
+        return out
+    if _isclose(expr) and "math" not in shadowed and isinstance(expr, ast.Call):
+        return list(expr.args)
+    return []
+
+
+def _named_constants(trees: list[ast.Module], shadowed: frozenset[str]) -> tuple[dict[str, Any], set[int]]:
+    """Expected values held in a variable (``expected = [1, 2]`` then ``assert f(x) == expected``).
+
+    A name qualifies when it is bound exactly once in all the test code, at the top level, to a
+    constant expression, and every later use of it is a whole operand of an assert (so nothing
+    in the sandbox needs it). Returns {name: value} and the ids of the assignments to drop from
+    the code the sandbox gets.
+    """
+    binds: dict[str, int] = {}
+    for tree in trees:
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load):
+                binds[n.id] = binds.get(n.id, 0) + 1
+            elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                binds[n.name] = binds.get(n.name, 0) + 2
+            elif isinstance(n, ast.alias):
+                name = (n.asname or n.name).split(".")[0]
+                binds[name] = binds.get(name, 0) + 2
+            elif isinstance(n, ast.arg):
+                binds[n.arg] = binds.get(n.arg, 0) + 2
+            elif isinstance(n, (ast.Global, ast.Nonlocal)):
+                for name in n.names:
+                    binds[name] = binds.get(name, 0) + 2
+    candidates: dict[str, tuple[Any, int, tuple[int, int]]] = {}
+    for t, tree in enumerate(trees):
+        for stmt in tree.body:
+            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name) \
+                    and binds.get(stmt.targets[0].id) == 1 and not stmt.targets[0].id.startswith("__"):
+                ok, value = _is_const(stmt.value, shadowed)
+                if ok:
+                    candidates[stmt.targets[0].id] = (value, id(stmt), (t, stmt.lineno))
+    if not candidates:
+        return {}, set()
+    operands: set[int] = set()
+    for tree in trees:
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Assert):
+                operands.update(id(o) for o in _operand_nodes(n.test, shadowed) if isinstance(o, ast.Name))
+    for t, tree in enumerate(trees):
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in candidates \
+                    and (id(n) not in operands or (t, n.lineno) <= candidates[n.id][2]):
+                del candidates[n.id]
+    return {k: v[0] for k, v in candidates.items()}, {v[1] for v in candidates.values()}
+
+
 def transform(sources: list[str]) -> Program:
     """Rewrite test sources (one or several strings, run in order) into a :class:`Program`.
 
@@ -494,10 +570,14 @@ def transform(sources: list[str]) -> Program:
             tree.body = [ast.copy_location(ast.Assert(test=tree.body[0].value, msg=None), tree.body[0])]
         trees.append((where, tree))
     shadowed = frozenset(set().union(*(_bound_names(t) for _, t in trees)) & (_CONST_CALLS | {"math"}))
+    names, assignments = _named_constants([t for _, t in trees], shadowed)
     program = Program()
     for where, tree in trees:
-        rewriter = _Rewriter(program, shadowed, where)
+        rewriter = _Rewriter(program, shadowed, where, names)
         for stmt in tree.body:
+            if id(stmt) in assignments:  # ``expected = [...]`` used only as an assert operand: kept here
+                program.steps.append("pass\n")
+                continue
             new = rewriter.visit(stmt)
             module = ast.Module(body=new if isinstance(new, list) else [new], type_ignores=[])
             program.steps.append(ast.unparse(ast.fix_missing_locations(module)) + "\n")
