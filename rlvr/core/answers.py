@@ -60,6 +60,8 @@ _FRAC_RE = re.compile(r"^([-+]?)\\[dtc]?frac\{\s*([^{}]+?)\s*\}\{\s*([^{}]+?)\s*
 _SHORT_FRAC_RE = re.compile(r"\\[dtc]?frac(\d)(\d)")
 _SIMPLE_FRAC_RE = re.compile(r"^([-+]?\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)$")
 _MIXED_RE = re.compile(r"^([-+]?\d+)\s+(\d+)\s*/\s*(\d+)$")
+_LATEX_MIXED_RE = re.compile(r"^([-+]?\d+)\s*\\[dtc]?frac\{(\d+)\}\{(\d+)\}$")
+_VARIABLE_LETTERS = set("abciknpqrtxyz")  # "5x" is an expression, not 5 of a unit named x
 _LEADING_VAR_RE = re.compile(r"^(?:[A-Za-z]\w*\s*)?=\s*")
 _NUMBER_CORE = r"[-+]?(?:\d[\d,.]*|\.\d+)(?:[eE][-+]?\d+)?"
 _NUM_THEN_WORDS_RE = re.compile(r"^(" + _NUMBER_CORE + r")\s*(%|[A-Za-z°][A-Za-z°\s.\-/²³]*)?$")
@@ -76,31 +78,33 @@ _MARKDOWN_RE = re.compile(r"\*\*|__|`")
 
 # --------------------------------------------------------------------------- small helpers
 
-def _balanced_from(text: str, i: int) -> Optional[tuple[str, int]]:
-    """The content of the brace group opening at ``text[i] == '{'`` and the index after it."""
-    depth = 0
-    for j in range(i, len(text)):
-        ch = text[j]
+def _closing_braces(text: str) -> dict[int, int]:
+    """``{index of '{': index of its matching '}'}`` for every closed brace group, in one pass."""
+    stack: list[int] = []
+    match: dict[int, int] = {}
+    for i, ch in enumerate(text):
         if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1:j], j + 1
-    return None
+            stack.append(i)
+        elif ch == "}" and stack:
+            match[stack.pop()] = i
+    return match
 
 
 def all_balanced(text: str, command: str) -> list[str]:
-    """The contents of every ``\\command{...}`` in ``text`` (nested braces balanced), in order."""
+    """The contents of every ``\\command{...}`` in ``text`` (nested braces balanced), in order.
+    Linear in ``len(text)``: unclosed groups are skipped."""
+    if command not in text:
+        return []
+    match = _closing_braces(text)
     out, start = [], text.find(command)
     while start != -1:
         i = start + len(command)
         while i < len(text) and text[i] == " ":
             i += 1
-        found = _balanced_from(text, i) if i < len(text) and text[i] == "{" else None
-        if found is not None:
-            out.append(found[0])
-            start = text.find(command, found[1])
+        end = match.get(i)
+        if end is not None:
+            out.append(text[i + 1:end])
+            start = text.find(command, end + 1)
         else:
             start = text.find(command, start + len(command))
     return out
@@ -343,7 +347,7 @@ def parse_number(text: Optional[str], decimal_comma: str = "auto") -> Optional[F
         if num is None or den is None or den == 0:
             return None
         return -(num / den) if m.group(1) == "-" else num / den
-    m = _MIXED_RE.match(s)
+    m = _MIXED_RE.match(s) or _LATEX_MIXED_RE.match(s)
     if m:
         whole, num, den = int(m.group(1)), int(m.group(2)), int(m.group(3))
         if den == 0:
@@ -355,6 +359,8 @@ def parse_number(text: Optional[str], decimal_comma: str = "auto") -> Optional[F
         den = Fraction(m.group(2))
         return Fraction(m.group(1)) / den if den != 0 else None
     m = _NUM_THEN_WORDS_RE.match(s)
+    if m and m.group(2) and m.group(2).strip().lower() in _VARIABLE_LETTERS and not re.search(r"\s", s):
+        return None
     if m and re.search(r"\d", m.group(1)):
         return _number_value(m.group(1).rstrip("."), decimal_comma)
     return None
