@@ -156,7 +156,7 @@ def cmd_train(args: list[str]) -> int:
 def cmd_eval(args: list[str]) -> int:
     """``rlvr eval [RUN_DIR] [checkpoint=DIR] [num_samples=4] [limit=0] [output=FILE] [samples_out=FILE] [overrides]``
     (``--samples-out FILE`` / ``--output FILE`` too); the logic is :func:`rlvr.evaluation.run_eval`."""
-    from rlvr.evaluation import run_eval
+    from rlvr.evaluation import find_run, run_eval, saved_choices
 
     opts = {"checkpoint": "", "num_samples": "4", "limit": "0", "output": "", "batch_prompts": "16", "samples_out": ""}
     overrides, positional = [], []
@@ -181,7 +181,8 @@ def cmd_eval(args: list[str]) -> int:
             positional.append(a)
     if len(positional) > 1:
         raise UsageError(f"rlvr eval: give at most one run directory (got {' '.join(positional)})")
-    problem = check_overrides(overrides)
+    where = positional[0] if positional else opts["checkpoint"]
+    problem = check_overrides(saved_choices(find_run(where)[0] if where else None, overrides) + overrides)
     if problem:
         print(f"rlvr eval: {problem}", file=sys.stderr)
         return 2

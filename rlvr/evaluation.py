@@ -16,6 +16,15 @@ from typing import Any, Optional, Sequence
 SAVED_KINDS = ("model", "task", "engine", "trainer")
 
 
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` holds an rlvr run's ``config.json`` (not a model's config.json of the same name)."""
+    try:
+        saved = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and "task" in saved and "model" in saved
+
+
 def find_run(target: str) -> tuple[Optional[Path], Optional[Path]]:
     """``(run_dir, weights_dir)`` for a run directory, its ``final`` or one of its checkpoints.
 
@@ -27,7 +36,7 @@ def find_run(target: str) -> tuple[Optional[Path], Optional[Path]]:
     if not path.is_dir():
         raise FileNotFoundError(f"{target!r}: no such directory (expected a run directory such as "
                                 "outputs/2026-11-25/10-00-00, or its final/ checkpoint)")
-    if (path / "config.json").is_file():
+    if is_run_dir(path):
         final = path / "final"
         if final.is_dir():
             return path, final
@@ -37,7 +46,7 @@ def find_run(target: str) -> tuple[Optional[Path], Optional[Path]]:
                                     "checkpoint; let the run finish (or resume it) first")
         return path, latest
     for parent in (path.parent, path.parent.parent):  # final/ or checkpoints/checkpoint-N
-        if (parent / "config.json").is_file():
+        if is_run_dir(parent):
             return parent, path
     return None, path
 
@@ -51,6 +60,16 @@ def _drop(tree: dict[str, Any], dotted: str) -> None:
         node = node[part]
     if isinstance(node, dict):
         node.pop(parts[-1], None)
+
+
+def saved_choices(run_dir: Optional[Path], overrides: Sequence[str]) -> list[str]:
+    """The run's group choices (``model=…``, ``task=…``, ``engine=…``) that ``overrides`` do not replace."""
+    if run_dir is None:
+        return []
+    saved = json.loads((run_dir / "config.json").read_text())
+    user_groups = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "." not in o.split("=", 1)[0]}
+    return [f"{kind}={saved[kind]['name']}" for kind in ("model", "task", "engine")
+            if kind not in user_groups and isinstance(saved.get(kind), dict) and saved[kind].get("name")]
 
 
 def run_config(run_dir: Optional[Path], overrides: Sequence[str]) -> Any:
@@ -67,9 +86,7 @@ def run_config(run_dir: Optional[Path], overrides: Sequence[str]) -> Any:
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
     user_groups = {k for k in keys if "." not in k}
     user_keys = [k for k in keys if "." in k]
-    choices = [f"{kind}={saved[kind]['name']}" for kind in ("model", "task", "engine")
-               if kind not in user_groups and isinstance(saved.get(kind), dict) and saved[kind].get("name")]
-    cfg = compose(choices + overrides)
+    cfg = compose(saved_choices(run_dir, overrides) + overrides)
     for kind in SAVED_KINDS:
         node = saved.get(kind)
         if kind in user_groups or not isinstance(node, dict):

@@ -37,16 +37,19 @@ Decimal comma (``decimal_comma``):
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import threading
 from fractions import Fraction
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 T = TypeVar("T")
 
 DECIMAL_COMMA_CHOICES = ("auto", "never", "always")
 MAX_TEXT_CHARS = 20_000  # free-form extraction reads at most the last this many characters of a completion
 MAX_ANSWER_CHARS = 1_000  # an extracted answer longer than this is not parsed (judged wrong)
+MAX_NESTING = 24  # deeper bracket nesting in one answer: too costly to parse (judged wrong)
 MAX_BOXED = 8  # more distinct \boxed{} answers than this in one completion: no answer
 
 NUMBER_RE = re.compile(r"[-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?")
@@ -181,16 +184,28 @@ def _phrase_answer(text: str) -> Optional[str]:
     first_env = re.match(r"^(\$\$.+?\$\$|\$.+?\$|\\\(.+?\\\)|\\\[.+?\\\])", rest)
     if first_env:
         return first_env.group(1).strip()
-    end = re.search(r"\.(?:\s|$)|;|,\s+(?:so|since|because|which|as)\b|\s+(?:since|because)\b", rest)
+    end = re.search(r"\.(?:\s|$)|;|,\s+(?:so|since|because|which|as|not)\b|\s+(?:since|because)\b", rest)
     span = (rest[:end.start()] if end else rest).strip().rstrip(".").strip()
     return span or None
+
+
+_ENV_RE = re.compile(r"\$\$.*?\$\$|\$[^$\n]*\$|\\\(.*?\\\)|\\\[.*?\\\]", re.DOTALL)
+_LONG_EXPR_RE = re.compile(r"[\d.\s+\-*/^()×÷]{%d,}" % MAX_ANSWER_CHARS)
+
+
+def defuse(text: str) -> str:
+    """``text`` with the LaTeX environments that would be too costly to parse (:func:`too_costly`) and
+    runs of expression characters longer than :data:`MAX_ANSWER_CHARS` blanked out, so that Math-Verify's
+    free-form extraction reads it in bounded time."""
+    text = _ENV_RE.sub(lambda m: " " if too_costly(m.group(0)) else m.group(0), text)
+    return _LONG_EXPR_RE.sub(" ", text)
 
 
 def free_form_answer(text: str, last_number: bool = True, timeout_seconds: Optional[int] = 5) -> Optional[str]:
     """The answer of a completion without markers, read the way Math-Verify reads one: the last LaTeX
     environment (``$…$``, ``\\(…\\)``, ``\\[…\\]``, ``$$…$$``), else (``last_number``) the last number or
     simple expression. Only the last :data:`MAX_TEXT_CHARS` characters are read."""
-    tail = text[-MAX_TEXT_CHARS:]
+    tail = defuse(text[-MAX_TEXT_CHARS:])
     configs = _mv_configs(expr_without_anchor=last_number)
     from math_verify import parse
 
@@ -423,26 +438,41 @@ def _mv_configs(expr_without_anchor: bool = True) -> list[Any]:
             ExprExtractionConfig(try_extract_without_anchor=expr_without_anchor)]
 
 
-def _mv_call(fn: Callable[..., list[Any]], *args: Any, **kwargs: Any) -> list[Any]:
-    """Call Math-Verify's ``parse`` with its "timeout disabled" warning silenced (we bound inputs ourselves)."""
-    import logging
-
+@contextlib.contextmanager
+def _quiet_math_verify() -> Iterator[None]:
+    """Silence Math-Verify's "timeout is disabled" warning (off the main thread we bound inputs ourselves)."""
     logger = logging.getLogger("math_verify")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        return fn(*args, **kwargs)
-    except Exception:  # noqa: BLE001 - an unparseable answer is a wrong answer, never a crash
-        return []
+        yield
     finally:
         logger.setLevel(level)
 
 
+def _mv_call(fn: Callable[..., list[Any]], *args: Any, **kwargs: Any) -> list[Any]:
+    """Call Math-Verify's ``parse`` quietly; ``[]`` when it raises (an unparseable answer is a wrong answer)."""
+    with _quiet_math_verify():
+        try:
+            return fn(*args, **kwargs)
+        except Exception:  # noqa: BLE001
+            return []
+
+
 def too_costly(text: str) -> bool:
     """Whether evaluating ``text`` could take unbounded time or memory in SymPy (exponent towers,
-    4+-digit exponents, big factorials, sums/products/integrals) or it is longer than
-    :data:`MAX_ANSWER_CHARS`."""
-    return len(text) > MAX_ANSWER_CHARS or any(p.search(text) for p in _DANGEROUS_RE)
+    4+-digit exponents, big factorials, sums/products/integrals), nests brackets deeper than
+    :data:`MAX_NESTING` or is longer than :data:`MAX_ANSWER_CHARS`."""
+    if len(text) > MAX_ANSWER_CHARS or any(p.search(text) for p in _DANGEROUS_RE):
+        return True
+    depth = deepest = 0
+    for ch in text:
+        if ch in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in ")]}":
+            depth -= 1
+    return deepest > MAX_NESTING
 
 
 def _as_latex(text: str) -> str:
@@ -480,10 +510,11 @@ def symbolic_equal(reference: str, candidate: str, timeout_seconds: Optional[int
         return False
     gold = [g for g in gold if not isinstance(g, str)] or gold  # the string fallback only when nothing parsed
     pred = [p for p in pred if not isinstance(p, str)] or pred
-    try:
-        return bool(verify(gold, pred, timeout_seconds=_alarm(timeout_seconds)))
-    except Exception:  # noqa: BLE001
-        return False
+    with _quiet_math_verify():
+        try:
+            return bool(verify(gold, pred, timeout_seconds=_alarm(timeout_seconds)))
+        except Exception:  # noqa: BLE001
+            return False
 
 
 # --------------------------------------------------------------------------- judging

@@ -6,9 +6,10 @@ statistics are pure functions of the per-prompt verdicts:
 
 - ``pass@k`` — unbiased estimator of Chen et al. (2021): per prompt with ``n`` samples of which ``c``
   are correct, ``1 - C(n-c, k) / C(n, k)``, averaged over prompts;
-- ``maj@k`` — majority vote over the extracted answers of the first ``k`` samples (answers compared by
-  :func:`rlvr.core.answers.answer_key`; ties go to the answer seen first; a sample without an answer
-  does not vote), correct when the winning answer's sample is correct;
+- ``maj@k`` — majority vote over the final answers of the first ``k`` samples (the answer
+  :func:`rlvr.core.answers.extract_final_answer` finds, else the completion's text; compared by
+  :func:`rlvr.core.answers.answer_key`; ties go to the answer seen first; an empty sample does not
+  vote), correct when the winning answer's first sample is correct;
 - confidence intervals (95 %): Wilson score interval for greedy accuracy (one verdict per prompt);
   percentile bootstrap over prompts (2,000 resamples, seeded) for sampled pass@1, because the samples
   of one prompt are not independent.
@@ -129,8 +130,12 @@ def evaluate(policy: Policy, task: Task, engine: Any, num_samples: int = 4, batc
     appended to it (prompt index, kind greedy/sampled, sample index, prompt, completion, extracted
     answer, reference, correct).
     """
-    from rlvr.core.answers import answer_key, extract_final_answer
+    from rlvr.core.answers import answer_key, exact_answer, extract_final_answer
     from rlvr.core.correctness import task_check
+
+    def final(completion: str) -> Optional[str]:  # the answer a completion votes for (text tasks: its text)
+        found = extract_final_answer(completion)
+        return found if found is not None else (exact_answer(completion).strip()[:200] or None)
 
     check = check or task_check(task)
     rows = task.eval_rows[:limit] if limit else task.eval_rows
@@ -152,7 +157,7 @@ def evaluate(policy: Policy, task: Task, engine: Any, num_samples: int = 4, batc
         verdicts = check(greedy.completions, chunk, prompts)
         greedy_ok += verdicts
         for i, (c, ok) in enumerate(zip(greedy.completions, verdicts)):
-            record("greedy", start + i, 0, prompts[i], c, chunk[i], ok, extract_final_answer(c))
+            record("greedy", start + i, 0, prompts[i], c, chunk[i], ok, final(c))
         if num_samples > 0:
             sampled = engine.generate(policy, prompts, num_samples, seeds)
             rep_rows = [r for r in chunk for _ in range(num_samples)]
@@ -161,7 +166,7 @@ def evaluate(policy: Policy, task: Task, engine: Any, num_samples: int = 4, batc
             for i in range(len(chunk)):
                 comps = sampled.completions[i * num_samples:(i + 1) * num_samples]
                 oks = verdicts[i * num_samples:(i + 1) * num_samples]
-                extracted = [extract_final_answer(c) for c in comps]
+                extracted = [final(c) for c in comps]
                 sampled_ok.append(list(oks))
                 sampled_keys.append([answer_key(a) for a in extracted])
                 for j, (c, ok, a) in enumerate(zip(comps, oks, extracted)):

@@ -49,9 +49,9 @@ def numeric_verdict(text: str, reference: Any, abs_tol: float = 1e-6, decimal_co
         return False
     found = answers.extract_final_answer(text or "", last_number=True, free_form=False)
     got = answers.parse_number(found, decimal_comma)
-    if got is None and found is not None:  # a marker with words around the number: its last number
+    if got is None and found is not None:  # a marker with words around the number: its first number
         numbers = answers.NUMBER_RE.findall(found)
-        got = answers.parse_number(numbers[-1], decimal_comma) if numbers else None
+        got = answers.parse_number(numbers[0], decimal_comma) if numbers else None
     return got is not None and answers.numbers_match(got, want, 0.0, abs_tol)
 
 
