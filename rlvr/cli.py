@@ -12,7 +12,7 @@ USAGE = """usage: rlvr <command> [key=value ...]
 
 commands:
   train     run GRPO (Hydra overrides: rlvr train loss=dr_grpo trainer.lr=1e-5; -m for sweeps; --cfg job)
-  eval      held-out accuracy, pass@k, maj@k: rlvr eval [RUN_DIR] [num_samples=4] [limit=0] [--samples-out F] [overrides]
+  eval      accuracy, pass@k, maj@k: rlvr eval [RUN_DIR] [num_samples=4] [limit=0] [--samples-out F] [key=value ...]
   plugins   list every discovered plugin by kind and where it came from
   show      the latest sampled completions of a run as a table: rlvr show RUN_DIR [--last K] [--step N] [--full]
   report    PNG plots + one HTML page for a run: rlvr report RUN_DIR [--output DIR]
@@ -153,11 +153,25 @@ def cmd_train(args: list[str]) -> int:
     return 0
 
 
+EVAL_HELP = """usage: rlvr eval [RUN_DIR] [num_samples=4] [limit=0] [batch_prompts=16] [output=FILE] [--samples-out FILE]
+                 [checkpoint=DIR] [key=value ...]
+
+Held-out accuracy (greedy, with a Wilson 95% interval), sampled pass@1 (bootstrap 95% interval), pass@k and
+maj@k for k = 1, 2, 4, ... up to num_samples. RUN_DIR (or RUN_DIR/final, or a checkpoint) reuses the run's
+model, task and correctness check (task.correct) from its config.json; key=value overrides apply on top
+(e.g. task.correct=math_answer, task.max_eval_rows=100). Without RUN_DIR the config is composed as for
+`rlvr train` (e.g. model=qwen2.5-3b-instruct task=gsm8k). --samples-out writes one JSON line per completion.
+See docs/evaluation.md."""
+
+
 def cmd_eval(args: list[str]) -> int:
     """``rlvr eval [RUN_DIR] [checkpoint=DIR] [num_samples=4] [limit=0] [output=FILE] [samples_out=FILE] [overrides]``
     (``--samples-out FILE`` / ``--output FILE`` too); the logic is :func:`rlvr.evaluation.run_eval`."""
     from rlvr.evaluation import find_run, run_eval, saved_choices
 
+    if any(a in ("-h", "--help") for a in args):
+        print(EVAL_HELP)
+        return 0
     opts = {"checkpoint": "", "num_samples": "4", "limit": "0", "output": "", "batch_prompts": "16", "samples_out": ""}
     overrides, positional = [], []
     rest = list(args)

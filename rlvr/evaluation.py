@@ -147,7 +147,8 @@ def load_for_eval(cfg: Any, checkpoint: str) -> Any:
         return registry.create("model", cfg.model.name, **plugin_params(cfg.model))
     path = Path(checkpoint).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint={checkpoint!r}: no such directory (expected e.g. outputs/<date>/<time>/final)")
+        raise FileNotFoundError(f"checkpoint={checkpoint!r}: no such directory "
+                                "(expected e.g. outputs/<date>/<time>/final)")
     if (path / "adapter_config.json").is_file():
         from peft import PeftModel
 

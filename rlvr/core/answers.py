@@ -72,7 +72,7 @@ _THOUSANDS_RE = re.compile(r"^[-+]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
 _DOT_THOUSANDS_RE = re.compile(r"^[-+]?[1-9]\d{0,2}(?:\.\d{3})+(?:,\d+)?$")
 _CHOICE_RE = re.compile(r"^\(?\s*([A-Ea-e])\s*\)?[.:]?$")
 _CHOICE_IN_TEXT_RE = re.compile(r"(?:^|[\s(*\[])\(?([A-E])\)?(?=$|[\s).:,*\]])")
-_DANGEROUS_RE = (re.compile(r"\^\s*\{?[^{}]*\^"),  # exponent towers: 9^{9^{9}}
+_DANGEROUS_RE = (re.compile(r"\^\s*\{[^{}]*\^|\^\s*\(?\s*[\w.]+\s*\^"),  # exponent towers: 9^{9^{9}}, 9^9^9
                  re.compile(r"\^\s*\{?\s*\(?\s*-?\d{4,}"),  # powers with >= 4-digit exponents
                  re.compile(r"\d{4,}\s*!|\d{3,}\s*!\s*!|\\(?:prod|sum|int)"),  # big factorials, sums, integrals
                  re.compile(r"\*\*\s*\(?\s*\d{4,}"))
@@ -130,7 +130,8 @@ def extract_xml_answer(text: str) -> Optional[str]:
 
 
 def strip_delimiters(text: str) -> str:
-    """``text`` without one enclosing pair of math delimiters (``$…$``, ``$$…$$``, ``\\(…\\)``, ``\\[…\\]``)."""
+    """``text`` without one enclosing pair of math delimiters
+    (``$…$``, ``$$…$$``, ``\\(…\\)``, ``\\[…\\]``)."""
     s = text.strip()
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):

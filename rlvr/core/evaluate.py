@@ -144,7 +144,8 @@ def evaluate(policy: Policy, task: Task, engine: Any, num_samples: int = 4, batc
     sampled_ok: list[list[bool]] = []
     sampled_keys: list[list[Optional[str]]] = []
 
-    def record(kind: str, p: int, j: int, prompt: str, completion: str, row: dict, ok: bool, answer: Optional[str]) -> None:
+    def record(kind: str, p: int, j: int, prompt: str, completion: str, row: dict, ok: bool,
+               answer: Optional[str]) -> None:
         if records is not None:
             records.append({"prompt_index": p, "kind": kind, "sample": j, "prompt": prompt, "completion": completion,
                             "answer": answer, "reference": row.get(answer_col), "correct": ok})

@@ -35,7 +35,8 @@ class ExactMatchConfig(VerifierConfig):
 
 def _column(name: str, column: str, columns: dict[str, list[Any]]) -> list[Any]:
     if column not in columns:
-        raise KeyError(f"{name} needs the task column {column!r} (set answer_column); columns given: {sorted(columns)}")
+        raise KeyError(f"{name} needs the task column {column!r} (set answer_column); "
+                       f"columns given: {sorted(columns)}")
     return columns[column]
 
 
@@ -89,7 +90,8 @@ def make_exact_match(cfg: ExactMatchConfig) -> Callable[..., list[Optional[bool]
 @hookimpl
 def rlvr_verifiers() -> list[PluginSpec]:
     return [
-        PluginSpec("numeric", make_numeric, NumericConfig, "final number (marker, else last number) equals the reference"),
+        PluginSpec("numeric", make_numeric, NumericConfig,
+                   "final number (marker, else last number) equals the reference"),
         PluginSpec("exact_match", make_exact_match, ExactMatchConfig,
                    "answer text equals the reference after normalisation (case, spaces, punctuation)"),
     ]

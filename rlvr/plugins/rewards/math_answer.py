@@ -41,7 +41,8 @@ def make_math_answer(cfg: MathAnswerConfig) -> Callable[..., list[Optional[bool]
         raise ValueError(f"math_answer: decimal_comma={cfg.decimal_comma!r}; choose one of "
                          f"{answers.DECIMAL_COMMA_CHOICES} (see docs/answers.md)")
 
-    def math_answer(completions: list[str], prompts: Optional[list[str]] = None, **columns: Any) -> list[Optional[bool]]:
+    def math_answer(completions: list[str], prompts: Optional[list[str]] = None,
+                    **columns: Any) -> list[Optional[bool]]:
         if cfg.answer_column not in columns:
             raise KeyError(f"math_answer needs the task column {cfg.answer_column!r} (set answer_column); "
                            f"columns given: {sorted(columns)}")
