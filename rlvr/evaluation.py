@@ -113,6 +113,7 @@ def run_eval(target: str = "", overrides: Sequence[str] = (), checkpoint: str = 
     sampled), see :func:`rlvr.core.evaluate.evaluate`."""
     from rlvr.core import registry
     from rlvr.core.config import plugin_params, trainer_config
+    from rlvr.core.correctness import check_name
     from rlvr.core.evaluate import evaluate
 
     where = target or checkpoint
@@ -126,7 +127,7 @@ def run_eval(target: str = "", overrides: Sequence[str] = (), checkpoint: str = 
     metrics = evaluate(policy, task, engine, num_samples=num_samples, limit=limit, batch_prompts=batch_prompts,
                        seed=seed, records=records)
     result: dict[str, Any] = {"model": str(weights) if weights else cfg.model.name, "task": cfg.task.name,
-                              "correct": getattr(cfg.task, "correct", "") or "(task.is_correct)",
+                              "correct": check_name(task),
                               "run_dir": str(run_dir) if run_dir else None, **metrics}
     if output:
         Path(output).write_text(json.dumps(result, indent=2) + "\n")

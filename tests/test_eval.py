@@ -98,6 +98,15 @@ class _Policy:
     tokenizer = None
 
 
+def test_a_task_with_its_own_is_correct_keeps_it_unless_correct_is_set():
+    rows = [{"question": "q", "answer": "yes"}]
+    task = Task("own", rows, rows, TaskConfig(chat=False), is_correct=lambda c, row: "yes" in c.lower())
+    engine = ScriptedEngine({"q": {"greedy": "Yes, indeed", "samples": []}})
+    assert evaluate(_Policy(), task, engine, num_samples=0)["eval/greedy_accuracy"] == 1.0
+    task.config.correct = "exact_match"
+    assert evaluate(_Policy(), task, engine, num_samples=0)["eval/greedy_accuracy"] == 0.0
+
+
 def test_evaluate_with_any_verifier_writes_records():
     rows = [{"question": "France?", "answer": "Paris"}, {"question": "Peru?", "answer": "Lima"}]
     task = Task("capitals", rows, rows, TaskConfig(chat=False, correct="exact_match"))

@@ -1,7 +1,9 @@
 """Held-out correctness: the verifier a task names (``task.correct=<verifier>``) as a batch check.
 
 Any verifier plugin (built-in or third-party, see ``rlvr plugins``) can judge evaluation. Defaults:
-``arithmetic`` → ``numeric``, ``gsm8k`` → ``math_answer``, ``jsonl`` → ``exact_match``. Parameters
+``arithmetic`` → ``numeric``, ``gsm8k`` → ``math_answer``, ``jsonl`` → ``exact_match``; a task whose
+config leaves ``correct`` empty uses its own ``is_correct(completion, row)`` when it has one, else
+``exact_match``. Parameters
 go in ``task.correct_params`` (e.g. ``+task.correct_params.decimal_comma=always``); a verifier with
 an ``answer_column`` parameter gets the task's ``answer_column`` unless set there.
 """
@@ -59,15 +61,25 @@ def verifier_check(name: str, params: Optional[dict[str, Any]] = None, answer_co
     return check
 
 
-def task_check(task: Any) -> Check:
-    """The correctness check of ``task``: its ``config.correct`` verifier, else its ``is_correct``."""
-    cfg = task.config
-    name = getattr(cfg, "correct", "") or ""
+DEFAULT_CHECK = "exact_match"
+
+
+def check_name(task: Any) -> str:
+    """The name of the check that judges ``task``: ``config.correct``, else ``"is_correct"`` for a task
+    that brings its own function, else :data:`DEFAULT_CHECK`."""
+    name = getattr(task.config, "correct", "") or ""
     if name:
-        return verifier_check(name, dict(getattr(cfg, "correct_params", None) or {}),
-                              getattr(cfg, "answer_column", "answer"))
-    is_correct = getattr(task, "is_correct", None)
-    if is_correct is None:
-        raise ValueError(f"task {task.name!r} names no correctness check: set task.correct=<verifier> "
-                         "(e.g. exact_match, numeric, math_answer; `rlvr plugins` lists them)")
-    return lambda completions, rows, prompts=None: [bool(is_correct(c, r)) for c, r in zip(completions, rows)]
+        return name
+    return "is_correct" if getattr(task, "is_correct", None) is not None else DEFAULT_CHECK
+
+
+def task_check(task: Any) -> Check:
+    """The correctness check of ``task``: the verifier ``config.correct`` names; when it names none, the
+    task's own ``is_correct(completion, row)``, else ``exact_match``."""
+    cfg = task.config
+    name = check_name(task)
+    if name == "is_correct" and not getattr(cfg, "correct", ""):
+        is_correct = task.is_correct
+        return lambda completions, rows, prompts=None: [passed(is_correct(c, r)) for c, r in zip(completions, rows)]
+    params = dict(getattr(cfg, "correct_params", None) or {})
+    return verifier_check(name, params, getattr(cfg, "answer_column", "answer"))

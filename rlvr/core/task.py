@@ -17,16 +17,17 @@ class TaskConfig:
     prompt_template: str = "{question}"  # formatted with the row's columns
     answer_column: str = "answer"
     chat: bool = True  # apply the tokenizer's chat template
-    # held-out accuracy: the verifier plugin that judges a completion (any `rlvr plugins` verifier), and its params
-    correct: str = "exact_match"
+    # held-out accuracy: the verifier plugin that judges a completion (any `rlvr plugins` verifier), and its params;
+    # "" = the task's own is_correct when it has one, else exact_match
+    correct: str = ""
     correct_params: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Task:
     """Rows + prompt construction. Held-out correctness is the verifier named by ``config.correct``
-    (:mod:`rlvr.core.correctness`); ``is_correct(completion, row)``, when given, is used instead only
-    for tasks whose config names no verifier (``correct=""``)."""
+    (:mod:`rlvr.core.correctness`); ``is_correct(completion, row)``, when given, is used only when the
+    config names no verifier (``correct=""``)."""
 
     name: str
     train_rows: list[dict[str, Any]]

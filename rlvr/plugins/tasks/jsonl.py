@@ -19,6 +19,7 @@ class JsonlTaskConfig(TaskConfig):
     max_train_rows: int = 0  # 0 = all
     max_eval_rows: int = 0
     seed: int = 0
+    correct: str = "exact_match"  # held-out accuracy: the answer text equals the reference after normalisation
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
