@@ -255,7 +255,8 @@ CASES: list[tuple[str, str, str, bool]] = [
     ("wrapped", "\\(\\frac{3}{8}\\)", "\\boxed{0.375}", True),
     ("adversarial", "12", "<answer>\\boxed{11}\\boxed{12}</answer>", False),
     ("adversarial", "12", "Possible answers: 10, 11, 12, 13.", False),
-    ("adversarial", "12", "#### 10\n#### 11\n#### 12", True),
+    ("adversarial", "12", "#### 10\n#### 11\n#### 12", False),  # labelled True when written blind; now read as
+    # hedging, like several different boxes (a deliberate rule, see docs/answers.md)
     ("adversarial", "12", "The answer is not 12.", False),
     ("adversarial", "12", "<answer>12 or 13</answer>", False),
 ]

@@ -11,7 +11,7 @@ Extraction (:func:`extract_final_answer`), first marker found wins:
 2. ``\\boxed{…}`` / ``\\fbox{…}``; several boxes with *different* answers are read together as one
    multi-valued answer (``\\boxed{3} … \\boxed{5}`` is ``3, 5``), so hedging never matches a
    single-valued reference;
-3. the line after the last ``####``;
+3. the line after ``####`` (several ``####`` lines with different answers: all of them, as for boxes);
 4. "the (final) answer is …" / "answer: …" (up to the end of that sentence);
 5. a line starting ``A: …``;
 6. free form (:func:`free_form_answer`): the last LaTeX environment (``$…$``, ``$$…$$``,
@@ -153,18 +153,24 @@ def strip_prompt_echo(text: str, prompt: Optional[str], min_chars: int = 12) -> 
 
 # --------------------------------------------------------------------------- extraction
 
+def _distinct(found: list[str]) -> list[str]:
+    """The non-empty answers of ``found`` with repeats of the same answer (by :func:`answer_key`) dropped."""
+    out: list[str] = []
+    keys: set[Optional[str]] = set()
+    for item in found:
+        key = answer_key(item)
+        if item and key not in keys:
+            keys.add(key)
+            out.append(item)
+    return out
+
+
 def _boxed_answer(text: str) -> Optional[str]:
     boxes = [b.strip() for command in ("\\boxed", "\\fbox") for b in all_balanced(text, command)]
     boxes = [b for b in boxes if b]
     if not boxes:
         return None
-    distinct: list[str] = []
-    keys: set[str] = set()
-    for b in boxes:
-        key = answer_key(b)
-        if key not in keys:
-            keys.add(key)
-            distinct.append(b)
+    distinct = _distinct(boxes)
     if len(distinct) == 1:
         return distinct[0]
     if len(distinct) > MAX_BOXED:
@@ -202,6 +208,15 @@ def defuse(text: str) -> str:
     return _LONG_EXPR_RE.sub(" ", text)
 
 
+def _is_math_verify_percent(value: Any) -> bool:
+    try:
+        from math_verify.grader import get_pct_val
+
+        return get_pct_val(value) is not None
+    except Exception:  # noqa: BLE001
+        return False
+
+
 def free_form_answer(text: str, last_number: bool = True, timeout_seconds: Optional[int] = 5) -> Optional[str]:
     """The answer of a completion without markers, read the way Math-Verify reads one: the last LaTeX
     environment (``$…$``, ``\\(…\\)``, ``\\[…\\]``, ``$$…$$``), else (``last_number``) the last number or
@@ -215,7 +230,10 @@ def free_form_answer(text: str, last_number: bool = True, timeout_seconds: Optio
     if found:
         span = found[-1] if isinstance(found[-1], str) else None
         if span:
-            return span.strip()
+            span = span.strip()
+            if len(found) > 1 and _is_math_verify_percent(found[0]) and not is_percent(span):
+                span += "\\%"  # "$28$ %": the percent sign sat outside the LaTeX span
+            return span
     if last_number:
         numbers = NUMBER_RE.findall(tail)
         if numbers:
@@ -246,9 +264,11 @@ def extract_final_answer(text: str, last_number: bool = True, free_form: bool = 
     if boxed is not None:
         return boxed or None
     if "####" in text:
-        after = text.rsplit("####", 1)[1].strip().split("\n", 1)[0].strip()
-        if after:
-            return after
+        hashed = _distinct([part.strip().split("\n", 1)[0].strip() for part in text.split("####")[1:]])
+        if len(hashed) > MAX_BOXED:
+            return None
+        if hashed:
+            return ", ".join(hashed)
     phrase = _phrase_answer(text)
     if phrase:
         return phrase
