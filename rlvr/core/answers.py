@@ -200,6 +200,9 @@ _ENV_RE = re.compile(r"\$\$.*?\$\$|\$[^$\n]*\$|\\\(.*?\\\)|\\\[.*?\\\]", re.DOTA
 _LONG_EXPR_RE = re.compile(r"[\d.\s+\-*/^()×÷]{%d,}" % MAX_ANSWER_CHARS)
 
 
+_PLAIN_TUPLE_RE = re.compile(r"([(\[]\s*-?[\w./]+(?:\s*,\s*-?[\w./]+)+\s*[)\]])\s*[.!]?\s*$")
+
+
 def defuse(text: str) -> str:
     """``text`` with the LaTeX environments that would be too costly to parse (:func:`too_costly`) and
     runs of expression characters longer than :data:`MAX_ANSWER_CHARS` blanked out, so that Math-Verify's
@@ -222,6 +225,9 @@ def free_form_answer(text: str, last_number: bool = True, timeout_seconds: Optio
     environment (``$…$``, ``\\(…\\)``, ``\\[…\\]``, ``$$…$$``), else (``last_number``) the last number or
     simple expression. Only the last :data:`MAX_TEXT_CHARS` characters are read."""
     tail = defuse(text[-MAX_TEXT_CHARS:])
+    plain = _PLAIN_TUPLE_RE.search(tail[-300:])
+    if plain and "$" not in tail[-300:] and "\\(" not in tail[-300:]:
+        return plain.group(1)  # "The point is (1, 2)." in plain text: Math-Verify would read only the 2
     configs = _mv_configs(expr_without_anchor=last_number)
     from math_verify import parse
 
@@ -602,6 +608,9 @@ def judge(completion: str, reference: Any, *, prompt: Optional[str] = None, last
     text = strip_prompt_echo(completion or "", prompt)
     candidate = extract_final_answer(text, last_number=last_number, free_form=free_form,
                                      timeout_seconds=timeout_seconds)
+    if candidate is None and choice_letter(ref) is not None:  # a bare "B" as the whole last line
+        lines = [line for line in text.strip().split("\n") if line.strip()]
+        candidate = lines[-1] if lines and len(lines[-1]) <= 40 else None
     return answers_match(candidate, ref, rel_tol, abs_tol, use_math_verify, timeout_seconds, decimal_comma)
 
 
