@@ -70,7 +70,7 @@ _NUMBER_CORE = r"[-+]?(?:\d[\d,.]*|\.\d+)(?:[eE][-+]?\d+)?"
 _NUM_THEN_WORDS_RE = re.compile(r"^(" + _NUMBER_CORE + r")\s*(%|[A-Za-z°][A-Za-z°\s.\-/²³]*)?$")
 _THOUSANDS_RE = re.compile(r"^[-+]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
 _DOT_THOUSANDS_RE = re.compile(r"^[-+]?[1-9]\d{0,2}(?:\.\d{3})+(?:,\d+)?$")
-_CHOICE_RE = re.compile(r"^\(?\s*([A-Ea-e])\s*\)?[.:]?$")
+_CHOICE_RE = re.compile(r"^\(?\s*([A-E])\s*\)?[.:]?$")  # upper case only: a reference "e" is Euler's number
 _CHOICE_IN_TEXT_RE = re.compile(r"(?:^|[\s(*\[])\(?([A-E])\)?(?=$|[\s).:,*\]])")
 _DANGEROUS_RE = (re.compile(r"\^\s*\{[^{}]*\^|\^\s*\(?\s*[\w.]+\s*\^"),  # exponent towers: 9^{9^{9}}, 9^9^9
                  re.compile(r"\^\s*\{?\s*\(?\s*-?\d{4,}"),  # powers with >= 4-digit exponents
@@ -430,11 +430,11 @@ def is_integer_text(text: Optional[str]) -> bool:
 
 def choice_letter(text: Optional[str]) -> Optional[str]:
     """The letter of a multiple-choice answer written alone (``B``, ``(B)``, ``\\text{(B)}``, ``B.``,
-    ``\\textbf{B}``, ``**B**``), upper-cased; None otherwise."""
+    ``\\textbf{B}``, ``**B**``; capitals A–E only), else None."""
     if text is None:
         return None
     m = _CHOICE_RE.match(clean_answer(text).strip())
-    return m.group(1).upper() if m else None
+    return m.group(1) if m else None
 
 
 def choice_in_text(text: Optional[str]) -> Optional[str]:
