@@ -68,6 +68,7 @@ def test_answer_only_in_the_prompt_echo_does_not_count():
 @pytest.mark.parametrize("completion", [
     "\\boxed{9^{9^{9^{9}}}}", "\\boxed{10^{100000000}}", "\\boxed{99999!}", "$" + "(" * 3000 + "5" + ")" * 3000 + "$",
     "\\boxed{" + "{" * 20000 + "5", "$x$ " * 20000, "1" * 100_000, "\\sum_{n=1}^{10^{9}} n",
+    "\\boxed{(x+1)^{999}}", "\\boxed{x^{999}+y^{999}}",
 ])
 def test_costly_inputs_return_a_verdict_also_off_the_main_thread(completion):
     """Math-Verify's own timeout works only on the main thread (SIGALRM); these must finish anywhere."""

@@ -74,6 +74,7 @@ _CHOICE_RE = re.compile(r"^\(?\s*([A-E])\s*\)?[.:]?$")  # upper case only: a ref
 _CHOICE_IN_TEXT_RE = re.compile(r"(?:^|[\s(*\[])\(?([A-E])\)?(?=$|[\s).:,*\]])")
 _DANGEROUS_RE = (re.compile(r"\^\s*\{[^{}]*\^|\^\s*\(?\s*[\w.]+\s*\^"),  # exponent towers: 9^{9^{9}}, 9^9^9
                  re.compile(r"\^\s*\{?\s*\(?\s*-?\d{4,}"),  # powers with >= 4-digit exponents
+                 re.compile(r"[A-Za-z)}\]]\s*\^\s*\{?\s*\(?\s*-?\d{3,}"),  # symbolic bases to 3-digit powers
                  re.compile(r"\d{4,}\s*!|\d{3,}\s*!\s*!|\\(?:prod|sum|int)"),  # big factorials, sums, integrals
                  re.compile(r"\*\*\s*\(?\s*\d{4,}"))
 _MARKDOWN_RE = re.compile(r"\*\*|__|`")
@@ -488,8 +489,9 @@ def _mv_call(fn: Callable[..., list[Any]], *args: Any, **kwargs: Any) -> list[An
 
 def too_costly(text: str) -> bool:
     """Whether evaluating ``text`` could take unbounded time or memory in SymPy (exponent towers,
-    4+-digit exponents, big factorials, sums/products/integrals), nests brackets deeper than
-    :data:`MAX_NESTING` or is longer than :data:`MAX_ANSWER_CHARS`."""
+    4+-digit exponents, 3-digit exponents of symbolic bases such as ``(x+1)^{999}``, big factorials,
+    sums/products/integrals), nests brackets deeper than :data:`MAX_NESTING` or is longer than
+    :data:`MAX_ANSWER_CHARS`."""
     if len(text) > MAX_ANSWER_CHARS or any(p.search(text) for p in _DANGEROUS_RE):
         return True
     depth = deepest = 0
