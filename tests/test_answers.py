@@ -88,6 +88,11 @@ def test_symbolic_comparison_works_off_the_main_thread():
     assert out == [True]
 
 
+def test_an_answer_phrase_that_starts_a_sentence_is_not_the_answer():
+    assert answers.extract_final_answer("To find the answer: first we need to add.\nSo $x = 15$.") == "x = 15"
+    assert answers.extract_final_answer("The answer is Evelyn.") == "Evelyn"
+
+
 def test_several_boxed_answers_are_read_together():
     assert answers.extract_final_answer("\\boxed{3} so \\boxed{5}") == "3, 5"
     assert answers.extract_final_answer("\\boxed{x = 5} hence \\boxed{5}") == "x = 5"  # the same answer twice

@@ -194,6 +194,8 @@ def _phrase_answer(text: str) -> Optional[str]:
         return first_env.group(1).strip()
     end = re.search(r"\.(?:\s|$)|;|,\s+(?:so|since|because|which|as|not)\b|\s+(?:since|because)\b", rest)
     span = (rest[:end.start()] if end else rest).strip().rstrip(".").strip()
+    if len(span.split()) > 3 and not re.search(r"[\d$\\]", span):
+        return None  # "the answer: first we need to …" is a sentence, not an answer
     return span or None
 
 
