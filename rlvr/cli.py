@@ -12,7 +12,7 @@ USAGE = """usage: rlvr <command> [key=value ...]
 
 commands:
   train     run GRPO (Hydra overrides: rlvr train loss=dr_grpo trainer.lr=1e-5; -m for sweeps; --cfg job)
-  eval      held-out accuracy of a model or checkpoint: rlvr eval [checkpoint=DIR] [task=...] [num_samples=4] [limit=0]
+  eval      accuracy, pass@k, maj@k: rlvr eval [RUN_DIR] [num_samples=4] [limit=0] [--samples-out F] [key=value ...]
   plugins   list every discovered plugin by kind and where it came from
   show      the latest sampled completions of a run as a table: rlvr show RUN_DIR [--last K] [--step N] [--full]
   report    plots + one HTML page for a run, or runs compared: rlvr report RUN_DIR|SWEEP_DIR|RUN... [--output DIR]
@@ -167,65 +167,68 @@ def cmd_train(args: list[str]) -> int:
     return 0
 
 
-def cmd_eval(args: list[str]) -> int:
-    from rlvr.core import registry
-    from rlvr.core.config import plugin_params
-    from rlvr.core.evaluate import evaluate
+EVAL_HELP = """usage: rlvr eval [RUN_DIR] [num_samples=4] [limit=0] [batch_prompts=16] [output=FILE] [--samples-out FILE]
+                 [checkpoint=DIR] [key=value ...]
 
-    opts = {"checkpoint": "", "num_samples": "4", "limit": "0", "output": "", "batch_prompts": "16"}
-    overrides = []
-    for a in args:
-        key = a.split("=", 1)[0]
-        if key in opts and "=" in a:
-            opts[key] = a.split("=", 1)[1]
-        else:
+Held-out accuracy (greedy, with a Wilson 95% interval), sampled pass@1 (bootstrap 95% interval), pass@k and
+maj@k for k = 1, 2, 4, ... up to num_samples. RUN_DIR (or RUN_DIR/final, or a checkpoint) reuses the run's
+model, task and correctness check (task.correct) from its config.json; key=value overrides apply on top
+(e.g. task.correct=math_answer, task.max_eval_rows=100). Without RUN_DIR the config is composed as for
+`rlvr train` (e.g. model=qwen2.5-3b-instruct task=gsm8k). --samples-out writes one JSON line per completion.
+See docs/evaluation.md."""
+
+
+def cmd_eval(args: list[str]) -> int:
+    """``rlvr eval [RUN_DIR] [checkpoint=DIR] [num_samples=4] [limit=0] [output=FILE] [samples_out=FILE] [overrides]``
+    (``--samples-out FILE`` / ``--output FILE`` too); the logic is :func:`rlvr.evaluation.run_eval`."""
+    from rlvr.evaluation import find_run, run_eval, saved_choices
+
+    if any(a in ("-h", "--help") for a in args):
+        print(EVAL_HELP)
+        return 0
+    opts = {"checkpoint": "", "num_samples": "4", "limit": "0", "output": "", "batch_prompts": "16", "samples_out": ""}
+    overrides, positional = [], []
+    rest = list(args)
+    while rest:
+        a = rest.pop(0)
+        if a.startswith("--"):
+            key, eq, value = a[2:].replace("-", "_").partition("=")
+            if key not in opts:
+                raise UsageError(f"rlvr eval: unknown option {a.split('=', 1)[0]}; options: "
+                                 + ", ".join("--" + k.replace("_", "-") for k in opts))
+            if not eq:
+                if not rest:
+                    raise UsageError(f"rlvr eval: {a} needs a value")
+                value = rest.pop(0)
+            opts[key] = value
+        elif "=" in a and a.split("=", 1)[0] in opts:
+            opts[a.split("=", 1)[0]] = a.split("=", 1)[1]
+        elif "=" in a:
             overrides.append(a)
-    problem = check_overrides(overrides)
+        else:
+            positional.append(a)
+    if len(positional) > 1:
+        raise UsageError(f"rlvr eval: give at most one run directory (got {' '.join(positional)})")
+    where = positional[0] if positional else opts["checkpoint"]
+    problem = check_overrides(saved_choices(find_run(where)[0] if where else None, overrides) + overrides)
     if problem:
         print(f"rlvr eval: {problem}", file=sys.stderr)
         return 2
-    from rlvr.core.config import compose, trainer_config
-
     _quiet_libraries()
-    cfg = compose(overrides)
-    task = registry.create("task", cfg.task.name, **plugin_params(cfg.task))
-    engine = registry.create("engine", cfg.engine.name, **plugin_params(cfg.engine))
-    policy = load_for_eval(cfg, opts["checkpoint"])
-    tc = trainer_config(cfg.trainer)
-    result = evaluate(policy, task, engine, num_samples=int(opts["num_samples"]), limit=int(opts["limit"]),
-                      batch_prompts=int(opts["batch_prompts"]), seed=tc.seed)
-    result = {"model": opts["checkpoint"] or cfg.model.name, "task": cfg.task.name, **result}
+    result = run_eval(positional[0] if positional else "", overrides, checkpoint=opts["checkpoint"],
+                      num_samples=_int_option("eval", "num_samples", opts["num_samples"]) or 0,
+                      limit=_int_option("eval", "limit", opts["limit"]) or 0,
+                      batch_prompts=_int_option("eval", "batch_prompts", opts["batch_prompts"]) or 16,
+                      output=opts["output"], samples_out=opts["samples_out"])
     print(json.dumps(result, indent=2))
-    if opts["output"]:
-        with open(opts["output"], "w") as fh:
-            json.dump(result, fh, indent=2)
     return 0
 
 
 def load_for_eval(cfg: Any, checkpoint: str) -> Any:
-    """The configured model, or a checkpoint directory (full weights, or a LoRA adapter on the configured base)."""
-    from pathlib import Path
+    """Kept for older imports: :func:`rlvr.evaluation.load_for_eval`."""
+    from rlvr.evaluation import load_for_eval as load
 
-    from rlvr.core import registry
-    from rlvr.core.config import plugin_params
-
-    if not checkpoint:
-        return registry.create("model", cfg.model.name, **plugin_params(cfg.model))
-    path = Path(checkpoint).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint={checkpoint!r}: no such directory (expected e.g. outputs/<date>/<time>/final)")
-    if (path / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        params = plugin_params(cfg.model)
-        params["lora"] = False
-        params["load_in_4bit"] = False
-        base = registry.create("model", cfg.model.name, **params)
-        base.model = PeftModel.from_pretrained(base.model, str(path))
-        base.is_lora = True
-        return base
-    params = {k: v for k, v in plugin_params(cfg.model).items() if k in ("dtype",)}
-    return registry.create("model", "hf", name_or_path=str(path.resolve()), **params)
+    return load(cfg, checkpoint)
 
 
 def cmd_plugins(args: list[str]) -> int:

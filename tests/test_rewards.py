@@ -8,7 +8,7 @@ import re
 import pytest
 
 import rlvr
-from rlvr.plugins.rewards._answers import extract_final_answer, parse_number
+from rlvr.core.answers import extract_final_answer, parse_number
 from tests.conftest import GSM8K_DIR
 
 # --------------------------------------------------------------------------- registration

@@ -1,13 +1,12 @@
-"""What a task plugin returns: training and held-out rows, how a row becomes a prompt, and how
-an answer is checked (for ``rlvr eval`` accuracy)."""
+"""What a task plugin returns: training and held-out rows, how a row becomes a prompt, and which
+verifier judges held-out accuracy (``correct``; see docs/answers.md)."""
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+from rlvr.core.answers import last_number, same_number  # noqa: F401 - re-exported for older imports
 
 
 @dataclass
@@ -18,37 +17,23 @@ class TaskConfig:
     prompt_template: str = "{question}"  # formatted with the row's columns
     answer_column: str = "answer"
     chat: bool = True  # apply the tokenizer's chat template
-
-
-def last_number(text: str) -> Optional[float]:
-    """The last number written in ``text`` (commas allowed as thousands separators), or None."""
-    found = NUMBER.findall(text)
-    if not found:
-        return None
-    try:
-        return float(found[-1].replace(",", ""))
-    except ValueError:
-        return None
-
-
-def same_number(a: Optional[float], b: Any, tol: float = 1e-6) -> bool:
-    if a is None:
-        return False
-    try:
-        return abs(a - float(str(b).replace(",", ""))) <= tol
-    except ValueError:
-        return False
+    # held-out accuracy: the verifier plugin that judges a completion (any `rlvr plugins` verifier), and its params;
+    # "" = the task's own is_correct when it has one, else exact_match
+    correct: str = ""
+    correct_params: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Task:
-    """Rows + prompt construction + answer check."""
+    """Rows + prompt construction. Held-out correctness is the verifier named by ``config.correct``
+    (:mod:`rlvr.core.correctness`); ``is_correct(completion, row)``, when given, is used only when the
+    config names no verifier (``correct=""``)."""
 
     name: str
     train_rows: list[dict[str, Any]]
     eval_rows: list[dict[str, Any]]
     config: TaskConfig
-    is_correct: Callable[[str, dict[str, Any]], bool] = field(default=lambda c, row: False)
+    is_correct: Optional[Callable[[str, dict[str, Any]], bool]] = None
 
     def __post_init__(self) -> None:
         col = self.config.answer_column

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from rlvr import PluginSpec, hookimpl
-from rlvr.core.task import Task, TaskConfig, last_number, same_number
+from rlvr.core.task import Task, TaskConfig
 
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
@@ -27,6 +27,7 @@ class ArithmeticConfig(TaskConfig):
     eval_fraction: float = 0.2
     max_rows: int = 20000
     seed: int = 1234
+    correct: str = "numeric"  # held-out accuracy: the final number equals the answer
 
 
 def make_rows(cfg: ArithmeticConfig) -> tuple[list[dict], list[dict]]:
@@ -56,8 +57,7 @@ def make_rows(cfg: ArithmeticConfig) -> tuple[list[dict], list[dict]]:
 
 def make_arithmetic(cfg: ArithmeticConfig) -> Task:
     train, held_out = make_rows(cfg)
-    return Task("arithmetic", train, held_out, cfg,
-                is_correct=lambda completion, row: same_number(last_number(completion), row["answer"]))
+    return Task("arithmetic", train, held_out, cfg)
 
 
 @hookimpl

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from rlvr import PluginSpec, hookimpl
-from rlvr.core.task import Task, last_number, same_number
+from rlvr.core.task import Task
 from rlvr.plugins.tasks.jsonl import JsonlTaskConfig, read_jsonl, split_rows
 
 SYSTEM_PROMPT = ("Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>")
@@ -23,6 +23,7 @@ class GSM8KConfig(JsonlTaskConfig):
     system_prompt: Optional[str] = SYSTEM_PROMPT
     data_dir: str = ""  # a folder with train.jsonl and test.jsonl; empty = Hub dataset
     hub_id: str = "openai/gsm8k"
+    correct: str = "math_answer"  # held-out accuracy: the final answer (<answer>, ####, boxed, last number) is right
 
 
 def final_answer(solution: str) -> str:
@@ -36,16 +37,6 @@ def normalise(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
             raise ValueError(f"{source}: row {i} lacks 'question' or 'answer' (columns: {sorted(row)})")
         out.append({**row, "solution": row["answer"], "answer": final_answer(str(row["answer"]))})
     return out
-
-
-def extract_answer(completion: str) -> Optional[float]:
-    """The number inside <answer>...</answer> if present, else the last number."""
-    if "<answer>" in completion:
-        inner = completion.split("<answer>")[-1].split("</answer>")[0]
-        n = last_number(inner)
-        if n is not None:
-            return n
-    return last_number(completion)
 
 
 def make_gsm8k(cfg: GSM8KConfig) -> Task:
@@ -64,8 +55,7 @@ def make_gsm8k(cfg: GSM8KConfig) -> Task:
         train = normalise(list(ds["train"]), cfg.hub_id)
         held = normalise(list(ds["test"]), cfg.hub_id)
     train, held = split_rows(train, held, cfg)
-    return Task("gsm8k", train, held, cfg,
-                is_correct=lambda completion, row: same_number(extract_answer(completion), row["answer"]))
+    return Task("gsm8k", train, held, cfg)
 
 
 @hookimpl

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from rlvr import PluginSpec, hookimpl
-from rlvr.core.task import Task, TaskConfig, last_number, same_number
+from rlvr.core.task import Task, TaskConfig
 
 
 @dataclass
@@ -19,6 +19,7 @@ class JsonlTaskConfig(TaskConfig):
     max_train_rows: int = 0  # 0 = all
     max_eval_rows: int = 0
     seed: int = 0
+    correct: str = "exact_match"  # held-out accuracy: the answer text equals the reference after normalisation
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -61,10 +62,7 @@ def make_jsonl(cfg: JsonlTaskConfig) -> Task:
         raise ValueError("task=jsonl needs task.train_path=/path/to/train.jsonl")
     train = read_jsonl(cfg.train_path)
     train, held_out = split_rows(train, read_jsonl(cfg.eval_path) if cfg.eval_path else None, cfg)
-    col = cfg.answer_column
-    return Task("jsonl", train, held_out, cfg,
-                is_correct=lambda completion, row: same_number(last_number(completion), row[col])
-                or completion.strip() == str(row[col]).strip())
+    return Task("jsonl", train, held_out, cfg)
 
 
 @hookimpl
