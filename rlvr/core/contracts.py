@@ -100,18 +100,20 @@ class Engine(Protocol):
 
 @runtime_checkable
 class Task(Protocol):
-    """``task=<name>``: rows, prompt construction and held-out correctness (see :class:`rlvr.core.task.Task`)."""
+    """``task=<name>``: rows, prompt construction and held-out correctness (see :class:`rlvr.core.task.Task`).
+
+    ``config`` is a :class:`rlvr.core.task.TaskConfig` (``answer_column``; ``correct``: the verifier that
+    judges held-out accuracy, :mod:`rlvr.core.correctness`). Every row holds the answer column; all of a
+    row's columns reach the rewards as keyword arguments.
+    """
 
     name: str
     train_rows: list[dict[str, Any]]
     eval_rows: list[dict[str, Any]]
+    config: Any
 
     def render(self, row: dict[str, Any], tokenizer: Any) -> str:
         """The prompt string fed to the model for ``row``."""
-        ...
-
-    def is_correct(self, completion: str, row: dict[str, Any]) -> bool:
-        """Held-out correctness of one completion."""
         ...
 
 
