@@ -27,6 +27,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from rlvr.core.errors import ConfigError, MissingDependencyError, MissingValueError
 from rlvr import PluginSpec, hookimpl
 from rlvr.core.importance import ImportanceSamplingConfig
 from rlvr.core.policy import Policy, eos_token_ids
@@ -58,11 +59,11 @@ class VLLMEngineConfig(SamplingConfig):
 def validate(cfg: VLLMEngineConfig) -> None:
     validate_sampling(cfg)
     if not 0.0 < cfg.gpu_memory_utilization <= 1.0:
-        raise ValueError(f"engine.gpu_memory_utilization must be in (0, 1], got {cfg.gpu_memory_utilization}")
+        raise ConfigError(f"engine.gpu_memory_utilization must be in (0, 1], got {cfg.gpu_memory_utilization}")
     if cfg.sleep_level not in (0, 1, 2):
-        raise ValueError(f"engine.sleep_level must be 0 (auto), 1 or 2, got {cfg.sleep_level}")
+        raise ConfigError(f"engine.sleep_level must be 0 (auto), 1 or 2, got {cfg.sleep_level}")
     if cfg.tensor_parallel_size < 1 or cfg.max_num_seqs < 1 or cfg.max_model_len < 0:
-        raise ValueError("engine.tensor_parallel_size and engine.max_num_seqs must be >= 1, engine.max_model_len >= 0")
+        raise ConfigError("engine.tensor_parallel_size and engine.max_num_seqs must be >= 1, engine.max_model_len >= 0")
     importance_config(cfg)  # validates mode, cap and floor
 
 
@@ -76,7 +77,7 @@ def require_vllm() -> Any:
     try:
         import vllm  # noqa: F401
     except ImportError as err:
-        raise ImportError(f"engine=vllm needs vLLM on a CUDA machine: {INSTALL_HINT} (or use engine=hf)") from err
+        raise MissingDependencyError(f"engine=vllm needs vLLM on a CUDA machine: {INSTALL_HINT} (or use engine=hf)") from err
     return vllm
 
 
@@ -110,7 +111,7 @@ class VLLMEngine:
         cfg, model = self.cfg, policy.model
         path = cfg.model_path or getattr(getattr(model, "config", None), "_name_or_path", "") or policy.name
         if not path:
-            raise ValueError("engine=vllm: set engine.model_path to the model's directory or Hub id")
+            raise MissingValueError("engine=vllm: set engine.model_path to the model's directory or Hub id")
         dtype = cfg.dtype if cfg.dtype != "auto" else str(next(model.parameters()).dtype).removeprefix("torch.")
         kwargs: dict[str, Any] = dict(
             model=path, dtype=dtype, gpu_memory_utilization=cfg.gpu_memory_utilization,

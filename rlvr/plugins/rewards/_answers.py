@@ -16,6 +16,8 @@ import re
 from fractions import Fraction
 from typing import Any, Callable, Optional, TypeVar
 
+from rlvr.core.errors import ColumnError
+
 T = TypeVar("T")
 
 NUMBER_RE = re.compile(r"[-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?")
@@ -181,7 +183,7 @@ def against_reference(reward: str, completions: list[str], columns: dict[str, li
     """``judge(completion, reference)`` for each completion, the reference read from ``column``
     with :func:`reference_answer`; None (not applicable) where a row has no reference."""
     if column not in columns:
-        raise KeyError(f"{reward} needs the task column {column!r} (set answer_column); columns given: {sorted(columns)}")
+        raise ColumnError(f"{reward} needs the task column {column!r} (set answer_column); columns given: {sorted(columns)}")
     out: list[Optional[T]] = []
     for text, value in zip(completions, columns[column]):
         ref = reference_answer(value)

@@ -50,6 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from rlvr.core.errors import ColumnError, ConfigError, DataError
 from rlvr import PluginSpec, hookimpl
 from rlvr.core.rewards import VerifierConfig, verifier_as_reward
 
@@ -416,9 +417,9 @@ class Sandbox:
 
     def __init__(self, cfg: CodeExecConfig):
         if cfg.sandbox not in SANDBOX_MODES:
-            raise ValueError(f"code_exec: sandbox={cfg.sandbox!r}; choose one of {SANDBOX_MODES}")
+            raise ConfigError(f"code_exec: sandbox={cfg.sandbox!r}; choose one of {SANDBOX_MODES}")
         if cfg.timeout_s <= 0 or cfg.memory_mb <= 0 or cfg.max_processes <= 0:
-            raise ValueError("code_exec: timeout_s, memory_mb and max_processes must be positive")
+            raise ConfigError("code_exec: timeout_s, memory_mb and max_processes must be positive")
         self.cfg = cfg
         self.drop = cfg.drop_root and os.geteuid() == 0
         probe_uid = _uid_base() if self.drop else None
@@ -760,14 +761,14 @@ class CodeExecutor:
 
     def reports(self, completions: list[str], columns: dict[str, list[Any]]) -> list[Optional[TestReport]]:
         if self.cfg.tests_column not in columns:
-            raise KeyError(f"code_exec needs the task column {self.cfg.tests_column!r} (set tests_column); "
-                           f"columns given: {sorted(columns)}")
+            raise ColumnError(f"code_exec needs the task column {self.cfg.tests_column!r} (set tests_column); "
+                              f"columns given: {sorted(columns)}")
         jobs: list[Callable[[], Optional[TestReport]]] = []
         for i, (text, tests) in enumerate(zip(completions, columns[self.cfg.tests_column])):
             try:
                 suite = parse_tests(tests)
             except ValueError as exc:
-                raise ValueError(f"code_exec: row {i}: {exc}") from None
+                raise DataError(f"code_exec: row {i}: {exc}") from None
             jobs.append(self._job(text, suite))
         if self.cfg.max_workers <= 1 or len(jobs) <= 1:
             return [job() for job in jobs]
