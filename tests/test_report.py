@@ -126,7 +126,7 @@ def test_report_errors(cli, tmp_path):
     code, _, err = cli("report", str(tmp_path))
     assert code == 1 and "no steps yet" in err
     code, _, err = cli("report")
-    assert code == 2 and "give one run directory" in err
+    assert code == 2 and "required: RUN_DIR" in err and "usage: rlvr report" in err
 
 
 def test_tensorboard_logs_the_same_metrics(run_dir):
