@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 
 from rlvr.core.errors import ConfigError, PluginNotFoundError, RlvrError, UsageError
 
-GROUPS = ("model", "task", "reward", "loss", "engine", "trainer", "logger")
+GROUPS = ("model", "task", "reward", "loss", "advantage", "engine", "trainer", "logger")
 ENV_DEFAULTS = {
     # PyTorch's OpenMP threads spin while waiting by default; on shared or busy cores that makes small
     # matmuls up to 17x slower. PASSIVE sleeps instead (docs/cli.md has the measurement). A value the
@@ -310,12 +310,23 @@ def cmd_train(args: list[str]) -> int:
 
     @hydra.main(version_base="1.3", config_path="conf", config_name="config")
     def run(cfg: DictConfig) -> float:
-        from rlvr.core.trainer import Trainer
+        from rlvr.core.trainer import ResumeConfigError, Trainer, TrainingInterrupted
 
         _quiet_libraries()
         try:
             trainer = Trainer(cfg)
             metrics = trainer.train()
+        except TrainingInterrupted as exc:
+            print(f"rlvr train: {exc}", file=sys.stderr)
+            sys.exit(130)
+        except KeyboardInterrupt:
+            print("rlvr train: interrupted; run the same command again to resume from the last checkpoint "
+                  "(checkpoints/ in the run directory; trainer.save_steps sets how often one is written)",
+                  file=sys.stderr)
+            sys.exit(130)
+        except ResumeConfigError as exc:  # the run directory's checkpoint was made with other settings
+            print(f"rlvr train: error: {exc}", file=sys.stderr)
+            sys.exit(2)
         except RlvrError as exc:
             if _traceback_wanted():
                 raise
@@ -324,7 +335,8 @@ def cmd_train(args: list[str]) -> int:
         if trainer.dist.is_main:
             print(f"rlvr: finished {trainer.step} steps; run directory: {trainer.run_dir} "
                   f"(checkpoint: {trainer.run_dir / 'final'})")
-        return float(metrics.get("reward/mean", float("nan")))
+        reward = metrics.get("reward/mean")
+        return float("nan") if reward is None else float(reward)
 
     sys.argv = ["rlvr train", *args]
     try:

@@ -365,12 +365,15 @@ def create(kind: str, name: str, **params: Any) -> Any:
 
     >>> loss = create("loss", "grpo", epsilon=0.2)        # doctest: +SKIP
     """
+    from rlvr.core.contracts import check
+
     entry = get(kind, name)
     cfg = build_config(kind, name, params)
     try:
-        return entry.spec.factory(cfg)
+        plugin = entry.spec.factory(cfg)
     except RlvrError:
         raise
     except Exception as exc:
         raise PluginError(f"{kind} plugin {entry.spec.name!r} from distribution {entry.source!r} (module "
                           f"{entry.module}) failed to build: {type(exc).__name__}: {exc}") from exc
+    return check(kind, plugin, name)
