@@ -14,6 +14,7 @@ failed. Errors a user can fix (:class:`rlvr.core.errors.RlvrError`) are printed 
 other exception is a bug and keeps its traceback. ``RLVR_TRACEBACK=1`` shows the traceback of
 user-facing errors too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,21 @@ ENV_DEFAULTS = {
     "OMP_WAIT_POLICY": "PASSIVE",
     "TOKENIZERS_PARALLELISM": "false",
 }
-HYDRA_FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp", "--config-name",
-                          "-cn", "--config-dir", "-cd", "--experimental-rerun")
+HYDRA_FLAGS_WITH_VALUE = (
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--info",
+    "-i",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+)
 HYDRA_FLAGS = ("-m", "--multirun", "--resolve", "--run", "-r", "--shell-completion", "-sc")
 MAX_SWEEP_CHECKS = 64
 SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
@@ -110,21 +124,26 @@ def split_hydra_args(args: list[str]) -> tuple[list[str], list[str], bool]:
 def _check_output_dir(overrides: list[str], multirun: bool) -> Optional[str]:
     """``hydra.run.dir`` / ``hydra.sweep.dir`` (or the default outputs/ multirun/) must be creatable as a directory."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == key),
-                 "multirun" if multirun else "outputs")
+    value = next(
+        (o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == key),
+        "multirun" if multirun else "outputs",
+    )
     path = Path(value).expanduser()
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
                 what = f"{key}={value}" if p == path else f"{key}={value} (its parent {str(p)!r})"
-                return (f"{what} is an existing file, not a directory: give a directory to write the run into, "
-                        f"e.g. {key}={value}.d")
+                return (
+                    f"{what} is an existing file, not a directory: give a directory to write the run into, "
+                    f"e.g. {key}={value}.d"
+                )
             break
     return None
 
 
 def expand_sweeps(overrides: list[str]) -> list[list[str]]:
-    """The override lists of a ``-m`` sweep's jobs (all of them up to MAX_SWEEP_CHECKS; beyond, each swept value once)."""
+    """The override lists of a ``-m`` sweep's jobs: all of them up to MAX_SWEEP_CHECKS, beyond that each swept
+    value once (with the other sweeps at their first value)."""
     import itertools
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -148,7 +167,7 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
     firsts = [c[0] for c in choices]
     jobs = [firsts]
     for i, c in enumerate(choices):
-        jobs.extend(firsts[:i] + [v] + firsts[i + 1:] for v in c[1:])
+        jobs.extend(firsts[:i] + [v] + firsts[i + 1 :] for v in c[1:])
     return jobs
 
 
@@ -206,11 +225,14 @@ def _explain_compose_error(plain: list[str], exc: BaseException) -> str:
         return unknown_choice(missing.group(1), missing.group(2))
     unknown_group = re.search(r"Could not override '(\w+)'", str(exc))
     if unknown_group and unknown_group.group(1) == "verifier":
-        return ("there is no `verifier` config group: every verifier is also a reward of the same name "
-                "(pass_score / fail_score), so select it with reward=[<name>]; `rlvr plugins` lists them.")
+        return (
+            "there is no `verifier` config group: every verifier is also a reward of the same name "
+            "(pass_score / fail_score), so select it with reward=[<name>]; `rlvr plugins` lists them."
+        )
     # which dotted key failed? compose with only the group choices and walk the key path
-    groups = [o for o in plain if o.split("=", 1)[0].lstrip("+~").split(".")[0] in GROUPS
-              and "." not in o.split("=", 1)[0]]
+    groups = [
+        o for o in plain if o.split("=", 1)[0].lstrip("+~").split(".")[0] in GROUPS and "." not in o.split("=", 1)[0]
+    ]
     try:
         base = compose(groups)
     except (HydraException, OmegaConfBaseException, ValueError):
@@ -227,8 +249,10 @@ def _explain_compose_error(plain: list[str], exc: BaseException) -> str:
                 keys = _keys_at(node)
                 close = difflib.get_close_matches(part, keys, n=1)
                 hint = f" Did you mean {'.'.join(parts[:depth] + [close[0]])!r}?" if close else ""
-                return (f"unknown config key {key!r}: {level} has no key {part!r}.{hint} "
-                        f"Keys at {level}: {', '.join(keys)}. Use `rlvr train --cfg job` to see the whole config.")
+                return (
+                    f"unknown config key {key!r}: {level} has no key {part!r}.{hint} "
+                    f"Keys at {level}: {', '.join(keys)}. Use `rlvr train --cfg job` to see the whole config."
+                )
             node = node[part]
     cause = exc.__cause__
     if isinstance(cause, OmegaConfBaseException) and str(cause).strip():  # wrong type: say which and why
@@ -245,8 +269,9 @@ def group_options(group: str) -> list[str]:
 
     found = set(names(group)) if group in KINDS else set()
     try:
-        found.update(f.name[:-5] for f in resources.files("rlvr.conf").joinpath(group).iterdir()
-                     if f.name.endswith(".yaml"))
+        found.update(
+            f.name[:-5] for f in resources.files("rlvr.conf").joinpath(group).iterdir() if f.name.endswith(".yaml")
+        )
     except (FileNotFoundError, NotADirectoryError):
         pass
     return sorted(found)
@@ -256,8 +281,10 @@ def unknown_choice(group: str, name: str) -> str:
     options = group_options(group)
     close = difflib.get_close_matches(name, options, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return (f"unknown {group} {name!r}.{hint} Available options in {group!r}: {', '.join(options) or '(none)'}. "
-            "Run `rlvr plugins` to see every plugin and where it comes from.")
+    return (
+        f"unknown {group} {name!r}.{hint} Available options in {group!r}: {', '.join(options) or '(none)'}. "
+        "Run `rlvr plugins` to see every plugin and where it comes from."
+    )
 
 
 # ----- train / eval: Hydra-style key=value arguments -------------------------------------------------
@@ -281,7 +308,8 @@ config groups: model, task, reward (a list), loss, engine, trainer, logger (a li
 exit codes: 0 done; 2 bad command line or config (nothing started); 1 the run failed.
 """
 
-EVAL_HELP = """usage: rlvr eval [checkpoint=DIR] [num_samples=4] [limit=0] [batch_prompts=16] [output=FILE] [key=value ...]
+EVAL_HELP = """usage: rlvr eval [checkpoint=DIR] [num_samples=4] [limit=0] [batch_prompts=16] [output=FILE]
+                 [key=value ...]
 
 Held-out accuracy (greedy, and sampled pass@1 over num_samples completions per prompt) of the configured
 model or of a checkpoint directory (full weights, or a LoRA adapter on the configured base model), on the
@@ -320,9 +348,11 @@ def cmd_train(args: list[str]) -> int:
             print(f"rlvr train: {exc}", file=sys.stderr)
             sys.exit(130)
         except KeyboardInterrupt:
-            print("rlvr train: interrupted; run the same command again to resume from the last checkpoint "
-                  "(checkpoints/ in the run directory; trainer.save_steps sets how often one is written)",
-                  file=sys.stderr)
+            print(
+                "rlvr train: interrupted; run the same command again to resume from the last checkpoint "
+                "(checkpoints/ in the run directory; trainer.save_steps sets how often one is written)",
+                file=sys.stderr,
+            )
             sys.exit(130)
         except ResumeConfigError as exc:  # the run directory's checkpoint was made with other settings
             print(f"rlvr train: error: {exc}", file=sys.stderr)
@@ -333,8 +363,10 @@ def cmd_train(args: list[str]) -> int:
             print(f"rlvr train: error: {exc}", file=sys.stderr)
             sys.exit(1)
         if trainer.dist.is_main:
-            print(f"rlvr: finished {trainer.step} steps; run directory: {trainer.run_dir} "
-                  f"(checkpoint: {trainer.run_dir / 'final'})")
+            print(
+                f"rlvr: finished {trainer.step} steps; run directory: {trainer.run_dir} "
+                f"(checkpoint: {trainer.run_dir / 'final'})"
+            )
         reward = metrics.get("reward/mean")
         return float("nan") if reward is None else float(reward)
 
@@ -379,8 +411,15 @@ def cmd_eval(args: list[str]) -> int:
     engine = registry.create("engine", cfg.engine.name, **plugin_params(cfg.engine))
     policy = load_for_eval(cfg, opts["checkpoint"])
     tc = trainer_config(cfg.trainer)
-    result = evaluate(policy, task, engine, num_samples=int(ints["num_samples"] or 0), limit=int(ints["limit"] or 0),
-                      batch_prompts=int(ints["batch_prompts"] or 16), seed=tc.seed)
+    result = evaluate(
+        policy,
+        task,
+        engine,
+        num_samples=int(ints["num_samples"] or 0),
+        limit=int(ints["limit"] or 0),
+        batch_prompts=int(ints["batch_prompts"] or 16),
+        seed=tc.seed,
+    )
     result = {"model": opts["checkpoint"] or cfg.model.name, "task": cfg.task.name, **result}
     print(json.dumps(result, indent=2))
     if opts["output"]:
@@ -411,8 +450,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for name in sorted(entries):
             e = entries[name]
             note = "  [name collision: select it as this distribution:name]" if name in clashing else ""
-            print(f"  {name:<22} {e.source:<24} {e.module}" + (f"  — {e.spec.description}" if e.spec.description
-                                                                 else "") + note)
+            print(
+                f"  {name:<22} {e.source:<24} {e.module}"
+                + (f"  — {e.spec.description}" if e.spec.description else "")
+                + note
+            )
     if reg.broken:
         print(f"broken ({len(reg.broken)}): skipped; fix or uninstall them, or list them in {DISABLE_ENV}")
         for b in reg.broken:
@@ -435,8 +477,15 @@ def add_show_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_show(args: argparse.Namespace) -> int:
     from rlvr.show import show
 
-    print(show(args.run_dir, step=args.step, last=args.last or 1, width=args.width or 0,
-               max_lines=0 if args.full else (args.max_lines or 0)))
+    print(
+        show(
+            args.run_dir,
+            step=args.step,
+            last=args.last or 1,
+            width=args.width or 0,
+            max_lines=0 if args.full else (args.max_lines or 0),
+        )
+    )
     return 0
 
 
@@ -468,18 +517,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     _quiet_libraries()
     path = export(args.run_dir, fmt=args.format, outtype=args.type, output=args.output or None, pre=args.pre or None)
     size = path.stat().st_size / 2**20
-    print(f"rlvr export: wrote {path} ({size:.1f} MiB, {args.type}); run it with llama.cpp "
-          f"(llama-cli -m {path}) or Ollama (a Modelfile with: FROM {path})")
+    print(
+        f"rlvr export: wrote {path} ({size:.1f} MiB, {args.type}); run it with llama.cpp "
+        f"(llama-cli -m {path}) or Ollama (a Modelfile with: FROM {path})"
+    )
     return 0
 
 
 COMMANDS: list[Command] = [
-    Command("train", "run GRPO (Hydra overrides: rlvr train loss=dr_grpo trainer.lr=1e-5; -m for sweeps; --cfg job)",
-            cmd_train, None, TRAIN_HELP),
-    Command("eval", "held-out accuracy of a model or checkpoint: rlvr eval [checkpoint=DIR] [task=...]",
-            cmd_eval, None, EVAL_HELP),
-    Command("plugins", "list every discovered plugin by kind and where it came from", cmd_plugins,
-            add_plugins_arguments),
+    Command(
+        "train",
+        "run GRPO (Hydra overrides: rlvr train loss=dr_grpo trainer.lr=1e-5; -m for sweeps; --cfg job)",
+        cmd_train,
+        None,
+        TRAIN_HELP,
+    ),
+    Command(
+        "eval",
+        "held-out accuracy of a model or checkpoint: rlvr eval [checkpoint=DIR] [task=...]",
+        cmd_eval,
+        None,
+        EVAL_HELP,
+    ),
+    Command(
+        "plugins", "list every discovered plugin by kind and where it came from", cmd_plugins, add_plugins_arguments
+    ),
     Command("show", "the latest sampled completions of a run as a table", cmd_show, add_show_arguments),
     Command("report", "PNG plots + one self-contained HTML page for a run", cmd_report, add_report_arguments),
     Command("export", "the trained model as GGUF (llama.cpp, Ollama)", cmd_export, add_export_arguments),
@@ -487,8 +549,9 @@ COMMANDS: list[Command] = [
 
 
 # ----- helpers for commands that parse their own raw arguments ---------------------------------------------
-def parse_options(command: str, args: list[str], options: dict[str, str],
-                  flags: tuple[str, ...] = ()) -> tuple[list[str], dict[str, Any]]:
+def parse_options(
+    command: str, args: list[str], options: dict[str, str], flags: tuple[str, ...] = ()
+) -> tuple[list[str], dict[str, Any]]:
     """``--name value`` / ``--name=value`` options and ``--flag`` switches; returns (positionals, values).
 
     For commands registered with ``add_arguments=None``; prefer argparse for new commands."""
@@ -513,9 +576,11 @@ def parse_options(command: str, args: list[str], options: dict[str, str],
             else:
                 known = [f"--{k.replace('_', '-')}" for k in [*options, *flags]]
                 close = difflib.get_close_matches(f"--{name}", known, n=1)
-                raise UsageError(f"rlvr {command}: unknown option --{name}." + (f" Did you mean {close[0]}?"
-                                                                                 if close else "")
-                                 + f" Options: {', '.join(known)}")
+                raise UsageError(
+                    f"rlvr {command}: unknown option --{name}."
+                    + (f" Did you mean {close[0]}?" if close else "")
+                    + f" Options: {', '.join(known)}"
+                )
         else:
             positional.append(a)
         i += 1
@@ -524,8 +589,10 @@ def parse_options(command: str, args: list[str], options: dict[str, str],
 
 def _one_run_dir(command: str, positional: list[str]) -> str:
     if len(positional) != 1:
-        raise UsageError(f"rlvr {command}: give one run directory, e.g. rlvr {command} outputs/2026-11-25/10-00-00"
-                         + (f" (got {len(positional)}: {' '.join(positional)})" if positional else ""))
+        raise UsageError(
+            f"rlvr {command}: give one run directory, e.g. rlvr {command} outputs/2026-11-25/10-00-00"
+            + (f" (got {len(positional)}: {' '.join(positional)})" if positional else "")
+        )
     return positional[0]
 
 
@@ -555,18 +622,26 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per entry of :data:`COMMANDS`."""
-    parser = Parser(prog="rlvr", description="Reinforcement learning from verifiable rewards "
-                                     "(GRPO and variants).", epilog="`rlvr <command> --help` describes a command. "
-                                     "Exit codes: 0 done, 2 bad command line or config (nothing started), "
-                                     "1 the run failed.")
+    parser = Parser(
+        prog="rlvr",
+        description="Reinforcement learning from verifiable rewards (GRPO and variants).",
+        epilog="`rlvr <command> --help` describes a command. "
+        "Exit codes: 0 done, 2 bad command line or config (nothing started), "
+        "1 the run failed.",
+    )
     from rlvr import __version__
 
     parser.add_argument("--version", action="version", version=f"rlvr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", title="commands")
     for cmd in COMMANDS:
         if cmd.add_arguments is None:
-            p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description, add_help=False,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+            p = sub.add_parser(
+                cmd.name,
+                help=cmd.help,
+                description=cmd.description,
+                add_help=False,
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
             p.usage = argparse.SUPPRESS
         else:
             p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
@@ -609,8 +684,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     command, rest = argv[0], argv[1:]
     if command not in by_name:
         close = difflib.get_close_matches(command, list(by_name), n=1)
-        print(f"rlvr: unknown command {command!r}." + (f" Did you mean {close[0]!r}?" if close else "")
-              + f" Commands: {', '.join(by_name)} (rlvr --help)", file=sys.stderr)
+        print(
+            f"rlvr: unknown command {command!r}."
+            + (f" Did you mean {close[0]!r}?" if close else "")
+            + f" Commands: {', '.join(by_name)} (rlvr --help)",
+            file=sys.stderr,
+        )
         sys.exit(2)
     cmd = by_name[command]
     try:

@@ -3,6 +3,7 @@
 Third-party distributions are simulated by a ``<name>.dist-info`` folder (METADATA + entry_points.txt) and
 a module on PYTHONPATH, which ``importlib.metadata`` discovers exactly like an installed wheel.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,9 +56,12 @@ VERIFIER_UNITS = """
     class UnitsConfig:
         unit: str = "kg"
 
+    def make(cfg):
+        return lambda completions, **kw: [cfg.unit in c for c in completions]
+
     @hookimpl
     def rlvr_verifiers():
-        return [PluginSpec("units_present", lambda cfg: (lambda completions, **kw: [cfg.unit in c for c in completions]),
+        return [PluginSpec("units_present", make,
                            UnitsConfig, "passes when the unit is written")]
 """
 
@@ -79,9 +83,16 @@ def test_name_collision_fails_naming_both_and_distribution_name_chooses(site, tm
     assert not (tmp_path / "r0").exists()
     # distribution:name picks one; the verifier is a reward by its name, with pass/fail scores
     run_dir = tmp_path / "r1"
-    proc = run_cli("train", *TINY, "trainer.max_steps=1", "reward=[thirdparty-rewards:arithmetic,units_present]",
-                   "reward.units_present.pass_score=2.0", "reward.units_present.fail_score=-1.0",
-                   f"hydra.run.dir={run_dir}", env=env)
+    proc = run_cli(
+        "train",
+        *TINY,
+        "trainer.max_steps=1",
+        "reward=[thirdparty-rewards:arithmetic,units_present]",
+        "reward.units_present.pass_score=2.0",
+        "reward.units_present.fail_score=-1.0",
+        f"hydra.run.dir={run_dir}",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert metrics["rewards/arithmetic/mean"] == pytest.approx(0.5)  # the third-party one, not the built-in
@@ -118,7 +129,11 @@ def test_broken_entry_point_is_skipped_with_a_warning_and_listed(site, tmp_path)
 
 
 def test_plugin_factory_that_raises_names_plugin_and_distribution(site, tmp_path):
-    make_dist(site, "exploding-rewards", {"tp_explode": """
+    make_dist(
+        site,
+        "exploding-rewards",
+        {
+            "tp_explode": """
         from rlvr import PluginSpec, hookimpl
 
         def make(cfg):
@@ -127,7 +142,9 @@ def test_plugin_factory_that_raises_names_plugin_and_distribution(site, tmp_path
         @hookimpl
         def rlvr_rewards():
             return [PluginSpec("exploding", make)]
-    """})
+    """
+        },
+    )
     proc = run_cli("train", *TINY, "reward=[exploding]", f"hydra.run.dir={tmp_path}/r", env=env_with(site))
     assert proc.returncode == 1
     err = proc.stderr.strip()
@@ -136,7 +153,11 @@ def test_plugin_factory_that_raises_names_plugin_and_distribution(site, tmp_path
 
 
 def test_missing_mandatory_value_names_the_key(site, tmp_path):
-    make_dist(site, "needy-rewards", {"tp_needy": """
+    make_dist(
+        site,
+        "needy-rewards",
+        {
+            "tp_needy": """
         from dataclasses import dataclass
         from rlvr import PluginSpec, hookimpl
 
@@ -147,8 +168,11 @@ def test_missing_mandatory_value_names_the_key(site, tmp_path):
 
         @hookimpl
         def rlvr_rewards():
-            return [PluginSpec("needs_path", lambda cfg: (lambda completions, **kw: [0.0] * len(completions)), NeedsPath)]
-    """})
+            return [PluginSpec("needs_path", lambda cfg: lambda completions, **kw: [0.0] * len(completions),
+                               NeedsPath)]
+    """
+        },
+    )
     proc = run_cli("train", *TINY, "reward=[needs_path]", f"hydra.run.dir={tmp_path}/r", env=env_with(site))
     assert proc.returncode == 2, proc.stderr
     assert "reward.needs_path.path=" in proc.stderr and "Traceback" not in proc.stderr
@@ -156,7 +180,11 @@ def test_missing_mandatory_value_names_the_key(site, tmp_path):
 
 
 def test_real_bugs_keep_their_traceback(site, tmp_path):
-    make_dist(site, "buggy-logger", {"tp_buggy": """
+    make_dist(
+        site,
+        "buggy-logger",
+        {
+            "tp_buggy": """
         from rlvr import PluginSpec, hookimpl
 
         class Logger:
@@ -166,7 +194,9 @@ def test_real_bugs_keep_their_traceback(site, tmp_path):
         @hookimpl
         def rlvr_loggers():
             return [PluginSpec("buggy", lambda cfg: Logger())]
-    """})
+    """
+        },
+    )
     proc = run_cli("train", *TINY, "logger=[buggy]", f"hydra.run.dir={tmp_path}/r", env=env_with(site))
     assert proc.returncode == 1
     assert "AttributeError" in proc.stderr and "no_such_attribute_xyz" in proc.stderr
@@ -198,8 +228,13 @@ def test_run_dir_that_is_a_file(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
-@pytest.mark.parametrize("path, expected", [("os:no_such_function", "has no function 'no_such_function'"),
-                                            ("no_such_module_xyz:fn", "cannot import 'no_such_module_xyz'")])
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("os:no_such_function", "has no function 'no_such_function'"),
+        ("no_such_module_xyz:fn", "cannot import 'no_such_module_xyz'"),
+    ],
+)
 def test_function_reward_path_errors_are_one_line(tmp_path, path, expected):
     proc = run_cli("train", *TINY, "reward=[function]", f"reward.function.path={path}", f"hydra.run.dir={tmp_path}/r")
     assert proc.returncode == 1 and expected in proc.stderr
@@ -224,8 +259,18 @@ def test_top_level_help_lists_every_command():
 def _fake_run(run_dir: Path, completions: list[str], truncated: bool = False) -> None:
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/mean": 0.5, "reward/std": 0.1}) + "\n")
-    rows = [{"step": 1, "prompt": f"<|im_start|>user\nq{i}<|im_end|>", "completion": c, "answer": "7",
-             "rewards": {"arithmetic": 1.0}, "advantage": 0.1, "truncated": truncated} for i, c in enumerate(completions)]
+    rows = [
+        {
+            "step": 1,
+            "prompt": f"<|im_start|>user\nq{i}<|im_end|>",
+            "completion": c,
+            "answer": "7",
+            "rewards": {"arithmetic": 1.0},
+            "advantage": 0.1,
+            "truncated": truncated,
+        }
+        for i, c in enumerate(completions)
+    ]
     (run_dir / "completions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -233,9 +278,16 @@ def _fake_run(run_dir: Path, completions: list[str], truncated: bool = False) ->
 def test_output_into_a_closed_pipe_is_not_an_error(tmp_path, command):
     _fake_run(tmp_path / "run", [f"line {i}\n" * 8 for i in range(400)])
     cmd = command.replace("RUN", str(tmp_path / "run"))
-    proc = subprocess.run(f"{sys.executable} -m rlvr {cmd} --full | head -n 2" if command != "plugins"
-                          else f"{sys.executable} -m rlvr {cmd} | head -n 1", shell=True, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        f"{sys.executable} -m rlvr {cmd} --full | head -n 2"
+        if command != "plugins"
+        else f"{sys.executable} -m rlvr {cmd} | head -n 1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert len(proc.stdout.splitlines()) <= 2
     assert "Broken pipe" not in proc.stderr and "BrokenPipeError" not in proc.stderr and "Traceback" not in proc.stderr
 
@@ -264,7 +316,9 @@ def test_rlvr_sets_a_passive_omp_wait_policy_unless_the_user_chose(site, tmp_pat
     env.update(env_with(site, OMP_PROBE_FILE=str(tmp_path / "omp.txt")))
     if preset:
         env["OMP_WAIT_POLICY"] = preset
-    proc = subprocess.run([sys.executable, "-m", "rlvr", "plugins"], capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlvr", "plugins"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "omp.txt").read_text() == expected
 
@@ -275,7 +329,9 @@ def test_matplotlib_is_in_the_default_install():
     except ImportError:  # Python 3.10
         tomllib = pytest.importorskip("tomli")
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert any(d.replace(" ", "").startswith("matplotlib") for d in deps)  # `rlvr report` works after `pip install rlvr`
+    assert any(
+        d.replace(" ", "").startswith("matplotlib") for d in deps
+    )  # `rlvr report` works after `pip install rlvr`
 
 
 # ----- the error hierarchy and the import graph -----------------------------------------------------------------
@@ -291,8 +347,15 @@ def test_user_facing_errors_keep_their_builtin_types():
 
 
 def test_registry_does_not_import_config():  # the config -> registry dependency goes one way only
-    code = ("import sys, rlvr; rlvr.add_plugin('reward', rlvr.PluginSpec('noop', lambda cfg: None)); "
-            "print('rlvr.core.config' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys, rlvr; rlvr.add_plugin('reward', rlvr.PluginSpec('noop', lambda cfg: None)); "
+        "print('rlvr.core.config' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert out.stdout.strip() == "False", out.stderr

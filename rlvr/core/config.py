@@ -136,7 +136,10 @@ def check_plugins(cfg: Any) -> None:
         node = cfg.get(kind) if hasattr(cfg, "get") else None
         if node is None:
             continue
-        pairs = [(plugin_name(k, sub), sub) for k, sub in node.items()] if kind in LIST_KINDS else [(node.get("name"), node)]
+        if kind in LIST_KINDS:
+            pairs = [(plugin_name(k, sub), sub) for k, sub in node.items()]
+        else:
+            pairs = [(node.get("name"), node)]
         for name, sub in pairs:
             if name:
                 registry.build_config(kind, str(name), _params_keeping_missing(sub))
@@ -188,7 +191,8 @@ def compose(overrides: list[str] | None = None) -> Any:
 
     >>> cfg = compose(["model=tiny", "trainer.max_steps=2"])   # doctest: +SKIP
     """
-    from hydra import compose as hydra_compose, initialize_config_module
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     store_plugin_configs()

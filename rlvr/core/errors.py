@@ -9,6 +9,7 @@ Each class also derives from the builtin exception that was raised before the hi
 (``ConfigError`` is a ``ValueError``, ``PluginNotFoundError`` a ``KeyError``, ...), so callers
 that catch the builtin keep working.
 """
+
 from __future__ import annotations
 
 

@@ -18,6 +18,7 @@ Rules (see docs/plugins.md):
 - Every verifier is also a reward of the same name (pass -> ``pass_score``, fail -> ``fail_score``),
   unless its distribution ships a reward of that name itself.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +33,14 @@ from typing import Any, Callable
 import pluggy
 
 from rlvr.core import hookspecs
-from rlvr.core.errors import ConfigError, ConfigTypeError, MissingValueError, PluginError, PluginNotFoundError, RlvrError
+from rlvr.core.errors import (
+    ConfigError,
+    ConfigTypeError,
+    MissingValueError,
+    PluginError,
+    PluginNotFoundError,
+    RlvrError,
+)
 from rlvr.core.hookspecs import KINDS, LIST_KINDS, PROJECT
 
 AUTOLOAD_ENV = "RLVR_DISABLE_PLUGIN_AUTOLOAD"
@@ -131,7 +139,9 @@ class Registry:
         return {n: found for n, found in self.candidates(kind).items() if len(found) > 1}
 
     def _specs(self, hook_name: str, impl: Any, disabled: set[str]) -> list[tuple[PluginSpec, str, str]]:
-        source, module = self.sources.get(id(impl.plugin), (RUNTIME, getattr(impl.plugin, "__name__", repr(impl.plugin))))
+        source, module = self.sources.get(
+            id(impl.plugin), (RUNTIME, getattr(impl.plugin, "__name__", repr(impl.plugin)))
+        )
         try:
             specs = list(impl.function() or [])
             bad = [s for s in specs if not isinstance(s, PluginSpec)]
@@ -140,8 +150,10 @@ class Registry:
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not block the others
             reason = f"{type(exc).__name__}: {exc}"
             self.broken.append(Broken(f"{module} ({hook_name})", source, reason, at_import=False))
-            _warn(f"skipping plugin module {module} from distribution {source!r}: {hook_name}() failed ({reason}). "
-                  f"Fix or uninstall it, or set {DISABLE_ENV}={source} to silence this.")
+            _warn(
+                f"skipping plugin module {module} from distribution {source!r}: {hook_name}() failed ({reason}). "
+                f"Fix or uninstall it, or set {DISABLE_ENV}={source} to silence this."
+            )
             return []
         kept = []
         for spec in specs:
@@ -180,8 +192,12 @@ class Registry:
 
 
 # ----- verifiers as rewards -------------------------------------------------------------------------
-VERIFIER_REWARD_FIELDS = (("weight", float, 1.0), ("on_error", str, "raise"), ("pass_score", float, 1.0),
-                          ("fail_score", float, 0.0))
+VERIFIER_REWARD_FIELDS = (
+    ("weight", float, 1.0),
+    ("on_error", str, "raise"),
+    ("pass_score", float, 1.0),
+    ("fail_score", float, 0.0),
+)
 
 
 def verifier_reward_spec(spec: PluginSpec) -> PluginSpec:
@@ -189,8 +205,11 @@ def verifier_reward_spec(spec: PluginSpec) -> PluginSpec:
     factory that maps pass -> pass_score, fail -> fail_score, None -> None."""
     have = {f.name for f in dataclasses.fields(spec.config)}
     extra = [(n, t, field(default=d)) for n, t, d in VERIFIER_REWARD_FIELDS if n not in have]
-    config = dataclasses.make_dataclass(f"{spec.config.__name__}AsReward", extra, bases=(spec.config,)) if extra \
+    config = (
+        dataclasses.make_dataclass(f"{spec.config.__name__}AsReward", extra, bases=(spec.config,))
+        if extra
         else spec.config
+    )
     own = {f.name for f in dataclasses.fields(spec.config)}
 
     def factory(cfg: Any) -> Any:
@@ -199,8 +218,13 @@ def verifier_reward_spec(spec: PluginSpec) -> PluginSpec:
         vcfg = spec.config(**{k: getattr(cfg, k) for k in own if hasattr(cfg, k)})
         return verifier_as_reward(spec.factory(vcfg), cfg.pass_score, cfg.fail_score)
 
-    return PluginSpec(spec.name, factory, config, (spec.description + " " if spec.description else "")
-                      + "(a verifier: pass_score when it passes, fail_score when it fails)")
+    return PluginSpec(
+        spec.name,
+        factory,
+        config,
+        (spec.description + " " if spec.description else "")
+        + "(a verifier: pass_score when it passes, fail_score when it fails)",
+    )
 
 
 # ----- the process-wide registry ----------------------------------------------------------------------
@@ -236,9 +260,11 @@ def _new_registry() -> Registry:
         except Exception as exc:  # noqa: BLE001 - a broken third-party plugin must not block every command
             reason = f"{type(exc).__name__}: {exc}"
             reg.broken.append(Broken(f"{ep.name} = {ep.value}", dist, reason))
-            _warn(f"skipping plugin entry point {ep.name!r} = {ep.value!r} from distribution {dist!r}: it failed to "
-                  f"import ({reason}). Fix or uninstall it (pip uninstall {dist}), or set {DISABLE_ENV}={ep.name} "
-                  "to silence this.")
+            _warn(
+                f"skipping plugin entry point {ep.name!r} = {ep.value!r} from distribution {dist!r}: it failed to "
+                f"import ({reason}). Fix or uninstall it (pip uninstall {dist}), or set {DISABLE_ENV}={ep.name} "
+                "to silence this."
+            )
             continue
         pm.register(plugin, name=f"{dist}:{ep.name}")
         reg.sources[id(plugin)] = (dist, ep.value)
@@ -297,27 +323,40 @@ def get(kind: str, name: str) -> Entry:
             return match[-1]
         raise PluginNotFoundError(
             f"no {kind} plugin {plain!r} from distribution {dist!r}; {plain!r} comes from: "
-            f"{', '.join(repr(e.source) for e in found[plain])}. Run `rlvr plugins` to see every plugin.")
+            f"{', '.join(repr(e.source) for e in found[plain])}. Run `rlvr plugins` to see every plugin."
+        )
     if name in found and len(found[name]) == 1:
         return found[name][0]
     if name in found:
         where = "; ".join(f"{e.qualified} (module {e.module})" for e in found[name])
         raise PluginNotFoundError(
             f"{kind} plugin name {name!r} is ambiguous: {len(found[name])} installed plugins provide it: {where}. "
-            f"Choose one with {kind}=<distribution>:{name}" + (f" (e.g. {kind}=[{found[name][-1].qualified}])"
-                                                                if kind in LIST_KINDS else
-                                                                f" (e.g. {kind}={found[name][-1].qualified})")
-            + f", or turn one off with {DISABLE_ENV}=<distribution>.")
+            f"Choose one with {kind}=<distribution>:{name}"
+            + (
+                f" (e.g. {kind}=[{found[name][-1].qualified}])"
+                if kind in LIST_KINDS
+                else f" (e.g. {kind}={found[name][-1].qualified})"
+            )
+            + f", or turn one off with {DISABLE_ENV}=<distribution>."
+        )
     valid = sorted(reg.entries(kind))
     close = difflib.get_close_matches(name, valid, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     broken = [b for b in reg.broken]
-    note = (f" Note: {len(broken)} plugin entry point(s) failed to load ({', '.join(b.distribution for b in broken)}); "
-            "see `rlvr plugins`.") if broken else ""
+    note = (
+        (
+            f" Note: {len(broken)} plugin entry point(s) failed to load "
+            f"({', '.join(b.distribution for b in broken)}); "
+            "see `rlvr plugins`."
+        )
+        if broken
+        else ""
+    )
     raise PluginNotFoundError(
         f"unknown {kind} plugin {name!r}.{hint} Available {kind} plugins: {', '.join(valid) or '(none)'}. "
         f"Run `rlvr plugins` to see where each comes from; third-party plugins are found through the "
-        f"'rlvr' entry-point group.{note}")
+        f"'rlvr' entry-point group.{note}"
+    )
 
 
 def config_key(kind: str, name: str, key: str) -> str:
@@ -340,8 +379,10 @@ def build_config(kind: str, name: str, params: dict[str, Any]) -> Any:
         for k in unknown:
             close = difflib.get_close_matches(k, known, n=1)
             hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ConfigTypeError(f"{kind} plugin {name!r} has no parameter {', '.join(hints)}. "
-                              f"Its parameters are: {', '.join(sorted(known)) or '(none)'}.")
+        raise ConfigTypeError(
+            f"{kind} plugin {name!r} has no parameter {', '.join(hints)}. "
+            f"Its parameters are: {', '.join(sorted(known)) or '(none)'}."
+        )
     try:
         merged = OmegaConf.merge(OmegaConf.structured(spec.config), params)
         missing = sorted(OmegaConf.missing_keys(merged))
@@ -351,8 +392,10 @@ def build_config(kind: str, name: str, params: dict[str, Any]) -> Any:
     except MissingMandatoryValue:
         missing = sorted(OmegaConf.missing_keys(merged))
         keys = [config_key(kind, name, k) for k in missing]
-        raise MissingValueError(f"{kind} plugin {name!r} needs a value for {', '.join(keys)} (it has no default): "
-                                f"add {' '.join(k + '=<value>' for k in keys)} to the command") from None
+        raise MissingValueError(
+            f"{kind} plugin {name!r} needs a value for {', '.join(keys)} (it has no default): "
+            f"add {' '.join(k + '=<value>' for k in keys)} to the command"
+        ) from None
     except OmegaConfBaseException as exc:
         raise ConfigError(f"bad parameter for {kind} plugin {name!r}: {exc}") from None
 
@@ -374,6 +417,8 @@ def create(kind: str, name: str, **params: Any) -> Any:
     except RlvrError:
         raise
     except Exception as exc:
-        raise PluginError(f"{kind} plugin {entry.spec.name!r} from distribution {entry.source!r} (module "
-                          f"{entry.module}) failed to build: {type(exc).__name__}: {exc}") from exc
+        raise PluginError(
+            f"{kind} plugin {entry.spec.name!r} from distribution {entry.source!r} (module "
+            f"{entry.module}) failed to build: {type(exc).__name__}: {exc}"
+        ) from exc
     return check(kind, plugin, name)
