@@ -115,6 +115,7 @@ def run_eval(target: str = "", overrides: Sequence[str] = (), checkpoint: str = 
     from rlvr.core.config import plugin_params, trainer_config
     from rlvr.core.correctness import check_name
     from rlvr.core.evaluate import evaluate
+    from rlvr.core.policy import load_for_eval
 
     where = target or checkpoint
     run_dir, weights = find_run(where) if where else (None, None)
@@ -137,28 +138,3 @@ def run_eval(target: str = "", overrides: Sequence[str] = (), checkpoint: str = 
                 fh.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
         result["samples_out"] = samples_out
     return result
-
-
-def load_for_eval(cfg: Any, checkpoint: str) -> Any:
-    """The configured model, or a checkpoint directory (full weights, or a LoRA adapter on the configured base)."""
-    from rlvr.core import registry
-    from rlvr.core.config import plugin_params
-
-    if not checkpoint:
-        return registry.create("model", cfg.model.name, **plugin_params(cfg.model))
-    path = Path(checkpoint).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint={checkpoint!r}: no such directory "
-                                "(expected e.g. outputs/<date>/<time>/final)")
-    if (path / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        params = plugin_params(cfg.model)
-        params["lora"] = False
-        params["load_in_4bit"] = False
-        base = registry.create("model", cfg.model.name, **params)
-        base.model = PeftModel.from_pretrained(base.model, str(path))
-        base.is_lora = True
-        return base
-    params = {k: v for k, v in plugin_params(cfg.model).items() if k in ("dtype",)}
-    return registry.create("model", "hf", name_or_path=str(path.resolve()), **params)

@@ -25,7 +25,8 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from rlvr.show import check_run_dir, clean, prompt_question, read_records
+from rlvr.core.errors import DataError, MissingDependencyError
+from rlvr.show import HIT_MAX_TOKENS, check_run_dir, clean, prompt_question, read_records
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
@@ -34,8 +35,7 @@ def _matplotlib() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise ImportError("rlvr report needs matplotlib: pip install 'rlvr[report]' (or pip install matplotlib)"
-                          ) from None
+        raise MissingDependencyError("rlvr report needs matplotlib: pip install matplotlib") from None
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
@@ -364,7 +364,7 @@ def _samples_html(records: list[dict[str, Any]], step: int) -> str:
         adv = s.get("advantage")
         number = isinstance(adv, (int, float))
         cls = "pos" if number and adv > 0 else "neg" if number and adv < 0 else ""
-        completion = clean(s.get("completion", "")) + (" [truncated]" if s.get("truncated") else "")
+        completion = clean(s.get("completion", "")) + (f" {HIT_MAX_TOKENS}" if s.get("truncated") else "")
         cells = [f"<td><pre>{html.escape(clean(prompt_question(str(s.get('prompt', '')))))}</pre></td>",
                  f"<td><pre>{html.escape(completion)}</pre></td>",
                  f"<td><pre>{html.escape(clean(s.get('answer', '')))}</pre></td>"]
@@ -462,7 +462,7 @@ def build_report(run_dir: str | Path, output: Optional[str | Path] = None) -> Pa
     path = check_run_dir(run_dir)
     metrics = load_metrics(path)
     if not metrics:
-        raise ValueError(f"{path}/metrics.jsonl has no steps yet: nothing to plot")
+        raise DataError(f"{path}/metrics.jsonl has no steps yet: nothing to plot")
     out = Path(output).expanduser() if output else path / "report"
     plots = make_plots(metrics, out)
     return write_html(path, out, metrics, plots, read_records(path / "completions.jsonl"), load_config(path))

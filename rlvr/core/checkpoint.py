@@ -24,6 +24,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from rlvr.core.errors import CheckpointError, CheckpointMismatchError, PathNotFoundError
 from rlvr.core.policy import Policy, save_policy
 
 PREFIX = "checkpoint-"
@@ -62,7 +63,7 @@ def _test_fault(point: str, step: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(CheckpointError):
     """A checkpoint could not be written (e.g. the disk is full); the previous one is still valid."""
 
     def __init__(self, target: Path, previous: Optional[Path], cause: BaseException) -> None:
@@ -157,11 +158,11 @@ def resolve_resume(resume: str) -> Path:
         if latest is not None:
             return latest
         if re.fullmatch(rf"{PREFIX}\d+", path.name):
-            raise FileNotFoundError(f"trainer.resume={resume!r} is an incomplete checkpoint (no {MARKER} marker: "
+            raise PathNotFoundError(f"trainer.resume={resume!r} is an incomplete checkpoint (no {MARKER} marker: "
                                     "its writing was interrupted); pick an earlier one or trainer.resume=auto")
-        raise FileNotFoundError(f"trainer.resume={resume!r} is neither a checkpoint directory nor a run directory "
+        raise PathNotFoundError(f"trainer.resume={resume!r} is neither a checkpoint directory nor a run directory "
                                 f"with complete checkpoints under checkpoints/")
-    raise FileNotFoundError(f"trainer.resume={resume!r}: no such directory")
+    raise PathNotFoundError(f"trainer.resume={resume!r}: no such directory")
 
 
 RESUMABLE = ("trainer.max_steps", "trainer.save_steps", "trainer.keep_checkpoints", "trainer.resume",
@@ -206,11 +207,11 @@ def load_trainable_weights(policy: Policy, ckpt: Path) -> None:
         return
     files = sorted(ckpt.glob("model*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{ckpt} has no model*.safetensors")
+        raise CheckpointError(f"{ckpt} has no model*.safetensors")
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_file(str(f)))
     missing, unexpected = policy.model.load_state_dict(state, strict=False)
     real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings are saved once
     if real_missing or unexpected:
-        raise RuntimeError(f"checkpoint {ckpt} does not match the model: missing {real_missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointMismatchError(f"checkpoint {ckpt} does not match the model: missing {real_missing[:5]}, unexpected {unexpected[:5]}")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence, runtime_checkable
 
+from rlvr.core.errors import PluginError
+
 if TYPE_CHECKING:  # torch is heavy; the protocols only name its types
     from torch import Tensor
 
@@ -20,7 +22,7 @@ if TYPE_CHECKING:  # torch is heavy; the protocols only name its types
     from rlvr.core.rollout import Rollouts
 
 
-class ContractError(TypeError):
+class ContractError(PluginError, TypeError):
     """A plugin does not satisfy its kind's contract."""
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
 from rlvr.core.answers import last_number, same_number  # noqa: F401 - re-exported for older imports
+from rlvr.core.errors import ColumnError, ConfigError, DataError
 
 
 @dataclass
@@ -40,17 +41,17 @@ class Task:
         for split, rows in (("train", self.train_rows), ("eval", self.eval_rows)):
             for i, row in enumerate(rows):
                 if col not in row:
-                    raise ValueError(f"task {self.name!r}: {split} row {i} has no {col!r} column (columns: "
-                                     f"{sorted(row)}); set task.answer_column to the column holding the answer")
+                    raise ColumnError(f"task {self.name!r}: {split} row {i} has no {col!r} column (columns: "
+                                      f"{sorted(row)}); set task.answer_column to the column holding the answer")
         if not self.train_rows:
-            raise ValueError(f"task {self.name!r} has no training rows")
+            raise DataError(f"task {self.name!r} has no training rows")
 
     def prompt_text(self, row: dict[str, Any]) -> str:
         try:
             return self.config.prompt_template.format(**row)
         except KeyError as exc:
-            raise KeyError(f"task {self.name!r}: prompt_template {self.config.prompt_template!r} uses column {exc}, "
-                           f"which the row does not have (columns: {sorted(row)})") from None
+            raise ColumnError(f"task {self.name!r}: prompt_template {self.config.prompt_template!r} uses column {exc}, "
+                              f"which the row does not have (columns: {sorted(row)})") from None
 
     def messages(self, row: dict[str, Any]) -> list[dict[str, str]]:
         msgs = []
@@ -64,8 +65,8 @@ class Task:
         if not self.config.chat:
             return (self.config.system_prompt + "\n\n" if self.config.system_prompt else "") + self.prompt_text(row)
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"task {self.name!r} is conversational but the tokenizer has no chat template. Use an "
-                             "instruct/chat model, or set task.chat=false to feed the raw prompt text.")
+            raise ConfigError(f"task {self.name!r} is conversational but the tokenizer has no chat template. Use an "
+                              "instruct/chat model, or set task.chat=false to feed the raw prompt text.")
         return tokenizer.apply_chat_template(self.messages(row), tokenize=False, add_generation_prompt=True)
 
 

@@ -29,8 +29,9 @@ from rlvr.core import checkpoint as ckpt_io
 from rlvr.core import distributed, registry, resources
 from rlvr.core.advantages import zero_std_fraction
 from rlvr.core.callbacks import logger_manager
-from rlvr.core.config import TrainerConfig, plugin_params, trainer_config
+from rlvr.core.config import TrainerConfig, plugin_name, plugin_params, trainer_config
 from rlvr.core.contracts import AdvantageEstimator, Engine, Loss
+from rlvr.core.errors import ConfigError, RunError
 from rlvr.core.importance import importance_metrics, importance_weights, scale_gradient
 from rlvr.core.policy import Policy, save_policy
 from rlvr.core.rewards import RewardFn, score, weighted_total
@@ -40,11 +41,11 @@ from rlvr.kernels.memory import enable_gradient_checkpointing, offload_activatio
 from rlvr.kernels.shared_prompt import grouped_completion_logprobs
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RunError):
     """The run cannot go on (e.g. too many non-finite losses in a row)."""
 
 
-class ResumeConfigError(ValueError):
+class ResumeConfigError(ConfigError):
     """Resuming with a config that differs from the checkpoint's in a key that cannot change mid-run."""
 
 
@@ -134,11 +135,11 @@ def validate_trainer(tc: TrainerConfig) -> None:
     ]
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise ConfigError(message)
     n = tc.prompts_per_step * tc.num_generations
     if tc.micro_batch_size and n % tc.micro_batch_size:
-        raise ValueError(f"trainer.micro_batch_size={tc.micro_batch_size} does not divide the batch of "
-                         f"prompts_per_step×num_generations = {n} completions")
+        raise ConfigError(f"trainer.micro_batch_size={tc.micro_batch_size} does not divide the batch of "
+                          f"prompts_per_step×num_generations = {n} completions")
 
 
 def lr_lambda(tc: TrainerConfig, total_updates: int) -> Callable[[int], float]:
@@ -159,7 +160,7 @@ def _select(cfg: Any, kind: str) -> tuple[str, dict[str, Any]]:
     node = cfg[kind]
     name = node.get("name") if hasattr(node, "get") else None
     if not name:
-        raise ValueError(f"config node {kind!r} has no 'name'; pick a plugin with {kind}=<name>")
+        raise ConfigError(f"config node {kind!r} has no 'name'; pick a plugin with {kind}=<name>")
     return str(name), plugin_params(node)
 
 
@@ -194,16 +195,17 @@ class Trainer:
         self.advantage: AdvantageEstimator = self._build_advantage(cfg)
         engine_name, engine_params = _select(cfg, "engine")
         self.engine: Engine = registry.create("engine", engine_name, **engine_params)
-        loggers = [(n, registry.create("logger", n, **plugin_params(p))) for n, p in (cfg.get("logger") or {}).items()]
+        loggers = [(n, registry.create("logger", plugin_name(n, p), **plugin_params(p)))
+                   for n, p in (cfg.get("logger") or {}).items()]
         self.loggers = [lg for _, lg in loggers] if self.dist.is_main else []  # rank 0 writes the logs
         self.callbacks = logger_manager(loggers if self.dist.is_main else []).hook
         self.run_dir = Path(self.dist.broadcast(str(run_dir or self._default_run_dir())))  # rank 0's, on every rank
         model_name, model_params = _select(cfg, "model")
         longest = int(self.engine.cfg.max_prompt_length) + int(self.engine.cfg.max_new_tokens)
         if policy is None and model_params.get("max_seq_length") and longest > int(model_params["max_seq_length"]):
-            raise ValueError(f"engine.max_prompt_length + engine.max_new_tokens = {longest} exceeds "
-                             f"model.max_seq_length={model_params['max_seq_length']}: raise model.max_seq_length "
-                             "(memory grows with it) or shorten the prompts / completions")
+            raise ConfigError(f"engine.max_prompt_length + engine.max_new_tokens = {longest} exceeds "
+                              f"model.max_seq_length={model_params['max_seq_length']}: raise model.max_seq_length "
+                              "(memory grows with it) or shorten the prompts / completions")
         torch.manual_seed(self.tc.seed)  # LoRA adapters are initialised from the global RNG: same seed, same init
         self.policy = policy or registry.create("model", model_name, **model_params)
         if self.dist.device is not None and self.dist.device.type == "cuda" and self.policy.device.type == "cpu":
@@ -220,9 +222,9 @@ class Trainer:
         self.resume_changes: dict[str, tuple[Any, Any]] = {}  # settings a resume changed (key: (old, new))
         if (self.dist.enabled and self.tc.distributed == "fsdp" and not self.policy.is_lora
                 and self.loss.beta > 0):
-            raise ValueError("trainer.distributed=fsdp with full fine-tuning and loss.beta > 0 is not supported (the KL "
-                             "reference would be a second, unsharded copy of the model): use LoRA (the reference is "
-                             "the base with the adapters off) or trainer.distributed=ddp")
+            raise ConfigError("trainer.distributed=fsdp with full fine-tuning and loss.beta > 0 is not supported (the KL "
+                              "reference would be a second, unsharded copy of the model): use LoRA (the reference is "
+                              "the base with the adapters off) or trainer.distributed=ddp")
         # DDP / FSDP2 wrapper for the training forward-backward (None in one process); Policy.model stays unwrapped
         self.parallel = distributed.wrap(self.policy.model, self.dist, self.tc.distributed)
         self._setup_optimizer()
@@ -233,14 +235,14 @@ class Trainer:
         if world == 1:
             return
         if tc.prompts_per_step < world:
-            raise ValueError(f"trainer.prompts_per_step={tc.prompts_per_step} < {world} processes: each process "
-                             "generates whole groups, so give every process at least one prompt")
+            raise ConfigError(f"trainer.prompts_per_step={tc.prompts_per_step} < {world} processes: each process "
+                              "generates whole groups, so give every process at least one prompt")
         if tc.distributed == "fsdp" and tc.prompts_per_step % world:
-            raise ValueError(f"trainer.distributed=fsdp needs trainer.prompts_per_step ({tc.prompts_per_step}) to be a "
-                             f"multiple of the {world} processes (every rank must run the same number of passes)")
+            raise ConfigError(f"trainer.distributed=fsdp needs trainer.prompts_per_step ({tc.prompts_per_step}) to be a "
+                              f"multiple of the {world} processes (every rank must run the same number of passes)")
         if tc.distributed == "fsdp" and tc.save_merged:
-            raise ValueError("trainer.save_merged=true is not supported with trainer.distributed=fsdp: merge the saved "
-                             "adapter afterwards (rlvr.core.policy.save_policy(policy, path, merged=True))")
+            raise ConfigError("trainer.save_merged=true is not supported with trainer.distributed=fsdp: merge the saved "
+                              "adapter afterwards (rlvr.core.policy.save_policy(policy, path, merged=True))")
 
     def _build_rewards(self, cfg: Any, fns: Optional[Sequence[Callable[..., Any]]]) -> list[RewardFn]:
         if fns is not None:
@@ -248,10 +250,10 @@ class Trainer:
         out = []
         for name, node in (cfg.get("reward") or {}).items():
             params = plugin_params(node)
-            fn = registry.create("reward", name, **params)
+            fn = registry.create("reward", plugin_name(name, node), **params)
             out.append(RewardFn(name, fn, float(params.get("weight", 1.0)), str(params.get("on_error", "raise"))))
         if not out:
-            raise ValueError("no reward configured: pick at least one, e.g. reward=[arithmetic] (see `rlvr plugins`)")
+            raise ConfigError("no reward configured: pick at least one, e.g. reward=[arithmetic] (see `rlvr plugins`)")
         return out
 
     def _build_advantage(self, cfg: Any) -> AdvantageEstimator:
@@ -279,7 +281,7 @@ class Trainer:
         torch.manual_seed(tc.seed)
         params = [p for p in self.policy.model.parameters() if p.requires_grad]
         if not params:
-            raise ValueError("the model has no trainable parameters")
+            raise ConfigError("the model has no trainable parameters")
         self.optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
                                            weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(tc, tc.max_steps * tc.num_iterations))

@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from rlvr.core.errors import ConfigError
 from rlvr import PluginSpec, hookimpl
 from rlvr.core.policy import Policy, eos_token_ids
 from rlvr.core.rollout import Rollouts
@@ -59,23 +60,23 @@ class HFEngineConfig(SamplingConfig):
 
 def validate_sampling(cfg: SamplingConfig) -> None:
     if cfg.max_new_tokens <= 0:
-        raise ValueError(f"engine.max_new_tokens must be > 0, got {cfg.max_new_tokens}")
+        raise ConfigError(f"engine.max_new_tokens must be > 0, got {cfg.max_new_tokens}")
     if cfg.temperature <= 0:
-        raise ValueError(f"engine.temperature must be > 0, got {cfg.temperature} (use a small value for near-greedy)")
+        raise ConfigError(f"engine.temperature must be > 0, got {cfg.temperature} (use a small value for near-greedy)")
     if not 0 < cfg.top_p <= 1:
-        raise ValueError(f"engine.top_p must be in (0, 1], got {cfg.top_p}")
+        raise ConfigError(f"engine.top_p must be in (0, 1], got {cfg.top_p}")
     if cfg.top_k < 0 or not 0 <= cfg.min_p < 1:
-        raise ValueError(f"engine.top_k must be >= 0 and engine.min_p in [0, 1), got {cfg.top_k}, {cfg.min_p}")
+        raise ConfigError(f"engine.top_k must be >= 0 and engine.min_p in [0, 1), got {cfg.top_k}, {cfg.min_p}")
     if cfg.max_prompt_length <= 0:
-        raise ValueError(f"engine.max_prompt_length must be > 0, got {cfg.max_prompt_length}")
+        raise ConfigError(f"engine.max_prompt_length must be > 0, got {cfg.max_prompt_length}")
 
 
 def validate(cfg: HFEngineConfig) -> None:
     validate_sampling(cfg)
     if cfg.decoder not in DECODERS:
-        raise ValueError(f"engine.decoder={cfg.decoder!r}: choose one of {', '.join(DECODERS)}")
+        raise ConfigError(f"engine.decoder={cfg.decoder!r}: choose one of {', '.join(DECODERS)}")
     if str(cfg.packed_weights) not in ("auto", "on", "off", "True", "False"):
-        raise ValueError(f"engine.packed_weights={cfg.packed_weights!r}: choose auto, on or off")
+        raise ConfigError(f"engine.packed_weights={cfg.packed_weights!r}: choose auto, on or off")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
@@ -357,8 +358,8 @@ class HFEngine:
         ok = policy.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and onednn_linear_available()
         if choice in ("on", "True"):
             if not ok:
-                raise ValueError("engine.packed_weights=on needs float32/bfloat16 weights on the CPU and a PyTorch "
-                                 "with oneDNN (torch.backends.mkldnn); use packed_weights=auto")
+                raise ConfigError("engine.packed_weights=on needs float32/bfloat16 weights on the CPU and a PyTorch "
+                                  "with oneDNN (torch.backends.mkldnn); use packed_weights=auto")
             return True
         return ok and choice == "auto"
 
@@ -369,7 +370,7 @@ class HFEngine:
         reason = fast_decoder_reason(policy.model, total_length)
         if reason is not None:
             if self.cfg.decoder == "fast":
-                raise ValueError(f"engine.decoder=fast cannot run this model: {reason}; use engine.decoder=auto")
+                raise ConfigError(f"engine.decoder=fast cannot run this model: {reason}; use engine.decoder=auto")
             return None
         self._fast = FastDecoder(policy.model, packed=self.use_packed(policy))
         return self._fast

@@ -35,6 +35,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
+from rlvr.core.errors import ColumnError, ConfigError
 from rlvr import PluginSpec, hookimpl
 from rlvr.core.rewards import RewardConfig
 
@@ -78,9 +79,9 @@ class LLMJudgeConfig(RewardConfig):
 
 class _Fields(dict):  # str.format_map helper with a clear error for unknown fields
     def __missing__(self, key: str) -> Any:
-        raise KeyError(f"llm_judge template uses {{{key}}}, which is neither a built-in field (rubric, prompt, "
-                       f"completion, min_score, max_score) nor a task column; columns given: "
-                       f"{sorted(k for k in self if k not in ('rubric', 'prompt', 'completion'))}")
+        raise ColumnError(f"llm_judge template uses {{{key}}}, which is neither a built-in field (rubric, prompt, "
+                          f"completion, min_score, max_score) nor a task column; columns given: "
+                          f"{sorted(k for k in self if k not in ('rubric', 'prompt', 'completion'))}")
 
 
 def judge_messages(cfg: LLMJudgeConfig, prompt: str, completion: str, row: dict[str, Any]) -> list[dict[str, str]]:
@@ -143,7 +144,7 @@ class LocalJudge:
         self.ids = {s: tuple(self.tok.encode(str(s), add_special_tokens=False)) for s in self.scores}
         empty = [s for s, ids in self.ids.items() if not ids]
         if empty:
-            raise ValueError(f"llm_judge: the judge tokenizer encodes the scores {empty} as nothing")
+            raise ConfigError(f"llm_judge: the judge tokenizer encodes the scores {empty} as nothing")
         # every proper prefix of a score's tokens needs the next-token distribution after it
         self.prefixes = sorted({ids[:k] for ids in self.ids.values() for k in range(len(ids))}, key=len)
 
@@ -245,7 +246,7 @@ class OpenAIJudge:
 
     def __init__(self, cfg: LLMJudgeConfig):
         if cfg.max_concurrency < 1 or cfg.timeout_s <= 0 or cfg.max_retries < 0:
-            raise ValueError("llm_judge: max_concurrency >= 1, timeout_s > 0 and max_retries >= 0 are required")
+            raise ConfigError("llm_judge: max_concurrency >= 1, timeout_s > 0 and max_retries >= 0 are required")
         self.cfg = cfg
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         self.scores = list(range(cfg.min_score, cfg.max_score + 1))
@@ -324,9 +325,9 @@ class OpenAIJudge:
 def make_llm_judge(cfg: LLMJudgeConfig) -> Callable[..., Any]:
     """Build the judge reward; async for the openai backend (the loop awaits it with the other rewards)."""
     if cfg.backend not in BACKENDS:
-        raise ValueError(f"llm_judge: backend={cfg.backend!r}; choose one of {BACKENDS}")
+        raise ConfigError(f"llm_judge: backend={cfg.backend!r}; choose one of {BACKENDS}")
     if cfg.max_score <= cfg.min_score:
-        raise ValueError(f"llm_judge: max_score ({cfg.max_score}) must be above min_score ({cfg.min_score})")
+        raise ConfigError(f"llm_judge: max_score ({cfg.max_score}) must be above min_score ({cfg.min_score})")
 
     def finish(values: list[Optional[float]]) -> list[Optional[float]]:
         out = []

@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from rlvr.core.errors import ConfigError
 from rlvr import PluginSpec, hookimpl
 from rlvr.core.task import Task, TaskConfig
 
@@ -33,11 +34,11 @@ class ArithmeticConfig(TaskConfig):
 def make_rows(cfg: ArithmeticConfig) -> tuple[list[dict], list[dict]]:
     bad = [op for op in cfg.operations if op not in OPS]
     if bad or not cfg.operations:
-        raise ValueError(f"task.operations={list(cfg.operations)}: supported operations are {sorted(OPS)}")
+        raise ConfigError(f"task.operations={list(cfg.operations)}: supported operations are {sorted(OPS)}")
     if cfg.max_operand < cfg.min_operand:
-        raise ValueError(f"task.max_operand ({cfg.max_operand}) is below task.min_operand ({cfg.min_operand})")
+        raise ConfigError(f"task.max_operand ({cfg.max_operand}) is below task.min_operand ({cfg.min_operand})")
     if not 0.0 < cfg.eval_fraction < 1.0:
-        raise ValueError(f"task.eval_fraction must be in (0, 1), got {cfg.eval_fraction}")
+        raise ConfigError(f"task.eval_fraction must be in (0, 1), got {cfg.eval_fraction}")
     operands = range(cfg.min_operand, cfg.max_operand + 1)
     rng = random.Random(cfg.seed)
     space = len(operands) ** 2 * len(cfg.operations)

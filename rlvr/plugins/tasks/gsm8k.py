@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from rlvr.core.errors import DataError, MissingDependencyError
 from rlvr import PluginSpec, hookimpl
 from rlvr.core.task import Task
 from rlvr.plugins.tasks.jsonl import JsonlTaskConfig, read_jsonl, split_rows
@@ -34,7 +35,7 @@ def normalise(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
     out = []
     for i, row in enumerate(rows):
         if "question" not in row or "answer" not in row:
-            raise ValueError(f"{source}: row {i} lacks 'question' or 'answer' (columns: {sorted(row)})")
+            raise DataError(f"{source}: row {i} lacks 'question' or 'answer' (columns: {sorted(row)})")
         out.append({**row, "solution": row["answer"], "answer": final_answer(str(row["answer"]))})
     return out
 
@@ -49,8 +50,8 @@ def make_gsm8k(cfg: GSM8KConfig) -> Task:
         try:
             import datasets
         except ImportError:
-            raise ImportError("task=gsm8k without task.data_dir loads the Hub dataset and needs `pip install datasets`; "
-                              "or point task.data_dir at a folder with train.jsonl/test.jsonl") from None
+            raise MissingDependencyError("task=gsm8k without task.data_dir loads the Hub dataset and needs `pip install datasets`; "
+                                         "or point task.data_dir at a folder with train.jsonl/test.jsonl") from None
         ds = datasets.load_dataset(cfg.hub_id, "main")
         train = normalise(list(ds["train"]), cfg.hub_id)
         held = normalise(list(ds["test"]), cfg.hub_id)
