@@ -22,6 +22,7 @@ from rlvr.core import distributed, registry
 from rlvr.core.advantages import group_advantages, zero_std_fraction
 from rlvr.core.config import TrainerConfig, plugin_params, trainer_config
 from rlvr.core.importance import importance_metrics, importance_weights, scale_gradient
+from rlvr.core.monitor import Monitor, json_row
 from rlvr.core.policy import Policy, save_policy
 from rlvr.core.rewards import RewardFn, score, weighted_total
 from rlvr.core.rollout import Rollouts
@@ -108,6 +109,7 @@ class Trainer:
         task_name, task_params = _select(cfg, "task")
         self.task: Task = registry.create("task", task_name, **task_params)
         self.rewards = self._build_rewards(cfg, rewards)
+        self.monitor = Monitor.from_config(self.tc, self.task.config.answer_column)  # reward-hacking signals (audit/)
         loss_name, loss_params = _select(cfg, "loss")
         self.loss = registry.create("loss", loss_name, **loss_params)
         engine_name, engine_params = _select(cfg, "engine")
@@ -318,6 +320,7 @@ class Trainer:
             metrics[f"rewards/{r.name}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
             metrics[f"rewards/{r.name}/std"] = float(ok.std()) if ok.numel() > 1 else 0.0
         metrics.update(sums)
+        metrics.update(self.monitor(step, ro.completions, table, self.rewards, ro.rows, ro.prompts))  # this rank's rows
         samples = self.dist.gather(self._samples(ro, table, adv))  # the batch's first log_completions, as in one process
         self._last_samples = [s for part in samples for s in part][:tc.log_completions]
         return metrics
@@ -328,6 +331,7 @@ class Trainer:
         for i in range(k):
             out.append({"prompt": ro.prompts[i], "completion": ro.completions[i],
                         "answer": str(ro.rows[i].get(self.task.config.answer_column, "")),
+                        "row": json_row(ro.rows[i]),  # the task columns, so that `rlvr audit` can re-score
                         "rewards": {r.name: (None if math.isnan(float(table[i, j])) else float(table[i, j]))
                                     for j, r in enumerate(self.rewards)},
                         "advantage": float(adv[i]), "truncated": bool(ro.truncated[i])})
