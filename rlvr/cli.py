@@ -16,6 +16,7 @@ commands:
   plugins   list every discovered plugin by kind and where it came from
   show      the latest sampled completions of a run as a table: rlvr show RUN_DIR [--last K] [--step N] [--full]
   report    PNG plots + one HTML page for a run: rlvr report RUN_DIR [--output DIR]
+  audit     would the run's rewards pay for wrong answers? rlvr audit RUN_DIR [--rewards a,b] [--verifiers v,w] [--strict]
   export    the trained model as GGUF (llama.cpp, Ollama): rlvr export RUN_DIR --format gguf [--type f16|q8_0] [--output FILE]
 """
 
@@ -296,6 +297,22 @@ def cmd_report(args: list[str]) -> int:
     return 0
 
 
+def cmd_audit(args: list[str]) -> int:
+    from rlvr.audit import audit, parse_thresholds
+
+    positional, opts = parse_options("audit", args, {"rewards": "", "verifiers": "", "output": "", "threshold": "",
+                                                     "max_fp": "0.05", "max_fn": "0.05", "last": "0"}, ("strict",))
+    _quiet_libraries()
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()]  # noqa: E731
+    result, text = audit(_one_run_dir("audit", positional), rewards=split(opts["rewards"]) or None,
+                         verifiers=split(opts["verifiers"]) or None, output=opts["output"] or None,
+                         thresholds=parse_thresholds(opts["threshold"]), max_fp=float(opts["max_fp"]),
+                         max_fn=float(opts["max_fn"]), last=_int_option("audit", "last", opts["last"]) or 0)
+    print(text)
+    print(f"\nrlvr audit: wrote {result.html_path} and {result.json_path}")
+    return 3 if opts["strict"] and result.flagged else 0
+
+
 def cmd_export(args: list[str]) -> int:
     from rlvr.export import export
 
@@ -310,7 +327,7 @@ def cmd_export(args: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plugins": cmd_plugins, "show": cmd_show, "report": cmd_report,
-            "export": cmd_export}
+            "export": cmd_export, "audit": cmd_audit}
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -34,6 +34,7 @@ Metrics (N completions in groups of G, ``total_i = Σ_j w_j R_ij`` with None cou
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import warnings
@@ -241,7 +242,8 @@ def _as_check(fn: Callable[..., Any]) -> Check:
 
 def resolve_checks(names: Optional[Sequence[str]], answer_column: Optional[str]) -> dict[str, Check]:
     """Build the checks named in ``trainer.audit_verifiers`` through the registry (a verifier plugin, else a
-    reward plugin whose score > 0 counts as a pass). ``names=None``: ``math_answer`` on ``answer_column``
+    reward plugin whose score > 0 counts as a pass), reading the task's ``answer_column`` when the plugin has
+    that parameter. ``names=None``: ``math_answer`` on ``answer_column``
     when the task has one (else no check); ``[]``: none."""
     from rlvr.core import registry
 
@@ -251,11 +253,17 @@ def resolve_checks(names: Optional[Sequence[str]], answer_column: Optional[str])
         return {"math_answer": registry.create("verifier", "math_answer", answer_column=answer_column)}
     out: dict[str, Check] = {}
     for name in names:
-        if name in registry.registry().entries("verifier"):
-            out[name] = registry.create("verifier", name)
-        elif name in registry.registry().entries("reward"):
-            out[name] = _as_check(registry.create("reward", name))
-        else:
+        for kind in ("verifier", "reward"):
+            entry = registry.registry().entries(kind).get(name)
+            if entry is None:
+                continue
+            fields = {f.name for f in dataclasses.fields(entry.spec.config)} if dataclasses.is_dataclass(
+                entry.spec.config) else set()
+            params = {"answer_column": answer_column} if answer_column and "answer_column" in fields else {}
+            fn = registry.create(kind, name, **params)
+            out[name] = fn if kind == "verifier" else _as_check(fn)
+            break
+        if name not in out:
             known = sorted(set(registry.names("verifier")) | set(registry.names("reward")))
             raise ValueError(f"trainer.audit_verifiers: {name!r} is neither a verifier nor a reward plugin; "
                              f"choose from {', '.join(known)} (or [] to turn the checks off)")
