@@ -153,7 +153,8 @@ def load_run(path: str | Path) -> tuple[list[Sample], dict[str, Any], Path]:
         except json.JSONDecodeError:
             continue  # a line torn by a crash
         if not isinstance(rec, dict) or "completion" not in rec:
-            raise ValueError(f"rlvr audit: {file}:{n} has no 'completion' field; expected the lines of completions.jsonl")
+            raise ValueError(f"rlvr audit: {file}:{n} has no 'completion' field; "
+                             "expected the lines of completions.jsonl")
         row = dict(rec.get("row") or {})
         if column not in row and rec.get("answer") not in (None, ""):
             row[column] = rec["answer"]  # older runs logged only the answer
@@ -358,7 +359,8 @@ def format_html(result: AuditResult, source: str) -> str:
     head = "".join(f"<th>{p}</th>" for p in PROBES)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>rlvr audit</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}pre{{white-space:pre-wrap;margin:0}}</style></head><body>
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}pre{{white-space:pre-wrap;margin:0}}
+</style></head><body>
 <h1>rlvr audit</h1><p>{result.samples} logged completions from <code>{_esc(source)}</code>; independent checks:
 {_esc(', '.join(result.checks) or '(none)')}: right {result.right_logged}, wrong {result.wrong_logged},
 checks disagree {result.checks_disagree}.</p>

@@ -297,9 +297,20 @@ def cmd_report(args: list[str]) -> int:
     return 0
 
 
+AUDIT_HELP = """usage: rlvr audit RUN_DIR|COMPLETIONS.jsonl [--rewards a,b] [--verifiers v,w] [--threshold name=value,...]
+                  [--max-fp 0.05] [--max-fn 0.05] [--last N] [--output DIR] [--strict]
+
+Re-scores the run's logged completions and counterfactual probes with its rewards; prints per reward the
+false-positive and false-negative rates with 95 % Wilson intervals; writes audit.html and audit.json.
+--strict: exit 3 when a reward is flagged. See docs/reward-hacking.md."""
+
+
 def cmd_audit(args: list[str]) -> int:
     from rlvr.audit import audit, parse_thresholds
 
+    if "-h" in args or "--help" in args:
+        print(AUDIT_HELP)
+        return 0
     positional, opts = parse_options("audit", args, {"rewards": "", "verifiers": "", "output": "", "threshold": "",
                                                      "max_fp": "0.05", "max_fn": "0.05", "last": "0"}, ("strict",))
     _quiet_libraries()

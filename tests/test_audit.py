@@ -92,7 +92,8 @@ def test_false_negatives_and_thresholds(tmp_path):
     ra = result.rewards[0]
     assert (ra.fn, ra.fn_n) == (12, 12) and any("misses right answers" in f for f in ra.flags)
     result, _ = audit(run, rewards=["math_answer"], verifiers=["math_answer"], last=2, output=tmp_path / "out")
-    assert result.samples == 4 and result.rewards[0].name == "math_answer" and (tmp_path / "out" / "audit.html").is_file()
+    assert result.samples == 4 and result.rewards[0].name == "math_answer"
+    assert (tmp_path / "out" / "audit.html").is_file()
 
 
 def test_bad_inputs_say_what_to_do(tmp_path):

@@ -23,8 +23,7 @@ import rlvr
 from rlvr import PluginSpec
 from rlvr.core.registry import registry
 from rlvr.core.rewards import RewardError, RewardFn, score
-from rlvr.plugins.rewards.llm_judge import (LLMJudgeConfig, judge_messages, render_chat, reply_score,
-                                            score_from_reply)
+from rlvr.plugins.rewards.llm_judge import LLMJudgeConfig, judge_messages, render_chat, reply_score, score_from_reply
 
 MODEL_PLUGIN = "judge_test_tiny"
 JUDGE = {"system_prompt": "", "rubric": "Rate 0-10; -3 if robotic.", "template": "{rubric}\nUser: {prompt}\nReply: {completion}"}
@@ -304,7 +303,7 @@ def test_openai_backend_concurrency_limit(fresh):
     fn = openai_judge(fresh, max_concurrency=2)
     completions = [f"{WARM} ({i})" for i in range(6)]
     score([RewardFn("j", fn)], completions, [PROMPT] * 6, {})
-    assert 1 <= fresh.max_in_flight <= 2  # never more than the limit (fewer only if the machine is slow to start threads)
+    assert 1 <= fresh.max_in_flight <= 2  # never more than the limit
     assert fn.last_metrics["requests"] == 6
 
 
@@ -408,8 +407,8 @@ class StubServer(ThreadingHTTPServer):
 def _reply(content, text=None):
     """A chat completion whose logprobs content is ``[(token, p, [(alt, p), ...]), ...]``."""
     lp = [{**_lp(tok, p), "top_logprobs": [_lp(a, q) for a, q in alts]} for tok, p, alts in content]
-    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text or "".join(t for t, _, _ in content)},
-                         "logprobs": {"content": lp}}]}
+    message = {"role": "assistant", "content": text or "".join(t for t, _, _ in content)}
+    return {"choices": [{"index": 0, "message": message, "logprobs": {"content": lp}}]}
 
 
 def stub_judge(srv, **kw):
@@ -431,7 +430,8 @@ def test_min_score_mass_no_score_made_of_noise():
     value, how = reply_score(unsure, list(range(11)), min_mass=0.2)
     assert value == pytest.approx(7.0) and how == "logprobs"
     # "Score: 7": the score is read where the number is, not at the first token
-    later = _reply([("Score", 0.9, [("Score", 0.9)]), (":", 1.0, [(":", 1.0)]), (" 7", 0.8, [(" 7", 0.8), ("8", 0.2)])])
+    later = _reply([("Score", 0.9, [("Score", 0.9)]), (":", 1.0, [(":", 1.0)]),
+                    (" 7", 0.8, [(" 7", 0.8), ("8", 0.2)])])
     assert reply_score(later["choices"][0], list(range(11)), min_mass=0.5)[0] == pytest.approx(7.2)
     replies = {"noise": words, "unsure": _reply([("7", 0.3, [("7", 0.3), ("The", 0.7)])]),
                "sure": _reply([("9", 0.9, [("9", 0.9), ("8", 0.1)])])}

@@ -9,8 +9,16 @@ import warnings
 import pytest
 import torch
 
-from rlvr.core.monitor import (Monitor, Thresholds, audit_metrics, crossed, duplicate_fraction, json_row,
-                               resolve_checks, within_group_corr)
+from rlvr.core.monitor import (
+    Monitor,
+    Thresholds,
+    audit_metrics,
+    crossed,
+    duplicate_fraction,
+    json_row,
+    resolve_checks,
+    within_group_corr,
+)
 from rlvr.core.rewards import RewardFn
 from tests.conftest import TINY, run_cli
 
@@ -118,8 +126,8 @@ def test_thresholds_and_one_aggregated_warning_per_step():
         return [0.0] * len(completions)
 
     code.last_metrics = {"fail_closed": 2, "tests_run": 7, "note": "text is dropped"}
-    rewards = [RewardFn("format", lambda c, **_: [0.0] * len(c)), RewardFn("correct", lambda c, **_: [0.0] * len(c), 2.0),
-               RewardFn("code", code)]
+    zero = lambda c, **_: [0.0] * len(c)  # noqa: E731
+    rewards = [RewardFn("format", zero), RewardFn("correct", zero, 2.0), RewardFn("code", code)]
     table = torch.cat([TABLE, torch.zeros(8, 1)], dim=1)
     mon = Monitor({"oracle": oracle}, 4, Thresholds(fail_paid_as_pass=0.1, duplicates=0.1))
     with warnings.catch_warnings(record=True) as caught:

@@ -218,7 +218,8 @@ def crossed(metrics: Mapping[str, float], thresholds: Thresholds) -> list[str]:
             lines.append(f"{value:.0%} of completions fail the check {check!r} but are paid like passing ones "
                          f"(> {thresholds.fail_paid_as_pass:.0%})")
         elif key == f"{PREFIX}duplicate_frac" and thresholds.duplicates > 0 and value > thresholds.duplicates:
-            lines.append(f"{value:.0%} of completions duplicate another in their group (> {thresholds.duplicates:.0%})")
+            lines.append(f"{value:.0%} of completions duplicate another in their group "
+                         f"(> {thresholds.duplicates:.0%})")
         elif key == f"{PREFIX}length_reward_corr" and thresholds.length_corr > 0 and value > thresholds.length_corr:
             lines.append(f"reward follows completion length (within-group correlation {value:.2f} > "
                          f"{thresholds.length_corr:.2f})")

@@ -46,9 +46,9 @@ import re
 import threading
 import time
 import urllib.error
+import urllib.request
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
@@ -303,10 +303,11 @@ class OpenAIJudge:
 
     def __init__(self, cfg: LLMJudgeConfig):
         if cfg.max_concurrency < 1 or cfg.timeout_s <= 0 or cfg.max_retries < 0 or cfg.retry_window_s < 0:
-            raise ValueError("llm_judge: max_concurrency >= 1, timeout_s > 0, max_retries >= 0 and retry_window_s >= 0 "
-                             "are required")
+            raise ValueError("llm_judge: max_concurrency >= 1, timeout_s > 0, max_retries >= 0 and "
+                             "retry_window_s >= 0 are required")
         if cfg.on_context_overflow not in OVERFLOW_CHOICES:
-            raise ValueError(f"llm_judge: on_context_overflow={cfg.on_context_overflow!r}; choose one of {OVERFLOW_CHOICES}")
+            raise ValueError(f"llm_judge: on_context_overflow={cfg.on_context_overflow!r}; "
+                             f"choose one of {OVERFLOW_CHOICES}")
         self.cfg = cfg
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         self.scores = list(range(cfg.min_score, cfg.max_score + 1))
@@ -343,8 +344,8 @@ class OpenAIJudge:
             detail = exc.read()[:2000].decode(errors="replace")
             if exc.code == 429 or exc.code >= 500:
                 after = exc.headers.get("Retry-After") if exc.headers else None
-                raise _Retryable(f"HTTP {exc.code}: {detail[:300]}", float(after) if after and after.isdigit() else None,
-                                 f"HTTP {exc.code}") from None
+                wait = float(after) if after and after.isdigit() else None
+                raise _Retryable(f"HTTP {exc.code}: {detail[:300]}", wait, f"HTTP {exc.code}") from None
             if exc.code in (400, 413) and _CONTEXT_ERROR.search(detail):
                 raise _ContextTooLong(f"HTTP {exc.code}: {detail[:300]}") from None
             raise JudgeRequestError(f"llm_judge: {self.url} answered HTTP {exc.code}: {detail[:300]}") from None
@@ -501,7 +502,8 @@ def make_llm_judge(cfg: LLMJudgeConfig) -> Callable[..., Any]:
 
     local = LocalJudge(cfg, load_judge_model(cfg.model, dict(cfg.model_params)))
 
-    def llm_judge(completions: list[str], prompts: Optional[list[str]] = None, **columns: Any) -> list[Optional[float]]:
+    def llm_judge(completions: list[str], prompts: Optional[list[str]] = None,
+                  **columns: Any) -> list[Optional[float]]:
         values = finish(local(all_messages(completions, prompts, columns)))
         llm_judge.last_metrics = _counters(local.stats)  # type: ignore[attr-defined]
         return values
