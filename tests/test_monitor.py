@@ -166,3 +166,22 @@ def test_cli_run_logs_audit_metrics_and_rows(tmp_path):
         assert key in line, sorted(k for k in line if k.startswith("audit/"))
     sample = json.loads((run_dir / "completions.jsonl").read_text().splitlines()[0])
     assert set(sample["row"]) >= {"question", "answer"} and str(sample["row"]["answer"]) == sample["answer"]
+
+
+def test_gathered_ranks_give_the_whole_batch_metrics():
+    """Under torchrun each rank holds whole groups; gathering them gives the one-process metrics."""
+    def code(completions, **_):
+        return [0.0] * len(completions)
+
+    code.last_metrics = {"fail_closed": 1}
+    rewards = [RewardFn("format", code), RewardFn("correct", lambda c, **_: [0.0] * len(c), 2.0)]
+    mon = Monitor({"oracle": oracle}, 4, Thresholds(fail_closed=-1))
+    whole = mon(1, COMPLETIONS, TABLE, rewards, ROWS, ["p"] * 8)
+    halves = [{"completions": COMPLETIONS[:4], "table": TABLE[:4], "rows": ROWS[:4], "prompts": ["p"] * 4,
+               "extra": {"format": {"fail_closed": 1}}},
+              {"completions": COMPLETIONS[4:], "table": TABLE[4:], "rows": ROWS[4:], "prompts": ["p"] * 4,
+               "extra": {"format": {"fail_closed": 2}}}]
+    joined = mon(1, COMPLETIONS[:4], TABLE[:4], rewards, ROWS[:4], ["p"] * 4, gather=lambda obj: halves)
+    assert joined.pop("audit/format/fail_closed") == 3.0  # counters summed over the ranks
+    assert whole.pop("audit/format/fail_closed") == 1.0
+    assert joined == pytest.approx(whole) and "audit/check/oracle/pass_rate" in joined

@@ -290,17 +290,35 @@ class Monitor:
         return cls(checks, tc.num_generations, thresholds, getattr(tc, "audit_format_rewards", None), enabled)
 
     def __call__(self, step: int, completions: Sequence[str], table: torch.Tensor, rewards: Sequence[Any],
-                 rows: Sequence[Mapping[str, Any]], prompts: Optional[Sequence[str]] = None) -> dict[str, float]:
+                 rows: Sequence[Mapping[str, Any]], prompts: Optional[Sequence[str]] = None,
+                 gather: Optional[Callable[[Any], list]] = None, warn: bool = True) -> dict[str, float]:
         """``rewards``: the run's RewardFn list (name, fn, weight). Returns the ``audit/`` metrics and warns
-        once (one line per crossed signal) when any crosses its threshold."""
+        once (one line per crossed signal) when any crosses its threshold. ``gather`` (``Dist.gather`` under
+        torchrun; call on every rank) joins every rank's share first, so the metrics are the whole batch's
+        (the reward counters are summed over the ranks); ``warn``: whether this rank prints the warning."""
         if not self.enabled:
             return {}
-        extra = {r.name: getattr(r.fn, "last_metrics", None) for r in rewards}
+        extra = {r.name: dict(m) for r in rewards if isinstance(m := getattr(r.fn, "last_metrics", None), Mapping)}
+        prompts = list(prompts) if prompts is not None else [""] * len(completions)
+        if gather is not None:
+            parts = gather({"completions": list(completions), "table": table, "rows": [dict(r) for r in rows],
+                            "prompts": prompts, "extra": extra})
+            if len(parts) > 1:
+                completions = [c for p in parts for c in p["completions"]]
+                table = torch.cat([p["table"] for p in parts])
+                rows = [r for p in parts for r in p["rows"]]
+                prompts = [x for p in parts for x in p["prompts"]]
+                extra = {}
+                for p in parts:
+                    for name, counters in p["extra"].items():
+                        merged = extra.setdefault(name, {})
+                        for key, value in counters.items():
+                            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                                merged[key] = merged.get(key, 0.0) + float(value)
         metrics = audit_metrics(completions, table, [r.name for r in rewards], [r.weight for r in rewards],
-                                self.group_size, rows, self.checks, prompts, self.format_rewards,
-                                {k: v for k, v in extra.items() if isinstance(v, Mapping)})
+                                self.group_size, rows, self.checks, prompts, self.format_rewards, extra)
         lines = crossed(metrics, self.thresholds)
-        if lines:
+        if lines and warn:
             warnings.warn(f"step {step}: possible reward hacking: " + "; ".join(lines)
                           + " (see docs/reward-hacking.md; thresholds: trainer.audit_warn_*)", RuntimeWarning)
         return metrics

@@ -320,7 +320,8 @@ class Trainer:
             metrics[f"rewards/{r.name}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
             metrics[f"rewards/{r.name}/std"] = float(ok.std()) if ok.numel() > 1 else 0.0
         metrics.update(sums)
-        metrics.update(self.monitor(step, ro.completions, table, self.rewards, ro.rows, ro.prompts))  # this rank's rows
+        metrics.update(self.monitor(step, ro.completions, table, self.rewards, ro.rows, ro.prompts,  # reward hacking
+                                    gather=self.dist.gather, warn=self.dist.is_main))
         samples = self.dist.gather(self._samples(ro, table, adv))  # the batch's first log_completions, as in one process
         self._last_samples = [s for part in samples for s in part][:tc.log_completions]
         return metrics
