@@ -144,6 +144,26 @@ def test_thresholds_and_one_aggregated_warning_per_step():
     assert Monitor({}, 4, Thresholds(), enabled=False)(1, COMPLETIONS, table, rewards, ROWS) == {}
 
 
+def test_code_exec_fail_closed_counts_are_forwarded_and_warned(tmp_path):
+    """code_exec exposes executor.fail_closed_counts(); an always-equal hack is counted as unplain values."""
+    import rlvr
+
+    fn = rlvr.create("reward", "code_exec")
+    hack = "```python\nclass E(int):\n    def __eq__(self, o): return True\ndef mystery(x): return E(0)\n```"
+    honest = "```python\ndef mystery(x): return 2 * x + 1\n```"
+    tests = "assert mystery(3) == 7\nassert mystery(1) == 3"
+    scores = fn([honest, hack], tests=[tests, tests])
+    assert scores[0] > scores[1]
+    rewards = [RewardFn("code_exec", fn)]
+    mon = Monitor({}, 2, Thresholds())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = mon(3, [honest, hack], torch.tensor([[scores[0]], [scores[1]]]), rewards, [{"tests": tests}] * 2)
+    assert out["audit/code_exec/fail_closed/unplain_values"] >= 1
+    assert out["audit/code_exec/fail_closed/violations"] == 0
+    assert len(caught) == 1 and "code_exec/fail_closed/unplain_values" in str(caught[0].message)
+
+
 def test_resolve_checks_through_the_registry():
     default = resolve_checks(None, "answer")
     assert list(default) == ["math_answer"]

@@ -29,7 +29,9 @@ Metrics (N completions in groups of G, ``total_i = Σ_j w_j R_ij`` with None cou
   sum of the format rewards (``trainer.audit_format_rewards``; default: names containing ``format``
   or ``xmlcount``) and of the other rewards; plotted side by side they show format-only gains.
 - ``audit/<reward>/<key>``: every number in the optional ``last_metrics`` dict a reward function
-  exposes after a call (e.g. code_exec's results that failed closed: ``fail_closed``).
+  exposes after a call, and ``audit/<reward>/fail_closed/<key>`` for what its (or its ``executor``'s)
+  ``fail_closed_counts()`` returns (code_exec: ``violations``, ``unplain_values``,
+  ``duplicate_reports``): results that failed closed, which the monitor warns on.
 - ``audit/check/<v>/errors``: 1 when the check raised this step (the monitor never stops training).
 """
 from __future__ import annotations
@@ -206,6 +208,22 @@ def audit_metrics(completions: Sequence[str], table: torch.Tensor, reward_names:
     return out
 
 
+def reward_counters(fn: Any) -> dict[str, float]:
+    """The counters a reward function exposes after a call: its ``last_metrics`` dict, plus, under
+    ``fail_closed/<key>``, what ``fail_closed_counts()`` returns on the function or on its ``executor``
+    (code_exec: runs that broke the result protocol, values that were not plain, duplicate reports)."""
+    out: dict[str, float] = {}
+    extra = getattr(fn, "last_metrics", None)
+    if isinstance(extra, Mapping):
+        out.update({str(k): v for k, v in extra.items()})
+    for holder in (fn, getattr(fn, "executor", None)):
+        counts = getattr(holder, "fail_closed_counts", None)
+        if callable(counts):
+            out.update({f"fail_closed/{k}": v for k, v in dict(counts()).items()})
+            break
+    return out
+
+
 def crossed(metrics: Mapping[str, float], thresholds: Thresholds) -> list[str]:
     """Human-readable lines for every audit signal above its threshold (empty when none is)."""
     lines = []
@@ -223,7 +241,8 @@ def crossed(metrics: Mapping[str, float], thresholds: Thresholds) -> list[str]:
         elif key == f"{PREFIX}length_reward_corr" and thresholds.length_corr > 0 and value > thresholds.length_corr:
             lines.append(f"reward follows completion length (within-group correlation {value:.2f} > "
                          f"{thresholds.length_corr:.2f})")
-        elif key.endswith("fail_closed") and thresholds.fail_closed >= 0 and value > thresholds.fail_closed:
+        elif ("/fail_closed" in key or key.endswith("fail_closed")) and thresholds.fail_closed >= 0 \
+                and value > thresholds.fail_closed:
             lines.append(f"{key[len(PREFIX):]} = {value:g}: results that failed closed (> {thresholds.fail_closed:g})")
     return lines
 
@@ -298,7 +317,7 @@ class Monitor:
         (the reward counters are summed over the ranks); ``warn``: whether this rank prints the warning."""
         if not self.enabled:
             return {}
-        extra = {r.name: dict(m) for r in rewards if isinstance(m := getattr(r.fn, "last_metrics", None), Mapping)}
+        extra = {r.name: c for r in rewards if (c := reward_counters(r.fn))}
         prompts = list(prompts) if prompts is not None else [""] * len(completions)
         if gather is not None:
             parts = gather({"completions": list(completions), "table": table, "rows": [dict(r) for r in rows],
