@@ -1,9 +1,9 @@
 """The ``rlvr`` command (``python -m rlvr`` is the same).
 
-Each subcommand is one :class:`Command` in :data:`COMMANDS`: its name, a one-line help, a function
-adding its argparse arguments, and the function that runs it. Adding a command is one entry::
+Each subcommand is one :class:`Command` in :data:`COMMANDS`: its name, a one-line help, the function
+that runs it and a function adding its argparse arguments. Adding a command is one entry::
 
-    Command("audit", "offline reward-hacking checks of a run", add_audit_arguments, cmd_audit)
+    Command("audit", "reward-hacking audit of a run", cmd_audit, add_audit_arguments)
 
 ``run(args)`` receives the parsed ``argparse.Namespace``. Commands registered with
 ``add_arguments=None`` (``train`` and ``eval``, which take Hydra ``key=value`` overrides, ``-m`` and
@@ -501,6 +501,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or a completions .jsonl file")
+    parser.add_argument("--rewards", default="", help="comma-separated rewards to audit (default: the run's)")
+    parser.add_argument("--verifiers", default="", help="comma-separated independent checks (default: math_answer)")
+    parser.add_argument("--threshold", default="", metavar="NAME=VALUE,...",
+                        help="score above which a reward counts as paying (default: the midpoint of its range)")
+    parser.add_argument("--max-fp", type=float, default=0.05, help="flag a reward whose false-positive rate's 95%% "
+                        "interval lies above this (default 0.05)")
+    parser.add_argument("--max-fn", type=float, default=0.05, help="the same for false negatives (default 0.05)")
+    parser.add_argument("--last", type=int, default=0, metavar="N", help="only the last N logged steps (0 = all)")
+    parser.add_argument("--output", default="", metavar="DIR", help="where audit.html / audit.json go")
+    parser.add_argument("--strict", action="store_true", help="exit 3 when a reward is flagged")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """``rlvr audit RUN_DIR``: re-score logged completions and counterfactual probes (docs/reward-hacking.md)."""
+    from rlvr.audit import audit, parse_thresholds
+
+    _quiet_libraries()
+    split = [x.strip() for x in args.rewards.split(",") if x.strip()], [
+        x.strip() for x in args.verifiers.split(",") if x.strip()]
+    result, text = audit(args.run_dir, rewards=split[0] or None, verifiers=split[1] or None,
+                         output=args.output or None, thresholds=parse_thresholds(args.threshold),
+                         max_fp=args.max_fp, max_fn=args.max_fn, last=args.last)
+    print(text)
+    print(f"\nrlvr audit: wrote {result.html_path} and {result.json_path}")
+    return 3 if args.strict and result.flagged else 0
+
+
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (its final/) or a model directory")
     parser.add_argument("--format", default="gguf", choices=["gguf"], help="output format (default gguf)")
@@ -544,6 +573,8 @@ COMMANDS: list[Command] = [
     Command("report", "plots + one HTML page for a run, or a table and overlaid plots for a sweep or several runs",
             cmd_report, add_report_arguments),
     Command("export", "the trained model as GGUF (llama.cpp, Ollama)", cmd_export, add_export_arguments),
+    Command("audit", "reward-hacking audit of a run: false positives / negatives of each reward on probes",
+            cmd_audit, add_audit_arguments),
 ]
 
 

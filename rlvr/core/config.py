@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from rlvr.core import registry
 from rlvr.core.errors import MissingValueError
@@ -57,6 +57,14 @@ class TrainerConfig:
     save_merged: bool = False  # LoRA: also write final/merged/, the adapter merged into the base weights
     distributed: str = "ddp"  # under torchrun: ddp (replicate the model) | fsdp (FSDP2: shard params, grads, optimizer)
     dist_backend: str = "auto"  # auto (nccl with CUDA, else gloo) | gloo | nccl
+    # reward-hacking monitor (rlvr/core/monitor.py, docs/reward-hacking.md): audit/... metrics every step
+    audit: bool = True
+    audit_verifiers: Optional[List[str]] = None  # independent checks; None = math_answer when the task has answers
+    audit_format_rewards: Optional[List[str]] = None  # format-only rewards; None = names with 'format' / 'xmlcount'
+    audit_warn_fail_paid: float = 0.2  # warn when this share of completions fails a check but is paid like a pass
+    audit_warn_duplicates: float = 0.9  # warn when this share of completions duplicates another of its group
+    audit_warn_length_corr: float = 0.0  # warn when reward follows length above this correlation (0 = off)
+    audit_warn_fail_closed: float = 0.0  # warn when a reward's fail_closed counter exceeds this (-1 = off)
 
 
 def _with_name(cls: type, name: str, force: bool = False) -> type:

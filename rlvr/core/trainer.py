@@ -33,6 +33,7 @@ from rlvr.core.config import TrainerConfig, plugin_name, plugin_params, trainer_
 from rlvr.core.contracts import AdvantageEstimator, Engine, Loss
 from rlvr.core.errors import ConfigError, RunError
 from rlvr.core.importance import importance_metrics, importance_weights, scale_gradient
+from rlvr.core.monitor import Monitor, json_row
 from rlvr.core.policy import Policy, save_policy
 from rlvr.core.rewards import RewardFn, score, weighted_total
 from rlvr.core.rollout import Rollouts, StepBatch, Update
@@ -190,6 +191,7 @@ class Trainer:
         task_name, task_params = _select(cfg, "task")
         self.task: Task = registry.create("task", task_name, **task_params)
         self.rewards = self._build_rewards(cfg, rewards)
+        self.monitor = Monitor.from_config(self.tc, self.task.config.answer_column)  # reward-hacking signals (audit/)
         loss_name, loss_params = _select(cfg, "loss")
         self.loss: Loss = registry.create("loss", loss_name, **loss_params)
         self.advantage: AdvantageEstimator = self._build_advantage(cfg)
@@ -456,6 +458,9 @@ class Trainer:
             metrics[f"rewards/{r.name}/mean"] = float(ok.mean()) if ok.numel() else None  # None: nothing scored
             metrics[f"rewards/{r.name}/std"] = float(ok.std()) if ok.numel() > 1 else (0.0 if ok.numel() else None)
         metrics.update(sums)
+        ro = batch.rollouts  # the reward-hacking monitor (audit/...): every rank's share gathered, rank 0 warns
+        metrics.update(self.monitor(batch.step, ro.completions, batch.local_rewards, self.rewards, ro.rows, ro.prompts,
+                                    gather=self.dist.gather, warn=self.dist.is_main))
         metrics.update(resources.peak_memory())  # memory/peak_rss_mib (+ GPU): rlvr report's peak memory
         metrics = {k: v if v is None or math.isfinite(v) else None for k, v in metrics.items()}  # JSON: null
         samples = self.dist.gather(self._samples(batch.rollouts, batch.local_rewards, batch.advantages))
@@ -483,6 +488,7 @@ class Trainer:
         for i in range(k):
             out.append({"prompt": ro.prompts[i], "completion": ro.completions[i],
                         "answer": str(ro.rows[i].get(self.task.config.answer_column, "")),
+                        "row": json_row(ro.rows[i]),  # the task columns, so that `rlvr audit` can re-score
                         "rewards": {r.name: (None if math.isnan(float(table[i, j])) else float(table[i, j]))
                                     for j, r in enumerate(self.rewards)},
                         "advantage": float(adv[i]), "truncated": bool(ro.truncated[i])})
