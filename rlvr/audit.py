@@ -62,9 +62,9 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- probes
 
 def _answers() -> Any:
-    from rlvr.plugins.rewards import _answers  # the answer-parsing module shared with the rewards
+    from rlvr.core import answers  # the answer-parsing module shared by the rewards and evaluation
 
-    return _answers
+    return answers
 
 
 def answer_span(text: str) -> Optional[tuple[int, int]]:
