@@ -382,8 +382,8 @@ EVAL_OPTIONS = {"checkpoint": "", "num_samples": "4", "limit": "0", "output": ""
 
 def cmd_eval(args: list[str]) -> int:
     """``rlvr eval [RUN_DIR] [checkpoint=DIR] [num_samples=4] [limit=0] [output=FILE] [samples_out=FILE] [overrides]``
-    (``--samples-out FILE`` / ``--output FILE`` too); the logic is :func:`rlvr.evaluation.run_eval`."""
-    from rlvr.evaluation import find_run, run_eval, saved_choices
+    (``--samples-out FILE`` / ``--output FILE`` too); the logic is :func:`rlvr.commands.evaluation.run_eval`."""
+    from rlvr.commands.evaluation import find_run, run_eval, saved_choices
 
     opts = dict(EVAL_OPTIONS)
     overrides, positional = [], []
@@ -470,7 +470,7 @@ def add_show_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from rlvr.show import show
+    from rlvr.commands.show import show
 
     print(
         show(
@@ -492,7 +492,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from rlvr.compare import report
+    from rlvr.commands.compare import report
 
     if not args.paths:
         raise UsageError("rlvr report: give a run directory (outputs/<date>/<time>), a sweep directory "
@@ -517,7 +517,7 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """``rlvr audit RUN_DIR``: re-score logged completions and counterfactual probes (docs/reward-hacking.md)."""
-    from rlvr.audit import audit, parse_thresholds
+    from rlvr.commands.audit import audit, parse_thresholds
 
     _quiet_libraries()
     split = [x.strip() for x in args.rewards.split(",") if x.strip()], [
@@ -539,7 +539,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from rlvr.export import export
+    from rlvr.commands.export import export
 
     _quiet_libraries()
     path = export(args.run_dir, fmt=args.format, outtype=args.type, output=args.output or None, pre=args.pre or None)

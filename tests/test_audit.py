@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rlvr.audit import audit, load_run, make_probes, parse_thresholds, wilson, wrong_answer
+from rlvr.commands.audit import audit, load_run, make_probes, parse_thresholds, wilson, wrong_answer
 from tests.conftest import TINY, run_cli
 
 QUESTIONS = [("Tom has 3 bags of 4 apples. How many apples?", "12"), ("What is 7 + 8?", "15"),

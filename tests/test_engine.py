@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import rlvr
-from rlvr.kernels.causal_lm import completion_logprobs
-from rlvr.kernels.shared_prompt import grouped_completion_logprobs, shared_prompt_applies, shared_prompt_logprobs
+from rlvr.modeling.causal_lm import completion_logprobs
+from rlvr.modeling.shared_prompt import grouped_completion_logprobs, shared_prompt_applies, shared_prompt_logprobs
 from rlvr.plugins.engines.hf import (HFEngine, HFEngineConfig, fast_decoder_reason, filter_logits,
                                      sample_inverse_cdf)
 

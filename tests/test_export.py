@@ -159,7 +159,7 @@ def test_smollm2_export_matches_the_published_gguf(tmp_path):
     import gguf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlvr.export import export
+    from rlvr.commands.export import export
     from rlvr.plugins.models.smollm2 import cached_checkpoint, gguf_path
 
     src = cached_checkpoint()

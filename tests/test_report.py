@@ -101,7 +101,7 @@ def test_report_writes_plots_and_a_self_contained_html_page(cli, run_dir, tmp_pa
 
 def test_report_image_size_is_readable(run_dir, tmp_path):
     """The plots are large enough to read (and small enough to embed)."""
-    from rlvr.report import build_report
+    from rlvr.commands.report import build_report
 
     page = build_report(run_dir, tmp_path / "r")
     import struct
@@ -112,7 +112,7 @@ def test_report_image_size_is_readable(run_dir, tmp_path):
 
 
 def test_report_of_a_run_without_kl_or_eval_leaves_those_plots_out(tmp_path):
-    from rlvr.report import build_report
+    from rlvr.commands.report import build_report
 
     rows = [{"step": s, "reward/mean": s / 10, "reward/std": 0.1, "rewards/r/mean": s / 10, "rewards/r/std": 0.1,
              "completion_length/mean": 10.0 + s, "step_time": 1.0, "loss": 0.1, "grad_norm": 1.0}
@@ -178,7 +178,7 @@ def test_tensorboard_resume_drops_the_redone_steps(tmp_path):
 # ----- integer step axes, audit/ plots, peak memory ------------------------------------------------------------------
 def test_a_single_point_gets_whole_number_step_ticks(tmp_path):
     """One evaluation at step 3 used to give an x-axis of 2.84 … 3.16 with fractional ticks."""
-    from rlvr.report import _matplotlib, _save
+    from rlvr.commands.report import _matplotlib, _save
 
     plt = _matplotlib()
     for steps in ([3.0], [2.0, 3.0], [1.0, 50.0]):
@@ -203,7 +203,7 @@ AUDIT = ["audit/reward_verifier_disagreement", "audit/duplicate_completions", "a
 
 def test_every_audit_metric_gets_a_panel(tmp_path):
     """Generic: whatever audit/… metrics a run logs are plotted (7 here: 6 panels per image, then a second)."""
-    from rlvr.report import build_report
+    from rlvr.commands.report import build_report
 
     rows = [{"step": s, "reward/mean": 0.1 * s, "step_time": 1.0, "eval/greedy_accuracy": 0.25} for s in (1, 2, 3)]
     for r in rows:
@@ -216,7 +216,7 @@ def test_every_audit_metric_gets_a_panel(tmp_path):
     text = page.read_text()
     assert text.count("Reward-hacking monitor") == 2
     assert "<td>audit/duplicate_completions</td>" in text  # also in the summary table
-    from rlvr.report import audit_keys
+    from rlvr.commands.report import audit_keys
 
     assert audit_keys(rows) == sorted(AUDIT)
 
@@ -308,7 +308,7 @@ def test_compare_named_runs_labels_only_what_differs(cli, sweep_dir, tmp_path):
 def test_runs_without_hydra_records_are_labelled_by_their_config(sweep_dir, tmp_path):
     import shutil
 
-    from rlvr.compare import load_runs, text_table
+    from rlvr.commands.compare import load_runs, text_table
 
     for job in ("1", "2"):
         shutil.copytree(sweep_dir / job, tmp_path / "s" / job, ignore=shutil.ignore_patterns(".hydra", "final",
@@ -321,7 +321,7 @@ def test_runs_without_hydra_records_are_labelled_by_their_config(sweep_dir, tmp_
 
 
 def test_varying_overrides():
-    from rlvr.compare import varying_overrides
+    from rlvr.commands.compare import varying_overrides
 
     common, own = varying_overrides([["model=tiny", "trainer.lr=1e-3", "loss=grpo"],
                                      ["model=tiny", "trainer.lr=1e-2", "loss=grpo"],
@@ -333,7 +333,7 @@ def test_varying_overrides():
 
 def test_sweep_of_synthetic_runs_plots_audit_metrics_and_gpu_memory(tmp_path):
     """Runs that logged audit/… metrics and GPU memory (as on a GPU): both appear; identical labels get the dir."""
-    from rlvr.compare import build_comparison, table_rows, text_table
+    from rlvr.commands.compare import build_comparison, table_rows, text_table
 
     for job, shift in (("0", 0.0), ("1", 0.5)):
         rows = [{"step": s, "reward/mean": shift + s / 10, "step_time": 0.5, "memory/peak_rss_mib": 900.0 + s,

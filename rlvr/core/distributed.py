@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from rlvr.core.errors import ConfigError, MissingDependencyError, RunError
-from rlvr.kernels.shared_prompt import grouped_completion_logprobs
+from rlvr.modeling.shared_prompt import grouped_completion_logprobs
 
 STRATEGIES = ("ddp", "fsdp")
 BACKENDS = ("auto", "gloo", "nccl")
@@ -151,7 +151,7 @@ def _export_slurm_env() -> None:
 
 
 class LogprobModule(nn.Module):
-    """A causal LM's completion log-probs (:func:`rlvr.kernels.causal_lm.completion_logprobs`) as ``forward``.
+    """A causal LM's completion log-probs (:func:`rlvr.modeling.causal_lm.completion_logprobs`) as ``forward``.
 
     DDP and FSDP2 act through a module's ``forward``; the chunked log-prob path calls the decoder and the
     head directly, so this module is what they wrap. ``self.model`` is the policy model itself (shared

@@ -38,8 +38,8 @@ from rlvr.core.policy import Policy, save_policy
 from rlvr.core.rewards import RewardFn, score, weighted_total
 from rlvr.core.rollout import Rollouts, StepBatch, Update
 from rlvr.core.task import RowSampler, Task
-from rlvr.kernels.memory import enable_gradient_checkpointing, offload_activations
-from rlvr.kernels.shared_prompt import grouped_completion_logprobs
+from rlvr.modeling.memory import enable_gradient_checkpointing, offload_activations
+from rlvr.modeling.shared_prompt import grouped_completion_logprobs
 
 
 class TrainingError(RunError):
@@ -475,7 +475,7 @@ class Trainer:
         with ctx:
             if self.parallel is not None and model is self.policy.model:  # DDP / FSDP2 act through the wrapper
                 return self.parallel(ids, attn, ro.prompt_ids.shape[1], group_size=self.tc.num_generations, **kw)
-            # each group's prompt once when the rows allow it (rlvr/kernels/shared_prompt.py)
+            # each group's prompt once when the rows allow it (rlvr/modeling/shared_prompt.py)
             return grouped_completion_logprobs(model, ids, attn, ro.prompt_ids.shape[1], self.tc.num_generations, **kw)
 
     def micro_slices(self, n: int) -> list[slice]:

@@ -34,7 +34,7 @@ from rlvr.core.errors import ConfigError
 from rlvr import PluginSpec, hookimpl
 from rlvr.core.policy import Policy, eos_token_ids
 from rlvr.core.rollout import Rollouts
-from rlvr.kernels.causal_lm import _base_model, _lora_head_weight, decoder_of, lm_head_params
+from rlvr.modeling.causal_lm import base_model, lora_head_weight, decoder_of, lm_head_params
 
 DECODERS = ("auto", "fast", "transformers")
 FAST_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -142,7 +142,7 @@ def effective_linear_weight(module: torch.nn.Module) -> Optional[tuple[torch.Ten
         return None
     if getattr(module, "fan_in_fan_out", False) or getattr(module, "lora_embedding_A", None):
         return None
-    weight = _lora_head_weight(module)
+    weight = lora_head_weight(module)
     return (weight if weight is not None else base.weight), base.bias
 
 
@@ -201,7 +201,7 @@ def pack_all(projections: Sequence[Projection]) -> None:
 
 def fast_decoder_reason(model: Any, total_length: int) -> Optional[str]:
     """Why the fast decoder cannot run ``model`` (None when it can)."""
-    base = _base_model(model)
+    base = base_model(model)
     cfg = getattr(base, "config", None)
     model_type = getattr(cfg, "model_type", None)
     if model_type not in FAST_MODEL_TYPES:
@@ -252,7 +252,7 @@ class FastDecoder:
     """
 
     def __init__(self, model: Any, packed: bool) -> None:
-        cfg = _base_model(model).config
+        cfg = base_model(model).config
         inner = decoder_of(model)
         self.embed, self.norm, self.rotary = inner.embed_tokens, inner.norm, inner.rotary_emb
         self.heads = int(cfg.num_attention_heads)

@@ -19,7 +19,7 @@ from typing import Any, Optional, Tuple, Union
 
 import torch
 
-from rlvr.kernels.causal_lm import completion_logprobs, decoder_of, lm_head_params, position_ids_from_mask
+from rlvr.modeling.causal_lm import completion_logprobs, decoder_of, lm_head_params, position_ids_from_mask
 from rlvr.kernels.logprobs import token_logprobs
 
 Tensor = torch.Tensor

@@ -13,7 +13,7 @@ Reads ``metrics.jsonl`` and ``completions.jsonl`` (jsonl logger) and ``config.js
 - ``audit.png`` (``audit_2.png``, ...): one panel per ``audit/...`` metric (the reward-hacking monitor), 6 per file
 - ``report.html``: all of the above (embedded, no external files) and sample completions
 
-Step axes show whole numbers only. A sweep or several runs side by side: ``rlvr.compare``.
+Step axes show whole numbers only. A sweep or several runs side by side: ``rlvr.commands.compare``.
 matplotlib is needed (``pip install 'rlvr[report]'``).
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from rlvr.core.errors import DataError, MissingDependencyError
-from rlvr.show import HIT_MAX_TOKENS, check_run_dir, clean, prompt_question, read_records
+from rlvr.commands.show import HIT_MAX_TOKENS, check_run_dir, clean, prompt_question, read_records
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from rlvr.report import (
+from rlvr.commands.report import (
     CSS,
     _matplotlib,
     _series,
