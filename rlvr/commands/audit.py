@@ -41,6 +41,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
+from rlvr.core.errors import ConfigError, DataError, PathNotFoundError, UsageError
 
 PROBES = ("right_in_place", "truncated", "format_wrong_answer", "wrong_place", "answer_only")
 SHOULD_FAIL = ("truncated", "format_wrong_answer", "wrong_place")
@@ -134,12 +135,12 @@ def load_run(path: str | Path) -> tuple[list[Sample], dict[str, Any], Path]:
     if p.is_dir():
         file, where = p / "completions.jsonl", p
         if not file.is_file():
-            raise FileNotFoundError(f"rlvr audit: {p} has no completions.jsonl; train with logger=[jsonl] "
+            raise PathNotFoundError(f"rlvr audit: {p} has no completions.jsonl; train with logger=[jsonl] "
                                     "(the default) or give the path of a completions jsonl")
     elif p.is_file():
         file, where = p, p.parent
     else:
-        raise FileNotFoundError(f"rlvr audit: {p} is neither a run directory nor a completions jsonl")
+        raise PathNotFoundError(f"rlvr audit: {p} is neither a run directory nor a completions jsonl")
     config: dict[str, Any] = {}
     if (where / "config.json").is_file():
         config = json.loads((where / "config.json").read_text())
@@ -153,7 +154,7 @@ def load_run(path: str | Path) -> tuple[list[Sample], dict[str, Any], Path]:
         except json.JSONDecodeError:
             continue  # a line torn by a crash
         if not isinstance(rec, dict) or "completion" not in rec:
-            raise ValueError(f"rlvr audit: {file}:{n} has no 'completion' field; "
+            raise DataError(f"rlvr audit: {file}:{n} has no 'completion' field; "
                              "expected the lines of completions.jsonl")
         row = dict(rec.get("row") or {})
         if column not in row and rec.get("answer") not in (None, ""):
@@ -162,7 +163,7 @@ def load_run(path: str | Path) -> tuple[list[Sample], dict[str, Any], Path]:
         samples.append(Sample(str(rec.get("prompt", "")), str(rec["completion"]), row, reference,
                               int(rec.get("step", 0)), dict(rec.get("rewards") or {})))
     if not samples:
-        raise ValueError(f"rlvr audit: {file} holds no completions")
+        raise DataError(f"rlvr audit: {file} holds no completions")
     return samples, config, where
 
 
@@ -176,7 +177,7 @@ def build_rewards(names: Optional[Sequence[str]], config: Mapping[str, Any]) -> 
     configured = dict(config.get("reward") or {})
     chosen = list(names) if names else list(configured)
     if not chosen:
-        raise ValueError("rlvr audit: no reward to audit: the run has no config.json with rewards; "
+        raise ConfigError("rlvr audit: no reward to audit: the run has no config.json with rewards; "
                          "name them with --rewards a,b")
     out = []
     for name in chosen:
@@ -397,9 +398,9 @@ def parse_thresholds(text: str) -> dict[str, float]:
         try:
             out[name.strip()] = float(value)
         except ValueError:
-            raise ValueError(f"rlvr audit: --threshold {part!r}: expected name=number, e.g. arithmetic=0") from None
+            raise UsageError(f"rlvr audit: --threshold {part!r}: expected name=number, e.g. arithmetic=0") from None
         if not eq:
-            raise ValueError(f"rlvr audit: --threshold {part!r}: expected name=number, e.g. arithmetic=0")
+            raise UsageError(f"rlvr audit: --threshold {part!r}: expected name=number, e.g. arithmetic=0")
     return out
 
 
@@ -422,7 +423,7 @@ def audit(path: str | Path, rewards: Optional[Sequence[str]] = None, verifiers: 
         names = ["math_answer"] + [n for n in (configured or []) if n != "math_answer"] if configured else None
     checks = resolve_checks(names, column)
     if not checks:
-        raise ValueError("rlvr audit: no independent check: name verifiers with --verifiers math_answer,...")
+        raise ConfigError("rlvr audit: no independent check: name verifiers with --verifiers math_answer,...")
     result = run_audit(samples, build_rewards(rewards, config), checks, thresholds, max_fp, max_fn)
     out = Path(output) if output else where
     out.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ from rlvr.commands.report import (
     panel_figures,
     run_colors,
 )
+from rlvr.core.errors import DataError, PathNotFoundError
 
 REWARD = "reward/mean"
 ACCURACY = "eval/greedy_accuracy"
@@ -77,7 +78,7 @@ def find_runs(paths: Sequence[str | Path]) -> tuple[list[Path], Optional[Path]]:
     for p in paths:
         path = Path(p).expanduser()
         if not path.is_dir():
-            raise FileNotFoundError(f"{str(path)!r} does not exist: give a run directory (outputs/<date>/<time>) or a "
+            raise PathNotFoundError(f"{str(path)!r} does not exist: give a run directory (outputs/<date>/<time>) or a "
                                     "sweep directory (multirun/<date>/<time>)")
         if is_run_dir(path):
             runs.append(path)
@@ -88,7 +89,7 @@ def find_runs(paths: Sequence[str | Path]) -> tuple[list[Path], Optional[Path]]:
             found = [g for c in children for g in sorted(c.iterdir(), key=_job_order)
                      if g.is_dir() and g.name not in NOT_RUNS and is_run_dir(g)]
         if not found:
-            raise FileNotFoundError(f"{str(path)!r} is neither a run directory (with metrics.jsonl) nor a sweep "
+            raise PathNotFoundError(f"{str(path)!r} is neither a run directory (with metrics.jsonl) nor a sweep "
                                     "directory (sub-directories 0, 1, ... as `rlvr train -m` writes under "
                                     "multirun/<date>/<time>)")
         runs.extend(found)
@@ -387,7 +388,7 @@ def build_comparison(paths: Sequence[str | Path], output: Optional[str | Path] =
     """
     runs, common, sweep = load_runs(paths)
     if not any(r.metrics for r in runs):
-        raise ValueError(f"none of the {len(runs)} runs has logged a step yet (metrics.jsonl): nothing to compare")
+        raise DataError(f"none of the {len(runs)} runs has logged a step yet (metrics.jsonl): nothing to compare")
     if output:
         out = Path(output).expanduser()
     elif sweep is not None:

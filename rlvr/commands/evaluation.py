@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
+from rlvr.core.errors import ConfigError, PathNotFoundError
 
 SAVED_KINDS = ("model", "task", "engine", "trainer")
 
@@ -34,7 +35,7 @@ def find_run(target: str) -> tuple[Optional[Path], Optional[Path]]:
 
     path = Path(target).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"{target!r}: no such directory (expected a run directory such as "
+        raise PathNotFoundError(f"{target!r}: no such directory (expected a run directory such as "
                                 "outputs/2026-11-25/10-00-00, or its final/ checkpoint)")
     if is_run_dir(path):
         final = path / "final"
@@ -42,7 +43,7 @@ def find_run(target: str) -> tuple[Optional[Path], Optional[Path]]:
             return path, final
         latest = latest_checkpoint(path)
         if latest is None:
-            raise FileNotFoundError(f"rlvr eval: run directory {str(path)!r} has neither final/ nor a complete "
+            raise PathNotFoundError(f"rlvr eval: run directory {str(path)!r} has neither final/ nor a complete "
                                     "checkpoint; let the run finish (or resume it) first")
         return path, latest
     for parent in (path.parent, path.parent.parent):  # final/ or checkpoints/checkpoint-N
@@ -99,7 +100,7 @@ def run_config(run_dir: Optional[Path], overrides: Sequence[str]) -> Any:
             try:
                 cfg[kind] = OmegaConf.merge(cfg[kind], node)
             except Exception as exc:  # noqa: BLE001 - a config saved by another rlvr version
-                raise ValueError(f"rlvr eval: the {kind} config saved in {run_dir / 'config.json'} does not fit this "
+                raise ConfigError(f"rlvr eval: the {kind} config saved in {run_dir / 'config.json'} does not fit this "
                                  f"rlvr version ({exc}); give {kind}=... overrides instead") from None
     return cfg
 

@@ -43,6 +43,7 @@ import re
 import threading
 from fractions import Fraction
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
+from rlvr.core.errors import ColumnError, ConfigError
 
 T = TypeVar("T")
 
@@ -382,7 +383,7 @@ def parse_number(text: Optional[str], decimal_comma: str = "auto") -> Optional[F
     if text is None or len(text) > MAX_ANSWER_CHARS:
         return None
     if decimal_comma not in DECIMAL_COMMA_CHOICES:
-        raise ValueError(f"decimal_comma={decimal_comma!r}; choose one of {DECIMAL_COMMA_CHOICES}")
+        raise ConfigError(f"decimal_comma={decimal_comma!r}; choose one of {DECIMAL_COMMA_CHOICES}")
     s = _SHORT_FRAC_RE.sub(r"\\frac{\1}{\2}", clean_answer(text))
     if not s:
         return None
@@ -640,7 +641,7 @@ def against_reference(reward: str, completions: Sequence[str], columns: dict[str
     """``judge_fn(completion, reference)`` for each completion, the reference read from ``column``
     with :func:`reference_answer`; None (not applicable) where a row has no reference."""
     if column not in columns:
-        raise KeyError(f"{reward} needs the task column {column!r} (set answer_column); columns given: "
+        raise ColumnError(f"{reward} needs the task column {column!r} (set answer_column); columns given: "
                        f"{sorted(columns)}")
     out: list[Optional[T]] = []
     for text, value in zip(completions, columns[column]):

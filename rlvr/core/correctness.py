@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable, Optional, Sequence
+from rlvr.core.errors import ConfigError
 
 Check = Callable[[Sequence[str], Sequence[dict[str, Any]], Optional[Sequence[str]]], list[bool]]
 
@@ -39,7 +40,7 @@ def verifier_check(name: str, params: Optional[dict[str, Any]] = None, answer_co
     try:
         entry = registry.get("verifier", name)
     except registry.UnknownPluginError as exc:
-        raise ValueError(f"task.correct={name!r}: {exc}") from None
+        raise ConfigError(f"task.correct={name!r}: {exc}") from None
     fields = {f.name for f in dataclasses.fields(entry.spec.config)}
     if "answer_column" in fields and "answer_column" not in params:
         params["answer_column"] = answer_column

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
+from rlvr.core.errors import ConfigError
 
 PREFIX = "audit/"
 FORMAT_NAME = re.compile(r"format|xmlcount", re.IGNORECASE)
@@ -285,7 +286,7 @@ def resolve_checks(names: Optional[Sequence[str]], answer_column: Optional[str])
             break
         if name not in out:
             known = sorted(set(registry.names("verifier")) | set(registry.names("reward")))
-            raise ValueError(f"trainer.audit_verifiers: {name!r} is neither a verifier nor a reward plugin; "
+            raise ConfigError(f"trainer.audit_verifiers: {name!r} is neither a verifier nor a reward plugin; "
                              f"choose from {', '.join(known)} (or [] to turn the checks off)")
     return out
 

@@ -164,7 +164,7 @@ def score(rewards: Sequence[RewardFn], completions: list[str], prompts: list[str
                         "rename the column in the dataset")
     for key, col in columns.items():
         if len(col) != n:
-            raise ValueError(f"column {key!r} has {len(col)} values for {n} completions")
+            raise DataError(f"column {key!r} has {len(col)} values for {n} completions")
     kwargs = {"prompts": prompts, **columns}
     results: list[list[float | None] | None] = [None] * len(rewards)
     pending: list[tuple[int, Any]] = []

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 from rlvr import PluginSpec, hookimpl
 from rlvr.core import answers
 from rlvr.core.rewards import VerifierConfig
+from rlvr.core.errors import ColumnError
 
 
 @dataclass
@@ -35,7 +36,7 @@ class ExactMatchConfig(VerifierConfig):
 
 def _column(name: str, column: str, columns: dict[str, list[Any]]) -> list[Any]:
     if column not in columns:
-        raise KeyError(f"{name} needs the task column {column!r} (set answer_column); "
+        raise ColumnError(f"{name} needs the task column {column!r} (set answer_column); "
                        f"columns given: {sorted(columns)}")
     return columns[column]
 

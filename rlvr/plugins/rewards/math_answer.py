@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 from rlvr import PluginSpec, hookimpl
 from rlvr.core import answers
 from rlvr.core.rewards import VerifierConfig, verifier_as_reward
+from rlvr.core.errors import ColumnError, ConfigError
 
 
 @dataclass
@@ -38,13 +39,13 @@ class MathAnswerConfig(VerifierConfig):
 def make_math_answer(cfg: MathAnswerConfig) -> Callable[..., list[Optional[bool]]]:
     """Build the verifier ``fn(completions, prompts=None, **columns) -> list[bool | None]``."""
     if cfg.decimal_comma not in answers.DECIMAL_COMMA_CHOICES:
-        raise ValueError(f"math_answer: decimal_comma={cfg.decimal_comma!r}; choose one of "
+        raise ConfigError(f"math_answer: decimal_comma={cfg.decimal_comma!r}; choose one of "
                          f"{answers.DECIMAL_COMMA_CHOICES} (see docs/answers.md)")
 
     def math_answer(completions: list[str], prompts: Optional[list[str]] = None,
                     **columns: Any) -> list[Optional[bool]]:
         if cfg.answer_column not in columns:
-            raise KeyError(f"math_answer needs the task column {cfg.answer_column!r} (set answer_column); "
+            raise ColumnError(f"math_answer needs the task column {cfg.answer_column!r} (set answer_column); "
                            f"columns given: {sorted(columns)}")
         echo = prompts if (cfg.ignore_prompt_echo and prompts) else [None] * len(completions)
         return [answers.judge(text or "", ref, prompt=p, last_number=cfg.last_number, free_form=cfg.free_form,

@@ -44,6 +44,7 @@ from .sandbox import (
 from .suite import TestSuite, extract_code, parse_tests, same_output
 from .transform import TestsNotSupported, transform
 from .verdict import check_passes, duplicate_count, unplain_count
+from rlvr.core.errors import ColumnError
 
 __all__ = ["CodeExecConfig", "CodeExecutor", "RunResult", "SANDBOX_MODES", "Sandbox", "SandboxError", "TestReport",
            "TestSuite", "TestsNotSupported", "extract_code", "parse_tests", "processes_of_uid", "run_tests",
@@ -161,7 +162,7 @@ class CodeExecutor:
 
     def reports(self, completions: list[str], columns: dict[str, list[Any]]) -> list[Optional[TestReport]]:
         if self.cfg.tests_column not in columns:
-            raise KeyError(f"code_exec needs the task column {self.cfg.tests_column!r} (set tests_column); "
+            raise ColumnError(f"code_exec needs the task column {self.cfg.tests_column!r} (set tests_column); "
                            f"columns given: {sorted(columns)}")
         jobs: list[Callable[[], Optional[TestReport]]] = []
         for i, (text, tests) in enumerate(zip(completions, columns[self.cfg.tests_column])):

@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 
 from . import cgroups as cg
 from .channel import ResultChannel
+from rlvr.core.errors import ConfigError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SUPERVISOR = os.path.join(HERE, "supervisor.py")
@@ -219,9 +220,9 @@ class Sandbox:
 
     def __init__(self, cfg: Any):
         if cfg.sandbox not in SANDBOX_MODES:
-            raise ValueError(f"code_exec: sandbox={cfg.sandbox!r}; choose one of {SANDBOX_MODES}")
+            raise ConfigError(f"code_exec: sandbox={cfg.sandbox!r}; choose one of {SANDBOX_MODES}")
         if cfg.timeout_s <= 0 or cfg.memory_mb <= 0 or cfg.max_processes <= 0 or cfg.max_disk_mb <= 0:
-            raise ValueError("code_exec: timeout_s, memory_mb, max_processes and max_disk_mb must be positive")
+            raise ConfigError("code_exec: timeout_s, memory_mb, max_processes and max_disk_mb must be positive")
         self.cfg = cfg
         self.drop = cfg.drop_root and os.geteuid() == 0
         probe_uid = uid_block() if self.drop else None

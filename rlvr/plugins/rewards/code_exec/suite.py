@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .transform import Program, transform
+from rlvr.core.errors import DataError
 
 _FENCE_RE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 PYTHON_TAGS = ("", "python", "py", "python3")
@@ -62,12 +63,12 @@ def parse_tests(value: Any) -> Optional[TestSuite]:
         if "inputs" in value and "outputs" in value:
             ins, outs = list(value["inputs"]), list(value["outputs"])
             if len(ins) != len(outs):
-                raise ValueError(f"tests have {len(ins)} inputs but {len(outs)} outputs")
+                raise DataError(f"tests have {len(ins)} inputs but {len(outs)} outputs")
             return TestSuite("io", cases=[(_text(i), _text(o)) for i, o in zip(ins, outs)])
         for key in ("asserts", "tests", "assert"):
             if key in value:
                 return parse_tests(value[key])
-        raise ValueError(f"unrecognised tests mapping with keys {sorted(value)}; expected inputs/outputs or asserts")
+        raise DataError(f"unrecognised tests mapping with keys {sorted(value)}; expected inputs/outputs or asserts")
     if isinstance(value, (list, tuple)):
         if not value:
             return None
@@ -77,12 +78,12 @@ def parse_tests(value: Any) -> Optional[TestSuite]:
                 inp = v.get("input", v.get("stdin"))
                 out = v.get("output", v.get("stdout", v.get("expected_output")))
                 if inp is None or out is None:
-                    raise ValueError(f"stdin/stdout test {v!r} needs 'input' and 'output'")
+                    raise DataError(f"stdin/stdout test {v!r} needs 'input' and 'output'")
                 cases.append((_text(inp), _text(out)))
             return TestSuite("io", cases=cases)
         if all(isinstance(v, str) for v in value):
             return TestSuite("assert", program=transform(list(value)))
-    raise ValueError(f"unrecognised tests value of type {type(value).__name__}: {str(value)[:200]!r}")
+    raise DataError(f"unrecognised tests value of type {type(value).__name__}: {str(value)[:200]!r}")
 
 
 def _text(v: Any) -> str:

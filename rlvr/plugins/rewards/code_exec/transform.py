@@ -25,6 +25,7 @@ import builtins
 import copy
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
+from rlvr.core.errors import DataError
 
 RESERVED = "_rlvr_"
 BEGIN, END, FAIL, VALUES = "_rlvr_begin", "_rlvr_end", "_rlvr_fail", "_rlvr_v"
@@ -560,7 +561,7 @@ def transform(sources: list[str]) -> Program:
         try:
             tree = ast.parse(src)
         except SyntaxError as exc:
-            raise ValueError(f"tests are not valid Python ({where}line {exc.lineno}): {exc.msg}") from None
+            raise DataError(f"tests are not valid Python ({where}line {exc.lineno}): {exc.msg}") from None
         line = _uses_reserved(tree)
         if line is not None:
             raise TestsNotSupported(f"code_exec tests ({where}line {line}) use a name starting with {RESERVED!r}, "
