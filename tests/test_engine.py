@@ -220,3 +220,34 @@ def test_shared_prompt_logprobs_equal_full_forward_values_and_gradients(lora):
     torch.testing.assert_close(plain, full, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(mixed, full, atol=1e-6, rtol=1e-6)
     model.eval()
+
+
+def test_finished_rows_leave_the_decode_batch_without_changing_the_samples(tiny):
+    """compact_finished drops finished rows from the fast decoder's batch: same tokens, same log-probs, fewer rows."""
+    policy = tiny
+    old = policy.model.generation_config.eos_token_id
+    policy.model.generation_config.eos_token_id = list(range(3, 259, 5))  # rows stop at different steps
+    try:
+        runs = {}
+        for compact in (False, True):
+            eng = engine(max_new_tokens=12, decoder="fast", compact_finished=compact)
+            runs[compact] = (eng.generate(policy, PROMPTS, 8, [7, 8]), eng.decode_rows)
+    finally:
+        policy.model.generation_config.eos_token_id = old
+    (plain, rows_plain), (compact, rows_compact) = runs[False], runs[True]
+    lengths = plain.completion_mask.sum(1)
+    assert lengths.min() < lengths.max()  # some rows finished early: there was something to drop
+    assert torch.equal(plain.completion_ids, compact.completion_ids)
+    assert torch.equal(plain.completion_mask, compact.completion_mask) and torch.equal(plain.truncated, compact.truncated)
+    torch.testing.assert_close(compact.sampling_logps, plain.sampling_logps, atol=1e-5, rtol=1e-5)
+    assert rows_compact < rows_plain
+    ref = teacher_forced(policy, compact)  # the compacted cache still gives the right log-probs
+    torch.testing.assert_close(compact.sampling_logps, ref * compact.completion_mask, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows,active,expected", [(16, 16, False), (16, 13, False), (16, 12, True), (16, 0, False),
+                                                  (4, 3, False), (4, 2, True), (2, 1, False)])
+def test_should_compact_rule(rows, active, expected):
+    from rlvr.plugins.engines.hf import should_compact
+
+    assert should_compact(rows, active) is expected
