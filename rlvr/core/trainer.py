@@ -464,7 +464,8 @@ class Trainer:
         ids = torch.cat([ro.prompt_ids[sl], ro.completion_ids[sl]], dim=1).to(self.policy.device)
         attn = torch.cat([ro.prompt_mask[sl], ro.completion_mask[sl]], dim=1).to(self.policy.device)
         ctx = offload_activations(self.policy.model, enabled=self.tc.offload_activations and torch.is_grad_enabled())
-        kw = {"temperature": self.temperature, "chunk_tokens": self.tc.logprob_chunk_tokens, "return_entropy": with_entropy}
+        kw = {"temperature": self.temperature, "chunk_tokens": self.tc.logprob_chunk_tokens, "return_entropy": with_entropy,
+              "pack": self.tc.pack_completions}
         with ctx:
             if self.parallel is not None and model is self.policy.model:  # DDP / FSDP2 act through the wrapper
                 return self.parallel(ids, attn, ro.prompt_ids.shape[1], group_size=self.tc.num_generations, **kw)
