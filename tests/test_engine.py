@@ -251,3 +251,24 @@ def test_should_compact_rule(rows, active, expected):
     from rlvr.plugins.engines.hf import should_compact
 
     assert should_compact(rows, active) is expected
+
+
+def test_bfloat16_decode_samples_close_to_float32_and_asks_for_the_importance_correction(tiny):
+    """decode_dtype=bfloat16: packed bf16 matmuls, float32 master weights; log-probs near the trainer's, and the
+    engine asks the trainer for the truncated importance-sampling correction."""
+    from rlvr.plugins.engines.hf import onednn_linear_available
+
+    if not onednn_linear_available():
+        pytest.skip("needs PyTorch's oneDNN packed linear ops")
+    eng = engine(decoder="fast", decode_dtype="bfloat16")
+    assert eng.importance_sampling is not None and eng.importance_sampling.enabled
+    assert engine().importance_sampling is None
+    ro = eng.generate(tiny, PROMPTS, 4, [3, 4])
+    assert next(tiny.model.parameters()).dtype == torch.float32  # the master weights are untouched
+    ref = teacher_forced(tiny, ro) * ro.completion_mask
+    diff = (ro.sampling_logps - ref).abs()
+    assert float(diff.max()) < 0.1 and float(diff.max()) > 0  # bf16 rounding: close, not equal
+    with pytest.raises(ValueError, match="decode_dtype"):
+        engine(decode_dtype="float16")
+    with pytest.raises(ValueError, match="fast decoder only"):
+        engine(decode_dtype="bfloat16", decoder="transformers")

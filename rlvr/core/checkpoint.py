@@ -168,7 +168,8 @@ RESUMABLE = ("trainer.max_steps", "trainer.save_steps", "trainer.keep_checkpoint
              "trainer.log_steps", "trainer.eval_steps", "trainer.eval_samples", "trainer.log_completions",
              "trainer.progress", "trainer.output_dir", "trainer.threads", "trainer.max_bad_steps",
              "trainer.gradient_checkpointing", "trainer.offload_activations", "trainer.save_merged",
-             "trainer.distributed", "trainer.dist_backend", "logger")
+             "trainer.distributed", "trainer.dist_backend", "trainer.pack_completions", "engine.compact_finished",
+             "logger")
 """Config keys (and key prefixes) a resumed run may change: when, how long and what to log or save, and
 memory, thread and process-layout knobs that do not change the numbers (1 and N processes train the same).
 Any other change stops the resume."""

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from rlvr import PluginSpec, hookimpl
+from rlvr.core.importance import ImportanceSamplingConfig
 from rlvr.core.policy import Policy, eos_token_ids
 from rlvr.core.rollout import Rollouts
 from rlvr.kernels.causal_lm import _base_model, _lora_head_weight, decoder_of, lm_head_params
@@ -56,6 +57,8 @@ class HFEngineConfig(SamplingConfig):
     decoder: str = "auto"  # auto | fast (static KV cache, Llama-family) | transformers (model forward + DynamicCache)
     packed_weights: str = "auto"  # auto (CPU, float32/bfloat16) | on | off: oneDNN pre-packed projections in `fast`
     compact_finished: bool = True  # `fast`: finished rows leave the decode batch (see should_compact)
+    decode_dtype: str = "float32"  # float32 | bfloat16: the packed decode matmuls' dtype (master weights stay as they are)
+    importance_sampling_cap: float = 3.0  # decode_dtype=bfloat16: token-level truncated IS ratio cap (rlvr.core.importance)
 
 
 def validate_sampling(cfg: SamplingConfig) -> None:
@@ -77,6 +80,10 @@ def validate(cfg: HFEngineConfig) -> None:
         raise ValueError(f"engine.decoder={cfg.decoder!r}: choose one of {', '.join(DECODERS)}")
     if str(cfg.packed_weights) not in ("auto", "on", "off", "True", "False"):
         raise ValueError(f"engine.packed_weights={cfg.packed_weights!r}: choose auto, on or off")
+    if cfg.decode_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"engine.decode_dtype={cfg.decode_dtype!r}: choose float32 or bfloat16")
+    if cfg.decode_dtype == "bfloat16" and cfg.decoder == "transformers":
+        raise ValueError("engine.decode_dtype=bfloat16 runs in the fast decoder only; use engine.decoder=auto or fast")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
@@ -154,8 +161,10 @@ class Projection:
     Otherwise the modules themselves are called (no copy; works for any linear layer type).
     """
 
-    def __init__(self, modules: Sequence[torch.nn.Module], packed: bool) -> None:
+    def __init__(self, modules: Sequence[torch.nn.Module], packed: bool,
+                 dtype: Optional[torch.dtype] = None) -> None:
         self.modules = list(modules)
+        self.dtype = dtype  # packed copy in this dtype (bfloat16: AVX512-BF16 matmuls); None = the weights' own
         self.sizes: Optional[list[int]] = None
         self.weight: Optional[torch.Tensor] = None
         self.bias: Optional[torch.Tensor] = None
@@ -168,20 +177,29 @@ class Projection:
             weights = [p[0].detach() for p in self._parts]  # type: ignore[index]
             biases = [p[1] for p in self._parts]  # type: ignore[index]
             w = torch.cat(weights) if len(weights) > 1 else weights[0].contiguous()
+            if self.dtype is not None:
+                w = w.to(self.dtype)
             self.weight = torch.ops.mkldnn._reorder_linear_weight(w, 16)
             if any(b is not None for b in biases):
                 self.bias = torch.cat([b.detach() if b is not None else w.new_zeros(wt.shape[0])
-                                       for b, wt in zip(biases, weights)])
+                                       for b, wt in zip(biases, weights)]).to(w.dtype)
             self.sizes = [wt.shape[0] for wt in weights]
         self._parts = []
         return self
 
     def __call__(self, x: torch.Tensor) -> Any:
         if self.weight is not None:
+            if x.dtype != self.weight.dtype:  # bfloat16 matmul, float32 residual stream
+                return self._cast(torch.ops.mkldnn._linear_pointwise(x.to(self.weight.dtype), self.weight, self.bias,
+                                                                     "none", [], "").to(x.dtype))
             y = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
             return y.split(self.sizes, dim=-1) if len(self.sizes) > 1 else y  # type: ignore[arg-type]
         outs = [m(x) for m in self.modules]
         return tuple(outs) if len(outs) > 1 else outs[0]
+
+
+    def _cast(self, y: torch.Tensor) -> Any:
+        return y.split(self.sizes, dim=-1) if len(self.sizes) > 1 else y  # type: ignore[arg-type]
 
 
 def pack_all(projections: Sequence[Projection]) -> None:
@@ -225,18 +243,18 @@ def fast_decoder_reason(model: Any, total_length: int) -> Optional[str]:
 
 
 class _Layer:
-    def __init__(self, layer: Any, packed: bool) -> None:
+    def __init__(self, layer: Any, packed: bool, dtype: Optional[torch.dtype] = None) -> None:
         attn = layer.self_attn
         self.input_norm, self.post_norm = layer.input_layernorm, layer.post_attention_layernorm
         self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
-        self.qkv = Projection([attn.q_proj, attn.k_proj, attn.v_proj], packed)
-        self.o = Projection([attn.o_proj], packed)
+        self.qkv = Projection([attn.q_proj, attn.k_proj, attn.v_proj], packed, dtype)
+        self.o = Projection([attn.o_proj], packed, dtype)
         self.scaling = float(attn.scaling)
         mlp = layer.mlp
         self.mlp: Optional[Callable] = None
         if all(hasattr(mlp, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")):
-            self.gate_up, self.down, self.act = Projection([mlp.gate_proj, mlp.up_proj], packed), \
-                Projection([mlp.down_proj], packed), mlp.act_fn
+            self.gate_up, self.down, self.act = Projection([mlp.gate_proj, mlp.up_proj], packed, dtype), \
+                Projection([mlp.down_proj], packed, dtype), mlp.act_fn
         else:
             self.mlp = mlp
 
@@ -251,16 +269,16 @@ class FastDecoder:
     returns the float32 next-token logits ``[N, V]`` (before temperature).
     """
 
-    def __init__(self, model: Any, packed: bool) -> None:
+    def __init__(self, model: Any, packed: bool, dtype: Optional[torch.dtype] = None) -> None:
         cfg = _base_model(model).config
         inner = decoder_of(model)
         self.embed, self.norm, self.rotary = inner.embed_tokens, inner.norm, inner.rotary_emb
         self.heads = int(cfg.num_attention_heads)
         self.kv_heads = int(getattr(cfg, "num_key_value_heads", None) or self.heads)
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads)
-        self.layers = [_Layer(layer, packed) for layer in inner.layers[: cfg.num_hidden_layers]]
+        self.layers = [_Layer(layer, packed, dtype) for layer in inner.layers[: cfg.num_hidden_layers]]
         weight, bias, self.softcap, self.scale = lm_head_params(model)
-        self.head = Projection([], False)  # packed below when asked for; else F.linear on the live weight
+        self.head = Projection([], False, dtype)  # packed below when asked for; else F.linear on the live weight
         self.head._parts, self.head.packable = [(weight, bias)], packed
         self.head_weight, self.head_bias = weight.detach(), None if bias is None else bias.detach()
         if packed:
@@ -350,7 +368,10 @@ class HFEngine:
     def __init__(self, cfg: HFEngineConfig) -> None:
         validate(cfg)
         self.cfg = cfg
-        self.importance_sampling = None  # samples from the trainer's own distribution: no correction
+        # float32 decode samples from the trainer's own distribution: no correction; bfloat16 matmuls sample from a
+        # slightly different one, which the trainer reweights (token-level truncated importance sampling)
+        self.importance_sampling = None if cfg.decode_dtype == "float32" else ImportanceSamplingConfig(
+            mode="token_truncate", cap=cfg.importance_sampling_cap)
         self._fast: Optional[FastDecoder] = None
         self.last_decoder = ""  # which loop the last generate() used: "fast" or "transformers"
         self.decode_rows = 0  # rows × decode steps the last generate() ran (fewer with compact_finished)
@@ -387,7 +408,12 @@ class HFEngine:
             if self.cfg.decoder == "fast":
                 raise ValueError(f"engine.decoder=fast cannot run this model: {reason}; use engine.decoder=auto")
             return None
-        self._fast = FastDecoder(policy.model, packed=self.use_packed(policy))
+        packed = self.use_packed(policy)
+        dtype = None if self.cfg.decode_dtype == "float32" else torch.bfloat16
+        if dtype is not None and not packed:
+            raise ValueError("engine.decode_dtype=bfloat16 needs the packed decode weights (CPU, a PyTorch with oneDNN, "
+                             "engine.packed_weights=auto/on); use engine.decode_dtype=float32 here")
+        self._fast = FastDecoder(policy.model, packed=packed, dtype=dtype)
         return self._fast
 
     @torch.no_grad()
