@@ -32,6 +32,7 @@ from rlvr.core.callbacks import logger_manager
 from rlvr.core.config import TrainerConfig, plugin_params, trainer_config
 from rlvr.core.contracts import AdvantageEstimator, Engine, Loss
 from rlvr.core.importance import importance_metrics, importance_weights, scale_gradient
+from rlvr.core.optim import fused_adamw_supported
 from rlvr.core.policy import Policy, save_policy
 from rlvr.core.rewards import RewardFn, score, weighted_total
 from rlvr.core.rollout import Rollouts, StepBatch, Update
@@ -281,7 +282,7 @@ class Trainer:
         if not params:
             raise ValueError("the model has no trainable parameters")
         self.optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
-                                           weight_decay=tc.weight_decay)
+                                           weight_decay=tc.weight_decay, fused=fused_adamw_supported(params))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(tc, tc.max_steps * tc.num_iterations))
         if tc.gradient_checkpointing:
             enable_gradient_checkpointing(self.policy.model)
