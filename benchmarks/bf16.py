@@ -34,7 +34,8 @@ def main() -> None:
     policy = rlvr.create("model", "smollm2")
     task = rlvr.create("task", "arithmetic")
     prompts = [task.render(r, policy.tokenizer) for r in task.train_rows[:2]]
-    engines = {d: HFEngine(HFEngineConfig(max_new_tokens=args.max_new, decode_dtype=d)) for d in ("float32", "bfloat16")}
+    engines = {d: HFEngine(HFEngineConfig(max_new_tokens=args.max_new, decode_dtype=d))
+               for d in ("float32", "bfloat16")}
     gen = {d: [] for d in engines}
     ratios = []
     upd = {"float32": [], "bfloat16": []}
@@ -56,7 +57,7 @@ def main() -> None:
         lps = {}
         for d in (("float32", "bfloat16") if rep % 2 == 0 else ("bfloat16", "float32")):
             policy.model.zero_grad(set_to_none=True)
-            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if d == "bfloat16" else torch.autocast("cpu", enabled=False)
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=d == "bfloat16")
             t0 = time.perf_counter()
             with ctx:
                 lp = grouped_completion_logprobs(policy.model, ids, mask, P, 8, pack=True)

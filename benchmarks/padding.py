@@ -100,9 +100,10 @@ def main() -> None:
     def med(key: str) -> float:
         return statistics.median(x[key] for x in rows)
 
-    print(f"\n{args.prompts} prompts x {args.generations} completions, max {args.max_new} new tokens, {args.steps} steps, "
-          f"{args.threads} threads; completion lengths {min(x['min_len'] for x in rows)}–{max(x['max_len'] for x in rows)}"
-          f", {sum(x['tokens'] for x in rows) / sum(x['padded'] for x in rows):.0%} of the padded tokens are real; "
+    lo, hi = min(x["min_len"] for x in rows), max(x["max_len"] for x in rows)
+    real = sum(x["tokens"] for x in rows) / sum(x["padded"] for x in rows)
+    print(f"\n{args.prompts} prompts x {args.generations} completions, max {args.max_new} new tokens, {args.steps} "
+          f"steps, {args.threads} threads; completion lengths {lo}–{hi}, {real:.0%} of the padded tokens are real; "
           f"same tokens with and without compaction: {all(x['same_tokens'] for x in rows)}")
     print("\n| phase | padded (off) s | skipping padding (on) s | saved |")
     print("|---|---|---|---|")

@@ -238,7 +238,8 @@ def test_finished_rows_leave_the_decode_batch_without_changing_the_samples(tiny)
     lengths = plain.completion_mask.sum(1)
     assert lengths.min() < lengths.max()  # some rows finished early: there was something to drop
     assert torch.equal(plain.completion_ids, compact.completion_ids)
-    assert torch.equal(plain.completion_mask, compact.completion_mask) and torch.equal(plain.truncated, compact.truncated)
+    assert torch.equal(plain.completion_mask, compact.completion_mask)
+    assert torch.equal(plain.truncated, compact.truncated)
     torch.testing.assert_close(compact.sampling_logps, plain.sampling_logps, atol=1e-5, rtol=1e-5)
     assert rows_compact < rows_plain
     ref = teacher_forced(policy, compact)  # the compacted cache still gives the right log-probs

@@ -102,7 +102,7 @@ def packed_completion_logprobs(model: Any, input_ids: Tensor, attention_mask: Te
     from rlvr.kernels.shared_prompt import grouped_completion_logprobs, shared_prompt_applies
 
     P = int(prompt_length)
-    N, T = input_ids.shape[0], input_ids.shape[1] - P
+    T = input_ids.shape[1] - P
     kw = {"temperature": temperature, "chunk_tokens": chunk_tokens, "return_entropy": return_entropy,
           "backend": backend}
     widths = completion_widths(attention_mask[:, P:]).clamp(min=1)

@@ -57,8 +57,8 @@ class HFEngineConfig(SamplingConfig):
     decoder: str = "auto"  # auto | fast (static KV cache, Llama-family) | transformers (model forward + DynamicCache)
     packed_weights: str = "auto"  # auto (CPU, float32/bfloat16) | on | off: oneDNN pre-packed projections in `fast`
     compact_finished: bool = True  # `fast`: finished rows leave the decode batch (see should_compact)
-    decode_dtype: str = "float32"  # float32 | bfloat16: the packed decode matmuls' dtype (master weights stay as they are)
-    importance_sampling_cap: float = 3.0  # decode_dtype=bfloat16: token-level truncated IS ratio cap (rlvr.core.importance)
+    decode_dtype: str = "float32"  # float32 | bfloat16: the packed decode matmuls' dtype (weights stay as they are)
+    importance_sampling_cap: float = 3.0  # decode_dtype=bfloat16: cap of the token-level truncated IS ratio
 
 
 def validate_sampling(cfg: SamplingConfig) -> None:
@@ -411,8 +411,8 @@ class HFEngine:
         packed = self.use_packed(policy)
         dtype = None if self.cfg.decode_dtype == "float32" else torch.bfloat16
         if dtype is not None and not packed:
-            raise ValueError("engine.decode_dtype=bfloat16 needs the packed decode weights (CPU, a PyTorch with oneDNN, "
-                             "engine.packed_weights=auto/on); use engine.decode_dtype=float32 here")
+            raise ValueError("engine.decode_dtype=bfloat16 needs the packed decode weights (CPU, a PyTorch with "
+                             "oneDNN, engine.packed_weights=auto/on); use engine.decode_dtype=float32 here")
         self._fast = FastDecoder(policy.model, packed=packed, dtype=dtype)
         return self._fast
 
@@ -506,7 +506,8 @@ class HFEngine:
             if greedy:
                 nxt = scaled.argmax(-1)
             else:
-                probs = filter_logits(scaled, cfg.top_k, cfg.top_p, cfg.min_p).softmax(-1) if filtering else logp_all.exp()
+                probs = (filter_logits(scaled, cfg.top_k, cfg.top_p, cfg.min_p).softmax(-1) if filtering
+                         else logp_all.exp())
                 uniform = torch.cat([torch.rand(G, generator=g) for g in gens]).to(device)
                 nxt = sample_inverse_cdf(probs, uniform[rows] if rows.numel() < N else uniform)
             was_done = done[rows]
