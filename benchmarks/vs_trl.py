@@ -1,6 +1,6 @@
 """rlvr against TRL's GRPOTrainer: the same GRPO work on the same CPU, back to back.
 
-    python benchmarks/vs_trl.py                 # 12 steps each, back to back (about 6 minutes on 2 idle cores)
+    python benchmarks/vs_trl.py                 # 12 steps each, back to back
     python benchmarks/vs_trl.py --steps 4       # a quick check
     python benchmarks/vs_trl.py --only bandwidth
 
