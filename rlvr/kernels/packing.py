@@ -90,7 +90,8 @@ def packed_completion_logprobs(model: Any, input_ids: Tensor, attention_mask: Te
     """:func:`rlvr.kernels.completion_logprobs` of ``[prompt | completion]`` rows, padding skipped.
 
     Args:
-        input_ids, attention_mask: ``[N, P + T]``, left-padded prompts then right-padded completions.
+        input_ids: ``[N, P + T]``, left-padded prompts then right-padded completions.
+        attention_mask: ``[N, P + T]``, 1 on tokens.
         prompt_length: P.
         group_size: G when rows come in groups of G identical prompts (the prompts then run once per
             group, :func:`rlvr.kernels.shared_prompt.shared_prompt_applies`); 0 = no sharing.
