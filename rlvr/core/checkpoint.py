@@ -169,7 +169,8 @@ RESUMABLE = ("trainer.max_steps", "trainer.save_steps", "trainer.keep_checkpoint
              "trainer.log_steps", "trainer.eval_steps", "trainer.eval_samples", "trainer.log_completions",
              "trainer.progress", "trainer.output_dir", "trainer.threads", "trainer.max_bad_steps",
              "trainer.gradient_checkpointing", "trainer.offload_activations", "trainer.save_merged",
-             "trainer.distributed", "trainer.dist_backend", "logger")
+             "trainer.distributed", "trainer.dist_backend", "trainer.pack_completions", "engine.compact_finished",
+             "logger")
 """Config keys (and key prefixes) a resumed run may change: when, how long and what to log or save, and
 memory, thread and process-layout knobs that do not change the numbers (1 and N processes train the same).
 Any other change stops the resume."""
@@ -186,10 +187,12 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Every dotted key whose value differs between two composed configs: ``key -> (saved, current)``
-    (a key present on one side only has None on the other)."""
+    """Every dotted key whose value differs between two composed configs: ``key -> (saved, current)``.
+
+    Only keys both configs have are compared: a setting added in a later rlvr version (absent from an older
+    checkpoint's config) or one that no longer exists does not count as a change."""
     old, new = flatten(saved), flatten(current)
-    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    return {k: (old[k], new[k]) for k in sorted(set(old) & set(new)) if old[k] != new[k]}
 
 
 def may_change_on_resume(key: str) -> bool:

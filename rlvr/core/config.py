@@ -47,6 +47,7 @@ class TrainerConfig:
     eval_steps: int = 10  # held-out greedy accuracy every N steps and at the end (0 = never)
     eval_samples: int = 0  # held-out prompts per evaluation (0 = all)
     logprob_chunk_tokens: int = 1024
+    pack_completions: bool = True  # update: rows bucketed by length, no forward/backward on padding (rlvr/modeling/packing.py)
     gradient_checkpointing: bool = False
     offload_activations: bool = False
     output_dir: Optional[str] = None  # default: Hydra's run directory (or rlvr-runs/<timestamp> outside Hydra)

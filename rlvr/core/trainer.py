@@ -34,6 +34,7 @@ from rlvr.core.contracts import AdvantageEstimator, Engine, Loss
 from rlvr.core.errors import ConfigError, RunError
 from rlvr.core.importance import importance_metrics, importance_weights, scale_gradient
 from rlvr.core.monitor import Monitor, json_row
+from rlvr.core.optim import fused_adamw_supported
 from rlvr.core.policy import Policy, save_policy
 from rlvr.core.rewards import RewardFn, score, weighted_total
 from rlvr.core.rollout import Rollouts, StepBatch, Update
@@ -285,7 +286,7 @@ class Trainer:
         if not params:
             raise ConfigError("the model has no trainable parameters")
         self.optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
-                                           weight_decay=tc.weight_decay)
+                                           weight_decay=tc.weight_decay, fused=fused_adamw_supported(params))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(tc, tc.max_steps * tc.num_iterations))
         if tc.gradient_checkpointing:
             enable_gradient_checkpointing(self.policy.model)
@@ -471,7 +472,8 @@ class Trainer:
         ids = torch.cat([ro.prompt_ids[sl], ro.completion_ids[sl]], dim=1).to(self.policy.device)
         attn = torch.cat([ro.prompt_mask[sl], ro.completion_mask[sl]], dim=1).to(self.policy.device)
         ctx = offload_activations(self.policy.model, enabled=self.tc.offload_activations and torch.is_grad_enabled())
-        kw = {"temperature": self.temperature, "chunk_tokens": self.tc.logprob_chunk_tokens, "return_entropy": with_entropy}
+        kw = {"temperature": self.temperature, "chunk_tokens": self.tc.logprob_chunk_tokens, "return_entropy": with_entropy,
+              "pack": self.tc.pack_completions}
         with ctx:
             if self.parallel is not None and model is self.policy.model:  # DDP / FSDP2 act through the wrapper
                 return self.parallel(ids, attn, ro.prompt_ids.shape[1], group_size=self.tc.num_generations, **kw)
