@@ -12,6 +12,7 @@ USAGE = """usage: rlvr <command> [key=value ...]
 
 commands:
   train     run GRPO (Hydra overrides: rlvr train loss=dr_grpo trainer.lr=1e-5; -m for sweeps; --cfg job)
+  sft       supervised fine-tuning on worked answers before GRPO (Hydra overrides; see docs/sft.md)
   eval      held-out accuracy of a model or checkpoint: rlvr eval [checkpoint=DIR] [task=...] [num_samples=4] [limit=0]
   plugins   list every discovered plugin by kind and where it came from
   show      the latest sampled completions of a run as a table: rlvr show RUN_DIR [--last K] [--step N] [--full]
@@ -146,6 +147,37 @@ def cmd_train(args: list[str]) -> int:
         return float(metrics.get("reward/mean", float("nan")))
 
     sys.argv = ["rlvr train", *args]
+    try:
+        run()
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    return 0
+
+
+def cmd_sft(args: list[str]) -> int:
+    """``rlvr sft [overrides]``: the logic is in :mod:`rlvr.sft`; this only wires Hydra (config ``conf/sft.yaml``)."""
+    import hydra
+    from omegaconf import DictConfig
+
+    from rlvr.sft import run_sft, store_sft_config
+
+    store_sft_config()
+
+    @hydra.main(version_base="1.3", config_path="conf", config_name="sft")
+    def run(cfg: DictConfig) -> float:
+        _quiet_libraries()
+        try:
+            trainer = run_sft(cfg)
+        except (ValueError, FileNotFoundError, KeyError, ImportError, TypeError, OSError, RuntimeError) as exc:
+            if os.environ.get("RLVR_TRACEBACK") or os.environ.get("HYDRA_FULL_ERROR"):
+                raise
+            print(f"rlvr sft: error: {exc}", file=sys.stderr)
+            sys.exit(1)
+        print(f"rlvr: finished {trainer.step} SFT steps; model: {trainer.run_dir / 'final'} "
+              f"(rlvr train model=hf model.name_or_path={trainer.run_dir / 'final'})")
+        return 0.0
+
+    sys.argv = ["rlvr sft", *args]
     try:
         run()
     except SystemExit as exc:
@@ -309,7 +341,7 @@ def cmd_export(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plugins": cmd_plugins, "show": cmd_show, "report": cmd_report,
+COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "plugins": cmd_plugins, "show": cmd_show, "report": cmd_report,
             "export": cmd_export}
 
 
