@@ -104,8 +104,8 @@ def target_text(row: dict[str, Any], cfg: SFTConfig, task: Task, index: int) -> 
         value = row.get(cfg.completion_column)
         if not isinstance(value, str) or not value:
             raise ValueError(f"sft: row {index}: sft.completion_column {cfg.completion_column!r} is "
-                             f"{'missing' if cfg.completion_column not in row else repr(value)[:80]}; it must hold the "
-                             f"target text (columns: {sorted(row)})")
+                             f"{'missing' if cfg.completion_column not in row else repr(value)[:80]}; it must hold "
+                             f"the target text (columns: {sorted(row)})")
         return value
     messages_col = getattr(task.config, "messages_column", "")
     if messages_col and isinstance(row.get(messages_col), list):
@@ -162,7 +162,8 @@ def collate(batch: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tens
     return ids, attn, cmask, P
 
 
-def completion_nll(model: Any, batch: list[Example], pad_id: int, chunk_tokens: int = 1024) -> tuple[torch.Tensor, int]:
+def completion_nll(model: Any, batch: list[Example], pad_id: int,
+                   chunk_tokens: int = 1024) -> tuple[torch.Tensor, int]:
     """(Σ over completion tokens of −log p(token | prefix), number of completion tokens) for one micro-batch."""
     from rlvr.kernels import completion_logprobs
 
@@ -200,7 +201,8 @@ class SFTTrainer:
                                            weight_decay=sc.weight_decay)
         from rlvr.core.trainer import lr_lambda
 
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(sc, sc.max_steps))  # type: ignore[arg-type]
+        factor = lr_lambda(sc, sc.max_steps)  # type: ignore[arg-type]  # reads warmup_steps and lr_schedule
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         self.sampler = RowSampler(len(self.examples), sc.seed)
         self.step = 0
 

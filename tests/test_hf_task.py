@@ -9,7 +9,6 @@ import pytest
 datasets = pytest.importorskip("datasets")
 
 import rlvr  # noqa: E402
-from rlvr.core import hfdata  # noqa: E402
 from rlvr.plugins.models.tiny import byte_tokenizer  # noqa: E402
 
 ROWS = [{"problem": f"What is {i} + {i}?", "solution": str(2 * i), "level": "easy" if i % 2 else "hard",
@@ -73,7 +72,8 @@ def test_seeded_shuffle_filter_and_keep_columns(tmp_path):
 
 
 def test_messages_column_and_system_prompt(tmp_path):
-    rows = [{"messages": [{"role": "user", "content": f"add {i} and {i}"}, {"role": "assistant", "content": str(2 * i)}],
+    rows = [{"messages": [{"role": "user", "content": f"add {i} and {i}"},
+                          {"role": "assistant", "content": str(2 * i)}],
              "answer": str(2 * i)} for i in range(10)]
     path = tmp_path / "chat.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -188,7 +188,8 @@ def test_empty_split_bad_split_and_missing_file(tmp_path):
 
 def test_train_with_task_hf_on_the_tiny_model(tmp_path, tiny_overrides):
     path = _write(tmp_path, "parquet")
-    cfg = rlvr.compose([*tiny_overrides, "task=hf", f"task.path={path}", "task.columns={problem:question,solution:answer}",
+    cfg = rlvr.compose([*tiny_overrides, "task=hf", f"task.path={path}",
+                        "task.columns={problem:question,solution:answer}",
                         "trainer.max_steps=1", "trainer.seed=5", f"trainer.output_dir={tmp_path}/run"])
     assert cfg.task.seed == 5  # shuffled with the run's seed
     trainer = rlvr.Trainer(cfg)

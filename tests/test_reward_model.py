@@ -41,7 +41,8 @@ def _direct(path: str, text: str) -> float:
 
 
 def test_scores_match_a_direct_model_call_in_batches(classifier):
-    reward = rlvr.create("reward", "reward_model", model=classifier, batch_size=2, prompt_template="What is {question}?",
+    reward = rlvr.create("reward", "reward_model", model=classifier, batch_size=2,
+                         prompt_template="What is {question}?",
                          system_prompt="Be exact.")
     scores = reward(COMPLETIONS, prompts=["ignored"] * 5, **COLUMNS)
     tok = byte_tokenizer()
@@ -100,7 +101,8 @@ def test_bad_config_is_named(classifier, tmp_path):
 
 def test_training_with_the_reward_model(classifier, tmp_path):
     cfg = rlvr.compose([*TINY, "reward=[reward_model]", f"reward.reward_model.model={classifier}",
-                        "reward.reward_model.normalize=running", "trainer.max_steps=1", f"trainer.output_dir={tmp_path}"])
+                        "reward.reward_model.normalize=running", "trainer.max_steps=1",
+                        f"trainer.output_dir={tmp_path}"])
     assert cfg.reward.reward_model.prompt_template == "What is {question}?"  # the task's own template
     metrics = rlvr.Trainer(cfg).train()
     assert "rewards/reward_model/mean" in metrics and abs(metrics["rewards/reward_model/mean"]) < 3

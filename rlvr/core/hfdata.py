@@ -86,7 +86,8 @@ def load_split(cfg: Any, split: str) -> Any:
                 raise ValueError(f"task.path={cfg.path!r} is one data file, which datasets loads as the 'train' "
                                  f"split; task split {split!r} does not exist (use task.split=train)")
             try:
-                return datasets.load_dataset(builder, data_files=files, split="train", streaming=cfg.streaming, **kwargs)
+                return datasets.load_dataset(builder, data_files=files, split="train", streaming=cfg.streaming,
+                                             **kwargs)
             except ValueError as exc:
                 if "corresponds to no data" in str(exc):
                     raise ValueError(f"task.path={cfg.path!r} split 'train' is empty") from None
@@ -113,7 +114,8 @@ def _check_split(ds: Any, split: str, path: str) -> None:
                          "Set task.split / task.eval_split to one of them.")
 
 
-def hub_rows(path: str, config_name: Optional[str], splits: tuple[str, ...], download: bool) -> Optional[dict[str, list]]:
+def hub_rows(path: str, config_name: Optional[str], splits: tuple[str, ...],
+             download: bool) -> Optional[dict[str, list]]:
     """Rows of ``splits`` of Hub dataset ``path``: from the local cache without the network when it is cached;
     downloaded when ``download`` (and not HF_HUB_OFFLINE); None when ``datasets`` is missing or it is unavailable."""
     try:

@@ -53,8 +53,9 @@ class MlflowLogger:
         uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
         if uri.startswith(("http://", "https://")):  # fail now, not after the model has loaded
             check_reachable(uri.rstrip("/") + "/health", "logger=mlflow",
-                            "Start the server (mlflow server ...), fix logger.mlflow.tracking_uri / MLFLOW_TRACKING_URI, "
-                            "or log to a local store with logger.mlflow.tracking_uri=file:/some/dir")
+                            "Start the server (mlflow server ...), fix logger.mlflow.tracking_uri / "
+                            "MLFLOW_TRACKING_URI, or log to a local store with "
+                            "logger.mlflow.tracking_uri=file:/some/dir")
         self.uri = uri
         self.client: Any = None
         self.run_id: Optional[str] = None
@@ -97,7 +98,8 @@ class MlflowLogger:
             self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
         if self.cfg.log_completions and samples:
             rows = completion_rows(step, samples)
-            self.client.log_table(self.run_id, data={c: [r[j] for r in rows] for j, c in enumerate(COMPLETION_COLUMNS)},
+            table = {c: [r[j] for r in rows] for j, c in enumerate(COMPLETION_COLUMNS)}
+            self.client.log_table(self.run_id, data=table,
                                   artifact_file="completions.json")
         self.state.save(last_step=step)
 

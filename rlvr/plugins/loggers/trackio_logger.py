@@ -1,4 +1,5 @@
-"""``logger=[jsonl,trackio]``: Trackio (Hugging Face's local-first tracker), with the metric names of ``metrics.jsonl``.
+"""``logger=[jsonl,trackio]``: Trackio (Hugging Face's local-first tracker), with the metric names of
+``metrics.jsonl``.
 
 Each step's metrics are logged at ``step=<training step>``; the composed config is the run config; the
 sampled completions of each step are a ``trackio.Table`` (``completions``). Runs are stored locally
@@ -70,7 +71,8 @@ class TrackioLogger:
             return
         data: dict[str, Any] = dict(scalars(metrics))
         if self.cfg.log_completions and samples:
-            data["completions"] = self.trackio.Table(columns=list(COMPLETION_COLUMNS), data=completion_rows(step, samples))
+            data["completions"] = self.trackio.Table(columns=list(COMPLETION_COLUMNS),
+                                                     data=completion_rows(step, samples))
         self.trackio.log(data, step=step)
         self.state.save(last_step=step)
 

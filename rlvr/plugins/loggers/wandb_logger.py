@@ -80,7 +80,8 @@ class WandbLogger:
     def on_train_start(self, run_dir: Path, config: dict[str, Any], start_step: int) -> None:
         self.state = TrackerState(run_dir, "wandb")
         run_id = self.state.run_id or uuid.uuid4().hex[:12]
-        self.run = self.wandb.init(project=self.cfg.project, entity=self.cfg.entity, name=self.cfg.name or Path(run_dir).name,
+        self.run = self.wandb.init(project=self.cfg.project, entity=self.cfg.entity,
+                                   name=self.cfg.name or Path(run_dir).name,
                                    group=self.cfg.group, tags=list(self.cfg.tags) if self.cfg.tags else None,
                                    id=run_id, resume="allow", dir=str(run_dir), config=config, mode=self.mode)
         self.state.save(run_id=run_id)
@@ -90,7 +91,8 @@ class WandbLogger:
             return
         data: dict[str, Any] = dict(scalars(metrics))
         if self.cfg.log_completions and samples:
-            data["completions"] = self.wandb.Table(columns=list(COMPLETION_COLUMNS), data=completion_rows(step, samples))
+            data["completions"] = self.wandb.Table(columns=list(COMPLETION_COLUMNS),
+                                                   data=completion_rows(step, samples))
         self.run.log(data, step=step)
         self.state.save(last_step=step)
 
@@ -103,4 +105,5 @@ class WandbLogger:
 @hookimpl
 def rlvr_loggers() -> list[PluginSpec]:
     return [PluginSpec("wandb", WandbLogger, WandbLoggerConfig,
-                       "Weights & Biases: metrics.jsonl metrics, config, completion tables (WANDB_MODE=offline works)")]
+                       "Weights & Biases: metrics.jsonl metrics, config, completion tables "
+                       "(WANDB_MODE=offline works)")]

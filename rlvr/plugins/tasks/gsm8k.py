@@ -2,8 +2,8 @@
 
 Reads local ``train.jsonl`` / ``test.jsonl`` when ``task.data_dir`` holds them. Without it: the Hub
 dataset ``openai/gsm8k`` through ``datasets`` when it is in the local cache (no network), else the local
-copy in ``$RLVR_GSM8K_DIR`` or ``../shared/data/gsm8k``, else a download of the Hub dataset. Each row gets ``answer`` = the final number (the text after
-``####``) and ``solution`` = the full reference solution.
+copy in ``$RLVR_GSM8K_DIR`` or ``../shared/data/gsm8k``, else a download of the Hub dataset. Each row
+gets ``answer`` = the final number (the text after ``####``) and ``solution`` = the full reference solution.
 """
 from __future__ import annotations
 

@@ -78,7 +78,8 @@ def prepare_rows(rows: list[dict[str, Any]], cfg: HFTaskConfig, source: str) -> 
             if absent:
                 raise ValueError(f"{source}: row {i} has no column {absent[0]!r} named in task.keep_columns "
                                  f"(columns: {sorted(row)})")
-            keep = set(cfg.keep_columns) | {cfg.answer_column} | ({cfg.messages_column} if cfg.messages_column else set())
+            keep = set(cfg.keep_columns) | {cfg.answer_column}
+            keep |= {cfg.messages_column} if cfg.messages_column else set()
             keep |= set(template_fields(cfg.prompt_template)) if not cfg.messages_column else set()
             row = {k: v for k, v in row.items() if k in keep}
         check_row(row, cfg, source, i)
@@ -102,9 +103,12 @@ def check_row(row: dict[str, Any], cfg: HFTaskConfig, source: str, i: int) -> No
     if cfg.messages_column:
         msgs = row.get(cfg.messages_column)
         if cfg.messages_column not in row:
-            raise ValueError(f"{source}: row {i} has no messages column {cfg.messages_column!r} (columns: {sorted(row)})")
-        if not isinstance(msgs, list) or not msgs or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in msgs):
+            raise ValueError(f"{source}: row {i} has no messages column {cfg.messages_column!r} "
+                             f"(columns: {sorted(row)})")
+        def ok(m: Any) -> bool:
+            return isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+
+        if not isinstance(msgs, list) or not msgs or not all(ok(m) for m in msgs):
             raise ValueError(f"{source}: row {i}: column {cfg.messages_column!r} must be a non-empty list of "
                              f"{{'role': str, 'content': str}} messages, got {str(msgs)[:200]}")
         if not prompt_messages(msgs):
@@ -163,7 +167,8 @@ def make_rows(cfg: HFTaskConfig) -> tuple[list[dict[str, Any]], list[dict[str, A
         raise ValueError(f"task.eval_fraction must be in (0, 1), got {cfg.eval_fraction}")
     if cfg.eval_split:
         train = prepare_rows(read_rows(cfg, cfg.split, cfg.max_train_rows), cfg, f"{source} split {cfg.split!r}")
-        held = prepare_rows(read_rows(cfg, cfg.eval_split, cfg.max_eval_rows), cfg, f"{source} split {cfg.eval_split!r}")
+        held = prepare_rows(read_rows(cfg, cfg.eval_split, cfg.max_eval_rows), cfg,
+                            f"{source} split {cfg.eval_split!r}")
     else:
         need = cfg.max_train_rows + max(cfg.max_eval_rows, 1) if cfg.max_train_rows else 0
         rows = prepare_rows(read_rows(cfg, cfg.split, need), cfg, f"{source} split {cfg.split!r}")
@@ -227,4 +232,5 @@ def make_hf(cfg: HFTaskConfig) -> Task:
 @hookimpl
 def rlvr_tasks() -> list[PluginSpec]:
     return [PluginSpec("hf", make_hf, HFTaskConfig,
-                       "any Hugging Face `datasets` dataset: Hub id (cache offline), parquet/csv/json/arrow, save_to_disk")]
+                       "any Hugging Face `datasets` dataset: Hub id (cache offline), parquet/csv/json/arrow, "
+                       "save_to_disk")]
