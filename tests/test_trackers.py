@@ -124,6 +124,9 @@ def test_trackio_local_metrics_config_and_resume(tmp_path, monkeypatch):
     logs = [x for x in storage.SQLiteStorage.get_logs("rlvr-test", name) if "loss" in x]
     assert [x["step"] for x in logs] == [1, 2, 3, 4]
     assert [x["reward/mean"] for x in logs] == pytest.approx([r["reward/mean"] for r in rows], abs=1e-6)
+    table = logs[3]["completions"]  # step 4's sampled completions
+    assert table["_type"] == "trackio.table" and [r["step"] for r in table["_value"]] == [4, 4]
+    assert set(table["_value"][0]) >= {"prompt", "completion", "answer", "rewards", "advantage"}
     config = storage.SQLiteStorage.get_run_config("rlvr-test", name)
     assert config["trainer"]["save_steps"] == 2
 
