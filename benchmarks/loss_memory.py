@@ -1,6 +1,6 @@
 """Peak memory and time of log-probs + GRPO loss + backward: naive PyTorch vs Liger-Kernel vs rlvr.
 
-    python benchmarks/loss_memory.py                       # the README table (CPU, float32)
+    python benchmarks/loss_memory.py                       # the docs/performance.md table (CPU, float32)
     python benchmarks/loss_memory.py --shapes 8,1024 --device cuda --dtype bfloat16
 
 Variants (each measured in its own process, so peaks do not mix):

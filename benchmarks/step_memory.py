@@ -1,6 +1,6 @@
 """Peak memory of one GRPO training step of SmolLM2-135M: rlvr's path against the TRL way.
 
-    python benchmarks/step_memory.py                      # the README table (CPU, float32)
+    python benchmarks/step_memory.py                      # the docs/performance.md table (CPU, float32)
     python benchmarks/step_memory.py --device cuda --dtype bfloat16
 
 One step = forward of the policy on given rollouts (``N`` completions of ``T`` tokens after a

@@ -16,7 +16,7 @@ commands:
   eval      held-out accuracy of a model or checkpoint: rlvr eval [checkpoint=DIR] [task=...] [num_samples=4] [limit=0]
   plugins   list every discovered plugin by kind and where it came from
   show      the latest sampled completions of a run as a table: rlvr show RUN_DIR [--last K] [--step N] [--full]
-  report    PNG plots + one HTML page for a run: rlvr report RUN_DIR [--output DIR]
+  report    plots + one HTML page for a run, or runs compared: rlvr report RUN_DIR|SWEEP_DIR|RUN... [--output DIR]
   export    the trained model as GGUF (llama.cpp, Ollama): rlvr export RUN_DIR --format gguf [--type f16|q8_0] [--output FILE]
 """
 
@@ -133,10 +133,23 @@ def cmd_train(args: list[str]) -> int:
     def run(cfg: DictConfig) -> float:
         from rlvr.core.trainer import Trainer
 
+        from rlvr.core.trainer import ResumeConfigError, TrainingInterrupted
+
         _quiet_libraries()
         try:
             trainer = Trainer(cfg)
             metrics = trainer.train()
+        except TrainingInterrupted as exc:
+            print(f"rlvr train: {exc}", file=sys.stderr)
+            sys.exit(130)
+        except KeyboardInterrupt:
+            print("rlvr train: interrupted; run the same command again to resume from the last checkpoint "
+                  "(checkpoints/ in the run directory; trainer.save_steps sets how often one is written)",
+                  file=sys.stderr)
+            sys.exit(130)
+        except ResumeConfigError as exc:
+            print(f"rlvr train: error: {exc}", file=sys.stderr)
+            sys.exit(2)
         except (ValueError, FileNotFoundError, KeyError, ImportError, TypeError, OSError, RuntimeError) as exc:
             if os.environ.get("RLVR_TRACEBACK") or os.environ.get("HYDRA_FULL_ERROR"):
                 raise
@@ -144,7 +157,8 @@ def cmd_train(args: list[str]) -> int:
             sys.exit(1)
         if trainer.dist.is_main:
             print(f"rlvr: finished {trainer.step} steps; run directory: {trainer.run_dir} (checkpoint: {trainer.run_dir / 'final'})")
-        return float(metrics.get("reward/mean", float("nan")))
+        reward = metrics.get("reward/mean")
+        return float("nan") if reward is None else float(reward)
 
     sys.argv = ["rlvr train", *args]
     try:
@@ -319,12 +333,13 @@ def cmd_show(args: list[str]) -> int:
 
 
 def cmd_report(args: list[str]) -> int:
-    from rlvr.report import build_report
+    from rlvr.compare import report
 
     positional, opts = parse_options("report", args, {"output": ""})
-    page = build_report(_one_run_dir("report", positional), opts["output"] or None)
-    pngs = sorted(p.name for p in page.parent.glob("*.png"))
-    print(f"rlvr report: wrote {page} and {len(pngs)} plots in {page.parent}: {', '.join(pngs)}")
+    if not positional:
+        raise UsageError("rlvr report: give a run directory (outputs/<date>/<time>), a sweep directory "
+                         "(multirun/<date>/<time>) or several run directories to compare")
+    print(report(positional, opts["output"] or None))
     return 0
 
 

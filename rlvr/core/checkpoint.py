@@ -164,6 +164,37 @@ def resolve_resume(resume: str) -> Path:
     raise FileNotFoundError(f"trainer.resume={resume!r}: no such directory")
 
 
+RESUMABLE = ("trainer.max_steps", "trainer.save_steps", "trainer.keep_checkpoints", "trainer.resume",
+             "trainer.log_steps", "trainer.eval_steps", "trainer.eval_samples", "trainer.log_completions",
+             "trainer.progress", "trainer.output_dir", "trainer.threads", "trainer.max_bad_steps",
+             "trainer.gradient_checkpointing", "trainer.offload_activations", "trainer.save_merged",
+             "trainer.distributed", "trainer.dist_backend", "logger")
+"""Config keys (and key prefixes) a resumed run may change: when, how long and what to log or save, and
+memory, thread and process-layout knobs that do not change the numbers (1 and N processes train the same).
+Any other change stops the resume."""
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists are values)."""
+    if not isinstance(config, dict) or not config:
+        return {prefix: config} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Every dotted key whose value differs between two composed configs: ``key -> (saved, current)``
+    (a key present on one side only has None on the other)."""
+    old, new = flatten(saved), flatten(current)
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+def may_change_on_resume(key: str) -> bool:
+    return any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE)
+
+
 def load_trainable_weights(policy: Policy, ckpt: Path) -> None:
     """Load the checkpoint's weights into the policy in place."""
     from safetensors.torch import load_file

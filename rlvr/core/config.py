@@ -36,8 +36,8 @@ class TrainerConfig:
     warmup_steps: int = 2
     lr_schedule: str = "constant"  # constant | linear | cosine (after warmup)
     max_grad_norm: float = 1.0
-    advantage_scaling: str = "group"  # group | batch | none
-    advantage_baseline: str = "mean"  # mean | rloo (leave-one-out)
+    advantage_scaling: Optional[str] = None  # shortcut for advantage.scaling: group | batch | none
+    advantage_baseline: Optional[str] = None  # shortcut for advantage.baseline: mean | rloo (leave-one-out)
     seed: int = 0
     save_steps: int = 0  # 0 = only the final checkpoint
     keep_checkpoints: int = 2
@@ -48,7 +48,7 @@ class TrainerConfig:
     logprob_chunk_tokens: int = 1024
     gradient_checkpointing: bool = False
     offload_activations: bool = False
-    output_dir: Optional[str] = None  # default: Hydra's run directory (or ./rlvr-run outside Hydra)
+    output_dir: Optional[str] = None  # default: Hydra's run directory (or rlvr-runs/<timestamp> outside Hydra)
     threads: int = 0  # torch intra-op threads; 0 = PyTorch's default
     progress: bool = True
     log_completions: int = 4  # completions kept per step in completions.jsonl

@@ -15,43 +15,59 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def rlvr_rewards() -> list:
-    """Reward plugins: factory(cfg) -> fn(completions, prompts=..., **columns) -> list[float | None]."""
+    """Reward plugins: factory(cfg) -> fn(completions, prompts=..., **columns) -> list[float | None]
+    (contract: rlvr.core.contracts.Reward)."""
 
 
 @hookspec
 def rlvr_verifiers() -> list:
-    """Verifier plugins: factory(cfg) -> fn(completions, prompts=..., **columns) -> list[bool | None]."""
+    """Verifier plugins: factory(cfg) -> fn(completions, prompts=..., **columns) -> list[bool | None]
+    (contract: rlvr.core.contracts.Verifier)."""
 
 
 @hookspec
 def rlvr_losses() -> list:
-    """Loss plugins: factory(cfg) -> loss(logps, old_logps, ref_logps, advantages, mask, truncated) -> (value, metrics)."""
+    """Loss plugins: factory(cfg) -> loss(logps, old_logps, ref_logps, advantages, mask, truncated, *, num_sequences,
+    num_tokens, entropies=None) -> (value, metrics), with attributes beta, needs_entropy and active_tokens(mask,
+    truncated) (contract: rlvr.core.contracts.Loss)."""
+
+
+@hookspec
+def rlvr_advantages() -> list:
+    """Advantage estimators: factory(cfg) -> estimator(rewards [N], group_size) -> advantages [N]
+    (contract: rlvr.core.contracts.AdvantageEstimator)."""
 
 
 @hookspec
 def rlvr_models() -> list:
-    """Model plugins: factory(cfg) -> rlvr.core.policy.Policy (trainable model + tokenizer)."""
+    """Model plugins: factory(cfg) -> rlvr.core.policy.Policy (trainable model + tokenizer)
+    (contract: rlvr.core.contracts.Policy)."""
 
 
 @hookspec
 def rlvr_engines() -> list:
-    """Engine plugins: factory(cfg) -> engine with generate(policy, prompts, num_generations, seed)."""
+    """Engine plugins: factory(cfg) -> engine with generate(policy, prompts, num_generations, seeds, greedy=False)
+    -> Rollouts, and attributes cfg (temperature, max_new_tokens, max_prompt_length) and importance_sampling
+    (contract: rlvr.core.contracts.Engine)."""
 
 
 @hookspec
 def rlvr_tasks() -> list:
-    """Task plugins: factory(cfg) -> rlvr.core.task.Task (rows, prompt template, answer column)."""
+    """Task plugins: factory(cfg) -> rlvr.core.task.Task (rows, prompt template, answer column)
+    (contract: rlvr.core.contracts.Task)."""
 
 
 @hookspec
 def rlvr_loggers() -> list:
-    """Logger / callback plugins: factory(cfg) -> object with optional on_train_start/on_step_end/on_train_end."""
+    """Logger / callback plugins: factory(cfg) -> object with any of on_train_start(run_dir, config, start_step),
+    on_step_end(step, metrics, samples), on_train_end(metrics); called through pluggy (rlvr.core.callbacks)."""
 
 
 KINDS: dict[str, str] = {
     "reward": "rlvr_rewards",
     "verifier": "rlvr_verifiers",
     "loss": "rlvr_losses",
+    "advantage": "rlvr_advantages",
     "model": "rlvr_models",
     "engine": "rlvr_engines",
     "task": "rlvr_tasks",

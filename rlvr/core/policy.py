@@ -54,18 +54,19 @@ class Policy:
         """
         if self.is_lora:
             return _adapters_disabled(self.model)
+        return contextlib.nullcontext(self.freeze_reference())
+
+    def freeze_reference(self) -> Any:
+        """Full fine-tuning: the frozen copy of the weights as they are now (made once; later calls return it).
+
+        The trainer calls it before loading a checkpoint when resuming with beta > 0, so that the KL reference
+        is the base model, not the resumed weights."""
         if self._frozen_reference is None:
             ref = copy.deepcopy(self.model).eval()
             for p in ref.parameters():
                 p.requires_grad_(False)
             self._frozen_reference = ref
-        return contextlib.nullcontext(self._frozen_reference)
-
-    def set_reference_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore the frozen reference weights (resume of a full fine-tune)."""
-        if not self.is_lora:
-            with self.reference() as ref:
-                ref.load_state_dict(state)
+        return self._frozen_reference
 
 
 @contextlib.contextmanager

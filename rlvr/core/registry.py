@@ -196,10 +196,9 @@ def create(kind: str, name: str, **params: Any) -> Any:
 
     >>> loss = create("loss", "grpo", epsilon=0.2)        # doctest: +SKIP
     """
+    from rlvr.core.contracts import check
+
     entry = get(kind, name)
     cfg = build_config(kind, name, params)
-    return entry.spec.factory(cfg)
+    return check(kind, entry.spec.factory(cfg), name)
 
-
-def is_list_kind(kind: str) -> bool:
-    return kind in LIST_KINDS

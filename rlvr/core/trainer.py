@@ -1,30 +1,40 @@
 """The GRPO loop.
 
-One step: sample B prompts → G completions each (engine) → score (rewards) → group-relative
-advantages → μ optimisation passes (log-probs from the chunked kernel → loss → backward →
-optimizer) → metrics and checkpoints.
+One step is six phases, each a method taking the step's batch (:class:`rlvr.core.rollout.StepBatch`)::
+
+    rollout → score → advantages → reference / old log-probs → optimise → metrics
+
+rollout: B prompts → G completions each (engine); score: every reward, the weighted total;
+advantages: the estimator plugin; reference: log-probs under the reference policy (beta > 0) and
+the sampling policy (μ > 1); optimise: μ passes of log-probs (chunked kernel) → loss → backward →
+optimizer; metrics. Distributed concerns (gathers, global sums) are marked ``DISTRIBUTED``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
+import signal
+import sys
+import threading
 import time
+import types
 import warnings
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
 from rlvr.core import checkpoint as ckpt_io
-from rlvr.core import distributed, registry
-from rlvr.core.advantages import group_advantages, zero_std_fraction
+from rlvr.core import distributed, registry, resources
+from rlvr.core.advantages import zero_std_fraction
+from rlvr.core.callbacks import logger_manager
 from rlvr.core.config import TrainerConfig, plugin_params, trainer_config
+from rlvr.core.contracts import AdvantageEstimator, Engine, Loss
 from rlvr.core.importance import importance_metrics, importance_weights, scale_gradient
 from rlvr.core.policy import Policy, save_policy
 from rlvr.core.rewards import RewardFn, score, weighted_total
-from rlvr.core.rollout import Rollouts
+from rlvr.core.rollout import Rollouts, StepBatch, Update
 from rlvr.core.task import RowSampler, Task
 from rlvr.kernels.memory import enable_gradient_checkpointing, offload_activations
 from rlvr.kernels.shared_prompt import grouped_completion_logprobs
@@ -32,6 +42,75 @@ from rlvr.kernels.shared_prompt import grouped_completion_logprobs
 
 class TrainingError(RuntimeError):
     """The run cannot go on (e.g. too many non-finite losses in a row)."""
+
+
+class ResumeConfigError(ValueError):
+    """Resuming with a config that differs from the checkpoint's in a key that cannot change mid-run."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C: the run stopped after a finished step and saved a checkpoint."""
+
+    def __init__(self, checkpoint: Path, step: int) -> None:
+        super().__init__(f"interrupted after step {step}; checkpoint saved at {checkpoint}. "
+                         "Run the same command again to resume from it.")
+        self.checkpoint, self.step = checkpoint, step
+
+
+@contextlib.contextmanager
+def interrupt_after_step() -> Iterator[Any]:
+    """While active, the first SIGINT only sets ``.requested`` (the loop stops after the step in progress);
+    a second one raises KeyboardInterrupt at once. Outside the main thread it does nothing."""
+    state = types.SimpleNamespace(requested=False)
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        if state.requested:
+            raise KeyboardInterrupt
+        state.requested = True
+        print("\nrlvr: stopping after this step and saving a checkpoint (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class ProgressBar:
+    """tqdm bar with the step's reward, length and seconds per step (no tqdm rate: one speed figure)."""
+
+    FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+
+    def __init__(self, tc: TrainerConfig, start: int, reward_names: list[str], enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.tc, self.reward_names = tc, reward_names
+        self.bar = tqdm(total=tc.max_steps, initial=start, disable=not enabled, desc="rlvr train", unit="step",
+                        dynamic_ncols=True, bar_format=self.FORMAT)
+
+    def update(self, step: int, metrics: dict[str, Optional[float]], verbose: bool) -> None:
+        post = {"reward": _fmt(metrics["reward/mean"], ".2f"), "len": _fmt(metrics["completion_length/mean"], ".0f"),
+                "s/step": _fmt(metrics["step_time"], ".3g")}  # 0.024, 5.12, 123
+        if len(self.reward_names) > 1:
+            post.update({n: _fmt(metrics[f"rewards/{n}/mean"], ".2f") for n in self.reward_names})
+        self.bar.set_postfix(post)
+        self.bar.update(1)
+        if verbose and self.tc.log_steps and step % self.tc.log_steps == 0:
+            self.bar.write(f"step {step}/{self.tc.max_steps}  reward {_fmt(metrics['reward/mean'], '.3f')} ± "
+                           f"{_fmt(metrics['reward/std'], '.3f')}  len {_fmt(metrics['completion_length/mean'], '.1f')}"
+                           f"  zero-std groups {_fmt(metrics['frac_reward_zero_std'], '.2f')}  "
+                           f"{_fmt(metrics['step_time'], '.1f')} s/step")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _fmt(value: Optional[float], spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def validate_trainer(tc: TrainerConfig) -> None:
@@ -43,8 +122,10 @@ def validate_trainer(tc: TrainerConfig) -> None:
         (tc.num_iterations >= 1, f"trainer.num_iterations must be >= 1, got {tc.num_iterations}"),
         (tc.lr > 0, f"trainer.lr must be > 0, got {tc.lr}"),
         (tc.micro_batch_size >= 0, f"trainer.micro_batch_size must be >= 0, got {tc.micro_batch_size}"),
-        (tc.advantage_scaling in ("group", "batch", "none"), f"trainer.advantage_scaling={tc.advantage_scaling!r}: choose group, batch or none"),
-        (tc.advantage_baseline in ("mean", "rloo"), f"trainer.advantage_baseline={tc.advantage_baseline!r}: choose mean or rloo"),
+        (tc.advantage_scaling in (None, "group", "batch", "none"),
+         f"trainer.advantage_scaling={tc.advantage_scaling!r}: choose group, batch or none"),
+        (tc.advantage_baseline in (None, "mean", "rloo"),
+         f"trainer.advantage_baseline={tc.advantage_baseline!r}: choose mean or rloo"),
         (tc.lr_schedule in ("constant", "linear", "cosine"), f"trainer.lr_schedule={tc.lr_schedule!r}: choose constant, linear or cosine"),
         (tc.max_grad_norm >= 0, f"trainer.max_grad_norm must be >= 0 (0 = no clipping), got {tc.max_grad_norm}"),
         (tc.warmup_steps >= 0, f"trainer.warmup_steps must be >= 0, got {tc.warmup_steps}"),
@@ -109,15 +190,16 @@ class Trainer:
         self.task: Task = registry.create("task", task_name, **task_params)
         self.rewards = self._build_rewards(cfg, rewards)
         loss_name, loss_params = _select(cfg, "loss")
-        self.loss = registry.create("loss", loss_name, **loss_params)
+        self.loss: Loss = registry.create("loss", loss_name, **loss_params)
+        self.advantage: AdvantageEstimator = self._build_advantage(cfg)
         engine_name, engine_params = _select(cfg, "engine")
-        self.engine = registry.create("engine", engine_name, **engine_params)
-        loggers = [registry.create("logger", n, **plugin_params(p)) for n, p in (cfg.get("logger") or {}).items()]
-        self.loggers = loggers if self.dist.is_main else []  # rank 0 writes the logs
+        self.engine: Engine = registry.create("engine", engine_name, **engine_params)
+        loggers = [(n, registry.create("logger", n, **plugin_params(p))) for n, p in (cfg.get("logger") or {}).items()]
+        self.loggers = [lg for _, lg in loggers] if self.dist.is_main else []  # rank 0 writes the logs
+        self.callbacks = logger_manager(loggers if self.dist.is_main else []).hook
         self.run_dir = Path(self.dist.broadcast(str(run_dir or self._default_run_dir())))  # rank 0's, on every rank
         model_name, model_params = _select(cfg, "model")
-        ecfg = getattr(self.engine, "cfg", None)
-        longest = int(getattr(ecfg, "max_prompt_length", 0) or 0) + int(getattr(ecfg, "max_new_tokens", 0) or 0)
+        longest = int(self.engine.cfg.max_prompt_length) + int(self.engine.cfg.max_new_tokens)
         if policy is None and model_params.get("max_seq_length") and longest > int(model_params["max_seq_length"]):
             raise ValueError(f"engine.max_prompt_length + engine.max_new_tokens = {longest} exceeds "
                              f"model.max_seq_length={model_params['max_seq_length']}: raise model.max_seq_length "
@@ -126,13 +208,18 @@ class Trainer:
         self.policy = policy or registry.create("model", model_name, **model_params)
         if self.dist.device is not None and self.dist.device.type == "cuda" and self.policy.device.type == "cpu":
             self.policy.model.to(self.dist.device)  # the GPU (cuda:LOCAL_RANK under torchrun); device_map'd models stay
-        self.temperature = float(getattr(getattr(self.engine, "cfg", None), "temperature", 1.0))
+        self.temperature = float(self.engine.cfg.temperature)
         self.step = 0
         self.sampler = RowSampler(len(self.task.train_rows), self.tc.seed)
+        if self.tc.prompts_per_step > len(self.task.train_rows) and self.dist.is_main:
+            warnings.warn(f"trainer.prompts_per_step={self.tc.prompts_per_step} is larger than the task's "
+                          f"{len(self.task.train_rows)} training rows: a step holds the same prompt more than once "
+                          "(sampled without replacement within an epoch, epochs follow each other)", stacklevel=2)
         self.bad_steps_in_row = 0
         self.skipped_steps = 0
+        self.resume_changes: dict[str, tuple[Any, Any]] = {}  # settings a resume changed (key: (old, new))
         if (self.dist.enabled and self.tc.distributed == "fsdp" and not self.policy.is_lora
-                and float(getattr(self.loss, "beta", 0.0)) > 0):
+                and self.loss.beta > 0):
             raise ValueError("trainer.distributed=fsdp with full fine-tuning and loss.beta > 0 is not supported (the KL "
                              "reference would be a second, unsharded copy of the model): use LoRA (the reference is "
                              "the base with the adapters off) or trainer.distributed=ddp")
@@ -167,6 +254,16 @@ class Trainer:
             raise ValueError("no reward configured: pick at least one, e.g. reward=[arithmetic] (see `rlvr plugins`)")
         return out
 
+    def _build_advantage(self, cfg: Any) -> AdvantageEstimator:
+        """``advantage=<name>`` (default grpo); ``trainer.advantage_scaling`` / ``advantage_baseline`` are shortcuts
+        for ``advantage.scaling`` / ``advantage.baseline``."""
+        name, params = _select(cfg, "advantage") if cfg.get("advantage") is not None else ("grpo", {})
+        for field_name in ("scaling", "baseline"):
+            value = getattr(self.tc, f"advantage_{field_name}")
+            if value is not None:
+                params[field_name] = value
+        return registry.create("advantage", name, **params)
+
     def _default_run_dir(self) -> Path:
         if self.tc.output_dir:
             return Path(self.tc.output_dir)
@@ -189,21 +286,179 @@ class Trainer:
         if tc.gradient_checkpointing:
             enable_gradient_checkpointing(self.policy.model)
 
-    # ----- one step -----------------------------------------------------------------------
+    # ----- one step: rollout → score → advantages → reference / old log-probs → optimise → metrics ------
     def group_seeds(self, step: int, num_groups: int) -> list[int]:
         """Sampling seed of each group: a function of (seed, step, group index) only."""
         return [(self.tc.seed * 1_000_003 + step * 10_007 + g) % (2**63) for g in range(num_groups)]
 
-    def generate(self, step: int) -> Rollouts:
+    def train_step(self) -> dict[str, Optional[float]]:
+        """One GRPO step; each phase takes the step's batch and fills in its part."""
+        batch = self.rollout(self.step + 1)
+        self.score(batch)
+        if batch.has_scores:
+            self.compute_advantages(batch)
+            self.reference_logprobs(batch)
+            update = self.optimise(batch)
+        else:  # every reward returned None for every completion: nothing to learn from
+            update = self.skip_unscored(batch)
+        self.step = batch.step
+        return self.step_metrics(batch, update)
+
+    def rollout(self, step: int) -> StepBatch:
+        """Phase 1: B prompts → G completions each (this rank's groups). Dynamic sampling and multi-turn
+        environments change this phase only."""
+        t0 = time.perf_counter()
+        self.policy.model.eval()
         idx = self.sampler.take(self.tc.prompts_per_step)  # the same B prompts on every rank
-        mine = self.dist.groups(len(idx))  # this rank's groups (all of them in one process)
+        mine = self.dist.groups(len(idx))  # DISTRIBUTED: this rank's groups (all of them in one process)
         rows = [self.task.train_rows[i] for i in idx[mine]]
         prompts = [self.task.render(r, self.policy.tokenizer) for r in rows]
         seeds = self.group_seeds(step, len(idx))[mine]  # seeded by the global group index
         with distributed.unsharded(self.parallel):
             rollouts = self.engine.generate(self.policy, prompts, self.tc.num_generations, seeds)
+        if hasattr(self.engine, "release"):  # engine=vllm: sleep mode hands its GPU memory to the rest of the step
+            self.engine.release(self.policy)
         rollouts.rows = [r for r in rows for _ in range(self.tc.num_generations)]
-        return rollouts
+        return StepBatch(step=step, rollouts=rollouts, groups=mine, started=t0,
+                         generation_time=time.perf_counter() - t0)
+
+    def score(self, batch: StepBatch) -> None:
+        """Phase 2: every reward on this rank's completions, then the whole batch's table on every rank."""
+        ro = batch.rollouts
+        table = score(self.rewards, ro.completions, ro.prompts, ro.columns())
+        batch.local_rewards = table
+        # DISTRIBUTED: gather the whole batch (one process: its own) for batch-wide advantages and metrics
+        parts = self.dist.gather({"rewards": table, "lengths": ro.completion_mask.sum(1).float(),
+                                  "truncated": ro.truncated, "generation_time": batch.generation_time})
+        batch.rewards = torch.cat([p["rewards"] for p in parts])
+        batch.lengths = torch.cat([p["lengths"] for p in parts])
+        batch.all_truncated = torch.cat([p["truncated"] for p in parts])
+        batch.generation_time = max(p["generation_time"] for p in parts)
+        batch.total = weighted_total(batch.rewards, [r.weight for r in self.rewards])
+        batch.scored = (~torch.isnan(batch.rewards)).any(dim=1)
+
+    def compute_advantages(self, batch: StepBatch) -> None:
+        """Phase 3: the advantage estimator on the whole batch; this rank keeps its groups' share."""
+        G = self.tc.num_generations
+        adv = self.advantage(batch.total, G)
+        batch.advantages = adv[batch.groups.start * G:batch.groups.stop * G]
+
+    def reference_logprobs(self, batch: StepBatch) -> None:
+        """Phase 4: reference log-probs (beta > 0), old log-probs (μ > 1), the step's loss normalisers."""
+        ro, tc = batch.rollouts, self.tc
+        batch.mask = ro.completion_mask.float().to(self.policy.device)
+        batch.truncated = ro.truncated.to(self.policy.device)
+        batch.slices = self.micro_slices(ro.num)
+        with torch.no_grad():
+            if self.loss.beta > 0:
+                with self.policy.reference() as ref_model:
+                    batch.ref_logps = torch.cat([self.logprobs(ref_model, ro, sl) for sl in batch.slices])
+            if tc.num_iterations > 1:  # μ = 1: old log-probs are the detached current ones (no extra pass)
+                batch.old_logps = torch.cat([self.logprobs(self.policy.model, ro, sl) for sl in batch.slices])
+        tokens = sum(int(self.loss.active_tokens(batch.mask[sl], batch.truncated[sl])) for sl in batch.slices)
+        batch.num_tokens = int(self.dist.sum(tokens))  # DISTRIBUTED: loss normalisers are whole-batch totals
+        batch.num_sequences = batch.total.numel()
+
+    def optimise(self, batch: StepBatch) -> Update:
+        """Phase 5: μ passes over the batch in micro-batches; an update with a non-finite loss or gradient
+        (on any rank) is skipped."""
+        tc, update = self.tc, Update()
+        self.policy.model.train()
+        for _ in range(tc.num_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            for sl in batch.slices:
+                value, metrics = self.micro_batch_loss(batch, sl)
+                with distributed.grad_sync(self.parallel, sync=sl is batch.slices[-1]):
+                    (value * self.dist.world_size).backward()  # DDP / FSDP2 average gradients over the ranks
+                update.loss_sum += float(value.detach())
+                share = (min(sl.stop, batch.rollouts.num) - sl.start) / batch.num_sequences
+                for k, v in metrics.items():
+                    update.sums[k] = update.sums.get(k, 0.0) + float(v) * share / tc.num_iterations
+            params = [p for p in self.policy.model.parameters() if p.requires_grad]
+            norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf"))
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
+            bad = not torch.isfinite(norm) or not math.isfinite(update.loss_sum)
+            if self.dist.sum(float(bad)) > 0:  # DISTRIBUTED: skip on every rank if any rank saw a bad value
+                update.skipped = True
+                self.optimizer.zero_grad(set_to_none=True)
+                break
+            update.grad_norm = float(norm)
+            self.optimizer.step()
+            self.scheduler.step()
+        self._count_bad_step(batch.step, update.skipped, "non-finite loss or gradient",
+                             "had a non-finite loss or gradient; lower trainer.lr, check the rewards, or raise "
+                             "trainer.max_bad_steps")
+        return update
+
+    def micro_batch_loss(self, batch: StepBatch, sl: slice) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss plugin on one micro-batch (with the engine/trainer importance-sampling correction)."""
+        out = self.logprobs(self.policy.model, batch.rollouts, sl, with_entropy=self.loss.needs_entropy)
+        logps, entropies = out if self.loss.needs_entropy else (out, None)
+        old = batch.old_logps[sl] if batch.old_logps is not None else None
+        metrics: dict[str, float] = {}
+        is_cfg = self.engine.importance_sampling
+        sampling = batch.rollouts.sampling_logps
+        if is_cfg is not None and is_cfg.enabled and sampling is not None:  # × a capped ratio trainer/engine
+            w = importance_weights(old if old is not None else logps.detach(), sampling[sl].to(logps.device),
+                                   batch.mask[sl], is_cfg)
+            logps, metrics = scale_gradient(logps, w), importance_metrics(w, batch.mask[sl])
+        value, loss_metrics = self.loss(
+            logps, old, batch.ref_logps[sl] if batch.ref_logps is not None else None, batch.advantages[sl].to(
+                self.policy.device), batch.mask[sl], batch.truncated[sl], num_sequences=batch.num_sequences,
+            num_tokens=batch.num_tokens, entropies=entropies)
+        return value, {**loss_metrics, **metrics}
+
+    def skip_unscored(self, batch: StepBatch) -> Update:
+        """No update for a step in which no completion was scored (every reward returned None)."""
+        batch.advantages = torch.zeros(batch.rollouts.num)
+        names = ", ".join(r.name for r in self.rewards)
+        self._count_bad_step(batch.step, True, f"no completion was scored (every reward returned None: {names})",
+                             f"had no scored completion: every reward ({names}) returned None for every completion; "
+                             f"check that {names} can score this task's completions (`rlvr show RUN_DIR` shows what "
+                             "the model writes), or raise trainer.max_bad_steps")
+        return Update(skipped=True)
+
+    def _count_bad_step(self, step: int, bad: bool, what: str, in_a_row: str) -> None:
+        """Count a skipped update; stop the run after ``trainer.max_bad_steps`` in a row."""
+        if not bad:
+            self.bad_steps_in_row = 0
+            return
+        self.bad_steps_in_row += 1
+        self.skipped_steps += 1
+        warnings.warn(f"step {step}: {what}; the update was skipped ({self.bad_steps_in_row} in a row, "
+                      f"{self.skipped_steps} in total)", stacklevel=2)
+        if self.bad_steps_in_row >= self.tc.max_bad_steps:
+            raise TrainingError(f"{self.bad_steps_in_row} steps in a row {in_a_row}")
+
+    def step_metrics(self, batch: StepBatch, update: Update) -> dict[str, Optional[float]]:
+        """Phase 6: the step's metrics (whole batch, every rank) and the completions kept for the logs."""
+        tc, total = self.tc, batch.total
+        loss_sum = self.dist.sum(update.loss_sum)  # DISTRIBUTED: sums over the ranks
+        sums = {k: self.dist.sum(v) for k, v in sorted(update.sums.items())}
+        scored = batch.has_scores
+        metrics: dict[str, Optional[float]] = {
+            "reward/mean": float(total.mean()) if scored else None,
+            "reward/std": (float(total.std()) if total.numel() > 1 else 0.0) if scored else None,
+            "frac_reward_zero_std": zero_std_fraction(total, tc.num_generations),
+            "frac_scored": float(batch.scored.float().mean()),
+            "loss": loss_sum / tc.num_iterations, "grad_norm": update.grad_norm, "lr": float(self.scheduler.get_last_lr()[0]),
+            "completion_length/mean": float(batch.lengths.mean()), "completion_length/max": float(batch.lengths.max()),
+            "completion_length/clipped_ratio": float(batch.all_truncated.float().mean()),
+            "step_time": time.perf_counter() - batch.started, "generation_time": batch.generation_time,
+            "tokens_per_s": float(batch.lengths.sum()) / max(batch.generation_time, 1e-9),
+            "skipped_steps": float(self.skipped_steps),
+        }
+        for j, r in enumerate(self.rewards):
+            col = batch.rewards[:, j]
+            ok = col[~torch.isnan(col)]
+            metrics[f"rewards/{r.name}/mean"] = float(ok.mean()) if ok.numel() else None  # None: nothing scored
+            metrics[f"rewards/{r.name}/std"] = float(ok.std()) if ok.numel() > 1 else (0.0 if ok.numel() else None)
+        metrics.update(sums)
+        metrics.update(resources.peak_memory())  # memory/peak_rss_mib (+ GPU): rlvr report's peak memory
+        metrics = {k: v if v is None or math.isfinite(v) else None for k, v in metrics.items()}  # JSON: null
+        samples = self.dist.gather(self._samples(batch.rollouts, batch.local_rewards, batch.advantages))
+        self._last_samples = [s for part in samples for s in part][:tc.log_completions]
+        return metrics
 
     def logprobs(self, model: Any, ro: Rollouts, sl: slice, with_entropy: bool = False) -> Any:
         ids = torch.cat([ro.prompt_ids[sl], ro.completion_ids[sl]], dim=1).to(self.policy.device)
@@ -220,108 +475,6 @@ class Trainer:
         mb = self.tc.micro_batch_size or n
         return [slice(i, i + mb) for i in range(0, n, mb)]
 
-    def train_step(self) -> dict[str, float]:
-        tc, step = self.tc, self.step + 1
-        t0 = time.perf_counter()
-        self.policy.model.eval()
-        ro = self.generate(step)
-        t_gen = time.perf_counter() - t0
-        table = score(self.rewards, ro.completions, ro.prompts, ro.columns())
-        # the whole batch on every rank (one process: its own): advantages (batch scaling) and metrics use it
-        parts = self.dist.gather({"rewards": table, "lengths": ro.completion_mask.sum(1).float(),
-                                  "truncated": ro.truncated, "generation_time": t_gen})
-        total = weighted_total(torch.cat([p["rewards"] for p in parts]), [r.weight for r in self.rewards])
-        mine = self.dist.groups(tc.prompts_per_step)
-        adv = group_advantages(total, tc.num_generations, tc.advantage_scaling, tc.advantage_baseline)[
-            mine.start * tc.num_generations:mine.stop * tc.num_generations]
-        num_sequences = total.numel()
-        mask = ro.completion_mask.float().to(self.policy.device)
-        truncated = ro.truncated.to(self.policy.device)
-        adv_d = adv.to(self.policy.device)
-        slices = self.micro_slices(ro.num)
-        beta = float(getattr(self.loss, "beta", 0.0))
-        ref_logps = old_logps = None
-        with torch.no_grad():
-            if beta > 0:
-                with self.policy.reference() as ref_model:
-                    ref_logps = torch.cat([self.logprobs(ref_model, ro, sl) for sl in slices])
-            if tc.num_iterations > 1:  # μ = 1: old log-probs are the detached current ones (no extra pass)
-                old_logps = torch.cat([self.logprobs(self.policy.model, ro, sl) for sl in slices])
-        active = getattr(self.loss, "active_tokens", None)
-        num_tokens = sum(int(active(mask[sl], truncated[sl])) for sl in slices) if active else int(mask.sum())
-        num_tokens = int(self.dist.sum(num_tokens))  # loss normalisers are whole-batch totals
-        needs_entropy = bool(getattr(self.loss, "needs_entropy", False))
-        is_cfg = getattr(self.engine, "importance_sampling", None)  # engine/trainer mismatch correction (engine=vllm)
-        use_is = bool(is_cfg is not None and is_cfg.enabled and ro.sampling_logps is not None)
-        self.policy.model.train()
-        loss_sum, sums, grad_norm, skipped = 0.0, {}, 0.0, False
-        for _ in range(tc.num_iterations):
-            self.optimizer.zero_grad(set_to_none=True)
-            for sl in slices:
-                out = self.logprobs(self.policy.model, ro, sl, with_entropy=needs_entropy)
-                logps, ent = out if needs_entropy else (out, None)
-                is_metrics: dict[str, float] = {}
-                if use_is:  # each token's loss times a capped ratio trainer/engine (a constant)
-                    old = old_logps[sl] if old_logps is not None else logps.detach()
-                    w = importance_weights(old, ro.sampling_logps[sl].to(logps.device), mask[sl], is_cfg)
-                    logps, is_metrics = scale_gradient(logps, w), importance_metrics(w, mask[sl])
-                kwargs = {"entropies": ent} if needs_entropy else {}
-                value, m = self.loss(logps, old_logps[sl] if old_logps is not None else None,
-                                     ref_logps[sl] if ref_logps is not None else None, adv_d[sl], mask[sl], truncated[sl],
-                                     num_sequences=num_sequences, num_tokens=num_tokens, **kwargs)
-                with distributed.grad_sync(self.parallel, sync=sl is slices[-1]):
-                    (value * self.dist.world_size).backward()  # DDP / FSDP2 average gradients over the ranks
-                loss_sum += float(value.detach())
-                share = (sl.stop - sl.start if sl.stop <= ro.num else ro.num - sl.start) / num_sequences
-                for k, v in {**m, **is_metrics}.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) * share / tc.num_iterations
-            params = [p for p in self.policy.model.parameters() if p.requires_grad]
-            norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf"))
-            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
-            if self.dist.sum(float(not torch.isfinite(norm) or not math.isfinite(loss_sum))) > 0:  # any rank
-                skipped = True
-                self.optimizer.zero_grad(set_to_none=True)
-                break
-            grad_norm = float(norm)
-            self.optimizer.step()
-            self.scheduler.step()
-        if skipped:
-            self.bad_steps_in_row += 1
-            self.skipped_steps += 1
-            warnings.warn(f"step {step}: non-finite loss or gradient; the update was skipped "
-                          f"({self.bad_steps_in_row} in a row, {self.skipped_steps} in total)")
-            if self.bad_steps_in_row >= tc.max_bad_steps:
-                raise TrainingError(f"{self.bad_steps_in_row} steps in a row had a non-finite loss or gradient; "
-                                    "lower trainer.lr, check the rewards, or raise trainer.max_bad_steps")
-        else:
-            self.bad_steps_in_row = 0
-        self.step = step
-        dt = time.perf_counter() - t0
-        lengths = torch.cat([p["lengths"] for p in parts])
-        clipped = torch.cat([p["truncated"] for p in parts]).float()
-        t_gen = max(p["generation_time"] for p in parts)
-        loss_sum = self.dist.sum(loss_sum)
-        sums = {k: self.dist.sum(v) for k, v in sorted(sums.items())}
-        metrics: dict[str, float] = {
-            "reward/mean": float(total.mean()), "reward/std": float(total.std()) if total.numel() > 1 else 0.0,
-            "frac_reward_zero_std": zero_std_fraction(total, tc.num_generations),
-            "loss": loss_sum / tc.num_iterations, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0],
-            "completion_length/mean": float(lengths.mean()), "completion_length/max": float(lengths.max()),
-            "completion_length/clipped_ratio": float(clipped.mean()),
-            "step_time": dt, "generation_time": t_gen, "tokens_per_s": float(lengths.sum()) / max(t_gen, 1e-9),
-            "skipped_steps": float(self.skipped_steps),
-        }
-        batch_table = torch.cat([p["rewards"] for p in parts])
-        for j, r in enumerate(self.rewards):
-            col = batch_table[:, j]
-            ok = col[~torch.isnan(col)]
-            metrics[f"rewards/{r.name}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
-            metrics[f"rewards/{r.name}/std"] = float(ok.std()) if ok.numel() > 1 else 0.0
-        metrics.update(sums)
-        samples = self.dist.gather(self._samples(ro, table, adv))  # the batch's first log_completions, as in one process
-        self._last_samples = [s for part in samples for s in part][:tc.log_completions]
-        return metrics
-
     def _samples(self, ro: Rollouts, table: torch.Tensor, adv: torch.Tensor) -> list[dict[str, Any]]:
         k = min(self.tc.log_completions, ro.num)
         out = []
@@ -337,13 +490,13 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "sampler": self.sampler.state_dict(), "bad_steps_in_row": self.bad_steps_in_row,
-                "skipped_steps": self.skipped_steps}
+                "skipped_steps": self.skipped_steps, "config": _to_dict(self.cfg)}
 
     def save(self) -> Path:
         """Checkpoint: rank 0 writes it (DDP: every rank holds the same weights); with FSDP2 every rank writes
         its shard of weights and optimizer state (torch.distributed.checkpoint)."""
-        keep = max(1, int(self.cfg["trainer"].get("keep_checkpoints", 2)))
-        if distributed.is_fsdp(self.parallel):
+        keep = max(1, self.tc.keep_checkpoints)
+        if self.parallel is not None and distributed.is_fsdp(self.parallel):
             state = {k: v for k, v in self.state_dict().items() if k != "optimizer"}
             return distributed.save_sharded_checkpoint(self.dist, self.run_dir, self.step, self.parallel,
                                                        self.optimizer, state, keep)
@@ -356,7 +509,8 @@ class Trainer:
     def save_final(self, path: Path) -> None:
         """The trained model, loadable by transformers / peft (LoRA: the adapter; ``trainer.save_merged``: also
         ``merged/``). With FSDP2 the shards are gathered to rank 0 first."""
-        state = distributed.full_state_dict(self.parallel) if distributed.is_fsdp(self.parallel) else None
+        parallel = self.parallel
+        state = distributed.full_state_dict(parallel) if parallel is not None and distributed.is_fsdp(parallel) else None
         if self.dist.is_main:
             save_policy(self.policy, str(path), state_dict=state)
             if self.tc.save_merged and self.policy.is_lora:
@@ -364,14 +518,16 @@ class Trainer:
         self.dist.barrier()
 
     def resume_from(self, path: Path) -> None:
-        if float(getattr(self.loss, "beta", 0.0)) > 0 and not self.policy.is_lora:
-            self.policy.reference()  # full fine-tune: snapshot the base weights as the KL reference first
+        """Load a checkpoint's weights, optimizer, scheduler, sampler, counters and RNG states."""
+        state = torch.load(path / ckpt_io.STATE_FILE, weights_only=False)
+        self._check_resume_config(path, state.get("config"), int(state["step"]))
+        if self.loss.beta > 0 and not self.policy.is_lora:
+            self.policy.freeze_reference()  # full fine-tune: the KL reference is the base weights, not the resumed
         if (path / distributed.SHARDED_DIR).is_dir():  # FSDP2's checkpoint: each rank reads what it holds
             module = self.parallel if self.parallel is not None else distributed.LogprobModule(self.policy.model)
             distributed.load_sharded(path / distributed.SHARDED_DIR, module, self.optimizer)
         else:
             ckpt_io.load_trainable_weights(self.policy, path)
-        state = torch.load(path / "trainer_state.pt", weights_only=False)
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -380,8 +536,25 @@ class Trainer:
         ckpt_io.set_rng_state(state["rng"])
         self.step = int(state["step"])
 
+    def _check_resume_config(self, path: Path, saved: Optional[dict[str, Any]], step: int) -> None:
+        """Resuming with a changed config: keys that may change are applied and listed; any other change stops."""
+        if saved is None:  # a checkpoint written before checkpoints held their config
+            return
+        changes = ckpt_io.config_changes(saved, _to_dict(self.cfg))
+        refused = {k: v for k, v in changes.items() if not ckpt_io.may_change_on_resume(k)}
+        if refused:
+            listed = "; ".join(f"{k}: {old!r} → {new!r}" for k, (old, new) in refused.items())
+            raise ResumeConfigError(
+                f"cannot resume from {path}: the config differs from the checkpoint's in keys that a resumed run "
+                f"cannot change ({listed}). Run the same command as before to resume, or start a new run: "
+                "trainer.resume=none (overwrites this run directory's checkpoints) or a new hydra.run.dir")
+        self.resume_changes = changes
+        if changes and self.dist.is_main:
+            listed = "; ".join(f"{k}: {old!r} → {new!r}" for k, (old, new) in changes.items())
+            print(f"rlvr: resuming at step {step} with changed settings: {listed}")
+
     def _maybe_resume(self) -> None:
-        resume = str(self.cfg["trainer"].get("resume", "auto") or "")
+        resume = str(self.tc.resume or "")
         if not resume or resume in ("none", "false", "False"):
             return
         if resume == "auto":
@@ -394,49 +567,52 @@ class Trainer:
         if self.dist.is_main:
             print(f"rlvr: resumed from {path} at step {self.step}")
 
-    # ----- the loop -----------------------------------------------------------------------
-    def train(self) -> dict[str, float]:
-        """Run to ``trainer.max_steps``; returns the last step's metrics. Writes into ``run_dir``."""
-        from tqdm.auto import tqdm
+    def _write_config(self, config: dict[str, Any]) -> None:
+        """config.json: the run's original config (never overwritten); each resume that changed settings adds
+        resume-<step>.json with the changes (key: [old, new])."""
+        if not self.dist.is_main:
+            return
+        first = self.run_dir / "config.json"
+        if not first.exists() or self.step == 0:
+            first.write_text(json.dumps(config, indent=2, default=str))
+        elif self.resume_changes:
+            record = {"step": self.step, "changes": {k: list(v) for k, v in self.resume_changes.items()}}
+            (self.run_dir / f"resume-{self.step}.json").write_text(json.dumps(record, indent=2, default=str))
 
+    # ----- the loop -----------------------------------------------------------------------
+    def train(self) -> dict[str, Optional[float]]:
+        """Run to ``trainer.max_steps``; returns the last step's metrics. Writes into ``run_dir``.
+
+        Ctrl-C (SIGINT) once: the step in progress finishes, a checkpoint is saved and
+        :class:`TrainingInterrupted` is raised (running the same command again resumes); twice: stop at once.
+        """
         tc = self.tc
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._maybe_resume()
         config_dict = _to_dict(self.cfg)
-        if self.dist.is_main:
-            (self.run_dir / "config.json").write_text(json.dumps(config_dict, indent=2, default=str))
-        for lg in self.loggers:
-            if hasattr(lg, "on_train_start"):
-                lg.on_train_start(self.run_dir, config_dict, self.step)
-        bar = tqdm(total=tc.max_steps, initial=self.step, disable=not (tc.progress and self.dist.is_main),
-                   desc="rlvr train", unit="step", dynamic_ncols=True)
-        metrics: dict[str, float] = {}
-        while self.step < tc.max_steps:
-            metrics = self.train_step()
-            if tc.eval_steps and (self.step % tc.eval_steps == 0 or self.step == tc.max_steps):
-                metrics.update(self.evaluate(limit=tc.eval_samples))
-            for lg in self.loggers:
-                if hasattr(lg, "on_step_end"):
-                    lg.on_step_end(self.step, metrics, self._last_samples)
-            post = {"reward": f"{metrics['reward/mean']:.2f}", "len": f"{metrics['completion_length/mean']:.0f}",
-                    "s/step": f"{metrics['step_time']:.1f}"}
-            if len(self.rewards) > 1:
-                post.update({r.name: f"{metrics[f'rewards/{r.name}/mean']:.2f}" for r in self.rewards})
-            bar.set_postfix(post)
-            bar.update(1)
-            if tc.log_steps and self.step % tc.log_steps == 0 and self.dist.is_main:
-                bar.write(f"step {self.step}/{tc.max_steps}  reward {metrics['reward/mean']:.3f} ± {metrics['reward/std']:.3f}  "
-                          f"len {metrics['completion_length/mean']:.1f}  zero-std groups {metrics['frac_reward_zero_std']:.2f}  "
-                          f"{metrics['step_time']:.1f} s/step")
-            if tc.save_steps and self.step % tc.save_steps == 0 and self.step < tc.max_steps:
-                self.save()
-        bar.close()
-        self.save()
-        self.save_final(self.run_dir / "final")
-        for lg in self.loggers:
-            if hasattr(lg, "on_train_end"):
-                lg.on_train_end(metrics)
-        self.dist.close()  # leave the process group this trainer joined (torchrun)
+        self._write_config(config_dict)
+        metrics: dict[str, Optional[float]] = {}
+        try:
+            self.callbacks.on_train_start(run_dir=self.run_dir, config=config_dict, start_step=self.step)
+            bar = ProgressBar(tc, self.step, [r.name for r in self.rewards], enabled=tc.progress and self.dist.is_main)
+            with interrupt_after_step() as interrupt:
+                while self.step < tc.max_steps:
+                    metrics = self.train_step()
+                    if tc.eval_steps and (self.step % tc.eval_steps == 0 or self.step == tc.max_steps):
+                        metrics.update(self.evaluate(limit=tc.eval_samples))
+                    self.callbacks.on_step_end(step=self.step, metrics=metrics, samples=self._last_samples)
+                    bar.update(self.step, metrics, verbose=self.dist.is_main)
+                    if interrupt.requested:
+                        bar.close()
+                        raise TrainingInterrupted(self.save(), self.step)
+                    if tc.save_steps and self.step % tc.save_steps == 0 and self.step < tc.max_steps:
+                        self.save()
+            bar.close()
+            self.save()
+            self.save_final(self.run_dir / "final")
+        finally:
+            self.callbacks.on_train_end(metrics=metrics)
+            self.dist.close()  # leave the process group this trainer joined (torchrun)
         return metrics
 
     def evaluate(self, limit: int = 0, num_samples: int = 0) -> dict[str, float]:

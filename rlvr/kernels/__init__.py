@@ -1,4 +1,4 @@
-"""Memory-lean building blocks for the policy update (see the README, section "Kernels").
+"""Memory-lean building blocks for the policy update (see docs/kernels.md).
 
 * :func:`token_logprobs` — chunked fused-linear log-probs (and entropy) of chosen tokens, never
   holding more than ``chunk_tokens`` rows of logits; Triton on CUDA, PyTorch elsewhere.

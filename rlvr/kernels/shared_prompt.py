@@ -51,10 +51,14 @@ def shared_prompt_logprobs(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, 
     """Per-token log-probs of the completions, the prompt of each group run once.
 
     Args:
-        prompt_ids, prompt_mask: ``[N, P]`` left-padded prompts, rows in groups of ``group_size`` identical
+        prompt_ids: ``[N, P]`` left-padded prompts, rows in groups of ``group_size`` identical
             prompts (rows ``g·G … g·G+G-1``), as in :class:`rlvr.core.rollout.Rollouts`.
-        completion_ids, completion_mask: ``[N, T]`` right-padded completions.
-        Other arguments as in :func:`rlvr.kernels.completion_logprobs`.
+        prompt_mask: ``[N, P]`` their attention mask.
+        completion_ids: ``[N, T]`` right-padded completions.
+        completion_mask: ``[N, T]`` their mask.
+        group_size: G, the rows per group.
+
+    The other arguments are those of :func:`rlvr.kernels.completion_logprobs`.
 
     Returns:
         float32 ``[N, T]`` (and the entropies with ``return_entropy``), equal to

@@ -335,8 +335,13 @@ class HFEngine:
     def __init__(self, cfg: HFEngineConfig) -> None:
         validate(cfg)
         self.cfg = cfg
+        self.importance_sampling = None  # samples from the trainer's own distribution: no correction
         self._fast: Optional[FastDecoder] = None
         self.last_decoder = ""  # which loop the last generate() used: "fast" or "transformers"
+
+    def release(self, policy: Policy) -> None:
+        """Nothing to give back: generation runs on the policy's own weights, and the KV cache of a generate
+        call is freed when it returns."""
 
     def encode_prompts(self, policy: Policy, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         tok = policy.tokenizer

@@ -4,13 +4,17 @@ Kept pure (plain tensors, dicts and duck-typed output objects) so they are teste
 """
 from __future__ import annotations
 
+import contextlib
+import random
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 
 from rlvr.core.rollout import Rollouts
 
+INT64_MAX = 2**63 - 1
 PEFT_PREFIX = "base_model.model."
 WRAPPER_PARTS = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
 
@@ -19,7 +23,8 @@ def vllm_weight_name(name: str) -> Optional[str]:
     """The name vLLM's ``load_weights`` expects for a (possibly peft-wrapped) transformers parameter name,
     or None for parameters vLLM does not have (LoRA factors, the frozen original of a ``modules_to_save``).
 
-    ``base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight`` -> ``model.layers.0.self_attn.q_proj.weight``
+    ``base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight``
+    -> ``model.layers.0.self_attn.q_proj.weight``
     """
     if ".lora_" in name or name.startswith("lora_") or ".original_module." in name:
         return None
@@ -37,13 +42,17 @@ def _adapter_owner(name: str) -> str:
     return name.split(".base_layer.")[0]
 
 
-def weights_for_vllm(model: Any, changed_only: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(vllm_name, tensor)`` pairs to push into vLLM.
+def weights_for_vllm(model: Any, changed_only: bool = False,
+                     dtype: Optional[torch.dtype] = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(vllm_name, tensor)`` pairs to push into vLLM, one at a time (a generator: the caller streams them).
 
     Full fine-tuning: every parameter (``changed_only``: only the trainable ones). LoRA: each adapted
     layer's weight with its active adapters folded in (``W + scale * B @ A``, computed without touching
     the model, never written to disk); with ``changed_only`` only those layers, since the frozen base
-    weights vLLM already holds do not change.
+    weights vLLM already holds do not change. ``dtype``: each tensor is cast to vLLM's dtype as it is
+    yielded. Only the tensor being yielded is alive beyond the model's own parameters (a folded weight or
+    a cast copy is built when asked for and dropped once the consumer lets go of it), so a push costs one
+    layer's extra memory, not the model's.
     """
     from rlvr.plugins.engines.hf import effective_linear_weight
 
@@ -59,13 +68,16 @@ def weights_for_vllm(model: Any, changed_only: bool = False) -> Iterator[tuple[s
             if folded is None:
                 raise TypeError(f"cannot fold the adapter of {_adapter_owner(name)} ({type(owner).__name__}) into "
                                 "its weight for vLLM (DoRA and quantised layers are not supported)")
-            weight, bias = folded
-            tensor = weight if name.endswith(".weight") else bias
-            yield target, tensor.detach()
+            tensor = folded[0] if name.endswith(".weight") else folded[1]
+            del folded  # the generator must not keep the previous layer's folded weight alive
+        elif changed_only and not param.requires_grad:
             continue
-        if changed_only and not param.requires_grad:
-            continue
-        yield target, param.detach()
+        else:
+            tensor = param
+        out = tensor.detach() if dtype is None else tensor.detach().to(dtype)
+        del tensor
+        yield target, out
+        del out  # from here on only the consumer holds it
 
 
 def sampling_kwargs(cfg: Any, num_generations: int, max_new_tokens: int, seed: Optional[int], greedy: bool,
@@ -90,6 +102,78 @@ def sampling_kwargs(cfg: Any, num_generations: int, max_new_tokens: int, seed: O
     if seed is not None:
         kw["seed"] = int(seed) % (2**63)
     return kw
+
+
+def request_seeds(group_seeds: Sequence[int], num_generations: int) -> list[int]:
+    """``SamplingParams.seed`` of each prompt's ``n = G`` request, so that no two samples of a call share a seed.
+
+    vLLM splits an ``n = G`` request into G requests seeded ``seed + j`` (``j < G``), and its sampling noise
+    depends only on a request's seed and the token position. Passing the trainer's group seeds as they are
+    (consecutive: ``base + g``) would give sample j of group g the seed of sample j-1 of group g+1. Instead
+    group seed ``s`` gets the slot ``s mod K``, ``K = floor((2^63 - 1) / G)``, and the request seed
+    ``slot * G``: group b's samples are seeded ``slot_b*G ... slot_b*G + G - 1``, blocks that are disjoint for
+    distinct slots and lie inside ``[0, 2^63 - 1)`` (int64, as vLLM and torch's generators need). A slot
+    already taken in this call (equal group seeds, or seeds equal modulo K) moves to the next free one, so the
+    map is deterministic in (group seeds, G) and collision-free. Trainer seeds of one step are consecutive, so
+    they never collide in practice and each group's seeds depend on its own group seed only.
+    """
+    n = max(1, int(num_generations))
+    slots = INT64_MAX // n
+    if len(group_seeds) > slots:
+        raise ValueError(f"request_seeds: {len(group_seeds)} prompts x {n} samples do not fit in int64 seeds")
+    taken: set[int] = set()
+    out = []
+    for s in group_seeds:
+        slot = int(s) % slots
+        while slot in taken:
+            slot = (slot + 1) % slots
+        taken.add(slot)
+        out.append(slot * n)
+    return out
+
+
+def truncates_support(cfg: Any) -> bool:
+    """True when the sampling config samples from a truncated distribution (top-p < 1, top-k > 0 or min-p > 0).
+
+    vLLM's processed log-probs are then renormalised over the kept tokens (``log p(t)/T - log Z_kept``), while
+    the trainer's log-probs are the full softmax of ``logits / T``: the importance ratio trainer/engine is
+    ``Z_kept <= 1`` times the true one, i.e. biased low by the probability mass the truncation dropped."""
+    return float(cfg.top_p) < 1.0 or int(cfg.top_k or 0) > 0 or float(cfg.min_p) > 0.0
+
+
+def engine_dtype(requested: str, train_dtype: torch.dtype, on_cuda: bool, bf16_supported: bool) -> str:
+    """vLLM's ``dtype``: ``requested`` unless "auto"; auto = the training dtype when it is 16-bit or vLLM is not
+    on a GPU, else bfloat16 (float16 on GPUs without bfloat16). vLLM's FlashAttention backends do not take
+    float32, which would fall back to a slower attention with twice the KV-cache memory."""
+    if requested != "auto":
+        return requested
+    name = str(train_dtype).removeprefix("torch.")
+    if not on_cuda or train_dtype in (torch.bfloat16, torch.float16):
+        return name
+    return "bfloat16" if bf16_supported else "float16"
+
+
+@contextlib.contextmanager
+def preserved_global_state() -> Iterator[None]:
+    """Put back, on exit, the process-wide state vLLM changes when its engine runs in this process.
+
+    vLLM's worker seeds Python's, NumPy's and torch's global RNGs (CPU and CUDA) with its ``seed`` and sets
+    torch's float32 matmul precision (``VLLM_FLOAT32_MATMUL_PRECISION``, default "highest"). rlvr depends on
+    both: the RNG state is saved in checkpoints (a resumed run must draw what the uninterrupted one drew) and
+    the matmul precision is the user's choice for training.
+    """
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    precision = torch.get_float32_matmul_precision()
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        torch.set_float32_matmul_precision(precision)
 
 
 @dataclass
@@ -123,7 +207,8 @@ def rollouts_from_outputs(prompt_ids: Sequence[Sequence[int]], completions: Sequ
     B = len(prompt_ids)
     groups = [len(c) for c in completions]
     if len(completions) != B or len(set(groups)) > 1:
-        raise ValueError(f"rollouts_from_outputs: expected {B} prompts with the same number of completions, got {groups}")
+        raise ValueError(f"rollouts_from_outputs: expected {B} prompts with the same number of completions, "
+                         f"got {groups}")
     G = groups[0] if groups else 0
     N = B * G
     P = max((len(p) for p in prompt_ids), default=0)

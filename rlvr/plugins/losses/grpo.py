@@ -10,7 +10,7 @@ Per token t of completion i (M = loss mask, zeroed for truncated rows when mask_
 
 and ℓ is reduced by the loss's aggregation (see :func:`rlvr.plugins.losses.functional.aggregate`). The math
 matches TRL's GRPOTrainer (``loss_type`` grpo / bnpo / dr_grpo / dapo, ``epsilon_high``, ``delta``,
-``importance_sampling_level``, ``mask_truncated_completions``); the README has the table of sources.
+``importance_sampling_level``, ``mask_truncated_completions``); docs/losses.md has the table of sources.
 
 Gradient accumulation: the training loop passes ``num_sequences`` and ``num_tokens`` (totals over the whole
 optimizer step: all micro-batches and processes, tokens counted after masking — see :meth:`active_tokens`).
