@@ -26,6 +26,7 @@ import torch
 
 from rlvr.core import checkpoint as ckpt_io
 from rlvr.core import registry
+from rlvr.core.callbacks import logger_manager
 from rlvr.core.config import plugin_params
 from rlvr.core.policy import Policy, save_policy
 from rlvr.core.task import RowSampler, Task
@@ -186,7 +187,8 @@ class SFTTrainer:
         if self.sc.threads > 0:
             torch.set_num_threads(self.sc.threads)
         self.task: Task = registry.create("task", str(cfg.task.name), **plugin_params(cfg.task))
-        self.loggers = [registry.create("logger", n, **plugin_params(p)) for n, p in (cfg.get("logger") or {}).items()]
+        loggers = [(n, registry.create("logger", n, **plugin_params(p))) for n, p in (cfg.get("logger") or {}).items()]
+        self.callbacks = logger_manager(loggers).hook  # each logger's on_train_start / on_step_end / on_train_end
         self.run_dir = Path(run_dir or self.sc.output_dir or _hydra_dir())
         torch.manual_seed(self.sc.seed)
         self.policy: Policy = registry.create("model", str(cfg.model.name), **plugin_params(cfg.model))
@@ -272,16 +274,12 @@ class SFTTrainer:
         self.resume()
         config = OmegaConf.to_container(self.cfg, resolve=True)
         (self.run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
-        for lg in self.loggers:
-            if hasattr(lg, "on_train_start"):
-                lg.on_train_start(self.run_dir, config, self.step)
+        self.callbacks.on_train_start(run_dir=self.run_dir, config=config, start_step=self.step)
         metrics: dict[str, float] = {}
         bar = tqdm(total=sc.max_steps, initial=self.step, disable=not sc.progress, desc="rlvr sft", unit="step")
         while self.step < sc.max_steps:
             metrics = self.train_step()
-            for lg in self.loggers:
-                if hasattr(lg, "on_step_end"):
-                    lg.on_step_end(self.step, metrics, [])
+            self.callbacks.on_step_end(step=self.step, metrics=metrics, samples=[])
             bar.set_postfix(loss=f"{metrics['loss']:.3f}")
             bar.update(1)
             if sc.log_steps and self.step % sc.log_steps == 0:
@@ -292,9 +290,7 @@ class SFTTrainer:
         bar.close()
         self.save()
         self.save_final()
-        for lg in self.loggers:
-            if hasattr(lg, "on_train_end"):
-                lg.on_train_end(metrics)
+        self.callbacks.on_train_end(metrics=metrics)
         return metrics
 
 
