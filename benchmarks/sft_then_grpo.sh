@@ -9,7 +9,7 @@ DATA=${GSM8K_DIR:-../shared/data/gsm8k}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false
 rlvr sft model=smollm2 task.data_dir=$DATA task.max_train_rows=48 sft.max_steps=24 sft.batch_size=4 sft.lr=5e-5 \
   sft.max_length=512 sft.progress=false sft.log_steps=4 hydra.run.dir=$OUT/sft
-GRPO="task=gsm8k task.data_dir=$DATA reward=[gsm8k_soft_format,gsm8k_strict_format] trainer.max_steps=2
+GRPO="task=gsm8k task.data_dir=$DATA reward=[gsm8k_soft_format,gsm8k_strict_format] trainer.max_steps=3
   trainer.prompts_per_step=4 trainer.num_generations=4 engine.max_new_tokens=200 trainer.eval_steps=0
   trainer.progress=false trainer.log_steps=1 trainer.seed=0"
 rlvr train model=smollm2 $GRPO hydra.run.dir=$OUT/grpo-base
