@@ -12,6 +12,7 @@ Model plugins, LoRA, checkpoints (``checkpoints/checkpoint-<step>``, atomic, res
 plain transformers model directory (with LoRA: the adapter merged in; the adapter alone is in
 ``<run>/final-adapter``), so that ``rlvr train model=hf model.name_or_path=<run>/final`` starts from it.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,14 +70,20 @@ def validate(cfg: SFTConfig) -> None:
     checks = [
         (cfg.max_steps >= 1, f"sft.max_steps must be >= 1, got {cfg.max_steps}"),
         (cfg.batch_size >= 1, f"sft.batch_size must be >= 1, got {cfg.batch_size}"),
-        (cfg.micro_batch_size >= 0 and (not cfg.micro_batch_size or cfg.batch_size % cfg.micro_batch_size == 0),
-         f"sft.micro_batch_size={cfg.micro_batch_size} must divide sft.batch_size={cfg.batch_size}"),
+        (
+            cfg.micro_batch_size >= 0 and (not cfg.micro_batch_size or cfg.batch_size % cfg.micro_batch_size == 0),
+            f"sft.micro_batch_size={cfg.micro_batch_size} must divide sft.batch_size={cfg.batch_size}",
+        ),
         (cfg.lr > 0, f"sft.lr must be > 0, got {cfg.lr}"),
         (cfg.max_length >= 2, f"sft.max_length must be >= 2, got {cfg.max_length}"),
-        (cfg.lr_schedule in ("constant", "linear", "cosine"),
-         f"sft.lr_schedule={cfg.lr_schedule!r}: choose constant, linear or cosine"),
-        (not (cfg.completion_template and cfg.completion_column),
-         "set one of sft.completion_template and sft.completion_column, not both"),
+        (
+            cfg.lr_schedule in ("constant", "linear", "cosine"),
+            f"sft.lr_schedule={cfg.lr_schedule!r}: choose constant, linear or cosine",
+        ),
+        (
+            not (cfg.completion_template and cfg.completion_column),
+            "set one of sft.completion_template and sft.completion_column, not both",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -92,21 +99,26 @@ def target_text(row: dict[str, Any], cfg: SFTConfig, task: Task, index: int) -> 
     """The completion to learn for ``row`` (see the module docstring for where it comes from)."""
     if cfg.reasoning_from:
         if cfg.reasoning_from not in row:
-            raise ValueError(f"sft: row {index} has no column {cfg.reasoning_from!r} (sft.reasoning_from); "
-                             f"columns: {sorted(row)}")
+            raise ValueError(
+                f"sft: row {index} has no column {cfg.reasoning_from!r} (sft.reasoning_from); columns: {sorted(row)}"
+            )
         row = {**row, "reasoning": gsm8k_reasoning(row[cfg.reasoning_from])}
     if cfg.completion_template:
         try:
             return cfg.completion_template.format(**row)
         except KeyError as exc:
-            raise ValueError(f"sft: row {index} has no column {exc} used by sft.completion_template "
-                             f"{cfg.completion_template!r} (columns: {sorted(row)})") from None
+            raise ValueError(
+                f"sft: row {index} has no column {exc} used by sft.completion_template "
+                f"{cfg.completion_template!r} (columns: {sorted(row)})"
+            ) from None
     if cfg.completion_column:
         value = row.get(cfg.completion_column)
         if not isinstance(value, str) or not value:
-            raise ValueError(f"sft: row {index}: sft.completion_column {cfg.completion_column!r} is "
-                             f"{'missing' if cfg.completion_column not in row else repr(value)[:80]}; it must hold "
-                             f"the target text (columns: {sorted(row)})")
+            raise ValueError(
+                f"sft: row {index}: sft.completion_column {cfg.completion_column!r} is "
+                f"{'missing' if cfg.completion_column not in row else repr(value)[:80]}; it must hold "
+                f"the target text (columns: {sorted(row)})"
+            )
         return value
     messages_col = getattr(task.config, "messages_column", "")
     if messages_col and isinstance(row.get(messages_col), list):
@@ -117,10 +129,14 @@ def target_text(row: dict[str, Any], cfg: SFTConfig, task: Task, index: int) -> 
             tail.append(str(m.get("content", "")))
         if tail:
             return "\n\n".join(reversed(tail))
-        raise ValueError(f"sft: row {index}: the {messages_col!r} conversation does not end with an assistant turn "
-                         "to learn; set sft.completion_column or sft.completion_template")
-    raise ValueError("sft needs the target text: set sft.completion_template (e.g. '{solution}') or "
-                     "sft.completion_column, or use a task with a chat messages column ending in the assistant reply")
+        raise ValueError(
+            f"sft: row {index}: the {messages_col!r} conversation does not end with an assistant turn "
+            "to learn; set sft.completion_column or sft.completion_template"
+        )
+    raise ValueError(
+        "sft needs the target text: set sft.completion_template (e.g. '{solution}') or "
+        "sft.completion_column, or use a task with a chat messages column ending in the assistant reply"
+    )
 
 
 @dataclass
@@ -156,15 +172,16 @@ def collate(batch: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tens
     cmask = torch.zeros((len(batch), T), dtype=torch.float32)
     for n, e in enumerate(batch):
         lp, lc = len(e.prompt_ids), len(e.completion_ids)
-        ids[n, P - lp:P] = torch.tensor(e.prompt_ids)
-        ids[n, P:P + lc] = torch.tensor(e.completion_ids)
-        attn[n, P - lp:P + lc] = 1
+        ids[n, P - lp : P] = torch.tensor(e.prompt_ids)
+        ids[n, P : P + lc] = torch.tensor(e.completion_ids)
+        attn[n, P - lp : P + lc] = 1
         cmask[n, :lc] = 1.0
     return ids, attn, cmask, P
 
 
-def completion_nll(model: Any, batch: list[Example], pad_id: int,
-                   chunk_tokens: int = 1024) -> tuple[torch.Tensor, int]:
+def completion_nll(
+    model: Any, batch: list[Example], pad_id: int, chunk_tokens: int = 1024
+) -> tuple[torch.Tensor, int]:
     """(Σ over completion tokens of −log p(token | prefix), number of completion tokens) for one micro-batch."""
     from rlvr.kernels import completion_logprobs
 
@@ -199,8 +216,9 @@ class SFTTrainer:
         if not params:
             raise ValueError("the model has no trainable parameters")
         sc = self.sc
-        self.optimizer = torch.optim.AdamW(params, lr=sc.lr, betas=(sc.adam_beta1, sc.adam_beta2),
-                                           weight_decay=sc.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            params, lr=sc.lr, betas=(sc.adam_beta1, sc.adam_beta2), weight_decay=sc.weight_decay
+        )
         from rlvr.core.trainer import lr_lambda
 
         factor = lr_lambda(sc, sc.max_steps)  # type: ignore[arg-type]  # reads warmup_steps and lr_schedule
@@ -209,8 +227,11 @@ class SFTTrainer:
         self.step = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "sampler": self.sampler.state_dict()}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+        }
 
     def resume(self) -> None:
         """Continue from ``sft.resume``: the run directory's latest checkpoint (auto) or a given one."""
@@ -239,7 +260,7 @@ class SFTTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for i in range(0, len(batch), mb):
-            nll, _ = completion_nll(self.policy.model, batch[i:i + mb], self.pad_id, sc.logprob_chunk_tokens)
+            nll, _ = completion_nll(self.policy.model, batch[i : i + mb], self.pad_id, sc.logprob_chunk_tokens)
             (nll / n_tokens).backward()  # token mean over the whole batch
             total += float(nll.detach())
         params = [p for p in self.policy.model.parameters() if p.requires_grad]
@@ -249,12 +270,18 @@ class SFTTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return {"loss": total / n_tokens, "grad_norm": float(norm), "lr": self.scheduler.get_last_lr()[0],
-                "completion_tokens": float(n_tokens), "step_time": time.perf_counter() - t0}
+        return {
+            "loss": total / n_tokens,
+            "grad_norm": float(norm),
+            "lr": self.scheduler.get_last_lr()[0],
+            "completion_tokens": float(n_tokens),
+            "step_time": time.perf_counter() - t0,
+        }
 
     def save(self) -> Path:
-        return ckpt_io.save_checkpoint(self.run_dir, self.step, self.policy, self.state_dict(),
-                                       keep=max(1, self.sc.keep_checkpoints))
+        return ckpt_io.save_checkpoint(
+            self.run_dir, self.step, self.policy, self.state_dict(), keep=max(1, self.sc.keep_checkpoints)
+        )
 
     def save_final(self) -> Path:
         """``final/``: a plain transformers model (LoRA merged in); ``final-adapter/``: the LoRA adapter alone."""
@@ -283,8 +310,10 @@ class SFTTrainer:
             bar.set_postfix(loss=f"{metrics['loss']:.3f}")
             bar.update(1)
             if sc.log_steps and self.step % sc.log_steps == 0:
-                bar.write(f"sft step {self.step}/{sc.max_steps}  loss {metrics['loss']:.4f}  "
-                          f"{metrics['step_time']:.1f} s/step")
+                bar.write(
+                    f"sft step {self.step}/{sc.max_steps}  loss {metrics['loss']:.4f}  "
+                    f"{metrics['step_time']:.1f} s/step"
+                )
             if sc.save_steps and self.step % sc.save_steps == 0 and self.step < sc.max_steps:
                 self.save()
         bar.close()

@@ -1,4 +1,5 @@
 """task=hf against the real `datasets` library: every supported format built on the fly, offline."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,10 @@ datasets = pytest.importorskip("datasets")
 import rlvr  # noqa: E402
 from rlvr.plugins.models.tiny import byte_tokenizer  # noqa: E402
 
-ROWS = [{"problem": f"What is {i} + {i}?", "solution": str(2 * i), "level": "easy" if i % 2 else "hard",
-         "tests": [i, i]} for i in range(20)]
+ROWS = [
+    {"problem": f"What is {i} + {i}?", "solution": str(2 * i), "level": "easy" if i % 2 else "hard", "tests": [i, i]}
+    for i in range(20)
+]
 
 
 def _task(**params):
@@ -52,8 +55,12 @@ def test_every_format_loads_with_column_mapping(tmp_path, fmt):
 
 
 def test_saved_dict_uses_named_splits(tmp_path):
-    task = _task(path=_write(tmp_path, "saved"), columns={"problem": "question", "solution": "answer"},
-                 split="train", eval_split="test")
+    task = _task(
+        path=_write(tmp_path, "saved"),
+        columns={"problem": "question", "solution": "answer"},
+        split="train",
+        eval_split="test",
+    )
     assert len(task.train_rows) == 20 and len(task.eval_rows) == 4
 
 
@@ -72,9 +79,16 @@ def test_seeded_shuffle_filter_and_keep_columns(tmp_path):
 
 
 def test_messages_column_and_system_prompt(tmp_path):
-    rows = [{"messages": [{"role": "user", "content": f"add {i} and {i}"},
-                          {"role": "assistant", "content": str(2 * i)}],
-             "answer": str(2 * i)} for i in range(10)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"add {i} and {i}"},
+                {"role": "assistant", "content": str(2 * i)},
+            ],
+            "answer": str(2 * i),
+        }
+        for i in range(10)
+    ]
     path = tmp_path / "chat.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     task = _task(path=str(path), messages_column="messages", system_prompt="Be brief.")
@@ -88,8 +102,13 @@ def test_messages_column_and_system_prompt(tmp_path):
 
 def test_streaming_reads_only_what_it_needs(tmp_path):
     path = _write(tmp_path, "parquet")
-    task = _task(path=path, columns={"problem": "question", "solution": "answer"}, streaming=True, max_train_rows=6,
-                 max_eval_rows=2)
+    task = _task(
+        path=path,
+        columns={"problem": "question", "solution": "answer"},
+        streaming=True,
+        max_train_rows=6,
+        max_eval_rows=2,
+    )
     assert len(task.train_rows) == 6 and len(task.eval_rows) == 2
     with pytest.raises(ValueError, match="task.max_train_rows"):
         _task(path=path, streaming=True)
@@ -103,8 +122,13 @@ def _hub_cache(root, repo_id: str, config: str, splits: dict) -> None:
     for name, rows in splits.items():
         files[name] = str(root / f"{name}.parquet")
         datasets.Dataset.from_list(rows).to_parquet(files[name])
-    builder = Parquet(cache_dir=str(root / "cache"), dataset_name=repo_id.split("/")[1], config_name=config,
-                      data_files=files, hash="0123abcd")
+    builder = Parquet(
+        cache_dir=str(root / "cache"),
+        dataset_name=repo_id.split("/")[1],
+        config_name=config,
+        data_files=files,
+        hash="0123abcd",
+    )
     builder.repo_id, builder.config_id = repo_id, config
     builder._cache_dir = builder._build_cache_dir()
     builder.download_and_prepare()
@@ -119,8 +143,12 @@ def offline_cache(tmp_path, monkeypatch):
 
 def test_hub_id_from_the_local_cache_offline(offline_cache):
     _hub_cache(offline_cache, "someorg/arith", "main", {"train": ROWS, "test": ROWS[:3]})
-    task = _task(path="someorg/arith", config_name="main", eval_split="test",
-                 columns={"problem": "question", "solution": "answer"})
+    task = _task(
+        path="someorg/arith",
+        config_name="main",
+        eval_split="test",
+        columns={"problem": "question", "solution": "answer"},
+    )
     assert len(task.train_rows) == 20 and len(task.eval_rows) == 3
     with pytest.raises(ValueError, match="no split 'validation'.*train, test"):
         _task(path="someorg/arith", config_name="main", split="validation")
@@ -142,8 +170,9 @@ def test_gsm8k_uses_the_cached_hub_dataset(offline_cache, monkeypatch):
 def test_gsm8k_falls_back_to_the_local_copy(offline_cache, monkeypatch):
     local = offline_cache / "gsm8k"
     local.mkdir()
-    (local / "train.jsonl").write_text("".join(json.dumps({"question": "q", "answer": f"x #### {i}"}) + "\n"
-                                               for i in range(3)))
+    (local / "train.jsonl").write_text(
+        "".join(json.dumps({"question": "q", "answer": f"x #### {i}"}) + "\n" for i in range(3))
+    )
     (local / "test.jsonl").write_text(json.dumps({"question": "t", "answer": "y #### 9"}) + "\n")
     monkeypatch.setenv("RLVR_GSM8K_DIR", str(local))
     task = rlvr.create("task", "gsm8k")  # not cached (offline): the local copy
@@ -176,7 +205,7 @@ def test_empty_split_bad_split_and_missing_file(tmp_path):
     with pytest.raises(ValueError, match="split 'train' is empty"):
         _task(path=str(tmp_path / "empty.parquet"), answer_column="solution", prompt_template="{problem}")
     datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)}).save_to_disk(str(tmp_path / "dd"))
-    with pytest.raises(ValueError, match="no split 'dev'; its splits are: train\."):
+    with pytest.raises(ValueError, match=r"no split 'dev'; its splits are: train\."):
         _task(path=str(tmp_path / "dd"), split="dev")
     with pytest.raises(ValueError, match="no rows left after task.filter"):
         _task(path=str(tmp_path / "dd"), answer_column="solution", prompt_template="{problem}", filter={"level": "x"})
@@ -188,9 +217,17 @@ def test_empty_split_bad_split_and_missing_file(tmp_path):
 
 def test_train_with_task_hf_on_the_tiny_model(tmp_path, tiny_overrides):
     path = _write(tmp_path, "parquet")
-    cfg = rlvr.compose([*tiny_overrides, "task=hf", f"task.path={path}",
-                        "task.columns={problem:question,solution:answer}",
-                        "trainer.max_steps=1", "trainer.seed=5", f"trainer.output_dir={tmp_path}/run"])
+    cfg = rlvr.compose(
+        [
+            *tiny_overrides,
+            "task=hf",
+            f"task.path={path}",
+            "task.columns={problem:question,solution:answer}",
+            "trainer.max_steps=1",
+            "trainer.seed=5",
+            f"trainer.output_dir={tmp_path}/run",
+        ]
+    )
     assert cfg.task.seed == 5  # shuffled with the run's seed
     trainer = rlvr.Trainer(cfg)
     trainer.train()

@@ -1,29 +1,42 @@
 """rlvr sft: completion-only loss, loss goes down, checkpoint/resume, and rlvr train starts from its output."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from conftest import TINY, run_cli
 
 import rlvr
-from rlvr.sft import Example, SFTTrainer, compose_sft, completion_nll, gsm8k_reasoning, run_sft
-
-from conftest import TINY, run_cli
+from rlvr.sft import Example, SFTTrainer, completion_nll, compose_sft, gsm8k_reasoning, run_sft
 
 
 def _data(tmp_path, n: int = 12) -> str:
-    rows = [{"question": f"What is {i} + {i}?", "answer": str(2 * i), "worked": f"{i} + {i} = {2 * i}"}
-            for i in range(n)]
+    rows = [
+        {"question": f"What is {i} + {i}?", "answer": str(2 * i), "worked": f"{i} + {i} = {2 * i}"} for i in range(n)
+    ]
     path = tmp_path / "sft.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
 
 
 def _cfg(tmp_path, *extra: str):
-    return compose_sft(["model=tiny", "task=jsonl", f"task.train_path={_data(tmp_path)}", "sft=default",
-                        "sft.completion_template='{worked}. The answer is {answer}.'", "sft.batch_size=4",
-                        "sft.lr=3e-3", "sft.progress=false", "sft.log_steps=0", "sft.threads=1", *extra])
+    return compose_sft(
+        [
+            "model=tiny",
+            "task=jsonl",
+            f"task.train_path={_data(tmp_path)}",
+            "sft=default",
+            "sft.completion_template='{worked}. The answer is {answer}.'",
+            "sft.batch_size=4",
+            "sft.lr=3e-3",
+            "sft.progress=false",
+            "sft.log_steps=0",
+            "sft.threads=1",
+            *extra,
+        ]
+    )
 
 
 def _weights(model) -> dict[str, torch.Tensor]:
@@ -54,8 +67,15 @@ def test_loss_decreases_and_train_starts_from_the_result(tmp_path):
     final = tmp_path / "sft" / "final"
     assert (final / "model.safetensors").is_file() and (final / "tokenizer.json").is_file()
     # rlvr train from the SFT output (model=hf loads the directory): its weights are the SFT ones
-    cfg = rlvr.compose([*TINY, "model=hf", f"model.name_or_path={final}", "trainer.max_steps=1",
-                        f"trainer.output_dir={tmp_path}/grpo"])
+    cfg = rlvr.compose(
+        [
+            *TINY,
+            "model=hf",
+            f"model.name_or_path={final}",
+            "trainer.max_steps=1",
+            f"trainer.output_dir={tmp_path}/grpo",
+        ]
+    )
     grpo = rlvr.Trainer(cfg)
     loaded = _weights(grpo.policy.model)
     assert all(torch.equal(loaded[k], v) for k, v in sft_weights.items() if k in loaded)
@@ -111,10 +131,19 @@ def test_gsm8k_reasoning_drops_the_final_line_and_calculator_notes():
 def test_cli_sft_with_the_gsm8k_format_preset(tmp_path):
     data = tmp_path / "gsm8k"
     data.mkdir()
-    data.joinpath("train.jsonl").write_text("".join(
-        json.dumps({"question": f"Q{i}?", "answer": f"{i} + 1 = <<{i}+1={i + 1}>>{i + 1}\n#### {i + 1}"}) + "\n"
-        for i in range(8)))
-    out = run_cli("sft", "model=tiny", f"task.data_dir={data}", "sft.max_steps=2", "sft.progress=false",
-                  f"hydra.run.dir={tmp_path}/run")
+    data.joinpath("train.jsonl").write_text(
+        "".join(
+            json.dumps({"question": f"Q{i}?", "answer": f"{i} + 1 = <<{i}+1={i + 1}>>{i + 1}\n#### {i + 1}"}) + "\n"
+            for i in range(8)
+        )
+    )
+    out = run_cli(
+        "sft",
+        "model=tiny",
+        f"task.data_dir={data}",
+        "sft.max_steps=2",
+        "sft.progress=false",
+        f"hydra.run.dir={tmp_path}/run",
+    )
     assert out.returncode == 0, out.stderr
     assert "model.name_or_path=" in out.stdout and (tmp_path / "run" / "final" / "model.safetensors").is_file()

@@ -1,6 +1,7 @@
 """Tracker loggers against the real libraries, offline: wandb (offline run directory), mlflow (local file
 store, read back with MlflowClient), trackio (local SQLite). Each: the metrics.jsonl names, the config,
 completion tables, and a resume that continues the same tracker run without sending a step twice."""
+
 from __future__ import annotations
 
 import glob
@@ -9,15 +10,24 @@ import shutil
 import sys
 
 import pytest
+from conftest import TINY
 
 import rlvr
-from conftest import TINY
 
 
 def _train(run_dir, logger: str, max_steps: int, *extra: str) -> None:
-    cfg = rlvr.compose([*TINY, f"logger=[jsonl,{logger}]", f"trainer.max_steps={max_steps}", "trainer.save_steps=2",
-                        "trainer.keep_checkpoints=3", f"trainer.output_dir={run_dir}", "trainer.log_completions=2",
-                        *extra])
+    cfg = rlvr.compose(
+        [
+            *TINY,
+            f"logger=[jsonl,{logger}]",
+            f"trainer.max_steps={max_steps}",
+            "trainer.save_steps=2",
+            "trainer.keep_checkpoints=3",
+            f"trainer.output_dir={run_dir}",
+            "trainer.log_completions=2",
+            *extra,
+        ]
+    )
     rlvr.Trainer(cfg).train()
 
 
@@ -43,11 +53,11 @@ def _wandb_records(path):
         if left < 7:
             pos += left
             continue
-        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
         if kind == 0:  # block padding
             pos += left
             continue
-        chunk = data[pos + 7:pos + 7 + length]
+        chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         buf = chunk if kind in (1, 2) else buf + chunk
         if kind in (1, 4):

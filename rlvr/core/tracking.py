@@ -8,6 +8,7 @@
   already holds (done before the interruption, redone after the checkpoint with the same RNG state) are
   not sent again, so no step appears twice.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,11 @@ COMPLETION_COLUMNS = ("step", "prompt", "completion", "answer", "rewards", "adva
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:
     """The metrics a tracker can plot: numbers (not bools), finite."""
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+    }
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -45,9 +49,18 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 def completion_rows(step: int, samples: list[dict[str, Any]]) -> list[list[Any]]:
     """Rows with :data:`COMPLETION_COLUMNS` (rewards as JSON text) for a tracker table."""
-    return [[step, str(s.get("prompt", "")), str(s.get("completion", "")), str(s.get("answer", "")),
-             json.dumps(s.get("rewards") or {}), float(s.get("advantage", 0.0)), bool(s.get("truncated", False))]
-            for s in samples]
+    return [
+        [
+            step,
+            str(s.get("prompt", "")),
+            str(s.get("completion", "")),
+            str(s.get("answer", "")),
+            json.dumps(s.get("rewards") or {}),
+            float(s.get("advantage", 0.0)),
+            bool(s.get("truncated", False)),
+        ]
+        for s in samples
+    ]
 
 
 class TrackerState:

@@ -12,6 +12,7 @@ Needs ``pip install 'rlvr[trackers]'`` (or ``pip install mlflow``). A server URI
 when the plugin is created, before the model loads. MLflow 3 keeps its file store behind
 ``MLFLOW_ALLOW_FILE_STORE=true``, which this logger sets for ``file:`` URIs.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,9 @@ def _mlflow() -> Any:
     try:
         import mlflow
     except ImportError:
-        raise ImportError("logger=mlflow needs the mlflow package: pip install 'rlvr[trackers]' (or pip install "
-                          "mlflow-skinny)") from None
+        raise ImportError(
+            "logger=mlflow needs the mlflow package: pip install 'rlvr[trackers]' (or pip install mlflow-skinny)"
+        ) from None
     return mlflow
 
 
@@ -52,10 +54,13 @@ class MlflowLogger:
         self.mlflow = _mlflow()
         uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
         if uri.startswith(("http://", "https://")):  # fail now, not after the model has loaded
-            check_reachable(uri.rstrip("/") + "/health", "logger=mlflow",
-                            "Start the server (mlflow server ...), fix logger.mlflow.tracking_uri / "
-                            "MLFLOW_TRACKING_URI, or log to a local store with "
-                            "logger.mlflow.tracking_uri=file:/some/dir")
+            check_reachable(
+                uri.rstrip("/") + "/health",
+                "logger=mlflow",
+                "Start the server (mlflow server ...), fix logger.mlflow.tracking_uri / "
+                "MLFLOW_TRACKING_URI, or log to a local store with "
+                "logger.mlflow.tracking_uri=file:/some/dir",
+            )
         self.uri = uri
         self.client: Any = None
         self.run_id: Optional[str] = None
@@ -76,15 +81,19 @@ class MlflowLogger:
             return
         exp = self.client.get_experiment_by_name(self.cfg.experiment)
         exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(self.cfg.experiment)
-        run = self.client.create_run(exp_id, run_name=self.cfg.run_name or Path(run_dir).name,
-                                     tags={"rlvr.run_dir": str(Path(run_dir).resolve())})
+        run = self.client.create_run(
+            exp_id,
+            run_name=self.cfg.run_name or Path(run_dir).name,
+            tags={"rlvr.run_dir": str(Path(run_dir).resolve())},
+        )
         self.run_id = run.info.run_id
         self.state.save(run_id=self.run_id)
         if self.cfg.log_config:
-            params = [Param(BAD_KEY_CHARS.sub("_", k)[:250], str(v)[:PARAM_VALUE_MAX])
-                      for k, v in flatten(config).items()]
+            params = [
+                Param(BAD_KEY_CHARS.sub("_", k)[:250], str(v)[:PARAM_VALUE_MAX]) for k, v in flatten(config).items()
+            ]
             for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters per batch
-                self.client.log_batch(self.run_id, params=params[i:i + 100])
+                self.client.log_batch(self.run_id, params=params[i : i + 100])
             self.client.log_dict(self.run_id, config, "config.json")
 
     def on_step_end(self, step: int, metrics: dict[str, float], samples: list[dict[str, Any]]) -> None:
@@ -95,12 +104,11 @@ class MlflowLogger:
         now = int(time.time() * 1000)
         batch = [Metric(BAD_KEY_CHARS.sub("_", k), v, now, step) for k, v in scalars(metrics).items()]
         for i in range(0, len(batch), 1000):
-            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
         if self.cfg.log_completions and samples:
             rows = completion_rows(step, samples)
             table = {c: [r[j] for r in rows] for j, c in enumerate(COMPLETION_COLUMNS)}
-            self.client.log_table(self.run_id, data=table,
-                                  artifact_file="completions.json")
+            self.client.log_table(self.run_id, data=table, artifact_file="completions.json")
         self.state.save(last_step=step)
 
     def on_train_end(self, metrics: dict[str, float]) -> None:
@@ -111,5 +119,11 @@ class MlflowLogger:
 
 @hookimpl
 def rlvr_loggers() -> list[PluginSpec]:
-    return [PluginSpec("mlflow", MlflowLogger, MlflowLoggerConfig,
-                       "MLflow: metrics.jsonl metrics, config as params, completions table (local store or server)")]
+    return [
+        PluginSpec(
+            "mlflow",
+            MlflowLogger,
+            MlflowLoggerConfig,
+            "MLflow: metrics.jsonl metrics, config as params, completions table (local store or server)",
+        )
+    ]

@@ -11,6 +11,7 @@ run (``resume="allow"``) and does not log again the steps it already has.
 Needs ``pip install 'rlvr[trackers]'`` (or ``pip install trackio``); a Space needs a Hugging Face token
 (``hf auth login`` or ``HF_TOKEN``). Both are checked when the plugin is created, before the model loads.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,8 +37,9 @@ def _trackio() -> Any:
     try:
         import trackio
     except ImportError:
-        raise ImportError("logger=trackio needs the trackio package: pip install 'rlvr[trackers]' (or pip install "
-                          "trackio)") from None
+        raise ImportError(
+            "logger=trackio needs the trackio package: pip install 'rlvr[trackers]' (or pip install trackio)"
+        ) from None
     return trackio
 
 
@@ -49,11 +51,16 @@ class TrackioLogger:
             from huggingface_hub import get_token
 
             if not get_token():
-                raise ValueError(f"logger.trackio.space_id={cfg.space_id!r} needs a Hugging Face token: run "
-                                 "`hf auth login` or export HF_TOKEN=..., or drop space_id to log locally")
+                raise ValueError(
+                    f"logger.trackio.space_id={cfg.space_id!r} needs a Hugging Face token: run "
+                    "`hf auth login` or export HF_TOKEN=..., or drop space_id to log locally"
+                )
         if cfg.server_url:
-            check_reachable(cfg.server_url, "logger=trackio", "Start the trackio server, fix "
-                            "logger.trackio.server_url, or drop it to log locally.")
+            check_reachable(
+                cfg.server_url,
+                "logger=trackio",
+                "Start the trackio server, fix logger.trackio.server_url, or drop it to log locally.",
+            )
         self.run: Any = None
         self.state: Optional[TrackerState] = None
 
@@ -61,9 +68,18 @@ class TrackioLogger:
         self.state = TrackerState(run_dir, "trackio")
         digest = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:6]
         name = self.state.run_id or self.cfg.name or f"{Path(run_dir).name}-{digest}"
-        self.run = self.trackio.init(project=self.cfg.project, name=name, group=self.cfg.group, config=config,
-                                     resume="allow", space_id=self.cfg.space_id, server_url=self.cfg.server_url,
-                                     embed=False, auto_log_gpu=False, auto_log_cpu=False)
+        self.run = self.trackio.init(
+            project=self.cfg.project,
+            name=name,
+            group=self.cfg.group,
+            config=config,
+            resume="allow",
+            space_id=self.cfg.space_id,
+            server_url=self.cfg.server_url,
+            embed=False,
+            auto_log_gpu=False,
+            auto_log_cpu=False,
+        )
         self.state.save(run_id=name)
 
     def on_step_end(self, step: int, metrics: dict[str, float], samples: list[dict[str, Any]]) -> None:
@@ -71,8 +87,9 @@ class TrackioLogger:
             return
         data: dict[str, Any] = dict(scalars(metrics))
         if self.cfg.log_completions and samples:
-            data["completions"] = self.trackio.Table(columns=list(COMPLETION_COLUMNS),
-                                                     data=completion_rows(step, samples))
+            data["completions"] = self.trackio.Table(
+                columns=list(COMPLETION_COLUMNS), data=completion_rows(step, samples)
+            )
         self.trackio.log(data, step=step)
         self.state.save(last_step=step)
 
@@ -84,5 +101,11 @@ class TrackioLogger:
 
 @hookimpl
 def rlvr_loggers() -> list[PluginSpec]:
-    return [PluginSpec("trackio", TrackioLogger, TrackioLoggerConfig,
-                       "Trackio (local-first): metrics.jsonl metrics, config, completion tables")]
+    return [
+        PluginSpec(
+            "trackio",
+            TrackioLogger,
+            TrackioLoggerConfig,
+            "Trackio (local-first): metrics.jsonl metrics, config, completion tables",
+        )
+    ]

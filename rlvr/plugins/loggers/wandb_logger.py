@@ -9,6 +9,7 @@ Needs ``pip install 'rlvr[trackers]'`` (or ``pip install wandb``) and, online, `
 ``wandb login``; ``WANDB_MODE=offline`` (or ``logger.wandb.mode=offline``) writes the run locally, to upload
 later with ``wandb sync RUN_DIR/wandb/offline-run-*``. Checked when the plugin is created, before the model loads.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,9 @@ def _wandb() -> Any:
     try:
         import wandb
     except ImportError:
-        raise ImportError("logger=wandb needs the wandb package: pip install 'rlvr[trackers]' (or pip install wandb)"
-                          ) from None
+        raise ImportError(
+            "logger=wandb needs the wandb package: pip install 'rlvr[trackers]' (or pip install wandb)"
+        ) from None
     return wandb
 
 
@@ -69,21 +71,35 @@ class WandbLogger:
         self.mode = _mode(cfg)
         if self.mode == "online":  # fail now, not after the model has loaded
             if not _has_api_key():
-                raise ValueError("logger=wandb is online but no W&B API key is set: export WANDB_API_KEY=..., run "
-                                 "`wandb login`, or log locally with WANDB_MODE=offline (logger.wandb.mode=offline)")
+                raise ValueError(
+                    "logger=wandb is online but no W&B API key is set: export WANDB_API_KEY=..., run "
+                    "`wandb login`, or log locally with WANDB_MODE=offline (logger.wandb.mode=offline)"
+                )
             base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-            check_reachable(base, "logger=wandb", "Check the network or WANDB_BASE_URL, or log locally with "
-                            "WANDB_MODE=offline and upload later with `wandb sync`.")
+            check_reachable(
+                base,
+                "logger=wandb",
+                "Check the network or WANDB_BASE_URL, or log locally with "
+                "WANDB_MODE=offline and upload later with `wandb sync`.",
+            )
         self.run: Any = None
         self.state: Optional[TrackerState] = None
 
     def on_train_start(self, run_dir: Path, config: dict[str, Any], start_step: int) -> None:
         self.state = TrackerState(run_dir, "wandb")
         run_id = self.state.run_id or uuid.uuid4().hex[:12]
-        self.run = self.wandb.init(project=self.cfg.project, entity=self.cfg.entity,
-                                   name=self.cfg.name or Path(run_dir).name,
-                                   group=self.cfg.group, tags=list(self.cfg.tags) if self.cfg.tags else None,
-                                   id=run_id, resume="allow", dir=str(run_dir), config=config, mode=self.mode)
+        self.run = self.wandb.init(
+            project=self.cfg.project,
+            entity=self.cfg.entity,
+            name=self.cfg.name or Path(run_dir).name,
+            group=self.cfg.group,
+            tags=list(self.cfg.tags) if self.cfg.tags else None,
+            id=run_id,
+            resume="allow",
+            dir=str(run_dir),
+            config=config,
+            mode=self.mode,
+        )
         self.state.save(run_id=run_id)
 
     def on_step_end(self, step: int, metrics: dict[str, float], samples: list[dict[str, Any]]) -> None:
@@ -91,8 +107,9 @@ class WandbLogger:
             return
         data: dict[str, Any] = dict(scalars(metrics))
         if self.cfg.log_completions and samples:
-            data["completions"] = self.wandb.Table(columns=list(COMPLETION_COLUMNS),
-                                                   data=completion_rows(step, samples))
+            data["completions"] = self.wandb.Table(
+                columns=list(COMPLETION_COLUMNS), data=completion_rows(step, samples)
+            )
         self.run.log(data, step=step)
         self.state.save(last_step=step)
 
@@ -104,6 +121,11 @@ class WandbLogger:
 
 @hookimpl
 def rlvr_loggers() -> list[PluginSpec]:
-    return [PluginSpec("wandb", WandbLogger, WandbLoggerConfig,
-                       "Weights & Biases: metrics.jsonl metrics, config, completion tables "
-                       "(WANDB_MODE=offline works)")]
+    return [
+        PluginSpec(
+            "wandb",
+            WandbLogger,
+            WandbLoggerConfig,
+            "Weights & Biases: metrics.jsonl metrics, config, completion tables (WANDB_MODE=offline works)",
+        )
+    ]

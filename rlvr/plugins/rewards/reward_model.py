@@ -16,6 +16,7 @@ model sees the question the policy saw, without the policy's chat markup).
   ``<|im_end|>``) are removed from a completion before it is rendered, and a conversation longer than
   ``max_length`` tokens is cut from the left, so the score is always read at the real end of the reply.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,9 @@ class RewardModelConfig(RewardConfig):
     trust_remote_code: bool = False
 
 
-def load_reward_model(name: str, revision: Optional[str], dtype: str, device: str,
-                      trust_remote_code: bool = False) -> tuple[Any, Any]:
+def load_reward_model(
+    name: str, revision: Optional[str], dtype: str, device: str, trust_remote_code: bool = False
+) -> tuple[Any, Any]:
     """(model, tokenizer), loaded once per process per (name, revision, dtype, device)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -64,10 +66,13 @@ def load_reward_model(name: str, revision: Optional[str], dtype: str, device: st
             try:
                 tok = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
                 model = AutoModelForSequenceClassification.from_pretrained(
-                    name, revision=revision, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code)
+                    name, revision=revision, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
+                )
             except OSError as exc:
-                raise OSError(f"reward.reward_model.model={name!r}: could not load it ({exc}). Give a local directory "
-                              "or a Hub id of a sequence-classification reward model.") from exc
+                raise OSError(
+                    f"reward.reward_model.model={name!r}: could not load it ({exc}). Give a local directory "
+                    "or a Hub id of a sequence-classification reward model."
+                ) from exc
             if tok.pad_token_id is None:
                 tok.pad_token = tok.eos_token
             if model.config.pad_token_id is None:
@@ -93,7 +98,9 @@ def render(tokenizer: Any, user: str, completion: str, system: Optional[str] = N
     """The conversation as the reward model reads it: its chat template, or plain text without one."""
     if getattr(tokenizer, "chat_template", None):
         messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": user}, {"role": "assistant", "content": completion}]
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": completion},
+        ]
         return tokenizer.apply_chat_template(messages, tokenize=False)
     return (system + "\n\n" if system else "") + user + "\n\n" + completion
 
@@ -121,15 +128,18 @@ class RewardModelReward:
 
     def __init__(self, cfg: RewardModelConfig) -> None:
         if not cfg.model:
-            raise ValueError("reward=reward_model needs reward.reward_model.model=<directory or Hub id of a "
-                             "sequence-classification reward model>")
+            raise ValueError(
+                "reward=reward_model needs reward.reward_model.model=<directory or Hub id of a "
+                "sequence-classification reward model>"
+            )
         if cfg.normalize not in NORMALIZE:
             raise ValueError(f"reward.reward_model.normalize={cfg.normalize!r}: choose one of {NORMALIZE}")
         if cfg.batch_size < 1 or cfg.max_length < 2:
             raise ValueError("reward.reward_model.batch_size must be >= 1 and max_length >= 2")
         self.cfg = cfg
-        self.model, self.tokenizer = load_reward_model(cfg.model, cfg.revision, cfg.dtype, cfg.device,
-                                                       cfg.trust_remote_code)
+        self.model, self.tokenizer = load_reward_model(
+            cfg.model, cfg.revision, cfg.dtype, cfg.device, cfg.trust_remote_code
+        )
         n_labels = int(getattr(self.model.config, "num_labels", 1))
         if not 0 <= cfg.label < n_labels:
             raise ValueError(f"reward.reward_model.label={cfg.label} but {cfg.model} has {n_labels} output(s)")
@@ -144,10 +154,18 @@ class RewardModelReward:
             try:
                 user = self.cfg.prompt_template.format(**row) if self.cfg.prompt_template else prompts[i]
             except KeyError as exc:
-                raise KeyError(f"reward.reward_model.prompt_template {self.cfg.prompt_template!r} uses column {exc}, "
-                               f"which the task row does not have (columns: {sorted(row)})") from None
-            out.append(render(self.tokenizer, user, strip_special_tokens(completion or "", self.tokenizer),
-                              self.cfg.system_prompt))
+                raise KeyError(
+                    f"reward.reward_model.prompt_template {self.cfg.prompt_template!r} uses column {exc}, "
+                    f"which the task row does not have (columns: {sorted(row)})"
+                ) from None
+            out.append(
+                render(
+                    self.tokenizer,
+                    user,
+                    strip_special_tokens(completion or "", self.tokenizer),
+                    self.cfg.system_prompt,
+                )
+            )
         return out
 
     def raw_scores(self, texts: list[str]) -> list[float]:
@@ -157,8 +175,14 @@ class RewardModelReward:
         device = next(self.model.parameters()).device
         scores: list[float] = []
         for i in range(0, len(texts), self.cfg.batch_size):
-            enc = self.tokenizer(texts[i:i + self.cfg.batch_size], return_tensors="pt", padding=True, truncation=True,
-                                 max_length=self.cfg.max_length, add_special_tokens=False)
+            enc = self.tokenizer(
+                texts[i : i + self.cfg.batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.cfg.max_length,
+                add_special_tokens=False,
+            )
             with torch.no_grad():
                 logits = self.model(**{k: v.to(device) for k, v in enc.items()}).logits
             scores.extend(float(x) for x in logits[:, self.cfg.label].float().cpu())
@@ -176,5 +200,11 @@ class RewardModelReward:
 
 @hookimpl
 def rlvr_rewards() -> list[PluginSpec]:
-    return [PluginSpec("reward_model", RewardModelReward, RewardModelConfig,
-                       "a sequence-classification reward model (e.g. Skywork-Reward) scores prompt + completion")]
+    return [
+        PluginSpec(
+            "reward_model",
+            RewardModelReward,
+            RewardModelConfig,
+            "a sequence-classification reward model (e.g. Skywork-Reward) scores prompt + completion",
+        )
+    ]

@@ -16,6 +16,7 @@ Every column of a row reaches the rewards as a keyword argument (``task.keep_col
 ``task.seed`` (the run's ``trainer.seed`` by default); ``task.streaming`` reads only the first
 ``task.max_train_rows`` rows of a large dataset instead of preparing all of it.
 """
+
 from __future__ import annotations
 
 import random
@@ -26,7 +27,6 @@ from typing import Any, List, Optional
 from rlvr import PluginSpec, hookimpl
 from rlvr.core.hfdata import load_split
 from rlvr.core.task import Task, TaskConfig, last_number, same_number
-
 
 
 @dataclass
@@ -64,20 +64,25 @@ def prepare_rows(rows: list[dict[str, Any]], cfg: HFTaskConfig, source: str) -> 
     for i, raw in enumerate(rows):
         missing = [c for c in cfg.columns if c not in raw]
         if missing:
-            raise ValueError(f"{source}: row {i} has no column {missing[0]!r} named in task.columns (columns: "
-                             f"{sorted(raw)})")
+            raise ValueError(
+                f"{source}: row {i} has no column {missing[0]!r} named in task.columns (columns: {sorted(raw)})"
+            )
         row = {cfg.columns.get(k, k): v for k, v in raw.items()}
         missing_f = [c for c in cfg.filter if c not in row]
         if missing_f:
-            raise ValueError(f"{source}: task.filter uses column {missing_f[0]!r}, which row {i} does not have "
-                             f"(columns: {sorted(row)})")
+            raise ValueError(
+                f"{source}: task.filter uses column {missing_f[0]!r}, which row {i} does not have "
+                f"(columns: {sorted(row)})"
+            )
         if not _matches(row, cfg.filter):
             continue
         if cfg.keep_columns:
             absent = [c for c in cfg.keep_columns if c not in row]
             if absent:
-                raise ValueError(f"{source}: row {i} has no column {absent[0]!r} named in task.keep_columns "
-                                 f"(columns: {sorted(row)})")
+                raise ValueError(
+                    f"{source}: row {i} has no column {absent[0]!r} named in task.keep_columns "
+                    f"(columns: {sorted(row)})"
+                )
             keep = set(cfg.keep_columns) | {cfg.answer_column}
             keep |= {cfg.messages_column} if cfg.messages_column else set()
             keep |= set(template_fields(cfg.prompt_template)) if not cfg.messages_column else set()
@@ -96,34 +101,46 @@ def check_row(row: dict[str, Any], cfg: HFTaskConfig, source: str, i: int) -> No
     """Raise on a row the task cannot use: missing answer / prompt columns, wrong types."""
     col = cfg.answer_column
     if col not in row:
-        raise ValueError(f"{source}: row {i} has no {col!r} column (columns: {sorted(row)}); set "
-                         "task.answer_column, or rename a column with task.columns={source_name: answer}")
+        raise ValueError(
+            f"{source}: row {i} has no {col!r} column (columns: {sorted(row)}); set "
+            "task.answer_column, or rename a column with task.columns={source_name: answer}"
+        )
     if row[col] is None:
         raise ValueError(f"{source}: row {i} has an empty (null) {col!r} column")
     if cfg.messages_column:
         msgs = row.get(cfg.messages_column)
         if cfg.messages_column not in row:
-            raise ValueError(f"{source}: row {i} has no messages column {cfg.messages_column!r} "
-                             f"(columns: {sorted(row)})")
+            raise ValueError(
+                f"{source}: row {i} has no messages column {cfg.messages_column!r} (columns: {sorted(row)})"
+            )
+
         def ok(m: Any) -> bool:
             return isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
 
         if not isinstance(msgs, list) or not msgs or not all(ok(m) for m in msgs):
-            raise ValueError(f"{source}: row {i}: column {cfg.messages_column!r} must be a non-empty list of "
-                             f"{{'role': str, 'content': str}} messages, got {str(msgs)[:200]}")
+            raise ValueError(
+                f"{source}: row {i}: column {cfg.messages_column!r} must be a non-empty list of "
+                f"{{'role': str, 'content': str}} messages, got {str(msgs)[:200]}"
+            )
         if not prompt_messages(msgs):
-            raise ValueError(f"{source}: row {i}: column {cfg.messages_column!r} has only assistant messages; "
-                             "a prompt needs at least one user message")
+            raise ValueError(
+                f"{source}: row {i}: column {cfg.messages_column!r} has only assistant messages; "
+                "a prompt needs at least one user message"
+            )
         return
     for name in template_fields(cfg.prompt_template):
         if name not in row:
-            raise ValueError(f"{source}: row {i} has no column {name!r}, which task.prompt_template "
-                             f"{cfg.prompt_template!r} uses (columns: {sorted(row)}); set task.prompt_template or "
-                             "task.columns")
+            raise ValueError(
+                f"{source}: row {i} has no column {name!r}, which task.prompt_template "
+                f"{cfg.prompt_template!r} uses (columns: {sorted(row)}); set task.prompt_template or "
+                "task.columns"
+            )
         if row[name] is None or isinstance(row[name], (dict, list, bytes)):
-            raise ValueError(f"{source}: row {i}: column {name!r} used by task.prompt_template is "
-                             f"{'null' if row[name] is None else type(row[name]).__name__}, not text; a chat column "
-                             "goes in task.messages_column")
+            raise ValueError(
+                f"{source}: row {i}: column {name!r} used by task.prompt_template is "
+                f"{'null' if row[name] is None else type(row[name]).__name__}, not text; a chat column "
+                "goes in task.messages_column"
+            )
 
 
 def prompt_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -140,8 +157,10 @@ def read_rows(cfg: HFTaskConfig, split: str, limit: int) -> list[dict[str, Any]]
     source = f"task.path={cfg.path!r} split {split!r}"
     if cfg.streaming:
         if limit <= 0:
-            raise ValueError("task.streaming=true reads the first task.max_train_rows rows (and task.max_eval_rows "
-                             "of task.eval_split); set them, e.g. task.max_train_rows=10000")
+            raise ValueError(
+                "task.streaming=true reads the first task.max_train_rows rows (and task.max_eval_rows "
+                "of task.eval_split); set them, e.g. task.max_train_rows=10000"
+            )
         if cfg.shuffle:
             ds = ds.shuffle(seed=cfg.seed, buffer_size=cfg.shuffle_buffer)
         rows = []
@@ -167,8 +186,9 @@ def make_rows(cfg: HFTaskConfig) -> tuple[list[dict[str, Any]], list[dict[str, A
         raise ValueError(f"task.eval_fraction must be in (0, 1), got {cfg.eval_fraction}")
     if cfg.eval_split:
         train = prepare_rows(read_rows(cfg, cfg.split, cfg.max_train_rows), cfg, f"{source} split {cfg.split!r}")
-        held = prepare_rows(read_rows(cfg, cfg.eval_split, cfg.max_eval_rows), cfg,
-                            f"{source} split {cfg.eval_split!r}")
+        held = prepare_rows(
+            read_rows(cfg, cfg.eval_split, cfg.max_eval_rows), cfg, f"{source} split {cfg.eval_split!r}"
+        )
     else:
         need = cfg.max_train_rows + max(cfg.max_eval_rows, 1) if cfg.max_train_rows else 0
         rows = prepare_rows(read_rows(cfg, cfg.split, need), cfg, f"{source} split {cfg.split!r}")
@@ -179,11 +199,13 @@ def make_rows(cfg: HFTaskConfig) -> tuple[list[dict[str, Any]], list[dict[str, A
         n_eval = min(n_eval, len(rows) - 1)  # held out: max_eval_rows when set, else eval_fraction
         held, train = rows[:n_eval], rows[n_eval:]
         if cfg.max_train_rows:
-            train = train[:cfg.max_train_rows]
+            train = train[: cfg.max_train_rows]
     if not train:
-        raise ValueError(f"{source} split {cfg.split!r} has no rows left"
-                         + (f" after task.filter={dict(cfg.filter)}" if cfg.filter else "")
-                         + "; check task.filter / task.split")
+        raise ValueError(
+            f"{source} split {cfg.split!r} has no rows left"
+            + (f" after task.filter={dict(cfg.filter)}" if cfg.filter else "")
+            + "; check task.filter / task.split"
+        )
     return train, held
 
 
@@ -224,13 +246,24 @@ def make_hf(cfg: HFTaskConfig) -> Task:
     cfg.filter = _mapping(cfg.filter, "filter")
     train, held = make_rows(cfg)
     col = cfg.answer_column
-    return HFTask("hf", train, held, cfg,
-                  is_correct=lambda completion, row: same_number(last_number(completion), row[col])
-                  or completion.strip() == str(row[col]).strip())
+    return HFTask(
+        "hf",
+        train,
+        held,
+        cfg,
+        is_correct=lambda completion, row: (
+            same_number(last_number(completion), row[col]) or completion.strip() == str(row[col]).strip()
+        ),
+    )
 
 
 @hookimpl
 def rlvr_tasks() -> list[PluginSpec]:
-    return [PluginSpec("hf", make_hf, HFTaskConfig,
-                       "any Hugging Face `datasets` dataset: Hub id (cache offline), parquet/csv/json/arrow, "
-                       "save_to_disk")]
+    return [
+        PluginSpec(
+            "hf",
+            make_hf,
+            HFTaskConfig,
+            "any Hugging Face `datasets` dataset: Hub id (cache offline), parquet/csv/json/arrow, save_to_disk",
+        )
+    ]
