@@ -367,6 +367,48 @@ def cmd_train(args: list[str]) -> int:
     return 0
 
 
+SFT_HELP = """usage: rlvr sft [key=value ...]
+
+Supervised fine-tuning on worked answers (loss on the completion tokens only), with the same model plugins,
+checkpoints and resume as `rlvr train`; its final/ is a plain transformers model that
+`rlvr train model=hf model.name_or_path=<sft run>/final` starts from. Config: rlvr/conf/sft.yaml
+(`rlvr sft --cfg job` prints it; sft=gsm8k_format is the GSM8K format-priming preset). See docs/sft.md.
+
+exit codes: 0 done; 2 bad command line or config; 1 the run failed.
+"""
+
+
+def cmd_sft(args: list[str]) -> int:
+    """``rlvr sft [overrides]``: the logic is in :mod:`rlvr.commands.sft`; this only wires Hydra (``conf/sft.yaml``)."""
+    import hydra
+    from omegaconf import DictConfig
+
+    from rlvr.commands.sft import run_sft, store_sft_config
+
+    store_sft_config()
+
+    @hydra.main(version_base="1.3", config_path="conf", config_name="sft")
+    def run(cfg: DictConfig) -> float:
+        _quiet_libraries()
+        try:
+            trainer = run_sft(cfg)
+        except RlvrError as exc:
+            if _traceback_wanted():
+                raise
+            print(f"rlvr sft: error: {exc}", file=sys.stderr)
+            sys.exit(1)
+        print(f"rlvr: finished {trainer.step} SFT steps; model: {trainer.run_dir / 'final'} "
+              f"(rlvr train model=hf model.name_or_path={trainer.run_dir / 'final'})")
+        return 0.0
+
+    sys.argv = ["rlvr sft", *args]
+    try:
+        run()
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    return 0
+
+
 EVAL_HELP = """usage: rlvr eval [RUN_DIR] [num_samples=4] [limit=0] [batch_prompts=16] [output=FILE] [--samples-out FILE]
                  [checkpoint=DIR] [key=value ...]
 
@@ -561,11 +603,12 @@ COMMANDS: list[Command] = [
     ),
     Command(
         "eval",
-        "held-out accuracy of a model or checkpoint: rlvr eval [checkpoint=DIR] [task=...]",
+        "held-out accuracy, pass@k and maj@k of a model, a run or a checkpoint: rlvr eval [RUN_DIR] [key=value ...]",
         cmd_eval,
         None,
         EVAL_HELP,
     ),
+    Command("sft", "supervised fine-tuning before RL (Hydra overrides, like train)", cmd_sft, None, SFT_HELP),
     Command(
         "plugins", "list every discovered plugin by kind and where it came from", cmd_plugins, add_plugins_arguments
     ),

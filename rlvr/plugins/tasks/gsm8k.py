@@ -1,18 +1,20 @@
 """``task=gsm8k``: grade-school math word problems.
 
-Reads local ``train.jsonl`` / ``test.jsonl`` when ``task.data_dir`` holds them (this repository's
-CI uses ``../shared/data/gsm8k``); otherwise loads the Hub dataset ``openai/gsm8k`` (needs the
-``datasets`` package and network). Each row gets ``answer`` = the final number (the text after
-``####``) and ``solution`` = the full reference solution.
+Reads local ``train.jsonl`` / ``test.jsonl`` when ``task.data_dir`` holds them. Without it: the Hub
+dataset ``openai/gsm8k`` through ``datasets`` when it is in the local cache (no network), else the local
+copy in ``$RLVR_GSM8K_DIR`` or ``../shared/data/gsm8k``, else a download of the Hub dataset. Each row
+gets ``answer`` = the final number (the text after ``####``) and ``solution`` = the full reference solution.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from rlvr.core.errors import DataError, MissingDependencyError
 from rlvr import PluginSpec, hookimpl
+from rlvr.core.errors import DataError, PathNotFoundError
+from rlvr.core.hfdata import hub_rows
 from rlvr.core.task import Task
 from rlvr.plugins.tasks.jsonl import JsonlTaskConfig, read_jsonl, split_rows
 
@@ -41,20 +43,21 @@ def normalise(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
 
 
 def make_gsm8k(cfg: GSM8KConfig) -> Task:
-    if cfg.data_dir:
-        d = Path(cfg.data_dir).expanduser()
+    # no data_dir: the Hub dataset through `datasets` when cached; else the local copy named by $RLVR_GSM8K_DIR;
+    # else download it
+    local = Path(os.environ.get("RLVR_GSM8K_DIR", "") or "/nonexistent").expanduser()
+    d = Path(cfg.data_dir).expanduser() if cfg.data_dir else (local if (local / "train.jsonl").is_file() else None)
+    hub = None if cfg.data_dir else hub_rows(cfg.hub_id, "main", ("train", "test"), download=d is None)
+    if hub is not None:
+        train, held = normalise(hub["train"], cfg.hub_id), normalise(hub["test"], cfg.hub_id)
+    elif d is None:
+        raise PathNotFoundError(f"task=gsm8k: {cfg.hub_id} is neither in the datasets cache nor downloadable (is "
+                                f"`datasets` installed? are you online?) and $RLVR_GSM8K_DIR names no local copy: set "
+                                "task.data_dir to a folder with train.jsonl/test.jsonl")
+    else:
         train = normalise(read_jsonl(d / "train.jsonl"), str(d / "train.jsonl"))
         test_file = d / "test.jsonl"
         held = normalise(read_jsonl(test_file), str(test_file)) if test_file.is_file() else None
-    else:
-        try:
-            import datasets
-        except ImportError:
-            raise MissingDependencyError("task=gsm8k without task.data_dir loads the Hub dataset and needs `pip install datasets`; "
-                                         "or point task.data_dir at a folder with train.jsonl/test.jsonl") from None
-        ds = datasets.load_dataset(cfg.hub_id, "main")
-        train = normalise(list(ds["train"]), cfg.hub_id)
-        held = normalise(list(ds["test"]), cfg.hub_id)
     train, held = split_rows(train, held, cfg)
     return Task("gsm8k", train, held, cfg)
 
