@@ -10,6 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 GSM8K_DIR = Path(os.environ.get("RLVR_GSM8K_DIR") or REPO.parent / "shared" / "data" / "gsm8k")
+if (GSM8K_DIR / "train.jsonl").is_file():  # task=gsm8k without data_dir reads the local copy (no network here)
+    os.environ.setdefault("RLVR_GSM8K_DIR", str(GSM8K_DIR))
 
 # a tiny, fast run: tiny model, 2 prompts x 2 generations, 8 new tokens
 TINY = ["model=tiny", "trainer.prompts_per_step=2", "trainer.num_generations=2", "engine.max_new_tokens=8",
