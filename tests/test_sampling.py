@@ -13,8 +13,14 @@ import torch
 import rlvr
 from rlvr.core.confidence import accuracy_interval, wilson_interval
 from rlvr.core.rollout import Rollouts
-from rlvr.core.sampling import (CurriculumSampler, concat_rollouts, curriculum_weight, informative_groups,
-                                refill_size, take_groups)
+from rlvr.core.sampling import (
+    CurriculumSampler,
+    concat_rollouts,
+    curriculum_weight,
+    informative_groups,
+    refill_size,
+    take_groups,
+)
 from tests.conftest import TINY
 
 RUN = [*TINY, "trainer.prompts_per_step=4", "trainer.lr=1e-3", "trainer.warmup_steps=0"]
@@ -91,7 +97,7 @@ def test_curriculum_weights_by_hand_and_sampling_frequencies():
 
 
 def test_refill_reaches_b_informative_groups(tmp_path):
-    trainer, rows = run(tmp_path, ["trainer.max_steps=2", "trainer.dynamic_sampling=refill",
+    _, rows = run(tmp_path, ["trainer.max_steps=2", "trainer.dynamic_sampling=refill",
                                    "trainer.dynamic_max_rounds=8"], answer_rule(lambda a: a % 2 == 1))
     for m in rows:
         assert m["dynamic/groups_trained"] == 4 and m["dynamic/short_groups"] == 0

@@ -41,8 +41,9 @@ from __future__ import annotations
 import math
 import random
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -273,6 +274,6 @@ def validate(mode: str, max_rounds: int) -> None:
 
 
 def make_sampler(n_rows: int, seed: int, curriculum: bool, decay: float, min_weight: float,
-                 default: Optional[Any] = None) -> Any:
+                 default: Any | None = None) -> Any:
     """The curriculum sampler when ``curriculum`` is on, else ``default`` (the epoch-wise RowSampler)."""
     return CurriculumSampler(n_rows, seed, decay, min_weight) if curriculum else default

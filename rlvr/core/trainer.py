@@ -354,10 +354,11 @@ class Trainer:
             return part
 
         pad_id = self.policy.tokenizer.pad_token_id
-        return sampling.select_groups(batch, more, mode=self.tc.dynamic_sampling, max_rounds=self.tc.dynamic_max_rounds,
-                                      batch_size=self.tc.prompts_per_step, group_size=self.tc.num_generations,
-                                      dist=self.dist, pad_id=0 if pad_id is None else int(pad_id),
-                                      state=self.sampling_state, sampler=self.sampler)
+        tc = self.tc
+        return sampling.select_groups(batch, more, mode=tc.dynamic_sampling, max_rounds=tc.dynamic_max_rounds,
+                                      batch_size=tc.prompts_per_step, group_size=tc.num_generations, dist=self.dist,
+                                      pad_id=0 if pad_id is None else int(pad_id), state=self.sampling_state,
+                                      sampler=self.sampler)
 
     def compute_advantages(self, batch: StepBatch) -> None:
         """Phase 3: the advantage estimator on the whole batch; this rank keeps its groups' share."""
