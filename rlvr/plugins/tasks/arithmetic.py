@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import dataclass, field
+from typing import List, Optional
 
 from rlvr import PluginSpec, hookimpl
 from rlvr.core.task import Task, TaskConfig, last_number, same_number
@@ -20,11 +21,11 @@ OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b
 
 @dataclass
 class ArithmeticConfig(TaskConfig):
-    system_prompt: str | None = "You are a careful calculator. Reply with the result."
+    system_prompt: Optional[str] = "You are a careful calculator. Reply with the result."
     prompt_template: str = "What is {question}?"
     min_operand: int = 0
     max_operand: int = 9  # difficulty: 9 = single-digit operands
-    operations: list[str] = field(default_factory=lambda: ["+"])
+    operations: List[str] = field(default_factory=lambda: ["+"])
     eval_fraction: float = 0.2
     min_eval_rows: int = 120  # a held-out split smaller than this is topped up with wider-operand questions
     eval_extra_max_operand: int = 19  # ... whose operands go up to this (at least one above max_operand)
