@@ -243,6 +243,9 @@ class Trainer:
         if tc.distributed == "fsdp" and tc.prompts_per_step % world:
             raise ValueError(f"trainer.distributed=fsdp needs trainer.prompts_per_step ({tc.prompts_per_step}) to be a "
                              f"multiple of the {world} processes (every rank must run the same number of passes)")
+        if tc.distributed == "fsdp" and tc.dynamic_sampling != "off":
+            raise ValueError("trainer.dynamic_sampling with trainer.distributed=fsdp is not supported (a step's "
+                             "informative groups need not split evenly over the ranks): use trainer.distributed=ddp")
         if tc.distributed == "fsdp" and tc.save_merged:
             raise ValueError("trainer.save_merged=true is not supported with trainer.distributed=fsdp: merge the saved "
                              "adapter afterwards (rlvr.core.policy.save_policy(policy, path, merged=True))")
