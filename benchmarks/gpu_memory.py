@@ -62,7 +62,7 @@ def step(model, variant: str, ids, P: int, micro: int, chunk_tokens: int, max_mi
     """Runs the step's first ``max_micro`` micro-batches (0 = all); returns the completions done."""
     import torch
 
-    from rlvr.kernels import completion_logprobs, offload_activations, position_ids_from_mask
+    from rlvr.modeling import completion_logprobs, offload_activations, position_ids_from_mask
 
     N, L = ids.shape
     T = L - P
@@ -111,7 +111,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from rlvr.kernels import enable_gradient_checkpointing
+    from rlvr.modeling import enable_gradient_checkpointing
 
     if args.tiny:
         args.context, args.prompt_len, args.generations = min(args.context, 96), min(args.prompt_len, 32), 2

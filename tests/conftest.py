@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-GSM8K_DIR = REPO.parent / "shared" / "data" / "gsm8k"
+GSM8K_DIR = Path(os.environ.get("RLVR_GSM8K_DIR") or REPO.parent / "shared" / "data" / "gsm8k")
 
 # a tiny, fast run: tiny model, 2 prompts x 2 generations, 8 new tokens
 TINY = ["model=tiny", "trainer.prompts_per_step=2", "trainer.num_generations=2", "engine.max_new_tokens=8",

@@ -18,8 +18,16 @@ from pathlib import Path
 import pytest
 
 import rlvr
-from rlvr.plugins.rewards.code_exec import (CodeExecConfig, Sandbox, SandboxError, _uid_base, extract_code,
-                                            parse_tests, processes_of_uid, same_output)
+from rlvr.plugins.rewards.code_exec import (
+    CodeExecConfig,
+    Sandbox,
+    SandboxError,
+    _uid_base,
+    extract_code,
+    parse_tests,
+    processes_of_uid,
+    same_output,
+)
 
 FAST = {"timeout_s": 0.5, "startup_grace_s": 1.0, "memory_mb": 256, "max_processes": 16, "max_output_bytes": 64_000}
 
@@ -82,7 +90,9 @@ def test_extract_code_takes_the_last_python_block():
 
 def test_parse_tests_formats():
     s = parse_tests("import math\nassert math.sqrt(4) == 2\nassert f(1) == 2\n")
-    assert s.kind == "assert" and s.count == 2 and s.steps[0][0] == "setup"
+    assert s.kind == "assert" and s.count == 2 and len(s.program.steps) == 3
+    assert "import math" in s.program.steps[0] and "assert" not in "".join(s.program.steps)  # asserts rewritten
+    assert "2" not in s.program.steps[1].replace("math.sqrt(4)", "")  # the expected value stays outside
     assert parse_tests(["assert f(1) == 2", "assert f(2) == 3"]).count == 2
     io = parse_tests([{"input": "1 2\n", "output": "3\n"}, {"stdin": "2 2", "stdout": "4"}])
     assert io.kind == "io" and io.cases == [("1 2\n", "3\n"), ("2 2", "4")]
@@ -124,7 +134,8 @@ def test_scores_are_fraction_of_tests_passed(mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_stdin_stdout_tests(mode):
     fn = make(mode)
-    tests = [{"input": "1 2\n", "output": "3\n"}, {"input": "10 -4\n", "output": "6"}, {"input": "0 0\n", "output": "0\n"}]
+    tests = [{"input": "1 2\n", "output": "3\n"}, {"input": "10 -4\n", "output": "6"},
+             {"input": "0 0\n", "output": "0\n"}]
     good = py("a, b = map(int, input().split())\nprint(a + b, ' ')")
     wrong = py("a, b = map(int, input().split())\nprint(a - b)")  # right on the third case only
     crash = py("a, b = map(int, input().split())\nprint(a + b)\nraise SystemExit(3)")  # right output, bad exit
@@ -175,7 +186,8 @@ def test_limits_environment_and_fresh_directory(mode, monkeypatch):
     before = set(glob.glob(os.path.join(tempfile.gettempdir(), "rlvr-sandbox-*")))
     sb = Sandbox(CodeExecConfig(sandbox=mode, **FAST))
     code = ("import os, resource\n"
-            "print(resource.getrlimit(resource.RLIMIT_AS)[0] >> 20, resource.getrlimit(resource.RLIMIT_FSIZE)[0] >> 20,\n"
+            "print(resource.getrlimit(resource.RLIMIT_AS)[0] >> 20,\n"
+            "      resource.getrlimit(resource.RLIMIT_FSIZE)[0] >> 20,\n"
             "      resource.getrlimit(resource.RLIMIT_CORE)[0])\n"
             "print('RLVR_TEST_SECRET' in os.environ, sorted(os.listdir('.')))\n"
             "open('scratch.txt', 'w').write('ok')\n")
@@ -189,7 +201,7 @@ def test_limits_environment_and_fresh_directory(mode, monkeypatch):
 
 
 def test_bwrap_required_but_missing(monkeypatch):
-    import rlvr.plugins.rewards.code_exec as ce
+    import rlvr.plugins.rewards.code_exec.sandbox as ce
 
     monkeypatch.setattr(ce.shutil, "which", lambda name: None)
     with pytest.raises(SandboxError, match="apt-get install bubblewrap"):
@@ -217,8 +229,10 @@ def _skip_unless_contained(mode: str) -> None:
     ("infinite loop", "while True:\n    pass"),
     ("sleep", "import time\ntime.sleep(60)"),
     ("fork bomb", "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"),
-    ("thread bomb", "import threading, time\nfor _ in range(10000):\n    threading.Thread(target=time.sleep, args=(60,)).start()"),
-    ("escaping daemon", "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n"
+    ("thread bomb", "import threading, time\nfor _ in range(10000):\n"
+                    "    threading.Thread(target=time.sleep, args=(60,)).start()"),
+    ("escaping daemon", "import os, time\nif os.fork() == 0:\n    os.setsid()\n"
+                        "    if os.fork() == 0:\n        time.sleep(60)\n"
                         "    os._exit(0)\nprint('3')"),
     ("memory bomb", "x = []\nwhile True:\n    x.append(bytearray(50 * 1024 * 1024))"),
     ("huge output", "while True:\n    print('x' * 100000)"),
@@ -237,7 +251,8 @@ def test_hostile_code_is_contained(mode, name, code):
 @pytest.mark.parametrize("mode", MODES)
 def test_huge_output_is_capped(mode):
     sb = Sandbox(CodeExecConfig(sandbox=mode, **FAST))
-    res = sb.run("solution.py", [], {"solution.py": b"import sys\nwhile True:\n    sys.stdout.write('y' * 65536)\n"}, b"", 5.0)
+    flood = b"import sys\nwhile True:\n    sys.stdout.write('y' * 65536)\n"
+    res = sb.run("solution.py", [], {"solution.py": flood}, b"", 5.0)
     assert res.output_capped and len(res.stdout) <= FAST["max_output_bytes"]
     assert_no_leftovers()
 
@@ -320,7 +335,8 @@ def test_bwrap_blocks_the_network(listener):
     if BWRAP_MISSING:
         pytest.skip(f"bubblewrap sandbox unavailable: {BWRAP_MISSING}")
     port, hits = listener
-    code = (f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n    print('connected')\n"
+    code = (f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+            f"    print('connected')\n"
             f"except OSError:\n    print('blocked')")
     assert make("bwrap")([py(code)], tests=[[{"input": "", "output": "blocked"}]]) == [1.0]
     time.sleep(0.3)
@@ -340,7 +356,8 @@ def test_cannot_kill_the_trainer(mode):
     me = os.getpid()
     code = (f"import os, signal\nkilled = 0\n"
             f"for target in (os.getppid(), {me}):\n"
-            f"    try:\n        os.kill(target, signal.SIGKILL)\n        killed += 1\n    except OSError:\n        pass\n"
+            f"    try:\n        os.kill(target, signal.SIGKILL)\n        killed += 1\n"
+            f"    except OSError:\n        pass\n"
             f"try:\n    os.killpg({os.getpgid(me)}, signal.SIGKILL)\n    killed += 1\nexcept OSError:\n    pass\n"
             f"try:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError:\n    pass\n"
             f"print(killed)")

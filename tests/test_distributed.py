@@ -47,7 +47,7 @@ def torchrun(nproc: int, *args: str, timeout: int = 240) -> subprocess.Completed
 def outputs(run_dir: Path) -> tuple[list[dict], list[dict], dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
-    metrics = [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+    metrics = [{k: v for k, v in json.loads(line).items() if k not in TIMING and not k.startswith("memory/")}
                for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     completions = [json.loads(line) for line in (run_dir / "completions.jsonl").read_text().splitlines()]
     return metrics, completions, load_file(str(run_dir / "final" / "adapter_model.safetensors"))

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import rlvr
-from rlvr.kernels.causal_lm import completion_logprobs
-from rlvr.kernels.shared_prompt import grouped_completion_logprobs, shared_prompt_applies, shared_prompt_logprobs
+from rlvr.modeling.causal_lm import completion_logprobs
+from rlvr.modeling.shared_prompt import grouped_completion_logprobs, shared_prompt_applies, shared_prompt_logprobs
 from rlvr.plugins.engines.hf import (HFEngine, HFEngineConfig, fast_decoder_reason, filter_logits,
                                      sample_inverse_cdf)
 
@@ -220,3 +220,56 @@ def test_shared_prompt_logprobs_equal_full_forward_values_and_gradients(lora):
     torch.testing.assert_close(plain, full, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(mixed, full, atol=1e-6, rtol=1e-6)
     model.eval()
+
+
+def test_finished_rows_leave_the_decode_batch_without_changing_the_samples(tiny):
+    """compact_finished drops finished rows from the fast decoder's batch: same tokens, same log-probs, fewer rows."""
+    policy = tiny
+    old = policy.model.generation_config.eos_token_id
+    policy.model.generation_config.eos_token_id = list(range(3, 259, 5))  # rows stop at different steps
+    try:
+        runs = {}
+        for compact in (False, True):
+            eng = engine(max_new_tokens=12, decoder="fast", compact_finished=compact)
+            runs[compact] = (eng.generate(policy, PROMPTS, 8, [7, 8]), eng.decode_rows)
+    finally:
+        policy.model.generation_config.eos_token_id = old
+    (plain, rows_plain), (compact, rows_compact) = runs[False], runs[True]
+    lengths = plain.completion_mask.sum(1)
+    assert lengths.min() < lengths.max()  # some rows finished early: there was something to drop
+    assert torch.equal(plain.completion_ids, compact.completion_ids)
+    assert torch.equal(plain.completion_mask, compact.completion_mask)
+    assert torch.equal(plain.truncated, compact.truncated)
+    torch.testing.assert_close(compact.sampling_logps, plain.sampling_logps, atol=1e-5, rtol=1e-5)
+    assert rows_compact < rows_plain
+    ref = teacher_forced(policy, compact)  # the compacted cache still gives the right log-probs
+    torch.testing.assert_close(compact.sampling_logps, ref * compact.completion_mask, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows,active,expected", [(16, 16, False), (16, 13, False), (16, 12, True), (16, 0, False),
+                                                  (4, 3, False), (4, 2, True), (2, 1, False)])
+def test_should_compact_rule(rows, active, expected):
+    from rlvr.plugins.engines.hf import should_compact
+
+    assert should_compact(rows, active) is expected
+
+
+def test_bfloat16_decode_samples_close_to_float32_and_asks_for_the_importance_correction(tiny):
+    """decode_dtype=bfloat16: packed bf16 matmuls, float32 master weights; log-probs near the trainer's, and the
+    engine asks the trainer for the truncated importance-sampling correction."""
+    from rlvr.plugins.engines.hf import onednn_linear_available
+
+    if not onednn_linear_available():
+        pytest.skip("needs PyTorch's oneDNN packed linear ops")
+    eng = engine(decoder="fast", decode_dtype="bfloat16")
+    assert eng.importance_sampling is not None and eng.importance_sampling.enabled
+    assert engine().importance_sampling is None
+    ro = eng.generate(tiny, PROMPTS, 4, [3, 4])
+    assert next(tiny.model.parameters()).dtype == torch.float32  # the master weights are untouched
+    ref = teacher_forced(tiny, ro) * ro.completion_mask
+    diff = (ro.sampling_logps - ref).abs()
+    assert float(diff.max()) < 0.1 and float(diff.max()) > 0  # bf16 rounding: close, not equal
+    with pytest.raises(ValueError, match="decode_dtype"):
+        engine(decode_dtype="float16")
+    with pytest.raises(ValueError, match="fast decoder only"):
+        engine(decode_dtype="bfloat16", decoder="transformers")

@@ -141,11 +141,12 @@ def test_export_of_a_lora_run_merges_the_adapter(cli, tmp_path):
 
 
 def test_export_errors(cli, tmp_path, full_run):
-    for args, expected in [((str(tmp_path / "nope"),), "does not exist"), ((str(tmp_path),), "holds no model"),
-                           ((str(full_run), "--type", "q4_k"), "choose one of f16, q8_0"),
-                           ((str(full_run), "--format", "onnx"), "only gguf is supported")]:
+    for args, want_code, expected in [((str(tmp_path / "nope"),), 1, "does not exist"),
+                                      ((str(tmp_path),), 1, "holds no model"),
+                                      ((str(full_run), "--type", "q4_k"), 2, "invalid choice: 'q4_k'"),
+                                      ((str(full_run), "--format", "onnx"), 2, "invalid choice: 'onnx'")]:
         code, _, err = cli("export", *args)
-        assert code == 1 and expected in err, (args, err)
+        assert code == want_code and expected in err, (args, err)
     assert not list(full_run.glob("*.gguf.tmp*"))
 
 
@@ -158,7 +159,7 @@ def test_smollm2_export_matches_the_published_gguf(tmp_path):
     import gguf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlvr.export import export
+    from rlvr.commands.export import export
     from rlvr.plugins.models.smollm2 import cached_checkpoint, gguf_path
 
     src = cached_checkpoint()

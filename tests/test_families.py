@@ -11,7 +11,7 @@ import torch
 
 from rlvr.core.config import compose
 from rlvr.core.trainer import Trainer
-from rlvr.kernels.causal_lm import completion_logprobs
+from rlvr.modeling.causal_lm import completion_logprobs
 from rlvr.plugins.models.tiny_family import FAMILIES, TinyFamilyConfig, build_model, load_tiny_family
 from rlvr.plugins.models.tiny import byte_tokenizer
 from tests.conftest import TINY

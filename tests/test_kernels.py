@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rlvr.kernels import reference_token_logprobs, token_logprobs
-from rlvr.kernels.causal_lm import completion_logprobs, lm_head_params, position_ids_from_mask
+from rlvr.modeling.causal_lm import completion_logprobs, lm_head_params, position_ids_from_mask
 
 F64 = torch.float64
 

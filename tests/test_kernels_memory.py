@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlvr.kernels import completion_logprobs, enable_gradient_checkpointing, offload_activations
+from rlvr.modeling import completion_logprobs, enable_gradient_checkpointing, offload_activations
 
 
 def _run(gc: bool, offload: bool, lora: bool = False):

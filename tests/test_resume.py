@@ -29,7 +29,7 @@ RUN = [*TINY, "trainer.max_steps=8", "trainer.save_steps=2", "trainer.keep_check
 
 
 def volatile(key: str) -> bool:
-    return "time" in key or key.endswith("per_s")
+    return "time" in key or key.endswith("per_s") or key.startswith("memory/")  # memory/: per process
 
 
 def metric_rows(run_dir: Path) -> list[dict]:

@@ -8,7 +8,7 @@ import re
 import pytest
 
 import rlvr
-from rlvr.plugins.rewards._answers import extract_final_answer, parse_number
+from rlvr.core.answers import extract_final_answer, parse_number
 from tests.conftest import GSM8K_DIR
 
 # --------------------------------------------------------------------------- registration
@@ -24,10 +24,9 @@ def test_builtins_are_registered():
 def test_configs_compose_with_hydra():
     from rlvr.core.config import plugin_params
 
-    cfg = rlvr.compose(["reward=[proximity,gsm8k_correct,rubric_email]", "reward.proximity.exact=6.0",
-                        "+verifier=[math_answer]"])
+    cfg = rlvr.compose(["reward=[proximity,gsm8k_correct,rubric_email,math_answer]", "reward.proximity.exact=6.0"])
     assert cfg.reward.proximity.exact == 6.0 and cfg.reward.gsm8k_correct.score == 2.0
-    assert cfg.verifier.math_answer.rel_tol == 0.0
+    assert cfg.reward.math_answer.rel_tol == 0.0
     fn = rlvr.create("reward", "proximity", **plugin_params(cfg.reward.proximity))
     assert fn(["<answer>7</answer>"], answer=["7"]) == [6.0]
     email = rlvr.create("reward", "rubric_email", **plugin_params(cfg.reward.rubric_email))

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import rlvr
-from rlvr.core.confidence import accuracy_interval, wilson_interval
 from rlvr.core.rollout import Rollouts
 from rlvr.core.sampling import (
     CurriculumSampler,
@@ -156,16 +155,6 @@ def test_bad_settings_fail_early():
         rlvr.Trainer(rlvr.compose([*RUN, "trainer.dynamic_sampling=always"]))
     with pytest.raises(ValueError, match="dynamic_max_rounds"):
         rlvr.Trainer(rlvr.compose([*RUN, "trainer.dynamic_max_rounds=-1"]))
-
-
-def test_intervals():
-    lo, hi = wilson_interval(8, 10)  # textbook value: 0.490 .. 0.943
-    assert (round(lo, 3), round(hi, 3)) == (0.490, 0.943)
-    assert wilson_interval(0, 0) == (0.0, 1.0) and wilson_interval(0, 20)[0] == 0.0
-    assert accuracy_interval([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]) == wilson_interval(8, 10)
-    lo, hi = accuracy_interval([0.5, 1.0, 0.75, 0.25])  # mean 0.625, s = 0.3227, half = 1.96 s / 2
-    assert lo == pytest.approx(0.625 - 1.959964 * 0.322749 / 2, abs=1e-5) and hi == pytest.approx(
-        0.625 + 1.959964 * 0.322749 / 2, abs=1e-5)
 
 
 def test_default_task_holds_out_at_least_100_questions_none_seen_in_training():

@@ -598,7 +598,7 @@ def test_engine_without_vllm_says_how_to_install(monkeypatch):
 # ----- live -------------------------------------------------------------------------------------------
 @pytest.mark.skipif(not HAVE_VLLM or not torch.cuda.is_available(), reason=LIVE_SKIP)
 def test_live_vllm_logps_close_to_trainer():  # pragma: no cover - needs vLLM and a GPU
-    from rlvr.kernels.causal_lm import completion_logprobs
+    from rlvr.modeling.causal_lm import completion_logprobs
 
     policy = rlvr.create("model", "hf", name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
     policy.model.cuda()

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from rlvr.core.errors import ConfigError
+
 EPS = 1e-4
 
 
@@ -29,13 +31,13 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scaling: str = "gro
     if baseline == "rloo":
         centred = centred * (group_size / (group_size - 1))
     elif baseline != "mean":
-        raise ValueError(f"advantage baseline {baseline!r}: choose 'mean' or 'rloo'")
+        raise ConfigError(f"advantage baseline {baseline!r}: choose 'mean' or 'rloo'")
     if scaling == "group":
         centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
     elif scaling == "batch":
         centred = centred / (rewards.std() + eps) if rewards.numel() > 1 else centred
     elif scaling != "none":
-        raise ValueError(f"advantage scaling {scaling!r}: choose 'group', 'batch' or 'none'")
+        raise ConfigError(f"advantage scaling {scaling!r}: choose 'group', 'batch' or 'none'")
     return centred.reshape(-1)
 
 

@@ -24,6 +24,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from rlvr.core.errors import CheckpointError, CheckpointMismatchError, PathNotFoundError
 from rlvr.core.policy import Policy, save_policy
 
 PREFIX = "checkpoint-"
@@ -62,7 +63,7 @@ def _test_fault(point: str, step: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(CheckpointError):
     """A checkpoint could not be written (e.g. the disk is full); the previous one is still valid."""
 
     def __init__(self, target: Path, previous: Optional[Path], cause: BaseException) -> None:
@@ -157,18 +158,19 @@ def resolve_resume(resume: str) -> Path:
         if latest is not None:
             return latest
         if re.fullmatch(rf"{PREFIX}\d+", path.name):
-            raise FileNotFoundError(f"trainer.resume={resume!r} is an incomplete checkpoint (no {MARKER} marker: "
+            raise PathNotFoundError(f"trainer.resume={resume!r} is an incomplete checkpoint (no {MARKER} marker: "
                                     "its writing was interrupted); pick an earlier one or trainer.resume=auto")
-        raise FileNotFoundError(f"trainer.resume={resume!r} is neither a checkpoint directory nor a run directory "
+        raise PathNotFoundError(f"trainer.resume={resume!r} is neither a checkpoint directory nor a run directory "
                                 f"with complete checkpoints under checkpoints/")
-    raise FileNotFoundError(f"trainer.resume={resume!r}: no such directory")
+    raise PathNotFoundError(f"trainer.resume={resume!r}: no such directory")
 
 
 RESUMABLE = ("trainer.max_steps", "trainer.save_steps", "trainer.keep_checkpoints", "trainer.resume",
              "trainer.log_steps", "trainer.eval_steps", "trainer.eval_samples", "trainer.eval_num_samples", "trainer.log_completions",
              "trainer.progress", "trainer.output_dir", "trainer.threads", "trainer.max_bad_steps",
              "trainer.gradient_checkpointing", "trainer.offload_activations", "trainer.save_merged",
-             "trainer.distributed", "trainer.dist_backend", "logger")
+             "trainer.distributed", "trainer.dist_backend", "trainer.pack_completions", "engine.compact_finished",
+             "logger")
 """Config keys (and key prefixes) a resumed run may change: when, how long and what to log or save, and
 memory, thread and process-layout knobs that do not change the numbers (1 and N processes train the same).
 Any other change stops the resume."""
@@ -185,10 +187,12 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Every dotted key whose value differs between two composed configs: ``key -> (saved, current)``
-    (a key present on one side only has None on the other)."""
+    """Every dotted key whose value differs between two composed configs: ``key -> (saved, current)``.
+
+    Only keys both configs have are compared: a setting added in a later rlvr version (absent from an older
+    checkpoint's config) or one that no longer exists does not count as a change."""
     old, new = flatten(saved), flatten(current)
-    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    return {k: (old[k], new[k]) for k in sorted(set(old) & set(new)) if old[k] != new[k]}
 
 
 def may_change_on_resume(key: str) -> bool:
@@ -206,11 +210,11 @@ def load_trainable_weights(policy: Policy, ckpt: Path) -> None:
         return
     files = sorted(ckpt.glob("model*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{ckpt} has no model*.safetensors")
+        raise CheckpointError(f"{ckpt} has no model*.safetensors")
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_file(str(f)))
     missing, unexpected = policy.model.load_state_dict(state, strict=False)
     real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings are saved once
     if real_missing or unexpected:
-        raise RuntimeError(f"checkpoint {ckpt} does not match the model: missing {real_missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointMismatchError(f"checkpoint {ckpt} does not match the model: missing {real_missing[:5]}, unexpected {unexpected[:5]}")

@@ -14,9 +14,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from rlvr.core import registry
+from rlvr.core.errors import MissingValueError
 from rlvr.core.hookspecs import KINDS, LIST_KINDS
 
 
@@ -47,6 +48,7 @@ class TrainerConfig:
     eval_samples: int = 0  # held-out prompts per evaluation (0 = all)
     eval_num_samples: int = 1  # sampled completions per held-out prompt for sampled pass@1 (0 = greedy only)
     logprob_chunk_tokens: int = 1024
+    pack_completions: bool = True  # update: rows bucketed by length, no forward/backward on padding (rlvr/modeling/packing.py)
     gradient_checkpointing: bool = False
     offload_activations: bool = False
     output_dir: Optional[str] = None  # default: Hydra's run directory (or rlvr-runs/<timestamp> outside Hydra)
@@ -62,11 +64,19 @@ class TrainerConfig:
     curriculum: bool = False  # sample prompts whose recent groups all agreed less (rlvr/core/sampling.py)
     curriculum_decay: float = 0.25  # weight = max(curriculum_min_weight, curriculum_decay ** streak)
     curriculum_min_weight: float = 0.05
+    # reward-hacking monitor (rlvr/core/monitor.py, docs/reward-hacking.md): audit/... metrics every step
+    audit: bool = True
+    audit_verifiers: Optional[List[str]] = None  # independent checks; None = math_answer when the task has answers
+    audit_format_rewards: Optional[List[str]] = None  # format-only rewards; None = names with 'format' / 'xmlcount'
+    audit_warn_fail_paid: float = 0.2  # warn when this share of completions fails a check but is paid like a pass
+    audit_warn_duplicates: float = 0.9  # warn when this share of completions duplicates another of its group
+    audit_warn_length_corr: float = 0.0  # warn when reward follows length above this correlation (0 = off)
+    audit_warn_fail_closed: float = 0.0  # warn when a reward's fail_closed counter exceeds this (-1 = off)
 
 
-def _with_name(cls: type, name: str) -> type:
+def _with_name(cls: type, name: str, force: bool = False) -> type:
     """A subclass of the plugin's config dataclass with a ``name`` field saying which plugin it is."""
-    if any(f.name == "name" for f in dataclasses.fields(cls)):
+    if not force and any(f.name == "name" for f in dataclasses.fields(cls)):
         return cls
     return dataclasses.make_dataclass(cls.__name__, [("name", str, field(default=name))], bases=(cls,))
 
@@ -79,18 +89,92 @@ def _shipped_yaml(kind: str, name: str) -> bool:
 
 
 def store_plugin_configs() -> None:
-    """Put every discovered plugin's config dataclass into Hydra's ConfigStore."""
+    """Put every discovered plugin's config dataclass into Hydra's ConfigStore.
+
+    ``<kind>=<name>`` selects a plugin by its name; ``<kind>=<distribution>:<name>`` selects it by
+    distribution too (the way to choose when two installed plugins share a name). Verifiers have no
+    config group of their own: each is selected as a reward (``reward=[<verifier>]``).
+    """
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
     cs.store(group="schema/trainer", name="default", node=TrainerConfig)
+    reg = registry.registry()
     for kind in KINDS:
-        for name, entry in registry.registry().entries(kind).items():
-            node = _with_name(entry.spec.config, name)
+        if kind == "verifier":
+            continue
+        for name, found in reg.candidates(kind).items():
+            package = f"{kind}.{name}" if kind in LIST_KINDS else kind
+            own = [e for e in found if e.source == registry.OWN_DISTRIBUTION]
+            pick = (own or found)[-1]  # with a collision, using the plain name fails later, naming both
+            node = _with_name(pick.spec.config, name)
             cs.store(group=f"schema/{kind}", name=name, node=node)
             if not _shipped_yaml(kind, name):
-                package = f"{kind}.{name}" if kind in LIST_KINDS else kind
                 cs.store(group=kind, name=name, node=node, package=package)
+            for entry in found:
+                qualified = _with_name(entry.spec.config, entry.qualified, force=True)
+                cs.store(group=kind, name=entry.qualified, node=qualified, package=package)
+
+
+def plugin_names(cfg: Any) -> list[tuple[str, str]]:
+    """``(kind, plugin name)`` of every plugin a composed config selects.
+
+    Single-plugin kinds read ``<kind>.name``; list kinds (reward, logger) read each entry's ``name``,
+    falling back to its key.
+    """
+    out: list[tuple[str, str]] = []
+    for kind in KINDS:
+        node = cfg.get(kind) if hasattr(cfg, "get") else None
+        if node is None:
+            continue
+        if kind in LIST_KINDS:
+            out.extend((kind, plugin_name(key, sub)) for key, sub in node.items())
+        elif hasattr(node, "get") and node.get("name"):
+            out.append((kind, str(node.get("name"))))
+    return out
+
+
+def plugin_name(key: str, node: Any) -> str:
+    """The plugin an entry ``<kind>.<key>`` of a list kind selects: its ``name`` field, else the key."""
+    name = node.get("name") if hasattr(node, "get") else None
+    return str(name or key)
+
+
+def check_plugins(cfg: Any) -> None:
+    """Fail (PluginNotFoundError / MissingValueError) on a plugin name that does not resolve to exactly one
+    plugin, or a config value left missing (``???``), before anything is built."""
+    from omegaconf import DictConfig, OmegaConf
+
+    for kind, name in plugin_names(cfg):
+        registry.get(kind, name)
+    for kind in KINDS:  # parameters: unknown ones, wrong types, values without a default
+        node = cfg.get(kind) if hasattr(cfg, "get") else None
+        if node is None:
+            continue
+        if kind in LIST_KINDS:
+            pairs = [(plugin_name(k, sub), sub) for k, sub in node.items()]
+        else:
+            pairs = [(node.get("name"), node)]
+        for name, sub in pairs:
+            if name:
+                registry.build_config(kind, str(name), _params_keeping_missing(sub))
+    if isinstance(cfg, DictConfig):
+        missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
+        if missing:
+            raise MissingValueError(f"no value for {', '.join(missing)} (it has no default): add "
+                                    f"{' '.join(k + '=<value>' for k in missing)} to the command")
+
+
+def _params_keeping_missing(node: Any) -> dict[str, Any]:
+    """Like :func:`plugin_params`, but a missing value (``???``) stays missing instead of failing here."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(node, DictConfig):
+        params = OmegaConf.to_container(node, resolve=True, throw_on_missing=False)
+        assert isinstance(params, dict)
+        params.pop("name", None)
+        return params  # type: ignore[return-value]
+    return plugin_params(node)
 
 
 def plugin_params(node: Any) -> dict[str, Any]:
@@ -122,10 +206,14 @@ def compose(overrides: list[str] | None = None) -> Any:
 
     >>> cfg = compose(["model=tiny", "trainer.max_steps=2"])   # doctest: +SKIP
     """
-    from hydra import compose as hydra_compose, initialize_config_module
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     store_plugin_configs()
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="rlvr.conf", version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides or []))
+
+
+registry.on_change(store_plugin_configs)  # a plugin registered at run time is selectable from the config at once

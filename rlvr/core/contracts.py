@@ -13,15 +13,16 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence, runtime_checkable
 
+from rlvr.core.errors import PluginError
+
 if TYPE_CHECKING:  # torch is heavy; the protocols only name its types
     from torch import Tensor
 
     from rlvr.core.importance import ImportanceSamplingConfig
-    from rlvr.core.policy import Policy
     from rlvr.core.rollout import Rollouts
 
 
-class ContractError(TypeError):
+class ContractError(PluginError, TypeError):
     """A plugin does not satisfy its kind's contract."""
 
 
@@ -88,26 +89,33 @@ class Engine(Protocol):
     cfg: SamplingSettings
     importance_sampling: Optional[ImportanceSamplingConfig]
 
-    def generate(self, policy: Policy, prompts: Sequence[str], num_generations: int, seeds: Sequence[int],
+    def generate(self, policy: Model, prompts: Sequence[str], num_generations: int, seeds: Sequence[int],
                  greedy: bool = False) -> Rollouts:
         """G completions of each prompt (``len(prompts)`` · G rows, group order), seeded per group."""
+        ...
+
+    def release(self, policy: Model) -> None:
+        """Called once per training step after the rollout: give back memory the engine holds that the update
+        needs (vLLM's sleep mode). The next ``generate`` takes it back."""
         ...
 
 
 @runtime_checkable
 class Task(Protocol):
-    """``task=<name>``: rows, prompt construction and held-out correctness (see :class:`rlvr.core.task.Task`)."""
+    """``task=<name>``: rows, prompt construction and held-out correctness (see :class:`rlvr.core.task.Task`).
+
+    ``config`` is a :class:`rlvr.core.task.TaskConfig` (``answer_column``; ``correct``: the verifier that
+    judges held-out accuracy, :mod:`rlvr.core.correctness`). Every row holds the answer column; all of a
+    row's columns reach the rewards as keyword arguments.
+    """
 
     name: str
     train_rows: list[dict[str, Any]]
     eval_rows: list[dict[str, Any]]
+    config: Any
 
     def render(self, row: dict[str, Any], tokenizer: Any) -> str:
         """The prompt string fed to the model for ``row``."""
-        ...
-
-    def is_correct(self, completion: str, row: dict[str, Any]) -> bool:
-        """Held-out correctness of one completion."""
         ...
 
 
@@ -127,8 +135,9 @@ Verifier = Reward
 
 
 @runtime_checkable
-class Policy(Protocol):
-    """``model=<name>``: the trainable model and its tokenizer (see :class:`rlvr.core.policy.Policy`)."""
+class Model(Protocol):
+    """``model=<name>``: the trainable policy, its tokenizer and the KL reference
+    (see :class:`rlvr.core.policy.Policy`, which every built-in model plugin returns)."""
 
     model: Any
     tokenizer: Any
@@ -159,7 +168,7 @@ LOGGER_HOOKS: dict[str, tuple[str, ...]] = {
 
 
 CONTRACTS: dict[str, Any] = {"loss": Loss, "engine": Engine, "task": Task, "reward": Reward,
-                             "verifier": Reward, "model": Policy, "advantage": AdvantageEstimator}
+                             "verifier": Reward, "model": Model, "advantage": AdvantageEstimator}
 """Kind → the Protocol its plugins satisfy (loggers: any of :data:`LOGGER_HOOKS`)."""
 
 _CALLS = {Loss: "__call__", Engine: "generate", AdvantageEstimator: "__call__"}

@@ -32,7 +32,8 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 
-from rlvr.kernels.shared_prompt import grouped_completion_logprobs
+from rlvr.core.errors import ConfigError, MissingDependencyError, RunError
+from rlvr.modeling.shared_prompt import grouped_completion_logprobs
 
 STRATEGIES = ("ddp", "fsdp")
 BACKENDS = ("auto", "gloo", "nccl")
@@ -108,7 +109,7 @@ def setup(backend: str = "auto", timeout_s: int = 1800) -> Dist:
     rank uses ``cuda:LOCAL_RANK``. A process group the caller already initialised is used as it is.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"trainer.dist_backend={backend!r}: choose one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"trainer.dist_backend={backend!r}: choose one of {', '.join(BACKENDS)}")
     if os.environ.get("RLVR_DIST_FROM_SLURM") and "WORLD_SIZE" not in os.environ:
         _export_slurm_env()
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -116,7 +117,7 @@ def setup(backend: str = "auto", timeout_s: int = 1800) -> Dist:
     if world <= 1 and not initialised:  # one process: the GPU when there is one
         return Dist(device=torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None)
     if not torch.distributed.is_available():
-        raise RuntimeError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
+        raise RunError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     owns = False
     if not initialised:
@@ -124,7 +125,7 @@ def setup(backend: str = "auto", timeout_s: int = 1800) -> Dist:
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             if not torch.cuda.is_available():
-                raise RuntimeError("trainer.dist_backend=nccl needs CUDA GPUs; use gloo on the CPU")
+                raise ConfigError("trainer.dist_backend=nccl needs CUDA GPUs; use gloo on the CPU")
             torch.cuda.set_device(local_rank)
         torch.distributed.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
         owns = True
@@ -141,16 +142,16 @@ def _export_slurm_env() -> None:
     try:
         from submitit.helpers import TorchDistributedEnvironment
     except ImportError as exc:
-        raise ImportError("RLVR_DIST_FROM_SLURM=1 needs submitit (pip install hydra-submitit-launcher), "
-                          "or launch the ranks with torchrun instead") from exc
+        raise MissingDependencyError("RLVR_DIST_FROM_SLURM=1 needs submitit (pip install hydra-submitit-launcher), "
+                                     "or launch the ranks with torchrun instead") from exc
     if "SLURM_JOB_ID" not in os.environ:
-        raise RuntimeError("RLVR_DIST_FROM_SLURM=1 outside a SLURM job: launch the ranks with torchrun instead")
+        raise RunError("RLVR_DIST_FROM_SLURM=1 outside a SLURM job: launch the ranks with torchrun instead")
     os.environ.setdefault("SUBMITIT_EXECUTOR", "slurm")  # submitit sets it in its own jobs; plain srun does not
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 class LogprobModule(nn.Module):
-    """A causal LM's completion log-probs (:func:`rlvr.kernels.causal_lm.completion_logprobs`) as ``forward``.
+    """A causal LM's completion log-probs (:func:`rlvr.modeling.causal_lm.completion_logprobs`) as ``forward``.
 
     DDP and FSDP2 act through a module's ``forward``; the chunked log-prob path calls the decoder and the
     head directly, so this module is what they wrap. ``self.model`` is the policy model itself (shared
@@ -178,7 +179,7 @@ def wrap(model: nn.Module, dist: Dist, strategy: str = "ddp") -> Optional[nn.Mod
     norm, head) as the root; parameters, gradients and optimizer state are then sharded over the ranks.
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"trainer.distributed={strategy!r}: choose ddp or fsdp")
+        raise ConfigError(f"trainer.distributed={strategy!r}: choose ddp or fsdp")
     if not dist.enabled:
         return None
     module = LogprobModule(model)
@@ -188,8 +189,8 @@ def wrap(model: nn.Module, dist: Dist, strategy: str = "ddp") -> Optional[nn.Mod
         device_ids = [dist.device.index] if dist.device is not None and dist.device.type == "cuda" else None
         return DDP(module, device_ids=device_ids)
     if _is_4bit(model):
-        raise ValueError("trainer.distributed=fsdp does not shard bitsandbytes 4-bit weights; use DDP for QLoRA "
-                         "(the NF4 base already fits where its 16-bit weights do not)")
+        raise ConfigError("trainer.distributed=fsdp does not shard bitsandbytes 4-bit weights; use DDP for QLoRA "
+                          "(the NF4 base already fits where its 16-bit weights do not)")
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -198,8 +199,8 @@ def wrap(model: nn.Module, dist: Dist, strategy: str = "ddp") -> Optional[nn.Mod
     layer_classes = set(getattr(base, "_no_split_modules", None) or [])
     layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
     if not layers:
-        raise ValueError(f"trainer.distributed=fsdp: cannot find the decoder layers of {type(base).__name__} "
-                         "(its _no_split_modules is empty)")
+        raise ConfigError(f"trainer.distributed=fsdp: cannot find the decoder layers of {type(base).__name__} "
+                          "(its _no_split_modules is empty)")
     for layer in layers:
         fully_shard(layer, mesh=mesh)
     root = fully_shard(module, mesh=mesh)

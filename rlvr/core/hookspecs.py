@@ -22,7 +22,11 @@ def rlvr_rewards() -> list:
 @hookspec
 def rlvr_verifiers() -> list:
     """Verifier plugins: factory(cfg) -> fn(completions, prompts=..., **columns) -> list[bool | None]
-    (contract: rlvr.core.contracts.Verifier)."""
+    (contract: rlvr.core.contracts.Verifier).
+
+    Each verifier is also a reward of the same name (``reward=[<name>]``, pass -> pass_score,
+    fail -> fail_score) unless its distribution ships a reward of that name; see docs/plugins.md.
+    """
 
 
 @hookspec

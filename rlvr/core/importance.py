@@ -23,6 +23,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from rlvr.core.errors import ConfigError
+
 MODES = ("off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 
@@ -50,14 +52,14 @@ class ImportanceSamplingConfig:
 
 def validate(cfg: ImportanceSamplingConfig) -> None:
     if cfg.mode not in MODES:
-        raise ValueError(f"importance sampling mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
+        raise ConfigError(f"importance sampling mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
     for name, value in (("cap", cfg.cap), ("floor", cfg.floor)):
         if value is not None and (not math.isfinite(float(value)) or float(value) < 0):
-            raise ValueError(f"importance sampling {name} must be a finite number >= 0 or null, got {value!r}")
+            raise ConfigError(f"importance sampling {name} must be a finite number >= 0 or null, got {value!r}")
     if cfg.cap is not None and cfg.floor is not None and cfg.floor > cfg.cap:
-        raise ValueError(f"importance sampling floor ({cfg.floor}) is above the cap ({cfg.cap})")
+        raise ConfigError(f"importance sampling floor ({cfg.floor}) is above the cap ({cfg.cap})")
     if cfg.mode.endswith("truncate") and cfg.cap is None and cfg.floor is None:
-        raise ValueError(f"importance sampling mode {cfg.mode!r} needs a cap or a floor to truncate at")
+        raise ConfigError(f"importance sampling mode {cfg.mode!r} needs a cap or a floor to truncate at")
 
 
 @torch.no_grad()

@@ -8,6 +8,8 @@ from typing import Any, Iterator, List, Optional
 
 import torch
 
+from rlvr.core.errors import ConfigError
+
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -29,7 +31,7 @@ class ModelConfig:
 
 def torch_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
-        raise ValueError(f"model.dtype={name!r} is not a dtype rlvr knows; use one of {sorted(DTYPES)}")
+        raise ConfigError(f"model.dtype={name!r} is not a dtype rlvr knows; use one of {sorted(DTYPES)}")
     return DTYPES[name]
 
 
@@ -101,8 +103,8 @@ def finish_policy(model: Any, tokenizer: Any, cfg: ModelConfig, name: str) -> Po
         present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
         targets = [t for t in cfg.lora_target_modules if t in present]
         if not targets:
-            raise ValueError(f"model.lora_target_modules={list(cfg.lora_target_modules)} matches no module of "
-                             f"{name}; its linear layers are named: {sorted(present)[:40]}")
+            raise ConfigError(f"model.lora_target_modules={list(cfg.lora_target_modules)} matches no module of "
+                              f"{name}; its linear layers are named: {sorted(present)[:40]}")
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                                  target_modules=targets, task_type="CAUSAL_LM"))
     return Policy(model=model, tokenizer=tokenizer, name=name, is_lora=is_lora)
@@ -190,3 +192,32 @@ def merged_model(model: Any) -> Any:
     plain.load_state_dict(state, assign=True)
     plain.generation_config = copy.deepcopy(base.generation_config)
     return plain
+
+
+def load_for_eval(cfg: Any, checkpoint: str = "") -> Policy:
+    """The policy to evaluate: the configured model, or a checkpoint directory.
+
+    ``cfg`` is a composed config (its ``model`` node). A checkpoint holding ``adapter_config.json``
+    is a LoRA adapter, applied to the configured base model (loaded without LoRA / 4-bit); any other
+    checkpoint directory is a full model loaded with the ``hf`` model plugin in ``model.dtype``.
+    """
+    from pathlib import Path
+
+    from rlvr.core import registry
+    from rlvr.core.config import plugin_params
+    from rlvr.core.errors import PathNotFoundError
+
+    params = plugin_params(cfg.model)
+    if not checkpoint:
+        return registry.create("model", cfg.model.name, **params)
+    path = Path(checkpoint).expanduser()
+    if not path.is_dir():
+        raise PathNotFoundError(f"checkpoint={checkpoint!r}: no such directory (expected e.g. "
+                                "outputs/<date>/<time>/final)")
+    if (path / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = registry.create("model", cfg.model.name, **{**params, "lora": False, "load_in_4bit": False})
+        return Policy(PeftModel.from_pretrained(base.model, str(path)), base.tokenizer, name=base.name, is_lora=True)
+    dtype = {k: v for k, v in params.items() if k == "dtype"}
+    return registry.create("model", "hf", name_or_path=str(path.resolve()), **dtype)

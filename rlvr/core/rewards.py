@@ -17,6 +17,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from rlvr.core.errors import ConfigError, DataError, RunError
+
 ON_ERROR_CHOICES = ("raise", "zero", "none")
 
 
@@ -36,7 +38,7 @@ class VerifierConfig(RewardConfig):
     fail_score: float = 0.0
 
 
-class RewardError(RuntimeError):
+class RewardError(RunError):
     """A reward plugin failed or returned something unusable."""
 
 
@@ -51,9 +53,9 @@ class RewardFn:
 
     def __post_init__(self) -> None:
         if self.on_error not in ON_ERROR_CHOICES:
-            raise ValueError(f"reward {self.name!r}: on_error={self.on_error!r}; choose one of {ON_ERROR_CHOICES}")
+            raise ConfigError(f"reward {self.name!r}: on_error={self.on_error!r}; choose one of {ON_ERROR_CHOICES}")
         if not math.isfinite(self.weight):
-            raise ValueError(f"reward {self.name!r}: weight must be finite, got {self.weight}")
+            raise ConfigError(f"reward {self.name!r}: weight must be finite, got {self.weight}")
 
 
 def verifier_as_reward(verify: Callable[..., Any], pass_score: float = 1.0, fail_score: float = 0.0) -> Callable[..., Any]:
@@ -158,11 +160,11 @@ def score(rewards: Sequence[RewardFn], completions: list[str], prompts: list[str
     n = len(completions)
     clash = sorted({"prompts", "completions"} & set(columns))
     if clash:
-        raise ValueError(f"task column(s) {clash} clash with the arguments every reward receives (completions, prompts); "
-                         "rename the column in the dataset")
+        raise DataError(f"task column(s) {clash} clash with the arguments every reward receives (completions, prompts); "
+                        "rename the column in the dataset")
     for key, col in columns.items():
         if len(col) != n:
-            raise ValueError(f"column {key!r} has {len(col)} values for {n} completions")
+            raise DataError(f"column {key!r} has {len(col)} values for {n} completions")
     kwargs = {"prompts": prompts, **columns}
     results: list[list[float | None] | None] = [None] * len(rewards)
     pending: list[tuple[int, Any]] = []

@@ -32,12 +32,17 @@ class Rollouts:
         return {k: [row.get(k) for row in self.rows] for k in keys}
 
 
+def _empty() -> torch.Tensor:
+    return torch.empty(0)
+
+
 @dataclass
 class StepBatch:
     """What one training step knows, filled in phase by phase (see :meth:`rlvr.core.trainer.Trainer.train_step`).
 
     "Whole batch" tensors cover every process's groups (the same on every rank); the others only this
     rank's ``rollouts``. N = this rank's completions, N_all = the whole batch's, T = completion tokens.
+    Tensors are empty until their phase has run.
     """
 
     step: int
@@ -45,15 +50,15 @@ class StepBatch:
     groups: slice  # rollout: this rank's groups within the whole batch
     started: float  # rollout: time.perf_counter() at the start of the step
     generation_time: float  # rollout (then score: the slowest rank's)
-    local_rewards: Optional[torch.Tensor] = None  # score: float32 [N, k], NaN where a reward returned None
-    rewards: Optional[torch.Tensor] = None  # score: float32 [N_all, k], whole batch
-    total: Optional[torch.Tensor] = None  # score: float32 [N_all], weighted sum (None counts as 0)
-    scored: Optional[torch.Tensor] = None  # score: bool [N_all], at least one reward scored the completion
-    lengths: Optional[torch.Tensor] = None  # score: float32 [N_all] completion lengths, whole batch
-    all_truncated: Optional[torch.Tensor] = None  # score: bool [N_all], whole batch
-    advantages: Optional[torch.Tensor] = None  # advantages: float32 [N], this rank's rows
-    mask: Optional[torch.Tensor] = None  # reference: float32 [N, T] on the policy's device
-    truncated: Optional[torch.Tensor] = None  # reference: bool [N] on the policy's device
+    local_rewards: torch.Tensor = field(default_factory=_empty)  # score: float32 [N, k], NaN where a reward returned None
+    rewards: torch.Tensor = field(default_factory=_empty)  # score: float32 [N_all, k], whole batch
+    total: torch.Tensor = field(default_factory=_empty)  # score: float32 [N_all], weighted sum (None counts as 0)
+    scored: torch.Tensor = field(default_factory=_empty)  # score: bool [N_all], at least one reward scored the completion
+    lengths: torch.Tensor = field(default_factory=_empty)  # score: float32 [N_all] completion lengths, whole batch
+    all_truncated: torch.Tensor = field(default_factory=_empty)  # score: bool [N_all], whole batch
+    advantages: torch.Tensor = field(default_factory=_empty)  # advantages: float32 [N], this rank's rows
+    mask: torch.Tensor = field(default_factory=_empty)  # reference: float32 [N, T] on the policy's device
+    truncated: torch.Tensor = field(default_factory=_empty)  # reference: bool [N] on the policy's device
     slices: list[slice] = field(default_factory=list)  # reference: the micro-batches
     ref_logps: Optional[torch.Tensor] = None  # reference: float32 [N, T] when loss.beta > 0
     old_logps: Optional[torch.Tensor] = None  # reference: float32 [N, T] when num_iterations > 1
@@ -65,7 +70,7 @@ class StepBatch:
 
     @property
     def has_scores(self) -> bool:
-        return self.scored is not None and bool(self.scored.any())
+        return bool(self.scored.any())
 
 
 @dataclass

@@ -1,13 +1,13 @@
-"""What a task plugin returns: training and held-out rows, how a row becomes a prompt, and how
-an answer is checked (for ``rlvr eval`` accuracy)."""
+"""What a task plugin returns: training and held-out rows, how a row becomes a prompt, and which
+verifier judges held-out accuracy (``correct``; see docs/answers.md)."""
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+from rlvr.core.answers import last_number, same_number  # noqa: F401 - re-exported for older imports
+from rlvr.core.errors import ColumnError, ConfigError, DataError
 
 
 @dataclass
@@ -18,54 +18,40 @@ class TaskConfig:
     prompt_template: str = "{question}"  # formatted with the row's columns
     answer_column: str = "answer"
     chat: bool = True  # apply the tokenizer's chat template
-
-
-def last_number(text: str) -> Optional[float]:
-    """The last number written in ``text`` (commas allowed as thousands separators), or None."""
-    found = NUMBER.findall(text)
-    if not found:
-        return None
-    try:
-        return float(found[-1].replace(",", ""))
-    except ValueError:
-        return None
-
-
-def same_number(a: Optional[float], b: Any, tol: float = 1e-6) -> bool:
-    if a is None:
-        return False
-    try:
-        return abs(a - float(str(b).replace(",", ""))) <= tol
-    except ValueError:
-        return False
+    # held-out accuracy: the verifier plugin that judges a completion (any `rlvr plugins` verifier), and its params;
+    # "" = the task's own is_correct when it has one, else exact_match
+    correct: str = ""
+    correct_params: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Task:
-    """Rows + prompt construction + answer check."""
+    """Rows + prompt construction. Held-out correctness is the verifier named by ``config.correct``
+    (:mod:`rlvr.core.correctness`); ``is_correct(completion, row)``, when given, is used only when the
+    config names no verifier (``correct=""``)."""
 
     name: str
     train_rows: list[dict[str, Any]]
     eval_rows: list[dict[str, Any]]
     config: TaskConfig
-    is_correct: Callable[[str, dict[str, Any]], bool] = field(default=lambda c, row: False)
+    is_correct: Optional[Callable[[str, dict[str, Any]], bool]] = None
 
     def __post_init__(self) -> None:
         col = self.config.answer_column
         for split, rows in (("train", self.train_rows), ("eval", self.eval_rows)):
             for i, row in enumerate(rows):
                 if col not in row:
-                    raise ValueError(f"task {self.name!r}: {split} row {i} has no {col!r} column (columns: "
-                                     f"{sorted(row)}); set task.answer_column to the column holding the answer")
+                    raise ColumnError(f"task {self.name!r}: {split} row {i} has no {col!r} column (columns: "
+                                      f"{sorted(row)}); set task.answer_column to the column holding the answer")
         if not self.train_rows:
-            raise ValueError(f"task {self.name!r} has no training rows")
+            raise DataError(f"task {self.name!r} has no training rows")
 
     def prompt_text(self, row: dict[str, Any]) -> str:
         try:
             return self.config.prompt_template.format(**row)
         except KeyError as exc:
-            raise KeyError(f"task {self.name!r}: prompt_template {self.config.prompt_template!r} uses column {exc}, "
-                           f"which the row does not have (columns: {sorted(row)})") from None
+            raise ColumnError(f"task {self.name!r}: prompt_template {self.config.prompt_template!r} uses column {exc}, "
+                              f"which the row does not have (columns: {sorted(row)})") from None
 
     def messages(self, row: dict[str, Any]) -> list[dict[str, str]]:
         msgs = []
@@ -79,8 +65,8 @@ class Task:
         if not self.config.chat:
             return (self.config.system_prompt + "\n\n" if self.config.system_prompt else "") + self.prompt_text(row)
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"task {self.name!r} is conversational but the tokenizer has no chat template. Use an "
-                             "instruct/chat model, or set task.chat=false to feed the raw prompt text.")
+            raise ConfigError(f"task {self.name!r} is conversational but the tokenizer has no chat template. Use an "
+                              "instruct/chat model, or set task.chat=false to feed the raw prompt text.")
         return tokenizer.apply_chat_template(self.messages(row), tokenize=False, add_generation_prompt=True)
 
 

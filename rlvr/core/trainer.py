@@ -26,25 +26,28 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 
 from rlvr.core import checkpoint as ckpt_io
-from rlvr.core import distributed, registry, sampling
+from rlvr.core import distributed, registry, resources, sampling
 from rlvr.core.advantages import zero_std_fraction
 from rlvr.core.callbacks import logger_manager
-from rlvr.core.config import TrainerConfig, plugin_params, trainer_config
+from rlvr.core.config import TrainerConfig, plugin_name, plugin_params, trainer_config
 from rlvr.core.contracts import AdvantageEstimator, Engine, Loss
+from rlvr.core.errors import ConfigError, RunError
 from rlvr.core.importance import importance_metrics, importance_weights, scale_gradient
+from rlvr.core.monitor import Monitor, json_row
+from rlvr.core.optim import fused_adamw_supported
 from rlvr.core.policy import Policy, save_policy
 from rlvr.core.rewards import RewardFn, score, weighted_total
 from rlvr.core.rollout import Rollouts, StepBatch, Update
 from rlvr.core.task import RowSampler, Task
-from rlvr.kernels.memory import enable_gradient_checkpointing, offload_activations
-from rlvr.kernels.shared_prompt import grouped_completion_logprobs
+from rlvr.modeling.memory import enable_gradient_checkpointing, offload_activations
+from rlvr.modeling.shared_prompt import grouped_completion_logprobs
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RunError):
     """The run cannot go on (e.g. too many non-finite losses in a row)."""
 
 
-class ResumeConfigError(ValueError):
+class ResumeConfigError(ConfigError):
     """Resuming with a config that differs from the checkpoint's in a key that cannot change mid-run."""
 
 
@@ -94,7 +97,7 @@ class ProgressBar:
 
     def update(self, step: int, metrics: dict[str, Optional[float]], verbose: bool) -> None:
         post = {"reward": _fmt(metrics["reward/mean"], ".2f"), "len": _fmt(metrics["completion_length/mean"], ".0f"),
-                "s/step": _fmt(metrics["step_time"], ".1f")}
+                "s/step": _fmt(metrics["step_time"], ".3g")}  # 0.024, 5.12, 123
         if len(self.reward_names) > 1:
             post.update({n: _fmt(metrics[f"rewards/{n}/mean"], ".2f") for n in self.reward_names})
         self.bar.set_postfix(post)
@@ -136,11 +139,11 @@ def validate_trainer(tc: TrainerConfig) -> None:
     sampling.validate(tc.dynamic_sampling, tc.dynamic_max_rounds)
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise ConfigError(message)
     n = tc.prompts_per_step * tc.num_generations
     if tc.micro_batch_size and n % tc.micro_batch_size:
-        raise ValueError(f"trainer.micro_batch_size={tc.micro_batch_size} does not divide the batch of "
-                         f"prompts_per_step×num_generations = {n} completions")
+        raise ConfigError(f"trainer.micro_batch_size={tc.micro_batch_size} does not divide the batch of "
+                          f"prompts_per_step×num_generations = {n} completions")
 
 
 def lr_lambda(tc: TrainerConfig, total_updates: int) -> Callable[[int], float]:
@@ -161,7 +164,7 @@ def _select(cfg: Any, kind: str) -> tuple[str, dict[str, Any]]:
     node = cfg[kind]
     name = node.get("name") if hasattr(node, "get") else None
     if not name:
-        raise ValueError(f"config node {kind!r} has no 'name'; pick a plugin with {kind}=<name>")
+        raise ConfigError(f"config node {kind!r} has no 'name'; pick a plugin with {kind}=<name>")
     return str(name), plugin_params(node)
 
 
@@ -191,21 +194,23 @@ class Trainer:
         task_name, task_params = _select(cfg, "task")
         self.task: Task = registry.create("task", task_name, **task_params)
         self.rewards = self._build_rewards(cfg, rewards)
+        self.monitor = Monitor.from_config(self.tc, self.task.config.answer_column)  # reward-hacking signals (audit/)
         loss_name, loss_params = _select(cfg, "loss")
         self.loss: Loss = registry.create("loss", loss_name, **loss_params)
         self.advantage: AdvantageEstimator = self._build_advantage(cfg)
         engine_name, engine_params = _select(cfg, "engine")
         self.engine: Engine = registry.create("engine", engine_name, **engine_params)
-        loggers = [(n, registry.create("logger", n, **plugin_params(p))) for n, p in (cfg.get("logger") or {}).items()]
+        loggers = [(n, registry.create("logger", plugin_name(n, p), **plugin_params(p)))
+                   for n, p in (cfg.get("logger") or {}).items()]
         self.loggers = [lg for _, lg in loggers] if self.dist.is_main else []  # rank 0 writes the logs
         self.callbacks = logger_manager(loggers if self.dist.is_main else []).hook
         self.run_dir = Path(self.dist.broadcast(str(run_dir or self._default_run_dir())))  # rank 0's, on every rank
         model_name, model_params = _select(cfg, "model")
         longest = int(self.engine.cfg.max_prompt_length) + int(self.engine.cfg.max_new_tokens)
         if policy is None and model_params.get("max_seq_length") and longest > int(model_params["max_seq_length"]):
-            raise ValueError(f"engine.max_prompt_length + engine.max_new_tokens = {longest} exceeds "
-                             f"model.max_seq_length={model_params['max_seq_length']}: raise model.max_seq_length "
-                             "(memory grows with it) or shorten the prompts / completions")
+            raise ConfigError(f"engine.max_prompt_length + engine.max_new_tokens = {longest} exceeds "
+                              f"model.max_seq_length={model_params['max_seq_length']}: raise model.max_seq_length "
+                              "(memory grows with it) or shorten the prompts / completions")
         torch.manual_seed(self.tc.seed)  # LoRA adapters are initialised from the global RNG: same seed, same init
         self.policy = policy or registry.create("model", model_name, **model_params)
         if self.dist.device is not None and self.dist.device.type == "cuda" and self.policy.device.type == "cpu":
@@ -225,9 +230,9 @@ class Trainer:
         self.resume_changes: dict[str, tuple[Any, Any]] = {}  # settings a resume changed (key: (old, new))
         if (self.dist.enabled and self.tc.distributed == "fsdp" and not self.policy.is_lora
                 and self.loss.beta > 0):
-            raise ValueError("trainer.distributed=fsdp with full fine-tuning and loss.beta > 0 is not supported (the KL "
-                             "reference would be a second, unsharded copy of the model): use LoRA (the reference is "
-                             "the base with the adapters off) or trainer.distributed=ddp")
+            raise ConfigError("trainer.distributed=fsdp with full fine-tuning and loss.beta > 0 is not supported (the KL "
+                              "reference would be a second, unsharded copy of the model): use LoRA (the reference is "
+                              "the base with the adapters off) or trainer.distributed=ddp")
         # DDP / FSDP2 wrapper for the training forward-backward (None in one process); Policy.model stays unwrapped
         self.parallel = distributed.wrap(self.policy.model, self.dist, self.tc.distributed)
         self._setup_optimizer()
@@ -238,17 +243,17 @@ class Trainer:
         if world == 1:
             return
         if tc.prompts_per_step < world:
-            raise ValueError(f"trainer.prompts_per_step={tc.prompts_per_step} < {world} processes: each process "
-                             "generates whole groups, so give every process at least one prompt")
+            raise ConfigError(f"trainer.prompts_per_step={tc.prompts_per_step} < {world} processes: each process "
+                              "generates whole groups, so give every process at least one prompt")
         if tc.distributed == "fsdp" and tc.prompts_per_step % world:
-            raise ValueError(f"trainer.distributed=fsdp needs trainer.prompts_per_step ({tc.prompts_per_step}) to be a "
-                             f"multiple of the {world} processes (every rank must run the same number of passes)")
+            raise ConfigError(f"trainer.distributed=fsdp needs trainer.prompts_per_step ({tc.prompts_per_step}) to be a "
+                              f"multiple of the {world} processes (every rank must run the same number of passes)")
         if tc.distributed == "fsdp" and tc.dynamic_sampling != "off":
-            raise ValueError("trainer.dynamic_sampling with trainer.distributed=fsdp is not supported (a step's "
-                             "informative groups need not split evenly over the ranks): use trainer.distributed=ddp")
+            raise ConfigError("trainer.dynamic_sampling with trainer.distributed=fsdp is not supported (a step's "
+                              "informative groups need not split evenly over the ranks): use trainer.distributed=ddp")
         if tc.distributed == "fsdp" and tc.save_merged:
-            raise ValueError("trainer.save_merged=true is not supported with trainer.distributed=fsdp: merge the saved "
-                             "adapter afterwards (rlvr.core.policy.save_policy(policy, path, merged=True))")
+            raise ConfigError("trainer.save_merged=true is not supported with trainer.distributed=fsdp: merge the saved "
+                              "adapter afterwards (rlvr.core.policy.save_policy(policy, path, merged=True))")
 
     def _build_rewards(self, cfg: Any, fns: Optional[Sequence[Callable[..., Any]]]) -> list[RewardFn]:
         if fns is not None:
@@ -256,10 +261,10 @@ class Trainer:
         out = []
         for name, node in (cfg.get("reward") or {}).items():
             params = plugin_params(node)
-            fn = registry.create("reward", name, **params)
+            fn = registry.create("reward", plugin_name(name, node), **params)
             out.append(RewardFn(name, fn, float(params.get("weight", 1.0)), str(params.get("on_error", "raise"))))
         if not out:
-            raise ValueError("no reward configured: pick at least one, e.g. reward=[arithmetic] (see `rlvr plugins`)")
+            raise ConfigError("no reward configured: pick at least one, e.g. reward=[arithmetic] (see `rlvr plugins`)")
         return out
 
     def _build_advantage(self, cfg: Any) -> AdvantageEstimator:
@@ -287,9 +292,9 @@ class Trainer:
         torch.manual_seed(tc.seed)
         params = [p for p in self.policy.model.parameters() if p.requires_grad]
         if not params:
-            raise ValueError("the model has no trainable parameters")
+            raise ConfigError("the model has no trainable parameters")
         self.optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
-                                           weight_decay=tc.weight_decay)
+                                           weight_decay=tc.weight_decay, fused=fused_adamw_supported(params))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(tc, tc.max_steps * tc.num_iterations))
         if tc.gradient_checkpointing:
             enable_gradient_checkpointing(self.policy.model)
@@ -467,7 +472,7 @@ class Trainer:
             "reward/std": (float(total.std()) if total.numel() > 1 else 0.0) if scored else None,
             "frac_reward_zero_std": zero_std_fraction(total, tc.num_generations),
             "frac_scored": float(batch.scored.float().mean()),
-            "loss": loss_sum / tc.num_iterations, "grad_norm": update.grad_norm, "lr": self.scheduler.get_last_lr()[0],
+            "loss": loss_sum / tc.num_iterations, "grad_norm": update.grad_norm, "lr": float(self.scheduler.get_last_lr()[0]),
             "completion_length/mean": float(batch.lengths.mean()), "completion_length/max": float(batch.lengths.max()),
             "completion_length/clipped_ratio": float(batch.all_truncated.float().mean()),
             "step_time": time.perf_counter() - batch.started, "generation_time": batch.generation_time,
@@ -481,6 +486,10 @@ class Trainer:
             metrics[f"rewards/{r.name}/std"] = float(ok.std()) if ok.numel() > 1 else (0.0 if ok.numel() else None)
         metrics.update(sums)
         metrics.update(batch.metrics)
+        ro = batch.rollouts  # the reward-hacking monitor (audit/...): every rank's share gathered, rank 0 warns
+        metrics.update(self.monitor(batch.step, ro.completions, batch.local_rewards, self.rewards, ro.rows, ro.prompts,
+                                    gather=self.dist.gather, warn=self.dist.is_main))
+        metrics.update(resources.peak_memory())  # memory/peak_rss_mib (+ GPU): rlvr report's peak memory
         metrics = {k: v if v is None or math.isfinite(v) else None for k, v in metrics.items()}  # JSON: null
         samples = self.dist.gather(self._samples(batch.rollouts, batch.local_rewards, batch.advantages))
         self._last_samples = [s for part in samples for s in part][:tc.log_completions]
@@ -490,11 +499,12 @@ class Trainer:
         ids = torch.cat([ro.prompt_ids[sl], ro.completion_ids[sl]], dim=1).to(self.policy.device)
         attn = torch.cat([ro.prompt_mask[sl], ro.completion_mask[sl]], dim=1).to(self.policy.device)
         ctx = offload_activations(self.policy.model, enabled=self.tc.offload_activations and torch.is_grad_enabled())
-        kw = {"temperature": self.temperature, "chunk_tokens": self.tc.logprob_chunk_tokens, "return_entropy": with_entropy}
+        kw = {"temperature": self.temperature, "chunk_tokens": self.tc.logprob_chunk_tokens, "return_entropy": with_entropy,
+              "pack": self.tc.pack_completions}
         with ctx:
             if self.parallel is not None and model is self.policy.model:  # DDP / FSDP2 act through the wrapper
                 return self.parallel(ids, attn, ro.prompt_ids.shape[1], group_size=self.tc.num_generations, **kw)
-            # each group's prompt once when the rows allow it (rlvr/kernels/shared_prompt.py)
+            # each group's prompt once when the rows allow it (rlvr/modeling/shared_prompt.py)
             return grouped_completion_logprobs(model, ids, attn, ro.prompt_ids.shape[1], self.tc.num_generations, **kw)
 
     def micro_slices(self, n: int) -> list[slice]:
@@ -507,6 +517,7 @@ class Trainer:
         for i in range(k):
             out.append({"prompt": ro.prompts[i], "completion": ro.completions[i],
                         "answer": str(ro.rows[i].get(self.task.config.answer_column, "")),
+                        "row": json_row(ro.rows[i]),  # the task columns, so that `rlvr audit` can re-score
                         "rewards": {r.name: (None if math.isnan(float(table[i, j])) else float(table[i, j]))
                                     for j, r in enumerate(self.rewards)},
                         "advantage": float(adv[i]), "truncated": bool(ro.truncated[i])})
@@ -523,7 +534,7 @@ class Trainer:
         """Checkpoint: rank 0 writes it (DDP: every rank holds the same weights); with FSDP2 every rank writes
         its shard of weights and optimizer state (torch.distributed.checkpoint)."""
         keep = max(1, self.tc.keep_checkpoints)
-        if distributed.is_fsdp(self.parallel):
+        if self.parallel is not None and distributed.is_fsdp(self.parallel):
             state = {k: v for k, v in self.state_dict().items() if k != "optimizer"}
             return distributed.save_sharded_checkpoint(self.dist, self.run_dir, self.step, self.parallel,
                                                        self.optimizer, state, keep)
@@ -536,7 +547,8 @@ class Trainer:
     def save_final(self, path: Path) -> None:
         """The trained model, loadable by transformers / peft (LoRA: the adapter; ``trainer.save_merged``: also
         ``merged/``). With FSDP2 the shards are gathered to rank 0 first."""
-        state = distributed.full_state_dict(self.parallel) if distributed.is_fsdp(self.parallel) else None
+        parallel = self.parallel
+        state = distributed.full_state_dict(parallel) if parallel is not None and distributed.is_fsdp(parallel) else None
         if self.dist.is_main:
             save_policy(self.policy, str(path), state_dict=state)
             if self.tc.save_merged and self.policy.is_lora:

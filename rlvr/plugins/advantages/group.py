@@ -20,6 +20,7 @@ from torch import Tensor
 
 from rlvr import PluginSpec, hookimpl
 from rlvr.core.advantages import EPS, group_advantages
+from rlvr.core.errors import ConfigError
 
 BASELINES = ("mean", "rloo")
 SCALINGS = ("group", "batch", "none")
@@ -55,11 +56,11 @@ class GroupAdvantage:
 
     def __init__(self, cfg: GroupAdvantageConfig, name: str) -> None:
         if cfg.baseline not in BASELINES:
-            raise ValueError(f"advantage {name!r}: baseline={cfg.baseline!r}: choose {' or '.join(BASELINES)}")
+            raise ConfigError(f"advantage {name!r}: baseline={cfg.baseline!r}: choose {' or '.join(BASELINES)}")
         if cfg.scaling not in SCALINGS:
-            raise ValueError(f"advantage {name!r}: scaling={cfg.scaling!r}: choose group, batch or none")
+            raise ConfigError(f"advantage {name!r}: scaling={cfg.scaling!r}: choose group, batch or none")
         if not cfg.eps >= 0:
-            raise ValueError(f"advantage {name!r}: eps must be >= 0, got {cfg.eps}")
+            raise ConfigError(f"advantage {name!r}: eps must be >= 0, got {cfg.eps}")
         self.name, self.baseline, self.scaling, self.eps = name, cfg.baseline, cfg.scaling, float(cfg.eps)
 
     def __call__(self, rewards: Tensor, group_size: int) -> Tensor:

@@ -30,10 +30,12 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from rlvr.core.errors import ConfigError
 from rlvr import PluginSpec, hookimpl
+from rlvr.core.importance import ImportanceSamplingConfig
 from rlvr.core.policy import Policy, eos_token_ids
 from rlvr.core.rollout import Rollouts
-from rlvr.kernels.causal_lm import _base_model, _lora_head_weight, decoder_of, lm_head_params
+from rlvr.modeling.causal_lm import base_model, lora_head_weight, decoder_of, lm_head_params
 
 DECODERS = ("auto", "fast", "transformers")
 FAST_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -55,27 +57,34 @@ class SamplingConfig:
 class HFEngineConfig(SamplingConfig):
     decoder: str = "auto"  # auto | fast (static KV cache, Llama-family) | transformers (model forward + DynamicCache)
     packed_weights: str = "auto"  # auto (CPU, float32/bfloat16) | on | off: oneDNN pre-packed projections in `fast`
+    compact_finished: bool = True  # `fast`: finished rows leave the decode batch (see should_compact)
+    decode_dtype: str = "float32"  # float32 | bfloat16: the packed decode matmuls' dtype (weights stay as they are)
+    importance_sampling_cap: float = 3.0  # decode_dtype=bfloat16: cap of the token-level truncated IS ratio
 
 
 def validate_sampling(cfg: SamplingConfig) -> None:
     if cfg.max_new_tokens <= 0:
-        raise ValueError(f"engine.max_new_tokens must be > 0, got {cfg.max_new_tokens}")
+        raise ConfigError(f"engine.max_new_tokens must be > 0, got {cfg.max_new_tokens}")
     if cfg.temperature <= 0:
-        raise ValueError(f"engine.temperature must be > 0, got {cfg.temperature} (use a small value for near-greedy)")
+        raise ConfigError(f"engine.temperature must be > 0, got {cfg.temperature} (use a small value for near-greedy)")
     if not 0 < cfg.top_p <= 1:
-        raise ValueError(f"engine.top_p must be in (0, 1], got {cfg.top_p}")
+        raise ConfigError(f"engine.top_p must be in (0, 1], got {cfg.top_p}")
     if cfg.top_k < 0 or not 0 <= cfg.min_p < 1:
-        raise ValueError(f"engine.top_k must be >= 0 and engine.min_p in [0, 1), got {cfg.top_k}, {cfg.min_p}")
+        raise ConfigError(f"engine.top_k must be >= 0 and engine.min_p in [0, 1), got {cfg.top_k}, {cfg.min_p}")
     if cfg.max_prompt_length <= 0:
-        raise ValueError(f"engine.max_prompt_length must be > 0, got {cfg.max_prompt_length}")
+        raise ConfigError(f"engine.max_prompt_length must be > 0, got {cfg.max_prompt_length}")
 
 
 def validate(cfg: HFEngineConfig) -> None:
     validate_sampling(cfg)
     if cfg.decoder not in DECODERS:
-        raise ValueError(f"engine.decoder={cfg.decoder!r}: choose one of {', '.join(DECODERS)}")
+        raise ConfigError(f"engine.decoder={cfg.decoder!r}: choose one of {', '.join(DECODERS)}")
     if str(cfg.packed_weights) not in ("auto", "on", "off", "True", "False"):
-        raise ValueError(f"engine.packed_weights={cfg.packed_weights!r}: choose auto, on or off")
+        raise ConfigError(f"engine.packed_weights={cfg.packed_weights!r}: choose auto, on or off")
+    if cfg.decode_dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"engine.decode_dtype={cfg.decode_dtype!r}: choose float32 or bfloat16")
+    if cfg.decode_dtype == "bfloat16" and cfg.decoder == "transformers":
+        raise ConfigError("engine.decode_dtype=bfloat16 runs in the fast decoder only; use engine.decoder=auto or fast")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
@@ -141,7 +150,7 @@ def effective_linear_weight(module: torch.nn.Module) -> Optional[tuple[torch.Ten
         return None
     if getattr(module, "fan_in_fan_out", False) or getattr(module, "lora_embedding_A", None):
         return None
-    weight = _lora_head_weight(module)
+    weight = lora_head_weight(module)
     return (weight if weight is not None else base.weight), base.bias
 
 
@@ -153,8 +162,10 @@ class Projection:
     Otherwise the modules themselves are called (no copy; works for any linear layer type).
     """
 
-    def __init__(self, modules: Sequence[torch.nn.Module], packed: bool) -> None:
+    def __init__(self, modules: Sequence[torch.nn.Module], packed: bool,
+                 dtype: Optional[torch.dtype] = None) -> None:
         self.modules = list(modules)
+        self.dtype = dtype  # packed copy in this dtype (bfloat16: AVX512-BF16 matmuls); None = the weights' own
         self.sizes: Optional[list[int]] = None
         self.weight: Optional[torch.Tensor] = None
         self.bias: Optional[torch.Tensor] = None
@@ -167,20 +178,29 @@ class Projection:
             weights = [p[0].detach() for p in self._parts]  # type: ignore[index]
             biases = [p[1] for p in self._parts]  # type: ignore[index]
             w = torch.cat(weights) if len(weights) > 1 else weights[0].contiguous()
+            if self.dtype is not None:
+                w = w.to(self.dtype)
             self.weight = torch.ops.mkldnn._reorder_linear_weight(w, 16)
             if any(b is not None for b in biases):
                 self.bias = torch.cat([b.detach() if b is not None else w.new_zeros(wt.shape[0])
-                                       for b, wt in zip(biases, weights)])
+                                       for b, wt in zip(biases, weights)]).to(w.dtype)
             self.sizes = [wt.shape[0] for wt in weights]
         self._parts = []
         return self
 
     def __call__(self, x: torch.Tensor) -> Any:
         if self.weight is not None:
+            if x.dtype != self.weight.dtype:  # bfloat16 matmul, float32 residual stream
+                return self._cast(torch.ops.mkldnn._linear_pointwise(x.to(self.weight.dtype), self.weight, self.bias,
+                                                                     "none", [], "").to(x.dtype))
             y = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
             return y.split(self.sizes, dim=-1) if len(self.sizes) > 1 else y  # type: ignore[arg-type]
         outs = [m(x) for m in self.modules]
         return tuple(outs) if len(outs) > 1 else outs[0]
+
+
+    def _cast(self, y: torch.Tensor) -> Any:
+        return y.split(self.sizes, dim=-1) if len(self.sizes) > 1 else y  # type: ignore[arg-type]
 
 
 def pack_all(projections: Sequence[Projection]) -> None:
@@ -200,7 +220,7 @@ def pack_all(projections: Sequence[Projection]) -> None:
 
 def fast_decoder_reason(model: Any, total_length: int) -> Optional[str]:
     """Why the fast decoder cannot run ``model`` (None when it can)."""
-    base = _base_model(model)
+    base = base_model(model)
     cfg = getattr(base, "config", None)
     model_type = getattr(cfg, "model_type", None)
     if model_type not in FAST_MODEL_TYPES:
@@ -224,18 +244,18 @@ def fast_decoder_reason(model: Any, total_length: int) -> Optional[str]:
 
 
 class _Layer:
-    def __init__(self, layer: Any, packed: bool) -> None:
+    def __init__(self, layer: Any, packed: bool, dtype: Optional[torch.dtype] = None) -> None:
         attn = layer.self_attn
         self.input_norm, self.post_norm = layer.input_layernorm, layer.post_attention_layernorm
         self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
-        self.qkv = Projection([attn.q_proj, attn.k_proj, attn.v_proj], packed)
-        self.o = Projection([attn.o_proj], packed)
+        self.qkv = Projection([attn.q_proj, attn.k_proj, attn.v_proj], packed, dtype)
+        self.o = Projection([attn.o_proj], packed, dtype)
         self.scaling = float(attn.scaling)
         mlp = layer.mlp
         self.mlp: Optional[Callable] = None
         if all(hasattr(mlp, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")):
-            self.gate_up, self.down, self.act = Projection([mlp.gate_proj, mlp.up_proj], packed), \
-                Projection([mlp.down_proj], packed), mlp.act_fn
+            self.gate_up, self.down, self.act = Projection([mlp.gate_proj, mlp.up_proj], packed, dtype), \
+                Projection([mlp.down_proj], packed, dtype), mlp.act_fn
         else:
             self.mlp = mlp
 
@@ -250,16 +270,16 @@ class FastDecoder:
     returns the float32 next-token logits ``[N, V]`` (before temperature).
     """
 
-    def __init__(self, model: Any, packed: bool) -> None:
-        cfg = _base_model(model).config
+    def __init__(self, model: Any, packed: bool, dtype: Optional[torch.dtype] = None) -> None:
+        cfg = base_model(model).config
         inner = decoder_of(model)
         self.embed, self.norm, self.rotary = inner.embed_tokens, inner.norm, inner.rotary_emb
         self.heads = int(cfg.num_attention_heads)
         self.kv_heads = int(getattr(cfg, "num_key_value_heads", None) or self.heads)
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads)
-        self.layers = [_Layer(layer, packed) for layer in inner.layers[: cfg.num_hidden_layers]]
+        self.layers = [_Layer(layer, packed, dtype) for layer in inner.layers[: cfg.num_hidden_layers]]
         weight, bias, self.softcap, self.scale = lm_head_params(model)
-        self.head = Projection([], False)  # packed below when asked for; else F.linear on the live weight
+        self.head = Projection([], False, dtype)  # packed below when asked for; else F.linear on the live weight
         self.head._parts, self.head.packable = [(weight, bias)], packed
         self.head_weight, self.head_bias = weight.detach(), None if bias is None else bias.detach()
         if packed:
@@ -267,6 +287,7 @@ class FastDecoder:
         self.keys: Optional[torch.Tensor] = None
         self.values: Optional[torch.Tensor] = None
         self.bias: Optional[torch.Tensor] = None
+        self.prompt_length = 0
 
     def load_prompt_cache(self, cache: Any, prompt_mask: torch.Tensor, repeats: int, capacity: int) -> None:
         """Copy the prefilled cache of B prompts into static buffers, each prompt repeated ``repeats`` times.
@@ -285,6 +306,19 @@ class FastDecoder:
         bias = torch.zeros((N, 1, 1, capacity), dtype=k0.dtype, device=k0.device)
         bias[:, 0, 0, :P].masked_fill_(prompt_mask.repeat_interleave(repeats, dim=0) == 0, float("-inf"))
         self.bias = bias
+        self.prompt_length = P
+
+    def keep(self, rows: torch.Tensor, used: int) -> None:
+        """Compaction: keep only ``rows`` (long [n], indices into the current decode batch) of the KV cache.
+
+        Copies the first ``used`` cache columns of the kept rows into new buffers of the same capacity, so
+        later steps run on n rows instead of N (finished rows leave the batch)."""
+        assert self.keys is not None and self.values is not None and self.bias is not None
+        shape = (self.keys.shape[0], rows.numel(), *self.keys.shape[2:])
+        keys, values = self.keys.new_empty(shape), self.values.new_empty(shape)
+        keys[:, :, :, :used].copy_(self.keys[:, rows, :, :used])
+        values[:, :, :, :used].copy_(self.values[:, rows, :, :used])
+        self.keys, self.values, self.bias = keys, values, self.bias[rows]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.head.weight is not None:
@@ -335,9 +369,17 @@ class HFEngine:
     def __init__(self, cfg: HFEngineConfig) -> None:
         validate(cfg)
         self.cfg = cfg
-        self.importance_sampling = None  # samples from the trainer's own distribution: no correction
+        # float32 decode samples from the trainer's own distribution: no correction; bfloat16 matmuls sample from a
+        # slightly different one, which the trainer reweights (token-level truncated importance sampling)
+        self.importance_sampling = None if cfg.decode_dtype == "float32" else ImportanceSamplingConfig(
+            mode="token_truncate", cap=cfg.importance_sampling_cap)
         self._fast: Optional[FastDecoder] = None
         self.last_decoder = ""  # which loop the last generate() used: "fast" or "transformers"
+        self.decode_rows = 0  # rows × decode steps the last generate() ran (fewer with compact_finished)
+
+    def release(self, policy: Policy) -> None:
+        """Nothing to give back: generation runs on the policy's own weights, and the KV cache of a generate
+        call is freed when it returns."""
 
     def encode_prompts(self, policy: Policy, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         tok = policy.tokenizer
@@ -353,8 +395,8 @@ class HFEngine:
         ok = policy.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and onednn_linear_available()
         if choice in ("on", "True"):
             if not ok:
-                raise ValueError("engine.packed_weights=on needs float32/bfloat16 weights on the CPU and a PyTorch "
-                                 "with oneDNN (torch.backends.mkldnn); use packed_weights=auto")
+                raise ConfigError("engine.packed_weights=on needs float32/bfloat16 weights on the CPU and a PyTorch "
+                                  "with oneDNN (torch.backends.mkldnn); use packed_weights=auto")
             return True
         return ok and choice == "auto"
 
@@ -365,9 +407,14 @@ class HFEngine:
         reason = fast_decoder_reason(policy.model, total_length)
         if reason is not None:
             if self.cfg.decoder == "fast":
-                raise ValueError(f"engine.decoder=fast cannot run this model: {reason}; use engine.decoder=auto")
+                raise ConfigError(f"engine.decoder=fast cannot run this model: {reason}; use engine.decoder=auto")
             return None
-        self._fast = FastDecoder(policy.model, packed=self.use_packed(policy))
+        packed = self.use_packed(policy)
+        dtype = None if self.cfg.decode_dtype == "float32" else torch.bfloat16
+        if dtype is not None and not packed:
+            raise ValueError("engine.decode_dtype=bfloat16 needs the packed decode weights (CPU, a PyTorch with "
+                             "oneDNN, engine.packed_weights=auto/on); use engine.decode_dtype=float32 here")
+        self._fast = FastDecoder(policy.model, packed=packed, dtype=dtype)
         return self._fast
 
     @torch.no_grad()
@@ -436,7 +483,11 @@ class HFEngine:
     def _decode(self, policy: Policy, logits: torch.Tensor, next_pos: torch.Tensor,
                 forward: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], seeds: Sequence[int], G: int,
                 max_new: int, greedy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The sampling loop shared by both decoders; ``forward(tokens, positions, t)`` -> next logits."""
+        """The sampling loop shared by both decoders; ``forward(tokens, positions, t)`` -> next logits.
+
+        With the fast decoder, finished rows leave the decode batch (:func:`should_compact`): ``rows`` lists the
+        rows still decoded, ``forward`` runs on those only. Every group still draws its G random numbers per
+        step, so a row's tokens do not depend on when the others finished."""
         cfg, device = self.cfg, logits.device
         N = logits.shape[0]
         gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
@@ -447,25 +498,49 @@ class HFEngine:
         done = torch.zeros(N, dtype=torch.bool, device=device)
         lengths = torch.full((N,), max_new, dtype=torch.long, device=device)
         filtering = cfg.top_k > 0 or cfg.top_p < 1.0 or cfg.min_p > 0
-        pad = torch.full((N,), pad_id, dtype=torch.long, device=device)
+        fast = self._fast if self.cfg.compact_finished and self.last_decoder == "fast" else None
+        rows = torch.arange(N, device=device)  # the rows in the decode batch (logits has one line per row)
+        self.decode_rows = 0  # rows × decode steps actually run (metrics / benchmarks)
         for t in range(max_new):
             scaled = logits / cfg.temperature if cfg.temperature != 1.0 else logits
             logp_all = scaled.log_softmax(-1)
             if greedy:
                 nxt = scaled.argmax(-1)
             else:
-                probs = filter_logits(scaled, cfg.top_k, cfg.top_p, cfg.min_p).softmax(-1) if filtering else logp_all.exp()
-                nxt = sample_inverse_cdf(probs, torch.cat([torch.rand(G, generator=g) for g in gens]).to(device))
-            nxt = torch.where(done, pad, nxt)
-            tokens[:, t] = nxt
-            logps[:, t] = torch.where(done, 0.0, logp_all.gather(-1, nxt[:, None]).squeeze(-1))
-            finished_now = ~done & torch.isin(nxt, eos)
-            lengths = torch.where(finished_now, t + 1, lengths)
-            done = done | finished_now
+                probs = (filter_logits(scaled, cfg.top_k, cfg.top_p, cfg.min_p).softmax(-1) if filtering
+                         else logp_all.exp())
+                uniform = torch.cat([torch.rand(G, generator=g) for g in gens]).to(device)
+                nxt = sample_inverse_cdf(probs, uniform[rows] if rows.numel() < N else uniform)
+            was_done = done[rows]
+            nxt = nxt.masked_fill(was_done, pad_id)
+            tokens[rows, t] = nxt
+            logps[rows, t] = torch.where(was_done, 0.0, logp_all.gather(-1, nxt[:, None]).squeeze(-1))
+            finished_now = ~was_done & torch.isin(nxt, eos)
+            lengths[rows] = torch.where(finished_now, t + 1, lengths[rows])
+            done[rows] = was_done | finished_now
             if t == max_new - 1 or bool(done.all()):
                 break
-            logits = forward(nxt, next_pos + t, t)
+            if fast is not None:
+                keep = ~done[rows]
+                if should_compact(rows.numel(), int(keep.sum())):
+                    fast.keep(keep.nonzero().squeeze(-1), fast.prompt_length + t)
+                    rows, nxt = rows[keep], nxt[keep]
+            self.decode_rows += rows.numel()
+            logits = forward(nxt, next_pos[rows] + t, t)
         return tokens, logps, lengths, done
+
+
+def should_compact(rows: int, active: int) -> bool:
+    """Whether to drop the finished rows from a decode batch of ``rows`` rows, ``active`` of them unfinished.
+
+    Compaction copies the kept rows' KV cache once; it pays when the next steps get cheaper by more than
+    that. A decode step's cost is a fixed part (reading every weight once) plus a part per row (attention,
+    sampling over the vocabulary, the rows' share of the matmuls): on SmolLM2 (2 CPU threads) 54 ms at 16
+    rows, 39 at 8, 30 at 4. So compact once at least a quarter of the batch (and at least 2 rows) has
+    finished: below that the saving per step is within the noise of one step, while the copy is not.
+    """
+    finished = rows - active
+    return active > 0 and finished >= max(2, rows // 4)
 
 
 @hookimpl

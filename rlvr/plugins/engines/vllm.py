@@ -34,6 +34,7 @@ from typing import Any, Iterable, Optional, Sequence
 import torch
 
 from rlvr import PluginSpec, hookimpl
+from rlvr.core.errors import ConfigError, MissingDependencyError, MissingValueError, PluginError
 from rlvr.core.importance import ImportanceSamplingConfig
 from rlvr.core.policy import Policy, eos_token_ids
 from rlvr.core.rollout import Rollouts
@@ -73,19 +74,19 @@ class VLLMEngineConfig(SamplingConfig):
 def validate(cfg: VLLMEngineConfig) -> None:
     validate_sampling(cfg)
     if not 0.0 < cfg.gpu_memory_utilization <= 1.0:
-        raise ValueError(f"engine.gpu_memory_utilization must be in (0, 1], got {cfg.gpu_memory_utilization}")
+        raise ConfigError(f"engine.gpu_memory_utilization must be in (0, 1], got {cfg.gpu_memory_utilization}")
     if cfg.sleep_level not in (0, 1, 2):
-        raise ValueError(f"engine.sleep_level must be 0 (auto), 1 or 2, got {cfg.sleep_level}")
+        raise ConfigError(f"engine.sleep_level must be 0 (auto), 1 or 2, got {cfg.sleep_level}")
     if cfg.dtype not in DTYPES:
-        raise ValueError(f"engine.dtype={cfg.dtype!r}: choose one of {', '.join(DTYPES)}")
+        raise ConfigError(f"engine.dtype={cfg.dtype!r}: choose one of {', '.join(DTYPES)}")
     if cfg.max_num_seqs < 1 or cfg.max_model_len < 0 or cfg.max_num_batched_tokens < 0:
-        raise ValueError("engine.max_num_seqs must be >= 1, engine.max_model_len and engine.max_num_batched_tokens "
-                         f">= 0, got {cfg.max_num_seqs}, {cfg.max_model_len}, {cfg.max_num_batched_tokens}")
+        raise ConfigError("engine.max_num_seqs must be >= 1, engine.max_model_len and engine.max_num_batched_tokens "
+                          f">= 0, got {cfg.max_num_seqs}, {cfg.max_model_len}, {cfg.max_num_batched_tokens}")
     if 0 < cfg.max_num_batched_tokens < cfg.max_num_seqs:
-        raise ValueError(f"engine.max_num_batched_tokens={cfg.max_num_batched_tokens} is below engine.max_num_seqs="
-                         f"{cfg.max_num_seqs} (vLLM rejects it): raise the first or lower the second")
+        raise ConfigError(f"engine.max_num_batched_tokens={cfg.max_num_batched_tokens} is below engine.max_num_seqs="
+                          f"{cfg.max_num_seqs} (vLLM rejects it): raise the first or lower the second")
     if cfg.tensor_parallel_size != 1:
-        raise ValueError(
+        raise ConfigError(
             f"engine.tensor_parallel_size={cfg.tensor_parallel_size} is not supported: engine=vllm runs one vLLM per "
             "GPU inside the training process (under torchrun, one per rank) and pushes weights into its model "
             "directly; with tensor parallelism vLLM's workers hold the shards in other processes (or, under "
@@ -105,7 +106,9 @@ def require_vllm() -> Any:
     try:
         import vllm  # noqa: F401
     except ImportError as err:
-        raise ImportError(f"engine=vllm needs vLLM on a CUDA machine: {INSTALL_HINT} (or use engine=hf)") from err
+        raise MissingDependencyError(
+            f"engine=vllm needs vLLM on a CUDA machine: {INSTALL_HINT} (or use engine=hf)"
+        ) from err
     return vllm
 
 
@@ -155,7 +158,7 @@ class VLLMEngine:
         cfg, model = self.cfg, policy.model
         path = cfg.model_path or getattr(getattr(model, "config", None), "_name_or_path", "") or policy.name
         if not path:
-            raise ValueError("engine=vllm: set engine.model_path to the model's directory or Hub id")
+            raise MissingValueError("engine=vllm: set engine.model_path to the model's directory or Hub id")
         on_cuda = torch.cuda.is_available()
         dtype = engine_dtype(cfg.dtype, next(model.parameters()).dtype, on_cuda,
                              on_cuda and torch.cuda.is_bf16_supported())
@@ -185,7 +188,7 @@ class VLLMEngine:
             llm = vllm.LLM(**kwargs)
         model = self._find_model(llm)
         if model is None:
-            raise RuntimeError(
+            raise PluginError(
                 f"engine=vllm: vLLM {getattr(vllm, '__version__', '?')} did not expose its model in this process "
                 f"(looked for llm.llm_engine.{' and llm.llm_engine.'.join(MODEL_PATHS)}; "
                 f"{MULTIPROCESSING_ENV}={os.environ.get(MULTIPROCESSING_ENV)}), so weights cannot be pushed into it. "

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from rlvr.core.rollout import Rollouts
+from rlvr.core.errors import ConfigError
 
 INT64_MAX = 2**63 - 1
 PEFT_PREFIX = "base_model.model."
@@ -120,7 +121,7 @@ def request_seeds(group_seeds: Sequence[int], num_generations: int) -> list[int]
     n = max(1, int(num_generations))
     slots = INT64_MAX // n
     if len(group_seeds) > slots:
-        raise ValueError(f"request_seeds: {len(group_seeds)} prompts x {n} samples do not fit in int64 seeds")
+        raise ConfigError(f"request_seeds: {len(group_seeds)} prompts x {n} samples do not fit in int64 seeds")
     taken: set[int] = set()
     out = []
     for s in group_seeds:

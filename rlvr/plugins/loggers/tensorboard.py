@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlvr.core.errors import MissingDependencyError
 from rlvr import PluginSpec, hookimpl
 
 
@@ -29,8 +30,8 @@ def _summary_writer() -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ImportError("logger=tensorboard needs the tensorboard package: pip install 'rlvr[report]' "
-                          "(or pip install tensorboard)") from None
+        raise MissingDependencyError("logger=tensorboard needs the tensorboard package: pip install 'rlvr[report]' "
+                                     "(or pip install tensorboard)") from None
     return SummaryWriter
 
 

@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from rlvr.core.errors import ConfigError
 
 AGGREGATIONS: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo", "dapo")
 IMPORTANCE_SAMPLING_LEVELS: tuple[str, ...] = ("token", "sequence")
@@ -67,7 +68,7 @@ def log_importance_weights(logps: Tensor, old_logps: Tensor, mask: Tensor, level
         return log_ratio
     if level == "sequence":
         return ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
-    raise ValueError(f"importance_sampling_level must be one of {IMPORTANCE_SAMPLING_LEVELS}, got {level!r}")
+    raise ConfigError(f"importance_sampling_level must be one of {IMPORTANCE_SAMPLING_LEVELS}, got {level!r}")
 
 
 def broadcast_advantages(advantages: Tensor, like: Tensor) -> Tensor:
@@ -140,13 +141,13 @@ def aggregate(per_token_loss: Tensor, mask: Tensor, mode: str, *, num_sequences:
         return weighted.sum() / mask.sum().clamp(min=1.0) * (n / max(seqs, 1.0))
     if mode == "dr_grpo":
         if max_completion_length is None or max_completion_length <= 0:
-            raise ValueError("dr_grpo aggregation needs a positive max_completion_length")
+            raise ConfigError("dr_grpo aggregation needs a positive max_completion_length")
         return weighted.sum() / (max(seqs, 1.0) * float(max_completion_length))
     if mode == "dapo":
         tokens = mask.sum() if num_tokens is None else torch.as_tensor(float(num_tokens), dtype=mask.dtype,
                                                                          device=mask.device)
         return weighted.sum() / tokens.clamp(min=1.0)
-    raise ValueError(f"unknown aggregation {mode!r}; choose one of {AGGREGATIONS}")
+    raise ConfigError(f"unknown aggregation {mode!r}; choose one of {AGGREGATIONS}")
 
 
 @torch.no_grad()

@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
+from rlvr.core.errors import ConfigError
 from rlvr import PluginSpec, hookimpl
 from rlvr.plugins.losses import functional as F
 
@@ -70,41 +71,41 @@ class GSPOLossConfig(GRPOLossConfig):
 
 def _finite(name: str, value: float, loss_name: str) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"loss {loss_name!r}: {name} must be a finite number, got {value!r}")
+        raise ConfigError(f"loss {loss_name!r}: {name} must be a finite number, got {value!r}")
 
 
 def validate_config(cfg: Any, loss_name: str, aggregation: str) -> None:
     """Raise ValueError with an actionable message for parameters outside their valid range."""
     _finite("epsilon", cfg.epsilon, loss_name)
     if not 0.0 < cfg.epsilon < 1.0:
-        raise ValueError(f"loss {loss_name!r}: epsilon must be in (0, 1) so that the lower clip 1 - epsilon is a "
-                         f"positive ratio, got epsilon={cfg.epsilon}. Typical values: 0.2 (PPO/GRPO), 3e-4 (GSPO).")
+        raise ConfigError(f"loss {loss_name!r}: epsilon must be in (0, 1) so that the lower clip 1 - epsilon is a "
+                          f"positive ratio, got epsilon={cfg.epsilon}. Typical values: 0.2 (PPO/GRPO), 3e-4 (GSPO).")
     if cfg.epsilon_high is not None:
         _finite("epsilon_high", cfg.epsilon_high, loss_name)
         if cfg.epsilon_high <= 0.0:
-            raise ValueError(f"loss {loss_name!r}: epsilon_high must be > 0 (upper clip 1 + epsilon_high), got "
-                             f"{cfg.epsilon_high}; leave it unset (null) to use epsilon.")
+            raise ConfigError(f"loss {loss_name!r}: epsilon_high must be > 0 (upper clip 1 + epsilon_high), got "
+                              f"{cfg.epsilon_high}; leave it unset (null) to use epsilon.")
     eps_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
     if cfg.delta is not None:
         _finite("delta", cfg.delta, loss_name)
         if cfg.delta <= 1.0 + eps_high:
-            raise ValueError(f"loss {loss_name!r}: delta must exceed 1 + epsilon_high = {1.0 + eps_high:g} (it caps "
-                             f"the ratio of negative-advantage tokens above the clip range), got delta={cfg.delta}. "
-                             f"Use e.g. delta=3.0, or null to disable two-sided clipping.")
+            raise ConfigError(f"loss {loss_name!r}: delta must exceed 1 + epsilon_high = {1.0 + eps_high:g} (it caps "
+                              f"the ratio of negative-advantage tokens above the clip range), got delta={cfg.delta}. "
+                              f"Use e.g. delta=3.0, or null to disable two-sided clipping.")
     _finite("beta", cfg.beta, loss_name)
     if cfg.beta < 0.0:
-        raise ValueError(f"loss {loss_name!r}: beta (KL weight) must be >= 0, got {cfg.beta}; use 0 to train "
-                         f"without a reference model.")
+        raise ConfigError(f"loss {loss_name!r}: beta (KL weight) must be >= 0, got {cfg.beta}; use 0 to train "
+                          f"without a reference model.")
     if cfg.importance_sampling_level not in F.IMPORTANCE_SAMPLING_LEVELS:
-        raise ValueError(f"loss {loss_name!r}: importance_sampling_level must be 'token' or 'sequence', got "
-                         f"{cfg.importance_sampling_level!r}")
+        raise ConfigError(f"loss {loss_name!r}: importance_sampling_level must be 'token' or 'sequence', got "
+                          f"{cfg.importance_sampling_level!r}")
     mcl = cfg.max_completion_length
     if mcl is not None and (isinstance(mcl, bool) or not isinstance(mcl, int) or mcl <= 0):
-        raise ValueError(f"loss {loss_name!r}: max_completion_length must be a positive integer, got {mcl!r}")
+        raise ConfigError(f"loss {loss_name!r}: max_completion_length must be a positive integer, got {mcl!r}")
     if aggregation == "dr_grpo" and mcl is None:
-        raise ValueError(f"loss {loss_name!r} normalises by max_completion_length, which is not set: pass "
-                         f"max_completion_length=<the engine's max_new_tokens> (the shipped conf/loss/dr_grpo.yaml "
-                         f"sets it to ${{engine.max_new_tokens}}).")
+        raise ConfigError(f"loss {loss_name!r} normalises by max_completion_length, which is not set: pass "
+                          f"max_completion_length=<the engine's max_new_tokens> (the shipped conf/loss/dr_grpo.yaml "
+                          f"sets it to ${{engine.max_new_tokens}}).")
 
 
 class ClippedPolicyLoss:
@@ -126,7 +127,7 @@ class ClippedPolicyLoss:
 
     def __init__(self, cfg: Any, name: str, aggregation: str) -> None:
         if aggregation not in F.AGGREGATIONS:
-            raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {F.AGGREGATIONS}")
+            raise ConfigError(f"unknown aggregation {aggregation!r}; choose one of {F.AGGREGATIONS}")
         validate_config(cfg, name, aggregation)
         self.config = cfg
         self.name = name

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from torch import Tensor
 
+from rlvr.core.errors import ConfigError
 from rlvr import PluginSpec, hookimpl
 from rlvr.plugins.losses import functional as F
 from rlvr.plugins.losses.grpo import ClippedPolicyLoss, GRPOLossConfig
@@ -37,7 +38,7 @@ class PPOClipLoss(ClippedPolicyLoss):
     def __init__(self, cfg: Any, name: str = "ppo_clip") -> None:
         coef = cfg.entropy_coef
         if isinstance(coef, bool) or not isinstance(coef, (int, float)) or not math.isfinite(coef):
-            raise ValueError(f"loss {name!r}: entropy_coef must be a finite number, got {coef!r}")
+            raise ConfigError(f"loss {name!r}: entropy_coef must be a finite number, got {coef!r}")
         super().__init__(cfg, name=name, aggregation="dapo")
         self.entropy_coef = float(coef)
         self.needs_entropy = self.entropy_coef != 0.0

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from rlvr.core.errors import LoadError, PathNotFoundError
 from rlvr import PluginSpec, hookimpl
 from rlvr.core.policy import ModelConfig, Policy, finish_policy, torch_dtype
 
@@ -23,7 +24,7 @@ def load_hf(cfg: HFModelConfig) -> Policy:
 
     path = os.path.expanduser(cfg.name_or_path)
     if cfg.name_or_path.startswith((".", "/", "~")) and not os.path.isdir(path):
-        raise FileNotFoundError(f"model.name_or_path={cfg.name_or_path!r}: no such directory. Give a local model "
+        raise PathNotFoundError(f"model.name_or_path={cfg.name_or_path!r}: no such directory. Give a local model "
                                 "directory (with config.json) or a Hugging Face hub id like 'Qwen/Qwen2.5-3B-Instruct'.")
     kwargs: dict = {"dtype": torch_dtype(cfg.dtype), "revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation:
@@ -41,8 +42,8 @@ def load_hf(cfg: HFModelConfig) -> Policy:
         tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
-        raise OSError(f"could not load model.name_or_path={cfg.name_or_path!r}: {exc}. Check the path or hub id; "
-                      "offline machines need a local directory.") from exc
+        raise LoadError(f"could not load model.name_or_path={cfg.name_or_path!r}: {exc}. Check the path or hub id; "
+                        "offline machines need a local directory.") from exc
     return finish_policy(model, tokenizer, cfg, name=cfg.name_or_path)
 
 

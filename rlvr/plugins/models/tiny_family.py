@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from rlvr.core.errors import ConfigError
 from rlvr import PluginSpec, hookimpl
 from rlvr.core.policy import ModelConfig, Policy, finish_policy, torch_dtype
 from rlvr.plugins.models.tiny import TinyModelConfig, byte_tokenizer
@@ -69,7 +70,7 @@ def build_model(cfg: TinyFamilyConfig, tokenizer: Any) -> torch.nn.Module:
     import transformers
 
     if cfg.family not in FAMILIES:
-        raise ValueError(f"model.family={cfg.family!r} is not a family tiny_family knows; choose one of {sorted(FAMILIES)}")
+        raise ConfigError(f"model.family={cfg.family!r} is not a family tiny_family knows; choose one of {sorted(FAMILIES)}")
     fam = FAMILIES[cfg.family]
     tied = fam.tied if cfg.tie_word_embeddings is None else bool(cfg.tie_word_embeddings)
     config = getattr(transformers, fam.config_class)(

@@ -11,7 +11,7 @@ from typing import Any
 
 from rlvr import PluginSpec, hookimpl
 from rlvr.core.rewards import RewardConfig
-from rlvr.core.task import last_number, same_number
+from rlvr.core.answers import last_number, same_number
 
 
 @dataclass

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 
 from rlvr import PluginSpec, hookimpl
+from rlvr.core.errors import ConfigError
 from rlvr.core.rewards import RewardConfig
 
 
@@ -18,17 +19,22 @@ class FunctionRewardConfig(RewardConfig):
 
 def load_function(path: str):
     if ":" not in path:
-        raise ValueError(f"reward.function.path={path!r} must look like 'my_module:my_function'")
+        raise ConfigError(f"reward.function.path={path!r} must look like 'my_module:my_function' (a module importable "
+                          "from the current directory, and the name of a function in it)")
     module_name, _, attr = path.partition(":")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ImportError(f"reward.function.path={path!r}: cannot import {module_name!r} ({exc})") from None
+        raise ConfigError(f"reward.function.path={path!r}: cannot import {module_name!r} ({exc}); run from the "
+                          "directory that holds it or put it on PYTHONPATH") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise AttributeError(f"reward.function.path={path!r}: {module_name} has no function {attr!r}")
+        found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
+                       and getattr(v, "__module__", None) == module.__name__)
+        raise ConfigError(f"reward.function.path={path!r}: module {module_name!r} ({getattr(module, '__file__', '?')}) "
+                          f"has no function {attr!r}; its functions: {', '.join(found) or '(none)'}")
     return fn
 
 

@@ -26,21 +26,12 @@ from typing import Any, Callable, Optional
 
 from rlvr import PluginSpec, hookimpl
 from rlvr.core.rewards import RewardConfig
-from rlvr.plugins.rewards._answers import against_reference, clean_answer, is_integer_text, parse_number
+from rlvr.core.answers import against_reference, clean_answer, extract_xml_answer, is_integer_text, parse_number
 
 TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
 _NO_TAG = r"(?:(?!</?reasoning>|</?answer>).)"  # any character that does not start a tag
 STRICT_RE = re.compile(rf"^<reasoning>\n{_NO_TAG}*?\n</reasoning>\n<answer>\n{_NO_TAG}*?\n</answer>\n?\Z", re.DOTALL)
 SOFT_RE = re.compile(r"^\s*<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)
-
-
-def extract_xml_answer(text: str) -> Optional[str]:
-    """The stripped text inside the last ``<answer>…</answer>`` (or after an unclosed
-    ``<answer>``), across newlines; None when there is no ``<answer>`` tag."""
-    if "<answer>" not in text:
-        return None
-    inner = text.rsplit("<answer>", 1)[1].split("</answer>", 1)[0]
-    return inner.strip()
 
 
 def same_answer(candidate: Optional[str], reference: Optional[str], normalize: bool = True) -> bool:

@@ -1,23 +1,24 @@
 """``verifier=math_answer`` / ``reward=math_answer``: is the completion's final answer right?
 
-The final answer is extracted (``\\boxed{}``, ``<answer>…</answer>``, ``<SOLUTION>…</SOLUTION>``,
-``#### N``, "the answer is N", ``A: N``, else the last number), normalised (thousands separators,
-currency, unit words, trailing ``.0``, fractions) and compared with the reference column
-numerically (exactly, or within ``rel_tol`` / ``abs_tol``). Answers that are not plain numbers
-(``\\frac{\\sqrt{3}}{2}``, ``x^2+1``, intervals, sets) are compared symbolically with Math-Verify.
+The answer is read and judged by :mod:`rlvr.core.answers` (the module evaluation uses too): explicit
+markers first (``<answer>…</answer>``, ``<SOLUTION>…</SOLUTION>``, ``\\boxed{}``, ``#### N``, "the
+answer is …", ``A: …``), else the last LaTeX environment the way Math-Verify finds it, else the last
+number. Numbers are compared exactly (or within ``rel_tol`` / ``abs_tol``); everything else (sets,
+intervals, inequalities, equations, ``\\dfrac``, ``\\sqrt3``, units, percentages, multiple-choice
+letters) through Math-Verify's parser and comparison. Lines of the completion that repeat the
+prompt verbatim are ignored. See docs/answers.md.
 
 Verdicts: True / False; None where the row has no reference answer (not applicable).
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from rlvr import PluginSpec, hookimpl
+from rlvr.core import answers
 from rlvr.core.rewards import VerifierConfig, verifier_as_reward
-from rlvr.plugins.rewards._answers import (against_reference, clean_answer, extract_final_answer, numbers_match,
-                                           parse_number)
+from rlvr.core.errors import ColumnError, ConfigError
 
 
 @dataclass
@@ -27,57 +28,30 @@ class MathAnswerConfig(VerifierConfig):
     answer_column: str = "answer"
     rel_tol: float = 0.0  # numbers within rel_tol * max(|a|, |b|) count as equal
     abs_tol: float = 1e-9  # ... or within abs_tol
-    last_number: bool = True  # fall back to the last number in the text when no answer marker is found
+    last_number: bool = True  # no marker and no LaTeX: fall back to the last number in the text
+    free_form: bool = True  # no marker: read the last LaTeX environment / expression as Math-Verify does
     math_verify: bool = True  # compare non-numeric answers symbolically with Math-Verify
-    timeout_seconds: int = 5  # Math-Verify's own timeout (main thread only; it uses SIGALRM)
-
-
-def _as_latex(text: str) -> str:
-    s = text.strip()
-    if s.startswith("$") or s.startswith("\\(") or s.startswith("\\[") or "\\boxed" in s:
-        return s
-    return f"${s}$"
-
-
-def symbolic_equal(reference: str, candidate: str, timeout_seconds: Optional[int] = 5) -> bool:
-    """Math-Verify's verdict on ``candidate`` against ``reference`` (both short answer strings)."""
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
-
-    if threading.current_thread() is not threading.main_thread():
-        timeout_seconds = None  # Math-Verify's timeout relies on signal.alarm, main thread only
-    config = [LatexExtractionConfig(), ExprExtractionConfig()]
-    gold = parse(_as_latex(reference), extraction_config=config, parsing_timeout=timeout_seconds)
-    pred = parse(_as_latex(candidate), extraction_config=config, parsing_timeout=timeout_seconds)
-    if not gold or not pred:
-        return False
-    return bool(verify(gold, pred, timeout_seconds=timeout_seconds))
-
-
-def answers_match(candidate: Optional[str], reference: str, rel_tol: float = 0.0, abs_tol: float = 1e-9,
-                  use_math_verify: bool = True, timeout_seconds: Optional[int] = 5) -> bool:
-    """Whether an extracted answer equals the reference: numerically when both are numbers,
-    else by normalised string equality, else symbolically through Math-Verify."""
-    if candidate is None:
-        return False
-    a, b = parse_number(candidate), parse_number(reference)
-    if a is not None and b is not None:
-        return numbers_match(a, b, rel_tol, abs_tol)
-    if clean_answer(candidate).replace(" ", "").lower() == clean_answer(reference).replace(" ", "").lower():
-        return True
-    if use_math_verify:
-        return symbolic_equal(reference, candidate, timeout_seconds)
-    return False
+    decimal_comma: str = "auto"  # auto (1,500 = 1500; 1,5 = 1.5) | never (commas group thousands) | always
+    ignore_prompt_echo: bool = True  # lines repeating the prompt verbatim are not the model's answer
+    timeout_seconds: int = 5  # Math-Verify's own timeout (main thread; inputs are size-bounded everywhere)
 
 
 def make_math_answer(cfg: MathAnswerConfig) -> Callable[..., list[Optional[bool]]]:
-    """Build the verifier ``fn(completions, **columns) -> list[bool | None]``."""
+    """Build the verifier ``fn(completions, prompts=None, **columns) -> list[bool | None]``."""
+    if cfg.decimal_comma not in answers.DECIMAL_COMMA_CHOICES:
+        raise ConfigError(f"math_answer: decimal_comma={cfg.decimal_comma!r}; choose one of "
+                         f"{answers.DECIMAL_COMMA_CHOICES} (see docs/answers.md)")
 
-    def judge(text: str, ref: str) -> bool:
-        candidate = extract_final_answer(text, last_number=cfg.last_number)
-        return answers_match(candidate, ref, cfg.rel_tol, cfg.abs_tol, cfg.math_verify, cfg.timeout_seconds)
-
-    def math_answer(completions: list[str], **columns: Any) -> list[Optional[bool]]:
-        return against_reference("math_answer", completions, columns, cfg.answer_column, judge)
+    def math_answer(completions: list[str], prompts: Optional[list[str]] = None,
+                    **columns: Any) -> list[Optional[bool]]:
+        if cfg.answer_column not in columns:
+            raise ColumnError(f"math_answer needs the task column {cfg.answer_column!r} (set answer_column); "
+                           f"columns given: {sorted(columns)}")
+        echo = prompts if (cfg.ignore_prompt_echo and prompts) else [None] * len(completions)
+        return [answers.judge(text or "", ref, prompt=p, last_number=cfg.last_number, free_form=cfg.free_form,
+                              rel_tol=cfg.rel_tol, abs_tol=cfg.abs_tol, use_math_verify=cfg.math_verify,
+                              timeout_seconds=cfg.timeout_seconds, decimal_comma=cfg.decimal_comma)
+                for text, ref, p in zip(completions, columns[cfg.answer_column], echo)]
 
     return math_answer
 
@@ -86,7 +60,8 @@ def make_math_answer_reward(cfg: MathAnswerConfig) -> Callable[..., list[Optiona
     return verifier_as_reward(make_math_answer(cfg), cfg.pass_score, cfg.fail_score)
 
 
-DESCRIPTION = "final answer (boxed / tags / #### / last number) equals the reference: numeric or Math-Verify"
+DESCRIPTION = ("final answer (tags / boxed / #### / 'the answer is' / last LaTeX / last number) equals the reference: "
+               "exact numbers, else Math-Verify")
 
 
 @hookimpl

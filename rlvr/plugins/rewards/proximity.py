@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 from rlvr import PluginSpec, hookimpl
 from rlvr.core.rewards import RewardConfig
-from rlvr.plugins.rewards._answers import (against_reference, clean_answer, extract_final_answer, last_tagged,
+from rlvr.core.answers import (against_reference, clean_answer, extract_final_answer, last_tagged,
                                            parse_number)
 
 

@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional
 
+from rlvr.core.errors import ColumnError, ConfigError, ConfigTypeError
 from rlvr import PluginSpec, hookimpl
 from rlvr.core.rewards import RewardConfig
 
@@ -105,7 +106,7 @@ def _norm(text: str) -> str:
 
 def _column(columns: dict[str, list[Any]], name: str, i: int, what: str) -> Any:
     if name not in columns:
-        raise KeyError(f"rubric criterion {what} reads the task column {name!r}; columns given: {sorted(columns)}")
+        raise ColumnError(f"rubric criterion {what} reads the task column {name!r}; columns given: {sorted(columns)}")
     return columns[name][i]
 
 
@@ -145,7 +146,7 @@ def criterion_value(c: Criterion, text: str, columns: dict[str, list[Any]], i: i
         hits = [bool(_PART_RES[p].search(tail)) for p in c.require]
         passed = (all(hits) if c.mode == "all" else any(hits)) if hits else False
         return c.weight if passed else c.fail
-    raise ValueError(f"rubric criterion {what}: unknown kind {c.kind!r}; kinds are {', '.join(KINDS)}")
+    raise ConfigError(f"rubric criterion {what}: unknown kind {c.kind!r}; kinds are {', '.join(KINDS)}")
 
 
 def _as_criterion(c: Any) -> Criterion:
@@ -153,7 +154,7 @@ def _as_criterion(c: Any) -> Criterion:
         return c
     if isinstance(c, dict):
         return Criterion(**c)
-    raise TypeError(f"rubric criteria must be mappings or Criterion, got {c!r}")
+    raise ConfigTypeError(f"rubric criteria must be mappings or Criterion, got {c!r}")
 
 
 def validate(criteria: List[Criterion]) -> None:
@@ -161,24 +162,24 @@ def validate(criteria: List[Criterion]) -> None:
     for c in criteria:
         what = repr(c.name or c.kind)
         if c.kind not in KINDS:
-            raise ValueError(f"rubric criterion {what}: unknown kind {c.kind!r}; kinds are {', '.join(KINDS)}")
+            raise ConfigError(f"rubric criterion {what}: unknown kind {c.kind!r}; kinds are {', '.join(KINDS)}")
         if c.mode not in ("any", "all"):
-            raise ValueError(f"rubric criterion {what}: mode must be 'any' or 'all', got {c.mode!r}")
+            raise ConfigError(f"rubric criterion {what}: mode must be 'any' or 'all', got {c.mode!r}")
         if c.kind == "contains" and not c.keywords:
-            raise ValueError(f"rubric criterion {what}: kind 'contains' needs keywords")
+            raise ConfigError(f"rubric criterion {what}: kind 'contains' needs keywords")
         if c.kind in ("exact", "name_present") and not c.column:
-            raise ValueError(f"rubric criterion {what}: kind {c.kind!r} needs column (the task column to read)")
+            raise ConfigError(f"rubric criterion {what}: kind {c.kind!r} needs column (the task column to read)")
         if c.kind == "length" and not (c.max_chars or c.max_words or c.min_chars or c.min_words):
-            raise ValueError(f"rubric criterion {what}: kind 'length' needs max_chars, max_words, min_chars or min_words")
+            raise ConfigError(f"rubric criterion {what}: kind 'length' needs max_chars, max_words, min_chars or min_words")
         bad = [p for p in c.require if p not in SIGNATURE_PARTS]
         if c.kind == "signature" and (bad or not c.require):
-            raise ValueError(f"rubric criterion {what}: require must list some of {SIGNATURE_PARTS}, got {c.require}")
+            raise ConfigError(f"rubric criterion {what}: require must list some of {SIGNATURE_PARTS}, got {c.require}")
 
 
 def make_rubric(cfg: RubricConfig) -> Callable[..., list[Optional[float]]]:
     criteria = [_as_criterion(c) for c in cfg.criteria]
     if not criteria:
-        raise ValueError("reward rubric has no criteria: give reward.rubric.criteria=[{kind: contains, keywords: [...]}, ...]")
+        raise ConfigError("reward rubric has no criteria: give reward.rubric.criteria=[{kind: contains, keywords: [...]}, ...]")
     validate(criteria)
     scale = sum(c.weight for c in criteria if c.weight > 0) if cfg.normalize else 1.0
     scale = scale or 1.0

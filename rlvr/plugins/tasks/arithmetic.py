@@ -13,8 +13,9 @@ import random
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from rlvr.core.errors import ConfigError
 from rlvr import PluginSpec, hookimpl
-from rlvr.core.task import Task, TaskConfig, last_number, same_number
+from rlvr.core.task import Task, TaskConfig
 
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
@@ -31,16 +32,17 @@ class ArithmeticConfig(TaskConfig):
     eval_extra_max_operand: int = 19  # ... whose operands go up to this (at least one above max_operand)
     max_rows: int = 20000
     seed: int = 1234
+    correct: str = "numeric"  # held-out accuracy: the final number equals the answer
 
 
 def make_rows(cfg: ArithmeticConfig) -> tuple[list[dict], list[dict]]:
     bad = [op for op in cfg.operations if op not in OPS]
     if bad or not cfg.operations:
-        raise ValueError(f"task.operations={list(cfg.operations)}: supported operations are {sorted(OPS)}")
+        raise ConfigError(f"task.operations={list(cfg.operations)}: supported operations are {sorted(OPS)}")
     if cfg.max_operand < cfg.min_operand:
-        raise ValueError(f"task.max_operand ({cfg.max_operand}) is below task.min_operand ({cfg.min_operand})")
+        raise ConfigError(f"task.max_operand ({cfg.max_operand}) is below task.min_operand ({cfg.min_operand})")
     if not 0.0 < cfg.eval_fraction < 1.0:
-        raise ValueError(f"task.eval_fraction must be in (0, 1), got {cfg.eval_fraction}")
+        raise ConfigError(f"task.eval_fraction must be in (0, 1), got {cfg.eval_fraction}")
     operands = range(cfg.min_operand, cfg.max_operand + 1)
     rng = random.Random(cfg.seed)
     space = len(operands) ** 2 * len(cfg.operations)
@@ -72,8 +74,7 @@ def extra_eval_rows(cfg: ArithmeticConfig, k: int) -> list[dict]:
 
 def make_arithmetic(cfg: ArithmeticConfig) -> Task:
     train, held_out = make_rows(cfg)
-    return Task("arithmetic", train, held_out, cfg,
-                is_correct=lambda completion, row: same_number(last_number(completion), row["answer"]))
+    return Task("arithmetic", train, held_out, cfg)
 
 
 @hookimpl

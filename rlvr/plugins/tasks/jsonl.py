@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from rlvr.core.errors import DataError, MissingValueError, PathNotFoundError
 from rlvr import PluginSpec, hookimpl
-from rlvr.core.task import Task, TaskConfig, last_number, same_number
+from rlvr.core.task import Task, TaskConfig
 
 
 @dataclass
@@ -19,13 +20,14 @@ class JsonlTaskConfig(TaskConfig):
     max_train_rows: int = 0  # 0 = all
     max_eval_rows: int = 0
     seed: int = 0
+    correct: str = "exact_match"  # held-out accuracy: the answer text equals the reference after normalisation
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSON-lines file; errors name the file and the line."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"dataset file {str(p)!r} does not exist")
+        raise PathNotFoundError(f"dataset file {str(p)!r} does not exist")
     rows = []
     with p.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -34,12 +36,12 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{p}:{lineno}: not valid JSON ({exc.msg}); the file must hold one JSON object per line") from None
+                raise DataError(f"{p}:{lineno}: not valid JSON ({exc.msg}); the file must hold one JSON object per line") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                raise DataError(f"{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
             rows.append(row)
     if not rows:
-        raise ValueError(f"dataset file {str(p)!r} is empty")
+        raise DataError(f"dataset file {str(p)!r} is empty")
     return rows
 
 
@@ -58,13 +60,10 @@ def split_rows(rows: list[dict], eval_rows: Optional[list[dict]], cfg: JsonlTask
 
 def make_jsonl(cfg: JsonlTaskConfig) -> Task:
     if not cfg.train_path:
-        raise ValueError("task=jsonl needs task.train_path=/path/to/train.jsonl")
+        raise MissingValueError("task=jsonl needs task.train_path=/path/to/train.jsonl")
     train = read_jsonl(cfg.train_path)
     train, held_out = split_rows(train, read_jsonl(cfg.eval_path) if cfg.eval_path else None, cfg)
-    col = cfg.answer_column
-    return Task("jsonl", train, held_out, cfg,
-                is_correct=lambda completion, row: same_number(last_number(completion), row[col])
-                or completion.strip() == str(row[col]).strip())
+    return Task("jsonl", train, held_out, cfg)
 
 
 @hookimpl

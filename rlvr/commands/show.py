@@ -13,8 +13,14 @@ import textwrap
 from pathlib import Path
 from typing import Any, Optional
 
+from rlvr.core.errors import DataError, PathNotFoundError
+
 SPECIAL = re.compile(r"<\|[^|<>]{1,40}\|>|</?s>|\[/?INST\]")
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# bidirectional controls reorder the text around them on a terminal (U+202E turns "abc" into "cba"), so a
+# completion could display as something it is not: each is shown as <U+XXXX>
+BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+HIT_MAX_TOKENS = "[hit max_new_tokens]"  # the completion was cut by the engine's token limit, not by this display
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -37,10 +43,10 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 def check_run_dir(run_dir: str | Path) -> Path:
     path = Path(run_dir).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"run directory {str(path)!r} does not exist (give the directory `rlvr train` "
+        raise PathNotFoundError(f"run directory {str(path)!r} does not exist (give the directory `rlvr train` "
                                 "wrote into, e.g. outputs/<date>/<time>)")
     if not (path / "metrics.jsonl").is_file() and not (path / "completions.jsonl").is_file():
-        raise FileNotFoundError(f"{str(path)!r} has neither metrics.jsonl nor completions.jsonl: is it an rlvr run "
+        raise PathNotFoundError(f"{str(path)!r} has neither metrics.jsonl nor completions.jsonl: is it an rlvr run "
                                 "directory (with logger=[jsonl])?")
     return path
 
@@ -61,8 +67,9 @@ def prompt_question(prompt: str) -> str:
 
 
 def clean(text: Any) -> str:
-    """Printable text: control characters shown as '·', tabs as spaces."""
-    return CONTROL.sub("·", str(text).replace("\t", "    ").replace("\r", ""))
+    """Printable text: control characters shown as '·', bidirectional controls as ``<U+202E>``, tabs as spaces."""
+    text = BIDI.sub(lambda m: f"<U+{ord(m.group()):04X}>", str(text))
+    return CONTROL.sub("·", text.replace("\t", "    ").replace("\r", ""))
 
 
 def _wrap(text: str, width: int, max_lines: int) -> list[str]:
@@ -111,7 +118,7 @@ def render_table(samples: list[dict[str, Any]], width: int = 120, max_lines: int
         rewards = s.get("rewards") or {}
         cells = [[str(i)],
                  _wrap(clean(prompt_question(str(s.get("prompt", "")))), text_w["prompt"], max_lines),
-                 _wrap(clean(s.get("completion", "")) + (" [truncated]" if s.get("truncated") else ""),
+                 _wrap(clean(s.get("completion", "")) + (f" {HIT_MAX_TOKENS}" if s.get("truncated") else ""),
                        text_w["completion"], max_lines),
                  _wrap(clean(s.get("answer", "")), text_w["answer"], max_lines)]
         cells += [[_fmt(rewards.get(n))] for n in reward_names] + [[_fmt(s.get("advantage"))]]
@@ -130,7 +137,7 @@ def show(run_dir: str | Path, step: Optional[int] = None, last: int = 1, width: 
     steps = sorted({int(r.get("step", 0)) for r in records})
     if step is not None:
         if step not in steps:
-            raise ValueError(f"step {step} has no logged completions in {path}; logged steps: "
+            raise DataError(f"step {step} has no logged completions in {path}; logged steps: "
                              f"{steps[0]}..{steps[-1]} ({len(steps)} steps)")
         chosen = [step]
     else:

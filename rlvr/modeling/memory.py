@@ -4,7 +4,7 @@ activations to (pinned) CPU memory.
 Two independent switches, meant for ``trainer.gradient_checkpointing`` and
 ``trainer.offload_activations``::
 
-    from rlvr.kernels import enable_gradient_checkpointing, offload_activations
+    from rlvr.modeling import enable_gradient_checkpointing, offload_activations
 
     if cfg.trainer.gradient_checkpointing:
         enable_gradient_checkpointing(model)              # once, after loading (peft or not)
@@ -46,9 +46,9 @@ def enable_gradient_checkpointing(model: Any, use_reentrant: bool = False) -> No
     inputs do not require grad. Only acts in training mode (``model.train()``), so generation is
     unaffected.
     """
-    from rlvr.kernels.causal_lm import _base_model
+    from rlvr.modeling.causal_lm import base_model
 
-    base = _base_model(model)
+    base = base_model(model)
     kwargs = {"use_reentrant": use_reentrant}
     enable = getattr(base, "activation_checkpointing_enable", None)  # transformers >= 5.2x
     if callable(enable):

@@ -10,8 +10,10 @@ Reads ``metrics.jsonl`` and ``completions.jsonl`` (jsonl logger) and ``config.js
 - ``clip_ratio.png``: the fraction of tokens clipped low / high / in the two-sided region
 - ``loss.png``: loss and gradient norm
 - ``step_time.png``: seconds per step and the part spent generating
+- ``audit.png`` (``audit_2.png``, ...): one panel per ``audit/...`` metric (the reward-hacking monitor), 6 per file
 - ``report.html``: all of the above (embedded, no external files) and sample completions
 
+Step axes show whole numbers only. A sweep or several runs side by side: ``rlvr.commands.compare``.
 matplotlib is needed (``pip install 'rlvr[report]'``).
 """
 from __future__ import annotations
@@ -23,7 +25,8 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from rlvr.show import check_run_dir, clean, prompt_question, read_records
+from rlvr.core.errors import DataError, MissingDependencyError
+from rlvr.commands.show import HIT_MAX_TOKENS, check_run_dir, clean, prompt_question, read_records
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
@@ -32,7 +35,7 @@ def _matplotlib() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise ImportError("rlvr report needs matplotlib: pip install 'rlvr[report]' (or pip install matplotlib)") from None
+        raise MissingDependencyError("rlvr report needs matplotlib: pip install matplotlib") from None
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
@@ -108,12 +111,25 @@ def _mean_std_panel(ax: Any, metrics: list[dict[str, Any]], key: str, color: str
     return True
 
 
-def _save(fig: Any, path: Path) -> Path:
+def integer_step_axis(ax: Any) -> None:
+    """Whole-number ticks on a step axis, also when the data span less than two steps.
+
+    MaxNLocator(integer=True) falls back to fractional ticks (2.84 … 3.16 around one point at step 3) when the
+    view holds fewer than two integers, so a narrow view is first widened to one step either side of the data.
+    """
     from matplotlib.ticker import MaxNLocator
 
+    lo, hi = (float(v) for v in ax.dataLim.intervalx)
+    if math.isfinite(lo) and math.isfinite(hi) and hi - lo < 2:
+        ax.set_xlim(lo - 1, hi + 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
+def _save(fig: Any, path: Path, rect: Optional[tuple[float, float, float, float]] = None) -> Path:
     for ax in fig.axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
-    fig.tight_layout()
+        if ax.axison:
+            integer_step_axis(ax)  # steps are whole numbers
+    fig.tight_layout(rect=rect)
     fig.savefig(path)
     import matplotlib.pyplot as plt
 
@@ -155,6 +171,76 @@ def _lines_plot(plt: Any, metrics: list[dict[str, Any]], keys: list[tuple[str, s
     return _save(fig, path)
 
 
+Series = tuple[str, list[float], list[float], str]  # (legend label, steps, values, colour)
+AUDIT_PREFIX = "audit/"
+PANELS_PER_FIGURE = 6  # 3 x 2 panels: one figure stays readable; more panels go to the next file
+
+
+def run_colors(n: int) -> list[str]:
+    """``n`` distinguishable colours (tab10, then tab20 for more runs; cycles beyond 20)."""
+    if n <= len(COLORS):
+        return COLORS[:n]
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return [matplotlib.colors.to_hex(cmap(i % cmap.N)) for i in range(n)]
+
+
+def panel_grid(plt: Any, panels: list[tuple[str, list[Series]]], path: Path, ylabel: str = "",
+               percent: bool = False, linestyles: Optional[dict[str, str]] = None) -> Path:
+    """One figure with a panel per ``(title, series)`` (up to 3 per row); one shared legend under the panels
+    when there is more than one series label (e.g. one line per run of a sweep). ``percent``: values are
+    fractions, drawn as 0-100 %. ``linestyles``: label -> matplotlib line style (runs whose curves coincide
+    stay visible when their styles differ)."""
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    labels: list[str] = []
+    for _, series in panels:
+        labels.extend(lab for lab, *_ in series if lab not in labels)
+    longest = max((len(lab) for lab in labels), default=0)
+    ncol = 1 if longest > 60 else math.ceil(len(labels) / math.ceil(len(labels) / (2 if longest > 35 else 3)))
+    legend_in = 0.15 + 0.2 * math.ceil(len(labels) / ncol) if len(labels) > 1 else 0.0
+    height = 3.3 * rows + legend_in
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols if cols > 1 else 7.5, height), squeeze=False)
+    handles: dict[str, Any] = {}
+    for i, (title, series) in enumerate(panels):
+        ax = axes[i // cols][i % cols]
+        w = 0
+        for label, xs, ys, color in series:
+            style = {"linestyle": linestyles[label]} if linestyles and label in linestyles else {}
+            w = max(w, _curve(ax, xs, [100 * y for y in ys] if percent else ys, color, label, **style))
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+        ax.set_title(title + _smoothing_note(w), fontsize=10)
+        ax.set_xlabel("step")
+        if ylabel:
+            ax.set_ylabel(ylabel)
+        if percent:
+            ax.set_ylim(-3, 103)
+    for j in range(len(panels), rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    if len(labels) > 1:
+        fig.legend([handles[lab] for lab in labels if lab in handles], [lab for lab in labels if lab in handles],
+                   loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    return _save(fig, path, rect=(0, legend_in / height, 1, 1) if legend_in else None)
+
+
+def panel_figures(plt: Any, panels: list[tuple[str, list[Series]]], out: Path, stem: str,
+                  **kw: Any) -> dict[str, Path]:
+    """``panel_grid`` over as many files as needed: ``stem.png``, ``stem_2.png``, ... (PANELS_PER_FIGURE each)."""
+    made: dict[str, Path] = {}
+    for k in range(0, len(panels), PANELS_PER_FIGURE):
+        name = stem if k == 0 else f"{stem}_{k // PANELS_PER_FIGURE + 1}"
+        made[name] = panel_grid(plt, panels[k:k + PANELS_PER_FIGURE], out / f"{name}.png", **kw)
+    return made
+
+
+def audit_keys(metrics: list[dict[str, Any]]) -> list[str]:
+    """Every numeric ``audit/...`` metric (the reward-hacking monitor), sorted by name."""
+    return sorted({k for m in metrics for k, v in m.items()
+                   if k.startswith(AUDIT_PREFIX) and isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+
 def reward_names(metrics: list[dict[str, Any]]) -> list[str]:
     names: list[str] = []
     for m in metrics:
@@ -189,13 +275,16 @@ def make_plots(metrics: list[dict[str, Any]], out: Path) -> dict[str, Path]:
         plots["accuracy"] = made
     specs = [
         ("completion_length", [("completion_length/mean", "mean"), ("completion_length/max", "max")],
-         "completion length", "tokens", ("completion_length/clipped_ratio", "cut at max_new_tokens (%)", "cut at max_new_tokens (%)")),
+         "completion length", "tokens",
+         ("completion_length/clipped_ratio", "cut at max_new_tokens (%)", "cut at max_new_tokens (%)")),
         ("kl", [("kl", "KL(policy ‖ reference)")], "KL divergence to the reference", "KL (nats per token)", None),
-        ("clip_ratio", [("clip_ratio/low_mean", "low (ratio < 1 − ε)"), ("clip_ratio/high_mean", "high (ratio > 1 + ε_high)"),
+        ("clip_ratio", [("clip_ratio/low_mean", "low (ratio < 1 − ε)"),
+                        ("clip_ratio/high_mean", "high (ratio > 1 + ε_high)"),
                         ("clip_ratio/region_mean", "either (clipped region)")],
          "clipped tokens", "tokens clipped (%)", None),
         ("loss", [("loss", "loss")], "loss and gradient norm", "loss", None),
-        ("step_time", [("step_time", "whole step"), ("generation_time", "generation")], "time per step", "seconds", None),
+        ("step_time", [("step_time", "whole step"), ("generation_time", "generation")], "time per step", "seconds",
+         None),
     ]
     for name, keys, title, ylabel, secondary in specs:
         made = _lines_plot(plt, metrics, keys, title, ylabel, out / f"{name}.png",
@@ -204,12 +293,17 @@ def make_plots(metrics: list[dict[str, Any]], out: Path) -> dict[str, Path]:
             plots[name] = made
     if "loss" in plots and _series(metrics, "grad_norm")[0]:
         plots["loss"] = _loss_plot(plt, metrics, out / "loss.png")
+    audit = [(k[len(AUDIT_PREFIX):], [(k, *_series(metrics, k), COLORS[i % len(COLORS)])])
+             for i, k in enumerate(audit_keys(metrics)) if _series(metrics, k)[0]]
+    if audit:
+        plots.update(panel_figures(plt, audit, out, "audit"))
     return plots
 
 
 def _loss_plot(plt: Any, metrics: list[dict[str, Any]], path: Path) -> Path:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.5, 3.8))
-    for ax, key, label, color in ((a1, "loss", "loss", COLORS[0]), (a2, "grad_norm", "gradient norm (before clipping)", COLORS[1])):
+    for ax, key, label, color in ((a1, "loss", "loss", COLORS[0]),
+                                  (a2, "grad_norm", "gradient norm (before clipping)", COLORS[1])):
         xs, ys = _series(metrics, key)
         w = _curve(ax, xs, ys, color, label)
         ax.set_title(label + _smoothing_note(w), fontsize=10)
@@ -220,8 +314,10 @@ def _loss_plot(plt: Any, metrics: list[dict[str, Any]], path: Path) -> Path:
 
 # ----- HTML -----------------------------------------------------------------------------------
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
-h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;
+padding:0 1em}
+h1{font-size:1.5em;margin-bottom:.2em}
+h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 .meta{color:#555} table{border-collapse:collapse;width:100%;font-size:.9em;margin:.5em 0}
 th,td{border:1px solid #ddd;padding:.35em .5em;vertical-align:top;text-align:left}
 th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
@@ -242,14 +338,15 @@ def _summary_rows(metrics: list[dict[str, Any]]) -> list[tuple[str, str, str, st
     rows = []
     keys = ["reward/mean"] + [f"rewards/{r}/mean" for r in reward_names(metrics)] + sorted(
         {key for m in metrics for key in m if key.startswith("eval/") and "num_prompts" not in key}) + [
-        "completion_length/mean", "kl", "step_time"]
+        "completion_length/mean", "kl", "step_time", "memory/peak_rss_mib", "memory/peak_gpu_reserved_mib"
+    ] + audit_keys(metrics)
     for key in keys:
         ys = _series(metrics, key)[1]
         if not ys:
             continue
         tenth = max(1, len(ys) // 10)
         first, last = ys[:tenth], ys[-tenth:]
-        best = _fnum(max(ys)) if ("reward" in key or key.startswith("eval/")) else "–"
+        best = _fnum(max(ys)) if key.startswith(("reward/", "rewards/", "eval/")) else "–"  # higher is better
         rows.append((key, _fnum(sum(first) / len(first)), _fnum(sum(last) / len(last)), best))
     return rows
 
@@ -266,8 +363,9 @@ def _samples_html(records: list[dict[str, Any]], step: int) -> str:
     for s in samples:
         rewards = s.get("rewards") or {}
         adv = s.get("advantage")
-        cls = "pos" if isinstance(adv, (int, float)) and adv > 0 else "neg" if isinstance(adv, (int, float)) and adv < 0 else ""
-        completion = clean(s.get("completion", "")) + (" [truncated]" if s.get("truncated") else "")
+        number = isinstance(adv, (int, float))
+        cls = "pos" if number and adv > 0 else "neg" if number and adv < 0 else ""
+        completion = clean(s.get("completion", "")) + (f" {HIT_MAX_TOKENS}" if s.get("truncated") else "")
         cells = [f"<td><pre>{html.escape(clean(prompt_question(str(s.get('prompt', '')))))}</pre></td>",
                  f"<td><pre>{html.escape(completion)}</pre></td>",
                  f"<td><pre>{html.escape(clean(s.get('answer', '')))}</pre></td>"]
@@ -286,7 +384,8 @@ def _config_line(config: dict[str, Any]) -> str:
 
     tr = config.get("trainer", {}) if isinstance(config.get("trainer"), dict) else {}
     parts = [f"model <b>{html.escape(name('model'))}</b>", f"task <b>{html.escape(name('task'))}</b>",
-             f"rewards <b>{html.escape(', '.join(config.get('reward') or {}))}</b>", f"loss <b>{html.escape(name('loss'))}</b>"]
+             f"rewards <b>{html.escape(', '.join(config.get('reward') or {}))}</b>",
+             f"loss <b>{html.escape(name('loss'))}</b>"]
     for key, label in (("prompts_per_step", "B"), ("num_generations", "G"), ("lr", "lr"), ("max_steps", "max steps")):
         if key in tr:
             parts.append(f"{label} = {html.escape(str(tr[key]))}")
@@ -297,12 +396,16 @@ def write_html(run_dir: Path, out: Path, metrics: list[dict[str, Any]], plots: d
                records: list[dict[str, Any]], config: dict[str, Any]) -> Path:
     captions = {"reward": "Reward per step: the mean over the step's completions, with a ±1 standard deviation band.",
                 "accuracy": "Held-out accuracy, measured every trainer.eval_steps steps.",
-                "completion_length": "Completion length in tokens; dashed: share of completions cut at max_new_tokens.",
+                "completion_length": ("Completion length in tokens; dashed: share of completions cut at "
+                                      "max_new_tokens."),
                 "kl": "KL divergence of the policy to the reference model (loss.beta > 0).",
                 "clip_ratio": "Share of completion tokens whose probability ratio was clipped.",
                 "loss": "Loss and gradient norm.",
                 "step_time": "Seconds per training step, and the part spent generating completions."}
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>rlvr report: {html.escape(run_dir.name)}</title>"
+    audit_caption = ("Reward-hacking monitor: every audit/… metric the run logged, one panel each (signals such as "
+                     "disagreement between the reward and an independent check, duplicates, format-only gains).")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'>"
+             f"<title>rlvr report: {html.escape(run_dir.name)}</title>"
              f"<style>{CSS}</style></head><body>",
              f"<h1>rlvr run report</h1><p class='meta'>{html.escape(str(run_dir.resolve()))}<br>"
              f"{len(metrics)} steps logged"
@@ -321,8 +424,10 @@ def write_html(run_dir: Path, out: Path, metrics: list[dict[str, Any]], plots: d
     parts.append("<h2>Plots</h2>")
     for name, path in plots.items():
         data = base64.b64encode(path.read_bytes()).decode("ascii")
+        caption = captions.get(name, audit_caption if name.startswith("audit") else name)
         parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
-                     f"<figcaption>{html.escape(captions.get(name, name))}</figcaption></figure>")
+                     f"<figcaption>{html.escape(caption)}"
+                     "</figcaption></figure>")
     steps = sorted({int(r.get("step", 0)) for r in records})
     if steps:
         parts.append("<h2>Sample completions</h2><p class='meta'>From completions.jsonl: the first and the last "
@@ -335,20 +440,30 @@ def write_html(run_dir: Path, out: Path, metrics: list[dict[str, Any]], plots: d
     return path
 
 
+def load_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The step records of ``run_dir/metrics.jsonl``, one per step (the last line of a step wins), by step."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for m in read_records(run_dir / "metrics.jsonl"):
+        if isinstance(m.get("step"), (int, float)) and not isinstance(m.get("step"), bool):
+            by_step[int(m["step"])] = m
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def load_config(run_dir: Path) -> dict[str, Any]:
+    """``run_dir/config.json`` (the composed config the trainer wrote), or {} when absent or unreadable."""
+    try:
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def build_report(run_dir: str | Path, output: Optional[str | Path] = None) -> Path:
     """Write the plots and ``report.html`` for a run directory; returns the HTML path."""
     path = check_run_dir(run_dir)
-    metrics = [m for m in read_records(path / "metrics.jsonl") if "step" in m]
+    metrics = load_metrics(path)
     if not metrics:
-        raise ValueError(f"{path}/metrics.jsonl has no steps yet: nothing to plot")
-    by_step = {int(m["step"]): m for m in metrics}  # one line per step (the last one wins)
-    metrics = [by_step[s] for s in sorted(by_step)]
+        raise DataError(f"{path}/metrics.jsonl has no steps yet: nothing to plot")
     out = Path(output).expanduser() if output else path / "report"
     plots = make_plots(metrics, out)
-    config: dict[str, Any] = {}
-    if (path / "config.json").is_file():
-        try:
-            config = json.loads((path / "config.json").read_text())
-        except json.JSONDecodeError:
-            config = {}
-    return write_html(path, out, metrics, plots, read_records(path / "completions.jsonl"), config)
+    return write_html(path, out, metrics, plots, read_records(path / "completions.jsonl"), load_config(path))

@@ -19,7 +19,7 @@ from typing import Any, Optional, Tuple, Union
 
 import torch
 
-from rlvr.kernels.causal_lm import completion_logprobs, decoder_of, lm_head_params, position_ids_from_mask
+from rlvr.modeling.causal_lm import completion_logprobs, decoder_of, lm_head_params, position_ids_from_mask
 from rlvr.kernels.logprobs import token_logprobs
 
 Tensor = torch.Tensor
@@ -90,11 +90,18 @@ def shared_prompt_logprobs(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, 
 
 
 def grouped_completion_logprobs(model: Any, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
-                                group_size: int = 0, **kwargs: Any) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+                                group_size: int = 0, pack: bool = False,
+                                **kwargs: Any) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """:func:`rlvr.kernels.completion_logprobs` of ``[prompt | completion]`` rows, through
     :func:`shared_prompt_logprobs` when the rows come in groups of ``group_size`` identical prompts
-    (and the model keeps a KV cache in training); the same values either way, up to float rounding."""
+    (and the model keeps a KV cache in training); the same values either way, up to float rounding.
+    ``pack``: skip the padding of completions of different lengths
+    (:func:`rlvr.modeling.packing.packed_completion_logprobs`)."""
     P = int(prompt_length)
+    if pack:
+        from rlvr.modeling.packing import packed_completion_logprobs
+
+        return packed_completion_logprobs(model, input_ids, attention_mask, P, group_size, **kwargs)
     if group_size and shared_prompt_applies(model, input_ids[:, :P], group_size, attention_mask[:, :P]):
         return shared_prompt_logprobs(model, input_ids[:, :P], attention_mask[:, :P], input_ids[:, P:],
                                       attention_mask[:, P:], group_size, **kwargs)

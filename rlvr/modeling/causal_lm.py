@@ -22,7 +22,7 @@ __all__ = ["completion_logprobs", "lm_head_params", "decoder_of", "position_ids_
 Tensor = torch.Tensor
 
 
-def _base_model(model: Any) -> Any:
+def base_model(model: Any) -> Any:
     """The transformers model inside a peft wrapper (LoRA layers stay injected), or the model itself."""
     get_base = getattr(model, "get_base_model", None)
     if callable(get_base) and hasattr(model, "peft_config"):
@@ -32,7 +32,7 @@ def _base_model(model: Any) -> Any:
 
 def decoder_of(model: Any) -> torch.nn.Module:
     """The module that maps input ids to the final (normed) hidden states: ``get_decoder()``."""
-    base = _base_model(model)
+    base = base_model(model)
     get_dec = getattr(base, "get_decoder", None)
     dec = get_dec() if callable(get_dec) else None
     if dec is None or dec is base:
@@ -45,7 +45,7 @@ def decoder_of(model: Any) -> torch.nn.Module:
     return dec
 
 
-def _lora_head_weight(head: Any) -> Optional[Tensor]:
+def lora_head_weight(head: Any) -> Optional[Tensor]:
     """Effective weight of a peft LoRA-wrapped head (base + active deltas), or None if not LoRA."""
     base_layer = getattr(head, "base_layer", None)
     if base_layer is None or not hasattr(head, "get_delta_weight"):
@@ -64,7 +64,7 @@ def lm_head_params(model: Any) -> Tuple[Tensor, Optional[Tensor], Optional[float
 
     ``weight`` is the live parameter (the embedding matrix when tied), so gradients reach it.
     """
-    base = _base_model(model)
+    base = base_model(model)
     head = base.get_output_embeddings()
     if head is None:
         raise TypeError(f"completion_logprobs: {type(base).__name__} has no output embeddings (get_output_embeddings() is None)")
@@ -75,7 +75,7 @@ def lm_head_params(model: Any) -> Tuple[Tensor, Optional[Tensor], Optional[float
         active = active[0] if isinstance(active, (list, tuple)) and active else active
         disabled = getattr(head, "disable_adapters", False)
         head = mts[active] if (not disabled and active in mts) else head.original_module
-    w = _lora_head_weight(head)
+    w = lora_head_weight(head)
     if w is None:
         w = head.weight
     bias = getattr(head, "bias", None)

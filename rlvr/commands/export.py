@@ -19,6 +19,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from rlvr.core.errors import PathNotFoundError, RlvrError
+
 OUTTYPES = ("f16", "q8_0")
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 3, 4, 5
 # llama.cpp pre-tokenizer names (tokenizer.ggml.pre) by a substring of the model's name
@@ -26,7 +28,7 @@ PRE_TOKENIZERS = (("smollm", "smollm"), ("qwen2", "qwen2"), ("qwen3", "qwen2"), 
                   ("llama3", "llama-bpe"))
 
 
-class ExportError(ValueError):
+class ExportError(RlvrError, ValueError):
     """The model or tokenizer cannot be written as GGUF."""
 
 
@@ -36,7 +38,7 @@ def find_model_dir(path: str | Path) -> Path:
 
     p = Path(path).expanduser()
     if not p.is_dir():
-        raise FileNotFoundError(f"{str(p)!r} does not exist; give a run directory (outputs/<date>/<time>) or a "
+        raise PathNotFoundError(f"{str(p)!r} does not exist; give a run directory (outputs/<date>/<time>) or a "
                                 "checkpoint directory")
     if _has_weights(p):
         return p
@@ -45,7 +47,7 @@ def find_model_dir(path: str | Path) -> Path:
     latest = latest_checkpoint(p)
     if latest is not None:
         return latest
-    raise FileNotFoundError(f"{str(p)!r} holds no model: expected model*.safetensors or adapter_model.safetensors "
+    raise PathNotFoundError(f"{str(p)!r} holds no model: expected model*.safetensors or adapter_model.safetensors "
                             "in it, in its final/ directory, or in a complete checkpoint under checkpoints/")
 
 
