@@ -91,7 +91,8 @@ def concat_rollouts(parts: Sequence[Rollouts], pad_id: int) -> Rollouts:
                     completion_ids=torch.cat([_right_pad(p.completion_ids, T, pad_id) for p in parts]),
                     completion_mask=torch.cat([_right_pad(p.completion_mask, T, 0) for p in parts]),
                     truncated=torch.cat([p.truncated for p in parts]), group=torch.cat(groups), sampling_logps=logps,
-                    prompts=[s for p in parts for s in p.prompts], completions=[s for p in parts for s in p.completions],
+                    prompts=[s for p in parts for s in p.prompts],
+                    completions=[s for p in parts for s in p.completions],
                     rows=[r for p in parts for r in p.rows])
 
 
@@ -253,7 +254,8 @@ def _merge(parts: list[StepBatch], flags: list[torch.Tensor], rounds: int, *, ba
     all_total = torch.cat([p.total for p in parts])
     out.metrics.update({
         "dynamic/groups_filtered": float(len(order) - int(info.sum())), "dynamic/refill_rounds": float(rounds),
-        "dynamic/prompts_consumed": float(consumed), "dynamic/prompts_consumed_total": float(state.prompts_consumed_total),
+        "dynamic/prompts_consumed": float(consumed),
+        "dynamic/prompts_consumed_total": float(state.prompts_consumed_total),
         "dynamic/groups_trained": float(len(keep) if trainable else 0), "dynamic/short_groups": float(short),
         "dynamic/update_skipped": float(not trainable), "dynamic/reward_all_mean": float(all_total.mean())})
     if short and trainable and rounds and not state.warned_short and dist.is_main:
