@@ -85,6 +85,20 @@ def test_two_processes_ddp_equal_one_process(ddp_reference, tmp_path):
     assert (run_dir / "checkpoints" / "checkpoint-3" / "COMPLETE").is_file()
 
 
+def test_two_processes_with_dynamic_sampling_and_curriculum_equal_one_process(tmp_path):
+    """trainer.dynamic_sampling=refill: the filtering decision is taken on the whole batch's rewards and the kept
+    groups are re-split over the ranks, so 2 processes keep, refill and train exactly what 1 process does."""
+    common = [*BASE, "trainer.dynamic_sampling=refill", "trainer.curriculum=true"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc = run_cli("train", *common, f"hydra.run.dir={one}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = torchrun(2, *common, f"hydra.run.dir={two}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert_same_run(one, two)
+    m1 = outputs(one)[0]
+    assert sum(m["dynamic/refill_rounds"] for m in m1) >= 1 and all(m["dynamic/groups_trained"] == 4 for m in m1)
+
+
 @pytest.mark.slow
 def test_two_processes_fsdp2_equal_one_process_and_resume(tmp_path):
     common = [*BASE, "loss=dapo", "trainer.save_steps=2"]

@@ -191,3 +191,27 @@ def test_jsonl_logger_truncates_after_the_checkpoint_and_drops_a_torn_line(tmp_p
     assert (tmp_path / "completions.jsonl").read_text() == "\n".join(lines[:2]) + "\n"
     logger.on_step_end(3, {"reward/mean": 1.0}, [{"prompt": "p", "completion": "c"}])
     assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_dynamic_sampling_and_curriculum_resume_is_bit_identical(tmp_path):
+    """trainer.dynamic_sampling=refill + trainer.curriculum=true: the sampler's streaks and draw counter and the
+    prompts-consumed counter travel with the checkpoint; a resumed run equals the uninterrupted one."""
+    import rlvr
+
+    run = [*TINY, "trainer.prompts_per_step=4", "trainer.max_steps=4", "trainer.save_steps=2", "trainer.lr=1e-3",
+           "loss.beta=0.04", "trainer.dynamic_sampling=refill", "trainer.curriculum=true",
+           "reward=[rubric]", "reward.rubric.criteria=[{kind:length,max_chars:3,weight:1.0,fail:0.0,penalty_per_unit:0.1}]"]
+    rlvr.Trainer(rlvr.compose(run), run_dir=tmp_path / "a").train()
+    want = metric_rows(tmp_path / "a")
+    assert sum(m["dynamic/refill_rounds"] for m in want) >= 1  # the refill path ran
+    assert sum(m["dynamic/groups_filtered"] for m in want[2:]) >= 1  # ... and the curriculum had outcomes to use
+    state = torch.load(tmp_path / "a" / "checkpoints" / "checkpoint-2" / "trainer_state.pt", weights_only=False)
+    assert state["sampler"]["kind"] == "curriculum" and state["sampler"]["streak"]
+    assert state["sampling"]["prompts_consumed_total"] == want[1]["dynamic/prompts_consumed_total"]
+    resumed = rlvr.Trainer(rlvr.compose([*run, f"trainer.resume={tmp_path / 'a' / 'checkpoints' / 'checkpoint-2'}"]),
+                           run_dir=tmp_path / "b")
+    resumed.train()
+    assert metric_rows(tmp_path / "b") == want[2:]
+    logged = [(tmp_path / d / "completions.jsonl").read_text().splitlines() for d in ("a", "b")]
+    assert logged[1] and logged[1] == [line for line in logged[0] if json.loads(line)["step"] > 2]
+    assert_same_weights(tmp_path / "b" / "final", tmp_path / "a" / "final")

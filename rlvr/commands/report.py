@@ -267,7 +267,8 @@ def make_plots(metrics: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     for j in range(len(panels), rows * cols):
         axes[j // cols][j % cols].axis("off")
     plots["reward"] = _save(fig, out / "reward.png")
-    acc_keys = sorted({k for m in metrics for k in m if k.startswith("eval/") and ("accuracy" in k or "pass@" in k)})
+    acc_keys = sorted({k for m in metrics for k in m if k.startswith("eval/") and ("accuracy" in k or "pass@" in k)
+                       and "_ci_" not in k})
     made = _lines_plot(plt, metrics, [(k, k[len("eval/"):].replace("_", " ")) for k in acc_keys],
                        "held-out accuracy", "accuracy (%)", out / "accuracy.png", percent=True, full_scale=True)
     if made:

@@ -166,7 +166,7 @@ def resolve_resume(resume: str) -> Path:
 
 
 RESUMABLE = ("trainer.max_steps", "trainer.save_steps", "trainer.keep_checkpoints", "trainer.resume",
-             "trainer.log_steps", "trainer.eval_steps", "trainer.eval_samples", "trainer.log_completions",
+             "trainer.log_steps", "trainer.eval_steps", "trainer.eval_samples", "trainer.eval_num_samples", "trainer.log_completions",
              "trainer.progress", "trainer.output_dir", "trainer.threads", "trainer.max_bad_steps",
              "trainer.gradient_checkpointing", "trainer.offload_activations", "trainer.save_merged",
              "trainer.distributed", "trainer.dist_backend", "trainer.pack_completions", "engine.compact_finished",

@@ -46,6 +46,7 @@ class TrainerConfig:
     log_steps: int = 10
     eval_steps: int = 10  # held-out greedy accuracy every N steps and at the end (0 = never)
     eval_samples: int = 0  # held-out prompts per evaluation (0 = all)
+    eval_num_samples: int = 1  # sampled completions per held-out prompt for sampled pass@1 (0 = greedy only)
     logprob_chunk_tokens: int = 1024
     pack_completions: bool = True  # update: rows bucketed by length, no forward/backward on padding (rlvr/modeling/packing.py)
     gradient_checkpointing: bool = False
@@ -58,6 +59,11 @@ class TrainerConfig:
     save_merged: bool = False  # LoRA: also write final/merged/, the adapter merged into the base weights
     distributed: str = "ddp"  # under torchrun: ddp (replicate the model) | fsdp (FSDP2: shard params, grads, optimizer)
     dist_backend: str = "auto"  # auto (nccl with CUDA, else gloo) | gloo | nccl
+    dynamic_sampling: str = "off"  # off | refill (drop all-agree groups, refill to B informative) | skip (drop only)
+    dynamic_max_rounds: int = 4  # refill: at most this many refill rounds per step
+    curriculum: bool = False  # sample prompts whose recent groups all agreed less (rlvr/core/sampling.py)
+    curriculum_decay: float = 0.25  # weight = max(curriculum_min_weight, curriculum_decay ** streak)
+    curriculum_min_weight: float = 0.05
     # reward-hacking monitor (rlvr/core/monitor.py, docs/reward-hacking.md): audit/... metrics every step
     audit: bool = True
     audit_verifiers: Optional[List[str]] = None  # independent checks; None = math_answer when the task has answers

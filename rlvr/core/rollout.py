@@ -65,6 +65,8 @@ class StepBatch:
     num_sequences: int = 0  # reference: completions in the whole batch (loss normaliser)
     num_tokens: int = 0  # reference: the loss's active tokens in the whole batch (loss normaliser)
     metrics: dict[str, float] = field(default_factory=dict)  # any phase: extra metrics for this step
+    prompt_index: list[int] = field(default_factory=list)  # rollout: the task's row index of each group, whole batch
+    trainable: bool = True  # dynamic sampling: False when no group is informative (the update is skipped)
 
     @property
     def has_scores(self) -> bool:

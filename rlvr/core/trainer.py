@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 
 from rlvr.core import checkpoint as ckpt_io
-from rlvr.core import distributed, registry, resources
+from rlvr.core import distributed, registry, resources, sampling
 from rlvr.core.advantages import zero_std_fraction
 from rlvr.core.callbacks import logger_manager
 from rlvr.core.config import TrainerConfig, plugin_name, plugin_params, trainer_config
@@ -134,7 +134,9 @@ def validate_trainer(tc: TrainerConfig) -> None:
         (tc.warmup_steps >= 0, f"trainer.warmup_steps must be >= 0, got {tc.warmup_steps}"),
         (tc.distributed in distributed.STRATEGIES, f"trainer.distributed={tc.distributed!r}: choose ddp or fsdp"),
         (tc.dist_backend in distributed.BACKENDS, f"trainer.dist_backend={tc.dist_backend!r}: choose auto, gloo or nccl"),
+        (tc.eval_num_samples >= 0, f"trainer.eval_num_samples must be >= 0, got {tc.eval_num_samples}"),
     ]
+    sampling.validate(tc.dynamic_sampling, tc.dynamic_max_rounds)
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
@@ -215,7 +217,10 @@ class Trainer:
             self.policy.model.to(self.dist.device)  # the GPU (cuda:LOCAL_RANK under torchrun); device_map'd models stay
         self.temperature = float(self.engine.cfg.temperature)
         self.step = 0
-        self.sampler = RowSampler(len(self.task.train_rows), self.tc.seed)
+        self.sampler = sampling.make_sampler(len(self.task.train_rows), self.tc.seed, self.tc.curriculum,
+                                             self.tc.curriculum_decay, self.tc.curriculum_min_weight,
+                                             default=RowSampler(len(self.task.train_rows), self.tc.seed))
+        self.sampling_state = sampling.SamplingState()  # dynamic sampling's counters (checkpointed)
         if self.tc.prompts_per_step > len(self.task.train_rows) and self.dist.is_main:
             warnings.warn(f"trainer.prompts_per_step={self.tc.prompts_per_step} is larger than the task's "
                           f"{len(self.task.train_rows)} training rows: a step holds the same prompt more than once "
@@ -243,6 +248,9 @@ class Trainer:
         if tc.distributed == "fsdp" and tc.prompts_per_step % world:
             raise ConfigError(f"trainer.distributed=fsdp needs trainer.prompts_per_step ({tc.prompts_per_step}) to be a "
                               f"multiple of the {world} processes (every rank must run the same number of passes)")
+        if tc.distributed == "fsdp" and tc.dynamic_sampling != "off":
+            raise ConfigError("trainer.dynamic_sampling with trainer.distributed=fsdp is not supported (a step's "
+                              "informative groups need not split evenly over the ranks): use trainer.distributed=ddp")
         if tc.distributed == "fsdp" and tc.save_merged:
             raise ConfigError("trainer.save_merged=true is not supported with trainer.distributed=fsdp: merge the saved "
                               "adapter afterwards (rlvr.core.policy.save_policy(policy, path, merged=True))")
@@ -292,40 +300,43 @@ class Trainer:
             enable_gradient_checkpointing(self.policy.model)
 
     # ----- one step: rollout → score → advantages → reference / old log-probs → optimise → metrics ------
-    def group_seeds(self, step: int, num_groups: int) -> list[int]:
-        """Sampling seed of each group: a function of (seed, step, group index) only."""
-        return [(self.tc.seed * 1_000_003 + step * 10_007 + g) % (2**63) for g in range(num_groups)]
+    def group_seeds(self, step: int, num_groups: int, first: int = 0) -> list[int]:
+        """Sampling seed of each group: a function of (seed, step, group index within the step) only."""
+        return [(self.tc.seed * 1_000_003 + step * 10_007 + g) % (2**63) for g in range(first, first + num_groups)]
 
     def train_step(self) -> dict[str, Optional[float]]:
         """One GRPO step; each phase takes the step's batch and fills in its part."""
         batch = self.rollout(self.step + 1)
         self.score(batch)
-        if batch.has_scores:
+        batch = self.select_groups(batch)  # dynamic sampling (refill / skip); the batch as it is when off
+        if batch.has_scores and batch.trainable:
             self.compute_advantages(batch)
             self.reference_logprobs(batch)
             update = self.optimise(batch)
+        elif batch.has_scores:  # dynamic sampling: no group with a learning signal, no forward/backward
+            batch.advantages, update = torch.zeros(batch.rollouts.num), Update(skipped=True)
         else:  # every reward returned None for every completion: nothing to learn from
             update = self.skip_unscored(batch)
         self.step = batch.step
         return self.step_metrics(batch, update)
 
-    def rollout(self, step: int) -> StepBatch:
-        """Phase 1: B prompts → G completions each (this rank's groups). Dynamic sampling and multi-turn
-        environments change this phase only."""
+    def rollout(self, step: int, num_prompts: int = 0, first_group: int = 0) -> StepBatch:
+        """Phase 1: B prompts (or ``num_prompts``: a dynamic-sampling refill whose groups are numbered from
+        ``first_group`` within the step) → G completions each (this rank's groups)."""
         t0 = time.perf_counter()
         self.policy.model.eval()
-        idx = self.sampler.take(self.tc.prompts_per_step)  # the same B prompts on every rank
+        idx = self.sampler.take(num_prompts or self.tc.prompts_per_step)  # the same prompts on every rank
         mine = self.dist.groups(len(idx))  # DISTRIBUTED: this rank's groups (all of them in one process)
         rows = [self.task.train_rows[i] for i in idx[mine]]
         prompts = [self.task.render(r, self.policy.tokenizer) for r in rows]
-        seeds = self.group_seeds(step, len(idx))[mine]  # seeded by the global group index
+        seeds = self.group_seeds(step, len(idx), first_group)[mine]  # seeded by the group index within the step
         with distributed.unsharded(self.parallel):
             rollouts = self.engine.generate(self.policy, prompts, self.tc.num_generations, seeds)
         if hasattr(self.engine, "release"):  # engine=vllm: sleep mode hands its GPU memory to the rest of the step
             self.engine.release(self.policy)
         rollouts.rows = [r for r in rows for _ in range(self.tc.num_generations)]
         return StepBatch(step=step, rollouts=rollouts, groups=mine, started=t0,
-                         generation_time=time.perf_counter() - t0)
+                         generation_time=time.perf_counter() - t0, prompt_index=list(idx))
 
     def score(self, batch: StepBatch) -> None:
         """Phase 2: every reward on this rank's completions, then the whole batch's table on every rank."""
@@ -341,6 +352,21 @@ class Trainer:
         batch.generation_time = max(p["generation_time"] for p in parts)
         batch.total = weighted_total(batch.rewards, [r.weight for r in self.rewards])
         batch.scored = (~torch.isnan(batch.rewards)).any(dim=1)
+
+    def select_groups(self, batch: StepBatch) -> StepBatch:
+        """Phase 2b: dynamic sampling keeps the informative groups and refills the step with fresh prompts
+        (rlvr/core/sampling.py); the curriculum hears each group's outcome. The batch as it is when off."""
+        def more(k: int, first_group: int) -> StepBatch:
+            part = self.rollout(batch.step, k, first_group)
+            self.score(part)
+            return part
+
+        pad_id = self.policy.tokenizer.pad_token_id
+        tc = self.tc
+        return sampling.select_groups(batch, more, mode=tc.dynamic_sampling, max_rounds=tc.dynamic_max_rounds,
+                                      batch_size=tc.prompts_per_step, group_size=tc.num_generations, dist=self.dist,
+                                      pad_id=0 if pad_id is None else int(pad_id), state=self.sampling_state,
+                                      sampler=self.sampler)
 
     def compute_advantages(self, batch: StepBatch) -> None:
         """Phase 3: the advantage estimator on the whole batch; this rank keeps its groups' share."""
@@ -459,6 +485,7 @@ class Trainer:
             metrics[f"rewards/{r.name}/mean"] = float(ok.mean()) if ok.numel() else None  # None: nothing scored
             metrics[f"rewards/{r.name}/std"] = float(ok.std()) if ok.numel() > 1 else (0.0 if ok.numel() else None)
         metrics.update(sums)
+        metrics.update(batch.metrics)
         ro = batch.rollouts  # the reward-hacking monitor (audit/...): every rank's share gathered, rank 0 warns
         metrics.update(self.monitor(batch.step, ro.completions, batch.local_rewards, self.rewards, ro.rows, ro.prompts,
                                     gather=self.dist.gather, warn=self.dist.is_main))
@@ -499,7 +526,8 @@ class Trainer:
     # ----- state --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "sampler": self.sampler.state_dict(), "bad_steps_in_row": self.bad_steps_in_row,
+                "sampler": self.sampler.state_dict(), "sampling": self.sampling_state.state_dict(),
+                "bad_steps_in_row": self.bad_steps_in_row,
                 "skipped_steps": self.skipped_steps, "config": _to_dict(self.cfg)}
 
     def save(self) -> Path:
@@ -542,6 +570,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
+        self.sampling_state.load_state_dict(state.get("sampling", {}))
         self.bad_steps_in_row, self.skipped_steps = state["bad_steps_in_row"], state["skipped_steps"]
         ckpt_io.set_rng_state(state["rng"])
         self.step = int(state["step"])
@@ -631,7 +660,8 @@ class Trainer:
         was = self.policy.model.training
         self.policy.model.eval()
         with distributed.unsharded(self.parallel):  # every rank evaluates the same rows
-            out = evaluate(self.policy, self.task, self.engine, num_samples=num_samples, limit=limit, seed=self.tc.seed)
+            out = evaluate(self.policy, self.task, self.engine, num_samples=num_samples or self.tc.eval_num_samples,
+                           limit=limit, seed=self.tc.seed)
         if was:
             self.policy.model.train()
         return out

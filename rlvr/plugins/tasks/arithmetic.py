@@ -1,7 +1,9 @@
 """``task=arithmetic`` (the default): seeded synthetic "What is a + b?" questions, no download.
 
 All (a, op, b) combinations within the difficulty are enumerated, shuffled with the seed and
-split, so the held-out questions never appear in training. When the space is very large, a
+split, so the held-out questions never appear in training. A held-out split smaller than
+``min_eval_rows`` (default 120) is topped up with questions that have an operand above
+``max_operand`` (up to ``eval_extra_max_operand``, default 19). When the space is very large, a
 seeded sample of it is used instead.
 """
 from __future__ import annotations
@@ -26,6 +28,8 @@ class ArithmeticConfig(TaskConfig):
     max_operand: int = 9  # difficulty: 9 = single-digit operands
     operations: List[str] = field(default_factory=lambda: ["+"])
     eval_fraction: float = 0.2
+    min_eval_rows: int = 120  # a held-out split smaller than this is topped up with wider-operand questions
+    eval_extra_max_operand: int = 19  # ... whose operands go up to this (at least one above max_operand)
     max_rows: int = 20000
     seed: int = 1234
     correct: str = "numeric"  # held-out accuracy: the final number equals the answer
@@ -53,7 +57,19 @@ def make_rows(cfg: ArithmeticConfig) -> tuple[list[dict], list[dict]]:
         rng.shuffle(triples)
     rows = [{"question": f"{a} {op} {b}", "answer": str(OPS[op](a, b))} for a, op, b in triples]
     n_eval = max(1, round(len(rows) * cfg.eval_fraction))
-    return rows[n_eval:], rows[:n_eval]
+    return rows[n_eval:], rows[:n_eval] + extra_eval_rows(cfg, cfg.min_eval_rows - n_eval)
+
+
+def extra_eval_rows(cfg: ArithmeticConfig, k: int) -> list[dict]:
+    """Up to ``k`` held-out questions with operands in [min_operand, eval_extra_max_operand] and at least one
+    above max_operand (so none is a training question), a seeded sample in a seeded order."""
+    if k <= 0 or cfg.eval_extra_max_operand <= cfg.max_operand:
+        return []
+    wide = range(cfg.min_operand, cfg.eval_extra_max_operand + 1)
+    triples = [(a, op, b) for a, op, b in itertools.product(wide, cfg.operations, wide)
+               if max(a, b) > cfg.max_operand]
+    random.Random(cfg.seed + 1).shuffle(triples)
+    return [{"question": f"{a} {op} {b}", "answer": str(OPS[op](a, b))} for a, op, b in triples[:k]]
 
 
 def make_arithmetic(cfg: ArithmeticConfig) -> Task:
