@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 
 from rlvr.core import checkpoint as ckpt_io
-from rlvr.core import distributed, registry
+from rlvr.core import distributed, episodes, registry
 from rlvr.core.advantages import zero_std_fraction
 from rlvr.core.callbacks import logger_manager
 from rlvr.core.config import TrainerConfig, plugin_params, trainer_config
@@ -194,6 +194,7 @@ class Trainer:
         self.advantage: AdvantageEstimator = self._build_advantage(cfg)
         engine_name, engine_params = _select(cfg, "engine")
         self.engine: Engine = registry.create("engine", engine_name, **engine_params)
+        self.env = episodes.build_env(cfg, self.engine)  # env=<name>: multi-turn episodes; None: single-turn
         loggers = [(n, registry.create("logger", n, **plugin_params(p))) for n, p in (cfg.get("logger") or {}).items()]
         self.loggers = [lg for _, lg in loggers] if self.dist.is_main else []  # rank 0 writes the logs
         self.callbacks = logger_manager(loggers if self.dist.is_main else []).hook
@@ -312,10 +313,13 @@ class Trainer:
         idx = self.sampler.take(self.tc.prompts_per_step)  # the same B prompts on every rank
         mine = self.dist.groups(len(idx))  # DISTRIBUTED: this rank's groups (all of them in one process)
         rows = [self.task.train_rows[i] for i in idx[mine]]
-        prompts = [self.task.render(r, self.policy.tokenizer) for r in rows]
         seeds = self.group_seeds(step, len(idx))[mine]  # seeded by the global group index
         with distributed.unsharded(self.parallel):
-            rollouts = self.engine.generate(self.policy, prompts, self.tc.num_generations, seeds)
+            if self.env is not None:  # multi-turn episodes (rlvr/core/episodes.py)
+                rollouts = self.engine.generate_episodes(self.policy, self.env, rows, self.tc.num_generations, seeds)
+            else:
+                prompts = [self.task.render(r, self.policy.tokenizer) for r in rows]
+                rollouts = self.engine.generate(self.policy, prompts, self.tc.num_generations, seeds)
         if hasattr(self.engine, "release"):  # engine=vllm: sleep mode hands its GPU memory to the rest of the step
             self.engine.release(self.policy)
         rollouts.rows = [r for r in rows for _ in range(self.tc.num_generations)]
@@ -461,7 +465,8 @@ class Trainer:
 
     def logprobs(self, model: Any, ro: Rollouts, sl: slice, with_entropy: bool = False) -> Any:
         ids = torch.cat([ro.prompt_ids[sl], ro.completion_ids[sl]], dim=1).to(self.policy.device)
-        attn = torch.cat([ro.prompt_mask[sl], ro.completion_mask[sl]], dim=1).to(self.policy.device)
+        comp_attn = ro.completion_mask if ro.attention_mask is None else ro.attention_mask  # env tokens: attended
+        attn = torch.cat([ro.prompt_mask[sl], comp_attn[sl]], dim=1).to(self.policy.device)
         ctx = offload_activations(self.policy.model, enabled=self.tc.offload_activations and torch.is_grad_enabled())
         kw = {"temperature": self.temperature, "chunk_tokens": self.tc.logprob_chunk_tokens, "return_entropy": with_entropy}
         with ctx:
@@ -483,6 +488,8 @@ class Trainer:
                         "rewards": {r.name: (None if math.isnan(float(table[i, j])) else float(table[i, j]))
                                     for j, r in enumerate(self.rewards)},
                         "advantage": float(adv[i]), "truncated": bool(ro.truncated[i])})
+            if ro.episodes:  # multi-turn: the whole trajectory (messages, tool calls and results, stop reason)
+                out[-1]["episode"] = ro.episodes[i]
         return out
 
     # ----- state --------------------------------------------------------------------------
@@ -619,7 +626,12 @@ class Trainer:
         was = self.policy.model.training
         self.policy.model.eval()
         with distributed.unsharded(self.parallel):  # every rank evaluates the same rows
-            out = evaluate(self.policy, self.task, self.engine, num_samples=num_samples, limit=limit, seed=self.tc.seed)
+            if self.env is not None:
+                out = episodes.evaluate_env(self.policy, self.task, self.env, self.engine, limit=limit,
+                                            seed=self.tc.seed)
+            else:
+                out = evaluate(self.policy, self.task, self.engine, num_samples=num_samples, limit=limit,
+                               seed=self.tc.seed)
         if was:
             self.policy.model.train()
         return out
