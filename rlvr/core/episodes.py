@@ -297,7 +297,7 @@ def run_episodes(policy: Policy, env: Any, rows: Sequence[dict[str, Any]], num_g
             while active:
                 t1 = time.perf_counter()
                 ended = _decode_turn(sess, episodes, active, gens, sample, greedy, eos_t, pad_id, max_new_tokens,
-                                     max_tokens)
+                                     max_tokens, lambda t: tok.decode(t, skip_special_tokens=False))
                 stats.generation += time.perf_counter() - t1
                 t1 = time.perf_counter()
                 chunks = _env_turn(episodes, ended, env, tok, schemas, end_strings, fmt, max_turns, max_tokens)
@@ -319,7 +319,7 @@ def run_episodes(policy: Policy, env: Any, rows: Sequence[dict[str, Any]], num_g
 
 def _decode_turn(sess: KVSession, episodes: list[Episode], active: list[int], gens: Sequence[torch.Generator],
                  sample: Sampler, greedy: bool, eos: torch.Tensor, pad_id: int, max_new_tokens: int,
-                 max_tokens: int) -> list[int]:
+                 max_tokens: int, sess_decode: Callable[[list[int]], str]) -> list[int]:
     """Sample one assistant turn for every active episode (rows of ``sess`` = ``active``, in order). Returns the
     episodes whose turn ended with an end-of-turn token; the others are stopped (truncated) here."""
     n = len(active)
@@ -361,6 +361,9 @@ def _decode_turn(sess: KVSession, episodes: list[Episode], active: list[int], ge
         else:  # no end of turn: the per-turn or the episode token limit cut it
             ep.stop = "max_new_tokens" if budget[i] >= max_new_tokens else "max_tokens"
             ep.truncated = True
+            if count[i] > 0:  # kept for logs and reports; rewards see stop != env_done
+                text = sess_decode(ep.tokens[len(ep.tokens) - count[i]:])
+                ep.messages.append({"role": "assistant", "content": text, "truncated": True})
     return out
 
 
@@ -494,3 +497,38 @@ def evaluate_env(policy: Policy, task: Any, env: Any, engine: Any, limit: int = 
     out["eval/greedy_accuracy"] = out.get("eval/accuracy", 0.0)
     out["eval/num_prompts"] = float(len(rows))
     return out
+
+
+class ScriptedSampler:
+    """A sampler that writes given assistant turns instead of sampling: for demonstrations (SFT priming on
+    exactly the tokens an episode would hold) and tests. Episode e's turns are ``turns[e]``, each followed by the
+    end-of-turn token ``end_id``; after its script an episode writes ``end_id``.
+
+    Use with ``seeds = range(B)`` in :func:`run_episodes` (then episode b·G + j draws from seed b·1000 + j).
+    Log-probs returned are the model's, so the Rollouts' ``sampling_logps`` are real."""
+
+    def __init__(self, tokenizer: Any, turns: Sequence[Sequence[str]], num_generations: int, end_id: int) -> None:
+        self.queues = [[t for turn in ep for t in tokenizer(turn, add_special_tokens=False)["input_ids"] + [end_id]]
+                       for ep in turns]
+        self.G, self.end_id = num_generations, end_id
+
+    def __call__(self, logits: torch.Tensor, gens: Sequence[torch.Generator], greedy: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = []
+        for g in gens:
+            s = g.initial_seed()
+            q = self.queues[(s // 1000) * self.G + s % 1000]
+            out.append(q.pop(0) if q else self.end_id)
+        tokens = torch.tensor(out, device=logits.device)
+        return tokens, logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def demonstrations(policy: Policy, env: Any, rows: Sequence[dict[str, Any]], turns: Sequence[Sequence[str]],
+                   max_new_tokens: int = 256, max_prompt_length: int = 4096) -> Rollouts:
+    """Episodes in which the assistant says ``turns[i]`` for ``rows[i]`` (the env answering for real): the exact
+    tokens and masks an episode holds, for SFT priming (loss on ``completion_mask`` tokens)."""
+    end = eos_token_ids(policy)
+    tok = policy.tokenizer
+    end_id = tok.eos_token_id if tok.eos_token_id in end else end[0]
+    script = ScriptedSampler(tok, turns, 1, end_id)
+    return run_episodes(policy, env, rows, 1, list(range(len(rows))), script, max_new_tokens, max_prompt_length)

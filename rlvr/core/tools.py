@@ -64,13 +64,23 @@ def tool_schema(fn: Callable[..., Any]) -> dict[str, Any]:
                          "type hint on every argument and a Google-style docstring with an Args: section") from exc
 
 
+def example_call(fn: Callable[..., Any]) -> str:
+    """A call of ``fn`` in the rlvr format, from ``fn.example`` (a dict of arguments) when it has one, else with
+    placeholder values from its schema."""
+    schema = tool_schema(fn)["function"]
+    args = getattr(fn, "example", None)
+    if not isinstance(args, dict):
+        args = {k: f"<{k}>" for k in schema.get("parameters", {}).get("properties", {})}
+    return "<tool_call>" + json.dumps({"name": schema["name"], "arguments": args}) + "</tool_call>"
+
+
 def rlvr_tool_prompt(tools: Sequence[Callable[..., Any]]) -> str:
-    """The system-prompt text that describes ``tools`` in rlvr's tagged-JSON format (templates without tools)."""
+    """The system-prompt text that describes ``tools`` in rlvr's tagged-JSON format (templates without tools):
+    one line of JSON schema per tool and an example call of the first."""
     specs = "\n".join(json.dumps(tool_schema(t)["function"]) for t in tools)
-    return ("You can call tools. To call one, answer with exactly\n"
-            '<tool_call>{"name": "<tool name>", "arguments": {<arguments as JSON>}}</tool_call>\n'
-            "and nothing else; the result comes back in the next message. When you know the answer, "
-            "give it without a tool call.\nTools:\n" + specs)
+    return ("You have tools. To call a tool, reply with only a tool call, for example:\n" + example_call(tools[0])
+            + "\nThe result comes back in the next message. Then reply with the final answer, without a tool "
+            "call.\nTools:\n" + specs)
 
 
 def detect_format(chat_template: Optional[str]) -> str:

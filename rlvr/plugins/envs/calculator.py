@@ -65,6 +65,9 @@ def calculator(expression: str) -> str:
     return str(value)
 
 
+calculator.example = {"expression": "12 * 34"}  # type: ignore[attr-defined]  # shown in the rlvr tool prompt
+
+
 @dataclass
 class CalculatorEnvConfig(EnvConfig):
     max_turns: int = 3
