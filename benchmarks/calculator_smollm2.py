@@ -62,23 +62,26 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="/tmp/calc_run")
     ap.add_argument("--eval", type=int, default=100)
-    ap.add_argument("--demos", type=int, default=32)
+    ap.add_argument("--demos", type=int, default=24)
     ap.add_argument("--sft-epochs", type=int, default=2)
     ap.add_argument("--sft-lr", type=float, default=3e-5)
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--lr", type=float, default=5e-6)
+    ap.add_argument("--max-new", type=int, default=32, help="tokens per assistant turn")
+    ap.add_argument("--prompts-per-step", type=int, default=2)
+    ap.add_argument("--generations", type=int, default=4)
     args = ap.parse_args()
     t0 = time.perf_counter()
     overrides = ["model=smollm2", "env=calculator", "task=multiply3", "reward=[calculator_correct,tool_use]",
-                 "engine.max_new_tokens=40", "engine.max_prompt_length=1024", f"trainer.max_steps={args.steps}",
-                 "trainer.prompts_per_step=4", "trainer.num_generations=6", f"trainer.lr={args.lr}",
+                 f"engine.max_new_tokens={args.max_new}", "engine.max_prompt_length=1024", f"trainer.max_steps={args.steps}",
+                 f"trainer.prompts_per_step={args.prompts_per_step}", f"trainer.num_generations={args.generations}", f"trainer.lr={args.lr}",
                  "trainer.warmup_steps=0", "trainer.eval_steps=0", "trainer.progress=false", "trainer.resume=none",
                  "logger=[jsonl]", "env.max_turns=3", "env.max_tokens=120"]
     cfg = rlvr.compose(overrides)
     policy = rlvr.create("model", "smollm2")
     env = rlvr.create("env", "calculator", max_turns=3, max_tokens=120)
     task = rlvr.create("task", "multiply3")
-    engine = rlvr.create("engine", "hf", max_new_tokens=40, max_prompt_length=1024)
+    engine = rlvr.create("engine", "hf", max_new_tokens=args.max_new, max_prompt_length=1024)
     rows = task.eval_rows[:args.eval]
     results = {}
 
