@@ -211,3 +211,68 @@ def test_unknown_env_fails_before_the_model_loads():
         rlvr.create("env", "calculater")
     with pytest.raises(ValueError, match="max_turns"):
         rlvr.create("env", "calculator", max_turns=0)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_killed_mid_episode_is_bit_identical(tmp_path):
+    """A run that dies inside an episode (the env raises on its N-th step, during training step 3) and resumes
+    from its step-2 checkpoint ends with exactly the weights and metrics of an uninterrupted run."""
+    from dataclasses import dataclass
+
+    from rlvr.plugins.envs.guess import GuessEnv, GuessEnvConfig
+
+    calls = {"n": 0, "die_at": 0}
+
+    @dataclass
+    class CrashConfig(GuessEnvConfig):
+        pass
+
+    class CrashEnv(GuessEnv):
+        def step(self, state, message):
+            calls["n"] += 1
+            if calls["die_at"] and calls["n"] == calls["die_at"]:
+                raise Killed
+            return super().step(state, message)
+
+    rlvr.add_plugin("env", rlvr.PluginSpec("crash_guess", CrashEnv, CrashConfig))
+    over = ["model=tiny", "env=crash_guess", "env.max_turns=3", "task=guess", "reward=[guess_valid,guess_solved]",
+            "trainer.max_steps=4", "trainer.save_steps=2", "trainer.prompts_per_step=2", "trainer.num_generations=2",
+            "trainer.lr=1e-3", "engine.max_new_tokens=6", "trainer.eval_steps=0", "trainer.progress=false",
+            "logger=[jsonl]"]
+
+    def trainer(d):
+        t = rlvr.Trainer(rlvr.compose(over), run_dir=d)
+        orig, eos = t.engine.sample, t.policy.tokenizer.eos_token_id
+
+        def eos_often(logits, gens, greedy):  # the random tiny model rarely ends a turn: end 30 % of tokens,
+            tok, lp = orig(logits, gens, greedy)  # drawn from each episode's own generator (deterministic)
+            flip = torch.tensor([float(torch.rand(1, generator=g)) < 0.3 for g in gens])
+            return torch.where(flip, torch.full_like(tok, eos), tok), lp
+
+        t.engine.sample = eos_often
+        return t
+
+    trainer(tmp_path / "a").train()
+    per_step = calls["n"] / 4
+    assert per_step >= 4
+    calls["n"], calls["die_at"] = 0, int(per_step * 2.5)  # inside step 3 (a step's env calls vary a little)
+    with pytest.raises(Killed):
+        trainer(tmp_path / "b").train()
+    assert (tmp_path / "b" / "checkpoints" / "checkpoint-2").is_dir()
+    assert not (tmp_path / "b" / "checkpoints" / "checkpoint-4").is_dir()
+    calls["die_at"] = 0
+    trainer(tmp_path / "b").train()
+    from tests.test_resume import assert_same_weights
+
+    assert_same_weights(tmp_path / "a" / "final", tmp_path / "b" / "final")
+
+    def rows(d):
+        keep = lambda k: "time" not in k and not k.endswith("per_s")  # noqa: E731
+        return [{k: v for k, v in json.loads(x).items() if keep(k)} for x in (d / "metrics.jsonl").read_text().split(
+            "\n") if x]
+
+    a, b = rows(tmp_path / "a"), rows(tmp_path / "b")
+    assert a[-2:] == b[-2:] and len(a) == 4
