@@ -110,8 +110,7 @@ def test_family_trajectory_equals_template(name):
     if env_name == "calculator":
         env = rlvr.create("env", "calculator", tool_format=fmt, max_tokens=2000, max_turns=4)
         rows = [{"question": "What is 12 * 34?", "answer": 408}]
-        call = CALL if fmt in ("rlvr", "hermes") else CALL
-        ro = check_trajectory(policy, env, [[call, call, "408"]], rows, fmt)
+        ro = check_trajectory(policy, env, [[CALL, CALL, "408"]], rows, fmt)
         assert [m["role"] for m in ro.episodes[0]["messages"]][-5:] == ["assistant", "tool", "assistant", "tool",
                                                                         "assistant"]
     else:

@@ -2,8 +2,9 @@
 whose turns are tool calls until the model answers without one."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from rlvr.core.tools import FORMATS, parse_tool_calls, run_tool
 
@@ -39,7 +40,7 @@ class ToolEnv:
     the model as ``error: ...`` tool results.
     """
 
-    def __init__(self, cfg: EnvConfig, tools: Sequence[Callable[..., Any]], system_prompt: Optional[str] = None):
+    def __init__(self, cfg: EnvConfig, tools: Sequence[Callable[..., Any]], system_prompt: str | None = None):
         validate_env_config(cfg)
         self.cfg = cfg
         self.tools = list(tools)

@@ -35,8 +35,9 @@ from __future__ import annotations
 import inspect
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -88,7 +89,7 @@ def _jsonable(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # chat templates
 # ---------------------------------------------------------------------------------------------
-def tool_setup(env: Any, tokenizer: Any) -> tuple[str, Optional[list[dict[str, Any]]]]:
+def tool_setup(env: Any, tokenizer: Any) -> tuple[str, list[dict[str, Any]] | None]:
     """(tool-call format, tool schemas for the template's ``tools=`` or None when the rlvr format puts them
     in the system prompt)."""
     fmt = str(env.cfg.tool_format)
@@ -111,14 +112,14 @@ def with_tool_prompt(messages: list[dict[str, Any]], env: Any, fmt: str) -> list
     return [{"role": "system", "content": text}] + messages
 
 
-def render(tokenizer: Any, messages: list[dict[str, Any]], tools: Optional[list[dict[str, Any]]],
+def render(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
            add_generation_prompt: bool) -> str:
     kw = {"tools": tools} if tools else {}
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kw)
 
 
 def inserted_text(tokenizer: Any, history: list[dict[str, Any]], new: list[dict[str, Any]],
-                  tools: Optional[list[dict[str, Any]]], end_strings: Sequence[str]) -> str:
+                  tools: list[dict[str, Any]] | None, end_strings: Sequence[str]) -> str:
     """The text to insert after a sampled assistant turn: what the template renders for ``new`` (the env's
     messages) and the next generation prompt, *after* the assistant turn's end-of-turn token.
 
@@ -150,7 +151,7 @@ def inserted_text(tokenizer: Any, history: list[dict[str, Any]], new: list[dict[
 # decoding sessions
 # ---------------------------------------------------------------------------------------------
 def _forward(model: Any, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any,
-             last: Optional[torch.Tensor] = None) -> torch.Tensor:
+             last: torch.Tensor | None = None) -> torch.Tensor:
     """Logits float32 [n, V] of the token at index ``last`` [n] of each row (default: the last column)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     key = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
@@ -248,7 +249,7 @@ class EpisodeStats:
 
 def run_episodes(policy: Policy, env: Any, rows: Sequence[dict[str, Any]], num_generations: int,
                  seeds: Sequence[int], sample: Sampler, max_new_tokens: int, max_prompt_length: int,
-                 greedy: bool = False, session: str = "kv", stats: Optional[EpisodeStats] = None) -> Rollouts:
+                 greedy: bool = False, session: str = "kv", stats: EpisodeStats | None = None) -> Rollouts:
     """``len(rows)`` · G episodes, group order (episode b·G + j is row b's j-th); returns their Rollouts.
 
     ``seeds[b]`` seeds row b's group: episode j of it draws from ``Generator(seeds[b] * 1000 + j)`` only, so
@@ -368,7 +369,7 @@ def _decode_turn(sess: KVSession, episodes: list[Episode], active: list[int], ge
 
 
 def _env_turn(episodes: list[Episode], ended: list[int], env: Any, tok: Any,
-              schemas: Optional[list[dict[str, Any]]], end_strings: Sequence[str], fmt: str, max_turns: int,
+              schemas: list[dict[str, Any]] | None, end_strings: Sequence[str], fmt: str, max_turns: int,
               max_tokens: int) -> dict[int, list[int]]:
     """The environment answers every episode whose turn ended; returns the tokens to feed each continuing
     episode: its end-of-turn token (sampled, not yet in the KV cache) followed by the inserted env tokens."""
@@ -454,7 +455,7 @@ def build_env(cfg: Any, engine: Any) -> Any:
     return env
 
 
-def final_answer(episode: dict[str, Any]) -> Optional[str]:
+def final_answer(episode: dict[str, Any]) -> str | None:
     """The episode's last assistant message when the environment ended it (None when a limit cut it)."""
     if episode.get("stop") != "env_done":
         return None
@@ -462,7 +463,7 @@ def final_answer(episode: dict[str, Any]) -> Optional[str]:
     return str(said[-1]["content"]) if said else None
 
 
-def episode_metrics(rollouts: Rollouts, correct: Optional[Sequence[bool]] = None, prefix: str = "") -> dict[str, float]:
+def episode_metrics(rollouts: Rollouts, correct: Sequence[bool] | None = None, prefix: str = "") -> dict[str, float]:
     """Per-batch episode statistics: turns, tool calls, tool-error rate, tool-use rate (episodes with at least one
     call that ran without error), truncation, and accuracy when ``correct`` is given."""
     eps = rollouts.episodes

@@ -23,8 +23,9 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 FORMATS = ("auto", "rlvr", "hermes", "llama3", "mistral")
 
@@ -36,7 +37,7 @@ class ToolCall:
     name: str = ""
     arguments: dict[str, Any] = field(default_factory=dict)
     raw: str = ""
-    error: Optional[str] = None
+    error: str | None = None
 
 
 @dataclass
@@ -83,7 +84,7 @@ def rlvr_tool_prompt(tools: Sequence[Callable[..., Any]]) -> str:
             "call.\nTools:\n" + specs)
 
 
-def detect_format(chat_template: Optional[str]) -> str:
+def detect_format(chat_template: str | None) -> str:
     """The tool-call format a chat template uses: hermes, llama3, mistral, or rlvr (no tool support)."""
     t = chat_template or ""
     if "tools" not in t:
@@ -117,7 +118,7 @@ def _from_obj(obj: Any, raw: str, args_key: str) -> ToolCall:
     return ToolCall(name=name, arguments=args, raw=raw)
 
 
-def _loads(text: str) -> tuple[Any, Optional[str]]:
+def _loads(text: str) -> tuple[Any, str | None]:
     try:
         return json.loads(text), None
     except json.JSONDecodeError as exc:

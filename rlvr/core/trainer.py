@@ -323,8 +323,9 @@ class Trainer:
         if hasattr(self.engine, "release"):  # engine=vllm: sleep mode hands its GPU memory to the rest of the step
             self.engine.release(self.policy)
         rollouts.rows = [r for r in rows for _ in range(self.tc.num_generations)]
+        extra = episodes.episode_metrics(rollouts, prefix="env/") if rollouts.episodes else {}  # this rank's episodes
         return StepBatch(step=step, rollouts=rollouts, groups=mine, started=t0,
-                         generation_time=time.perf_counter() - t0)
+                         generation_time=time.perf_counter() - t0, metrics=extra)
 
     def score(self, batch: StepBatch) -> None:
         """Phase 2: every reward on this rank's completions, then the whole batch's table on every rank."""
@@ -458,6 +459,7 @@ class Trainer:
             metrics[f"rewards/{r.name}/mean"] = float(ok.mean()) if ok.numel() else None  # None: nothing scored
             metrics[f"rewards/{r.name}/std"] = float(ok.std()) if ok.numel() > 1 else (0.0 if ok.numel() else None)
         metrics.update(sums)
+        metrics.update(batch.metrics)
         metrics = {k: v if v is None or math.isfinite(v) else None for k, v in metrics.items()}  # JSON: null
         samples = self.dist.gather(self._samples(batch.rollouts, batch.local_rewards, batch.advantages))
         self._last_samples = [s for part in samples for s in part][:tc.log_completions]

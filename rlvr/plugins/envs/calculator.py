@@ -19,11 +19,11 @@ import ast
 import operator
 import random
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from rlvr import PluginSpec, hookimpl
-from rlvr.core.episodes import final_answer
 from rlvr.core.environment import EnvConfig, ToolEnv
+from rlvr.core.episodes import final_answer
 from rlvr.core.rewards import RewardConfig
 from rlvr.core.task import Task, TaskConfig, last_number, same_number
 
@@ -72,7 +72,7 @@ calculator.example = {"expression": "12 * 34"}  # type: ignore[attr-defined]  # 
 class CalculatorEnvConfig(EnvConfig):
     max_turns: int = 3
     max_tokens: int = 160
-    system_prompt: Optional[str] = None  # prepended (the tool description is added to it in the rlvr format)
+    system_prompt: str | None = None  # prepended (the tool description is added to it in the rlvr format)
 
 
 class CalculatorEnv(ToolEnv):
@@ -111,12 +111,12 @@ def load_multiply3(cfg: Multiply3Config) -> Task:
 
 
 def calculator_correct_reward(cfg: RewardConfig) -> Any:
-    def calculator_correct(completions: list[str], episode: Optional[list[Any]] = None, answer: Any = None,
-                           **kw: Any) -> list[Optional[float]]:
+    def calculator_correct(completions: list[str], episode: list[Any] | None = None, answer: Any = None,
+                           **kw: Any) -> list[float | None]:
         if episode is None or answer is None:
             raise ValueError("calculator_correct scores multi-turn episodes: use it with env=calculator (the "
                              "'episode' column) and a task with an 'answer' column, e.g. task=multiply3")
-        out: list[Optional[float]] = []
+        out: list[float | None] = []
         for ep, ans in zip(episode, answer):
             text = final_answer(ep)
             out.append(1.0 if text is not None and same_number(last_number(text), ans) else 0.0)
@@ -142,7 +142,7 @@ def tool_use_score(episode: dict[str, Any]) -> float:
 
 
 def tool_use_reward(cfg: RewardConfig) -> Any:
-    def tool_use(completions: list[str], episode: Optional[list[Any]] = None, **kw: Any) -> list[Optional[float]]:
+    def tool_use(completions: list[str], episode: list[Any] | None = None, **kw: Any) -> list[float | None]:
         if episode is None:
             raise ValueError("tool_use scores multi-turn episodes: use it with an env (the 'episode' column)")
         return [tool_use_score(ep) for ep in episode]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from rlvr import PluginSpec, hookimpl
 from rlvr.core.environment import EnvConfig, validate_env_config
@@ -78,10 +78,10 @@ def load_guess(cfg: GuessTaskConfig) -> Task:
 
 
 def guess_solved_reward(cfg: RewardConfig) -> Any:
-    def guess_solved(completions: list[str], episode: Optional[list[Any]] = None, **kw: Any) -> list[Optional[float]]:
+    def guess_solved(completions: list[str], episode: list[Any] | None = None, **kw: Any) -> list[float | None]:
         if episode is None:
             raise ValueError("guess_solved scores env=guess episodes (the 'episode' column)")
-        out: list[Optional[float]] = []
+        out: list[float | None] = []
         for ep in episode:
             state = ep.get("state") if isinstance(ep, dict) else None
             if not isinstance(state, dict) or not state.get("solved") or ep.get("stop") != "env_done":
@@ -95,10 +95,10 @@ def guess_solved_reward(cfg: RewardConfig) -> Any:
 
 
 def guess_valid_reward(cfg: RewardConfig) -> Any:
-    def guess_valid(completions: list[str], episode: Optional[list[Any]] = None, **kw: Any) -> list[Optional[float]]:
+    def guess_valid(completions: list[str], episode: list[Any] | None = None, **kw: Any) -> list[float | None]:
         if episode is None:
             raise ValueError("guess_valid scores env=guess episodes (the 'episode' column)")
-        out: list[Optional[float]] = []
+        out: list[float | None] = []
         for ep in episode:
             infos = ep.get("infos", []) if isinstance(ep, dict) else []
             out.append(sum(bool(i.get("valid")) for i in infos) / len(infos) if infos else 0.0)
