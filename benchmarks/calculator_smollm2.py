@@ -52,7 +52,7 @@ def prime(policy, env, rows, epochs: int, batch: int, lr: float) -> list[float]:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.model.parameters(), 1.0)
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         losses.append(total / len(rows))
     policy.model.eval()
     return losses
@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--demos", type=int, default=24)
     ap.add_argument("--sft-epochs", type=int, default=2)
     ap.add_argument("--sft-lr", type=float, default=3e-5)
+    ap.add_argument("--sft-batch", type=int, default=2, help="demonstrations per SFT step (memory grows with it)")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--lr", type=float, default=5e-6)
     ap.add_argument("--max-new", type=int, default=32, help="tokens per assistant turn")
@@ -93,7 +94,7 @@ def main() -> None:
         print(json.dumps({"stage": name, **out, "elapsed_s": time.perf_counter() - t0}), flush=True)
 
     ev("untrained")
-    losses = prime(policy, env, task.train_rows[:args.demos], args.sft_epochs, 8, args.sft_lr)
+    losses = prime(policy, env, task.train_rows[:args.demos], args.sft_epochs, args.sft_batch, args.sft_lr)
     print(json.dumps({"stage": "sft", "losses": losses, "elapsed_s": time.perf_counter() - t0}), flush=True)
     ev("primed")
     trainer = rlvr.Trainer(cfg, run_dir=args.out, policy=policy)
