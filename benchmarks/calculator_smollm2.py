@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--sft-batch", type=int, default=2, help="demonstrations per SFT step (memory grows with it)")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--lr", type=float, default=5e-6)
+    ap.add_argument("--skip-untrained", action="store_true", help="do not evaluate the untrained model")
     ap.add_argument("--max-new", type=int, default=32, help="tokens per assistant turn")
     ap.add_argument("--prompts-per-step", type=int, default=2)
     ap.add_argument("--generations", type=int, default=4)
@@ -93,7 +94,8 @@ def main() -> None:
         results[name] = out
         print(json.dumps({"stage": name, **out, "elapsed_s": time.perf_counter() - t0}), flush=True)
 
-    ev("untrained")
+    if not args.skip_untrained:
+        ev("untrained")
     losses = prime(policy, env, task.train_rows[:args.demos], args.sft_epochs, args.sft_batch, args.sft_lr)
     print(json.dumps({"stage": "sft", "losses": losses, "elapsed_s": time.perf_counter() - t0}), flush=True)
     ev("primed")
