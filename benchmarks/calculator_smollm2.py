@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--lr", type=float, default=5e-6)
     ap.add_argument("--skip-untrained", action="store_true", help="do not evaluate the untrained model")
-    ap.add_argument("--max-new", type=int, default=32, help="tokens per assistant turn")
+    ap.add_argument("--max-new", type=int, default=48, help="tokens per assistant turn")
     ap.add_argument("--prompts-per-step", type=int, default=2)
     ap.add_argument("--generations", type=int, default=4)
     args = ap.parse_args()
