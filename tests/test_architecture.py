@@ -139,7 +139,7 @@ NEEDS = {("reward", "function"): {"path": "math:fsum"}, ("verifier", "function")
 
 
 def _all_plugins():
-    for kind in ("loss", "advantage", "engine", "task", "reward", "verifier", "model", "logger"):
+    for kind in ("loss", "advantage", "engine", "task", "reward", "verifier", "model", "logger", "env"):
         for name in registry.names(kind):
             yield kind, name
 

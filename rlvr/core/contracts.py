@@ -159,6 +159,39 @@ class AdvantageEstimator(Protocol):
     def __call__(self, rewards: Tensor, group_size: int) -> Tensor: ...
 
 
+@runtime_checkable
+class EnvSettings(Protocol):
+    """The episode limits the rollout phase reads of an environment's config (``env.*``)."""
+
+    max_turns: int  # assistant turns per episode
+    max_tokens: int  # completion tokens per episode (sampled + inserted)
+    tool_timeout: float  # seconds per tool call
+    tool_format: str  # auto | rlvr | hermes | llama3 | mistral (rlvr.core.tools)
+
+
+@runtime_checkable
+class Env(Protocol):
+    """``env=<name>``: a multi-turn environment (see :mod:`rlvr.core.episodes`).
+
+    Attributes:
+        cfg: the episode limits.
+        tools: plain Python functions offered to the model as tools (may be empty).
+    """
+
+    cfg: EnvSettings
+    tools: list[Any]
+
+    def reset(self, row: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]:
+        """(the episode's first messages, e.g. system + user, and the env's state) for a task row."""
+        ...
+
+    def step(self, state: Any, message: str) -> tuple[list[dict[str, Any]], bool, dict[str, Any]]:
+        """After the assistant's turn ``message`` (its text): (messages the env answers with, done, info).
+
+        ``info`` may hold ``tool_calls``, ``tool_errors``, ``tool_seconds`` (counted in reports)."""
+        ...
+
+
 LOGGER_HOOKS: dict[str, tuple[str, ...]] = {
     "on_train_start": ("run_dir", "config", "start_step"),
     "on_step_end": ("step", "metrics", "samples"),
@@ -168,7 +201,7 @@ LOGGER_HOOKS: dict[str, tuple[str, ...]] = {
 
 
 CONTRACTS: dict[str, Any] = {"loss": Loss, "engine": Engine, "task": Task, "reward": Reward,
-                             "verifier": Reward, "model": Model, "advantage": AdvantageEstimator}
+                             "verifier": Reward, "model": Model, "advantage": AdvantageEstimator, "env": Env}
 """Kind → the Protocol its plugins satisfy (loggers: any of :data:`LOGGER_HOOKS`)."""
 
 _CALLS = {Loss: "__call__", Engine: "generate", AdvantageEstimator: "__call__"}
@@ -216,6 +249,8 @@ def check(kind: str, obj: Any, name: str) -> Any:
     missing += [f"{m}()" for m in methods if not callable(getattr(obj, m, None))]
     if proto is Engine and hasattr(obj, "cfg"):
         missing += [f"cfg.{a}" for a in _members(SamplingSettings)[0] if not hasattr(obj.cfg, a)]
+    if proto is Env and hasattr(obj, "cfg"):
+        missing += [f"cfg.{a}" for a in _members(EnvSettings)[0] if not hasattr(obj.cfg, a)]
     if not missing:
         missing = [f"parameter {p!r} of {_CALLS[proto]}" for p in _missing_parameters(proto, obj)]
     if missing:

@@ -67,6 +67,13 @@ def rlvr_loggers() -> list:
     on_step_end(step, metrics, samples), on_train_end(metrics); called through pluggy (rlvr.core.callbacks)."""
 
 
+@hookspec
+def rlvr_envs() -> list:
+    """Multi-turn environment plugins: factory(cfg) -> env with reset(row) -> (messages, state),
+    step(state, message) -> (messages, done, info), attributes cfg (max_turns, max_tokens, tool_timeout,
+    tool_format) and tools (contract: rlvr.core.contracts.Env; the loop: rlvr.core.episodes)."""
+
+
 KINDS: dict[str, str] = {
     "reward": "rlvr_rewards",
     "verifier": "rlvr_verifiers",
@@ -76,6 +83,7 @@ KINDS: dict[str, str] = {
     "engine": "rlvr_engines",
     "task": "rlvr_tasks",
     "logger": "rlvr_loggers",
+    "env": "rlvr_envs",
 }
 """Component kind -> the hook that lists its plugins."""
 

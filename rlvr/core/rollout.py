@@ -19,6 +19,10 @@ class Rollouts:
     prompts: list[str] = field(default_factory=list)  # N prompt strings (repeated per group)
     completions: list[str] = field(default_factory=list)  # N decoded completions (no special tokens)
     rows: list[dict[str, Any]] = field(default_factory=list)  # N task rows (repeated per group)
+    # multi-turn episodes (env=<name>, rlvr/core/episodes.py): completion_mask is 1 on sampled tokens only;
+    # attention_mask [N, T] is 1 on every completion token (sampled and inserted by the environment)
+    attention_mask: Optional[torch.Tensor] = None
+    episodes: list[dict[str, Any]] = field(default_factory=list)  # N Episode.summary() dicts (messages, turns...)
 
     @property
     def num(self) -> int:
@@ -29,7 +33,11 @@ class Rollouts:
         keys: list[str] = []
         for row in self.rows:
             keys.extend(k for k in row if k not in keys)
-        return {k: [row.get(k) for row in self.rows] for k in keys}
+        cols = {k: [row.get(k) for row in self.rows] for k in keys}
+        if self.episodes:  # rewards of multi-turn episodes read the whole trajectory from these columns
+            cols["episode"] = list(self.episodes)
+            cols["messages"] = [e["messages"] for e in self.episodes]
+        return cols
 
 
 def _empty() -> torch.Tensor:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 
 from rlvr.core import checkpoint as ckpt_io
-from rlvr.core import distributed, registry, resources, sampling
+from rlvr.core import distributed, episodes, registry, resources, sampling
 from rlvr.core.advantages import zero_std_fraction
 from rlvr.core.callbacks import logger_manager
 from rlvr.core.config import TrainerConfig, plugin_name, plugin_params, trainer_config
@@ -200,6 +200,7 @@ class Trainer:
         self.advantage: AdvantageEstimator = self._build_advantage(cfg)
         engine_name, engine_params = _select(cfg, "engine")
         self.engine: Engine = registry.create("engine", engine_name, **engine_params)
+        self.env = episodes.build_env(cfg, self.engine)  # env=<name>: multi-turn episodes; None: single-turn
         loggers = [(n, registry.create("logger", plugin_name(n, p), **plugin_params(p)))
                    for n, p in (cfg.get("logger") or {}).items()]
         self.loggers = [lg for _, lg in loggers] if self.dist.is_main else []  # rank 0 writes the logs
@@ -328,15 +329,18 @@ class Trainer:
         idx = self.sampler.take(num_prompts or self.tc.prompts_per_step)  # the same prompts on every rank
         mine = self.dist.groups(len(idx))  # DISTRIBUTED: this rank's groups (all of them in one process)
         rows = [self.task.train_rows[i] for i in idx[mine]]
-        prompts = [self.task.render(r, self.policy.tokenizer) for r in rows]
         seeds = self.group_seeds(step, len(idx), first_group)[mine]  # seeded by the group index within the step
         with distributed.unsharded(self.parallel):
-            rollouts = self.engine.generate(self.policy, prompts, self.tc.num_generations, seeds)
-        if hasattr(self.engine, "release"):  # engine=vllm: sleep mode hands its GPU memory to the rest of the step
-            self.engine.release(self.policy)
+            if self.env is not None:  # multi-turn episodes (rlvr/core/episodes.py)
+                rollouts = self.engine.generate_episodes(self.policy, self.env, rows, self.tc.num_generations, seeds)
+            else:
+                prompts = [self.task.render(r, self.policy.tokenizer) for r in rows]
+                rollouts = self.engine.generate(self.policy, prompts, self.tc.num_generations, seeds)
+        self.engine.release(self.policy)  # e.g. vLLM's sleep mode: its GPU memory goes to the update
         rollouts.rows = [r for r in rows for _ in range(self.tc.num_generations)]
+        extra = episodes.episode_metrics(rollouts, prefix="env/") if rollouts.episodes else {}  # this rank's episodes
         return StepBatch(step=step, rollouts=rollouts, groups=mine, started=t0,
-                         generation_time=time.perf_counter() - t0, prompt_index=list(idx))
+                         generation_time=time.perf_counter() - t0, prompt_index=list(idx), metrics=extra)
 
     def score(self, batch: StepBatch) -> None:
         """Phase 2: every reward on this rank's completions, then the whole batch's table on every rank."""
@@ -497,7 +501,8 @@ class Trainer:
 
     def logprobs(self, model: Any, ro: Rollouts, sl: slice, with_entropy: bool = False) -> Any:
         ids = torch.cat([ro.prompt_ids[sl], ro.completion_ids[sl]], dim=1).to(self.policy.device)
-        attn = torch.cat([ro.prompt_mask[sl], ro.completion_mask[sl]], dim=1).to(self.policy.device)
+        comp_attn = ro.completion_mask if ro.attention_mask is None else ro.attention_mask  # env tokens: attended
+        attn = torch.cat([ro.prompt_mask[sl], comp_attn[sl]], dim=1).to(self.policy.device)
         ctx = offload_activations(self.policy.model, enabled=self.tc.offload_activations and torch.is_grad_enabled())
         kw = {"temperature": self.temperature, "chunk_tokens": self.tc.logprob_chunk_tokens, "return_entropy": with_entropy,
               "pack": self.tc.pack_completions}
@@ -521,6 +526,8 @@ class Trainer:
                         "rewards": {r.name: (None if math.isnan(float(table[i, j])) else float(table[i, j]))
                                     for j, r in enumerate(self.rewards)},
                         "advantage": float(adv[i]), "truncated": bool(ro.truncated[i])})
+            if ro.episodes:  # multi-turn: the whole trajectory (messages, tool calls and results, stop reason)
+                out[-1]["episode"] = ro.episodes[i]
         return out
 
     # ----- state --------------------------------------------------------------------------
@@ -660,8 +667,12 @@ class Trainer:
         was = self.policy.model.training
         self.policy.model.eval()
         with distributed.unsharded(self.parallel):  # every rank evaluates the same rows
-            out = evaluate(self.policy, self.task, self.engine, num_samples=num_samples or self.tc.eval_num_samples,
-                           limit=limit, seed=self.tc.seed)
+            if self.env is not None:
+                out = episodes.evaluate_env(self.policy, self.task, self.env, self.engine, limit=limit,
+                                            seed=self.tc.seed)
+            else:
+                out = evaluate(self.policy, self.task, self.engine,
+                               num_samples=num_samples or self.tc.eval_num_samples, limit=limit, seed=self.tc.seed)
         if was:
             self.policy.model.train()
         return out

@@ -480,6 +480,32 @@ class HFEngine:
                         group=torch.arange(B).repeat_interleave(G), sampling_logps=logps * comp_mask,
                         prompts=[p for p in prompts for _ in range(G)], completions=texts)
 
+    def sample(self, logits: torch.Tensor, gens: Sequence[torch.Generator], greedy: bool
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token per row (one generator per row): (tokens long [n], log-probs float32 [n] under
+        ``softmax(logits / temperature)``, before filtering, as in :meth:`generate`)."""
+        cfg = self.cfg
+        scaled = logits / cfg.temperature if cfg.temperature != 1.0 else logits
+        logp_all = scaled.log_softmax(-1)
+        if greedy:
+            nxt = scaled.argmax(-1)
+        else:
+            filtering = cfg.top_k > 0 or cfg.top_p < 1.0 or cfg.min_p > 0
+            probs = filter_logits(scaled, cfg.top_k, cfg.top_p, cfg.min_p).softmax(-1) if filtering else logp_all.exp()
+            nxt = sample_inverse_cdf(probs, torch.cat([torch.rand(1, generator=g) for g in gens]).to(logits.device))
+        return nxt, logp_all.gather(-1, nxt[:, None]).squeeze(-1)
+
+    def generate_episodes(self, policy: Policy, env: Any, rows: Sequence[dict[str, Any]], num_generations: int,
+                          seeds: Sequence[int], greedy: bool = False, session: str = "kv",
+                          stats: Any = None) -> Rollouts:
+        """Multi-turn episodes (``env=<name>``): every active episode decodes together, each episode's KV cache
+        is extended with the environment's tokens (``session="reprefill"``: the naive re-prefill, for
+        comparison). ``engine.max_new_tokens`` limits each assistant turn. See :mod:`rlvr.core.episodes`."""
+        from rlvr.core.episodes import run_episodes
+
+        return run_episodes(policy, env, rows, num_generations, seeds, self.sample, self.cfg.max_new_tokens,
+                            self.cfg.max_prompt_length, greedy=greedy, session=session, stats=stats)
+
     def _decode(self, policy: Policy, logits: torch.Tensor, next_pos: torch.Tensor,
                 forward: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], seeds: Sequence[int], G: int,
                 max_new: int, greedy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
