@@ -201,6 +201,9 @@ class Trainer:
         engine_name, engine_params = _select(cfg, "engine")
         self.engine: Engine = registry.create("engine", engine_name, **engine_params)
         self.env = episodes.build_env(cfg, self.engine)  # env=<name>: multi-turn episodes; None: single-turn
+        if self.env is not None and self.tc.dynamic_sampling != "off":
+            raise ConfigError("trainer.dynamic_sampling is not supported with env=... yet (refilled episodes are not "
+                              "merged into the step): set trainer.dynamic_sampling=off")
         loggers = [(n, registry.create("logger", plugin_name(n, p), **plugin_params(p)))
                    for n, p in (cfg.get("logger") or {}).items()]
         self.loggers = [lg for _, lg in loggers] if self.dist.is_main else []  # rank 0 writes the logs
