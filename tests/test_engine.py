@@ -249,7 +249,7 @@ def test_finished_rows_leave_the_decode_batch_without_changing_the_samples(tiny)
 @pytest.mark.parametrize("rows,active,expected", [(16, 16, False), (16, 13, False), (16, 12, True), (16, 0, False),
                                                   (4, 3, False), (4, 2, True), (2, 1, False)])
 def test_should_compact_rule(rows, active, expected):
-    from rlvr.plugins.engines.hf import should_compact
+    from rlvr.plugins.engines.fast_decoder import should_compact
 
     assert should_compact(rows, active) is expected
 
@@ -257,7 +257,7 @@ def test_should_compact_rule(rows, active, expected):
 def test_bfloat16_decode_samples_close_to_float32_and_asks_for_the_importance_correction(tiny):
     """decode_dtype=bfloat16: packed bf16 matmuls, float32 master weights; log-probs near the trainer's, and the
     engine asks the trainer for the truncated importance-sampling correction."""
-    from rlvr.plugins.engines.hf import onednn_linear_available
+    from rlvr.plugins.engines.fast_decoder import onednn_linear_available
 
     if not onednn_linear_available():
         pytest.skip("needs PyTorch's oneDNN packed linear ops")

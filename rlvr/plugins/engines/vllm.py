@@ -38,7 +38,7 @@ from rlvr.core.errors import ConfigError, MissingDependencyError, MissingValueEr
 from rlvr.core.importance import ImportanceSamplingConfig
 from rlvr.core.policy import Policy, eos_token_ids
 from rlvr.core.rollout import Rollouts
-from rlvr.plugins.engines.hf import SamplingConfig, validate_sampling
+from rlvr.plugins.engines.sampling import SamplingConfig, validate_sampling
 from rlvr.plugins.engines.vllm_utils import engine_dtype, preserved_global_state, request_seeds, \
     rollouts_from_outputs, sampling_kwargs, truncates_support, weights_for_vllm
 

@@ -55,7 +55,7 @@ def weights_for_vllm(model: Any, changed_only: bool = False,
     a cast copy is built when asked for and dropped once the consumer lets go of it), so a push costs one
     layer's extra memory, not the model's.
     """
-    from rlvr.plugins.engines.hf import effective_linear_weight
+    from rlvr.plugins.engines.fast_decoder import effective_linear_weight
 
     modules = dict(model.named_modules())
     is_peft = hasattr(model, "peft_config")
