@@ -133,7 +133,8 @@ def test_registry_create_checks_the_contract():
 # every registered plugin, built with its defaults (or the minimal parameters it needs), meets its contract
 NEEDS = {("reward", "function"): {"path": "math:fsum"}, ("verifier", "function"): {"path": "math:fsum"},
          ("model", "hf"): None, ("model", "smollm2"): None, ("engine", "vllm"): None,
-         ("task", "jsonl"): None, ("task", "hf"): None, ("loss", "dr_grpo"): {"max_completion_length": 8},
+         ("task", "jsonl"): None, ("task", "hf"): None, ("reward", "reward_model"): None,
+         ("logger", "wandb"): {"mode": "offline"}, ("loss", "dr_grpo"): {"max_completion_length": 8},
          ("reward", "rubric"): {"criteria": [{"kind": "contains", "keywords": ["x"]}]},
          ("task", "gsm8k"): {"data_dir": str(GSM8K_DIR)} if GSM8K_DIR.is_dir() else None}
 

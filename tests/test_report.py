@@ -83,7 +83,7 @@ def test_report_writes_plots_and_a_self_contained_html_page(cli, run_dir, tmp_pa
     out_dir = tmp_path / "report"
     code, out, err = cli("report", str(run_dir), "--output", str(out_dir))
     assert code == 0, err
-    expected = {"reward", "accuracy", "completion_length", "kl", "clip_ratio", "loss", "step_time"}
+    expected = {"reward", "accuracy", "completion_length", "kl", "clip_ratio", "loss", "step_time", "audit"}
     pngs = {p.stem: p for p in out_dir.glob("*.png")}
     assert set(pngs) == expected, sorted(pngs)
     for p in pngs.values():

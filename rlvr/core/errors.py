@@ -77,3 +77,7 @@ class CheckpointMismatchError(CheckpointError, RuntimeError):
 
 class UsageError(RlvrError, ValueError):
     """A command line the ``rlvr`` command cannot parse (unknown option, wrong number of arguments)."""
+
+
+class UnreachableError(RlvrError, ConnectionError):
+    """A server the run needs (an experiment tracker, a judge) cannot be reached."""

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from rlvr.core.errors import UnreachableError
+
 import json
 import math
 import os
@@ -106,4 +108,4 @@ def check_reachable(url: str, what: str, fix: str, timeout: float = 5.0) -> None
         return  # the server answered (401/404/...): it is reachable
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ConnectionError(f"{what}: cannot reach {url} ({reason}). {fix}") from None
+        raise UnreachableError(f"{what}: cannot reach {url} ({reason}). {fix}") from None

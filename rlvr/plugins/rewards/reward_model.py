@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from rlvr import PluginSpec, hookimpl
 from rlvr.core.rewards import RewardConfig
-from rlvr.core.errors import ColumnError, ConfigError
+from rlvr.core.errors import ColumnError, ConfigError, LoadError
 
 NORMALIZE = ("none", "running", "fixed")
 _MODELS: dict[tuple, tuple[Any, Any]] = {}
@@ -70,7 +70,7 @@ def load_reward_model(
                     name, revision=revision, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
                 )
             except OSError as exc:
-                raise OSError(
+                raise LoadError(
                     f"reward.reward_model.model={name!r}: could not load it ({exc}). Give a local directory "
                     "or a Hub id of a sequence-classification reward model."
                 ) from exc
