@@ -7,6 +7,7 @@ Builds the verifier straight from the plugin module (no entry points needed), so
 that has ``rlvr/plugins/rewards/math_answer.py`` can be measured. Prints one line per kind, the
 total, and the disagreeing cases with ``--show``.
 """
+
 from __future__ import annotations
 
 import argparse

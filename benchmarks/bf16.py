@@ -10,6 +10,7 @@ token-level importance ratio exp(trainer log-prob - sampling log-prob) over the 
 completions' log-probs (the trainer's packed path) in float32 and under ``torch.autocast("cpu",
 dtype=torch.bfloat16)`` (float32 master weights and gradients), and the largest log-prob difference.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,15 +35,16 @@ def main() -> None:
     policy = rlvr.create("model", "smollm2")
     task = rlvr.create("task", "arithmetic")
     prompts = [task.render(r, policy.tokenizer) for r in task.train_rows[:2]]
-    engines = {d: HFEngine(HFEngineConfig(max_new_tokens=args.max_new, decode_dtype=d))
-               for d in ("float32", "bfloat16")}
+    engines = {
+        d: HFEngine(HFEngineConfig(max_new_tokens=args.max_new, decode_dtype=d)) for d in ("float32", "bfloat16")
+    }
     gen = {d: [] for d in engines}
     ratios = []
     upd = {"float32": [], "bfloat16": []}
     diffs = []
     for rep in range(args.repeats):
         outs = {}
-        for d in (("float32", "bfloat16") if rep % 2 == 0 else ("bfloat16", "float32")):
+        for d in ("float32", "bfloat16") if rep % 2 == 0 else ("bfloat16", "float32"):
             t0 = time.perf_counter()
             outs[d] = engines[d].generate(policy, prompts, 8, [rep, rep + 100])
             gen[d].append((time.perf_counter() - t0, int(outs[d].completion_mask.sum(1).max())))
@@ -55,7 +57,7 @@ def main() -> None:
         ratios.append(torch.exp(trainer_lp - ro.sampling_logps)[m])
         policy.model.train()
         lps = {}
-        for d in (("float32", "bfloat16") if rep % 2 == 0 else ("bfloat16", "float32")):
+        for d in ("float32", "bfloat16") if rep % 2 == 0 else ("bfloat16", "float32"):
             policy.model.zero_grad(set_to_none=True)
             ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=d == "bfloat16")
             t0 = time.perf_counter()
@@ -67,8 +69,10 @@ def main() -> None:
         diffs.append(float(((lps["bfloat16"] - lps["float32"]).abs() * m).max()))
         policy.model.zero_grad(set_to_none=True)
         policy.model.eval()
-    print(f"SmolLM2-135M, 2 prompts x 8 completions, max {args.max_new} new tokens, {args.threads} threads, "
-          f"{args.repeats} repeats (medians)\n")
+    print(
+        f"SmolLM2-135M, 2 prompts x 8 completions, max {args.max_new} new tokens, {args.threads} threads, "
+        f"{args.repeats} repeats (medians)\n"
+    )
     print("| | float32 | bfloat16 | bf16 speed-up |")
     print("|---|---|---|---|")
     g32, g16 = (statistics.median(t for t, _ in gen[d]) for d in ("float32", "bfloat16"))
@@ -78,8 +82,10 @@ def main() -> None:
     print(f"| ms per decode step | {ms32:.1f} | {ms16:.1f} | {ms32 / ms16:.2f}x |")
     print(f"| update forward+backward, s | {u32:.2f} | {u16:.2f} | {u32 / u16:.2f}x |")
     r = torch.cat(ratios)
-    print(f"\nbf16 sampler vs float32 trainer, importance ratio per token: mean {float(r.mean()):.4f}, "
-          f"min {float(r.min()):.3f}, max {float(r.max()):.3f}, above the cap 3: {float((r > 3).float().mean()):.2%}")
+    print(
+        f"\nbf16 sampler vs float32 trainer, importance ratio per token: mean {float(r.mean()):.4f}, "
+        f"min {float(r.min()):.3f}, max {float(r.max()):.3f}, above the cap 3: {float((r > 3).float().mean()):.2%}"
+    )
     print(f"update under autocast: largest |log-prob difference| vs float32 {max(diffs):.3f}")
 
 

@@ -14,6 +14,7 @@ Usage::
     OMP_WAIT_POLICY=PASSIVE python benchmarks/calculator_smollm2.py --out /tmp/calc_run
 Prints one JSON line per evaluation and a summary.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,19 @@ from rlvr.core.episodes import demonstrations, evaluate_env
 
 def prime(policy, env, rows, epochs: int, batch: int, lr: float) -> list[float]:
     """SFT on demonstration episodes; returns the mean loss of each epoch."""
-    demo = demonstrations(policy, env, rows, [[f'<tool_call>{{"name": "calculator", "arguments": {{"expression": '
-                                               f'"{r["a"]} * {r["b"]}"}}}}</tool_call>', f"{r['a']} * {r['b']} = "
-                                               f"{r['answer']}"] for r in rows])
+    demo = demonstrations(
+        policy,
+        env,
+        rows,
+        [
+            [
+                f'<tool_call>{{"name": "calculator", "arguments": {{"expression": '
+                f'"{r["a"]} * {r["b"]}"}}}}</tool_call>',
+                f"{r['a']} * {r['b']} = {r['answer']}",
+            ]
+            for r in rows
+        ],
+    )
     assert all(e["stop"] == "env_done" and e["tool_calls"] == 1 and not e["tool_errors"] for e in demo.episodes)
     from rlvr.modeling.shared_prompt import grouped_completion_logprobs
 
@@ -42,7 +53,7 @@ def prime(policy, env, rows, epochs: int, batch: int, lr: float) -> list[float]:
     for _ in range(epochs):
         order, total = torch.randperm(len(rows), generator=g), 0.0
         for s in range(0, len(rows), batch):
-            idx = order[s:s + batch]
+            idx = order[s : s + batch]
             ids = torch.cat([demo.prompt_ids[idx], demo.completion_ids[idx]], 1)
             attn = torch.cat([demo.prompt_mask[idx], demo.attention_mask[idx]], 1)
             lp = grouped_completion_logprobs(policy.model, ids, attn, demo.prompt_ids.shape[1], 1)
@@ -74,17 +85,31 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=4)
     args = ap.parse_args()
     t0 = time.perf_counter()
-    overrides = ["model=smollm2", "env=calculator", "task=multiply3", "reward=[calculator_correct,tool_use]",
-                 f"engine.max_new_tokens={args.max_new}", "engine.max_prompt_length=1024", f"trainer.max_steps={args.steps}",
-                 f"trainer.prompts_per_step={args.prompts_per_step}", f"trainer.num_generations={args.generations}", f"trainer.lr={args.lr}",
-                 "trainer.warmup_steps=0", "trainer.eval_steps=0", "trainer.progress=false", "trainer.resume=none",
-                 "logger=[jsonl]", "env.max_turns=3", "env.max_tokens=120"]
+    overrides = [
+        "model=smollm2",
+        "env=calculator",
+        "task=multiply3",
+        "reward=[calculator_correct,tool_use]",
+        f"engine.max_new_tokens={args.max_new}",
+        "engine.max_prompt_length=1024",
+        f"trainer.max_steps={args.steps}",
+        f"trainer.prompts_per_step={args.prompts_per_step}",
+        f"trainer.num_generations={args.generations}",
+        f"trainer.lr={args.lr}",
+        "trainer.warmup_steps=0",
+        "trainer.eval_steps=0",
+        "trainer.progress=false",
+        "trainer.resume=none",
+        "logger=[jsonl]",
+        "env.max_turns=3",
+        "env.max_tokens=120",
+    ]
     cfg = rlvr.compose(overrides)
     policy = rlvr.create("model", "smollm2")
     env = rlvr.create("env", "calculator", max_turns=3, max_tokens=120)
     task = rlvr.create("task", "multiply3")
     engine = rlvr.create("engine", "hf", max_new_tokens=args.max_new, max_prompt_length=1024)
-    rows = task.eval_rows[:args.eval]
+    rows = task.eval_rows[: args.eval]
     results = {}
 
     def ev(name: str) -> None:
@@ -96,19 +121,35 @@ def main() -> None:
 
     if not args.skip_untrained:
         ev("untrained")
-    losses = prime(policy, env, task.train_rows[:args.demos], args.sft_epochs, args.sft_batch, args.sft_lr)
+    losses = prime(policy, env, task.train_rows[: args.demos], args.sft_epochs, args.sft_batch, args.sft_lr)
     print(json.dumps({"stage": "sft", "losses": losses, "elapsed_s": time.perf_counter() - t0}), flush=True)
     ev("primed")
     trainer = rlvr.Trainer(cfg, run_dir=args.out, policy=policy)
     trainer.train()
     ev("grpo")
     curve = [json.loads(x) for x in (Path(args.out) / "metrics.jsonl").read_text().splitlines()]
-    print(json.dumps({"stage": "curves", "calculator_correct": [c.get("rewards/calculator_correct/mean")
-                                                                for c in curve],
-                      "tool_use": [c.get("rewards/tool_use/mean") for c in curve]}))
-    print(json.dumps({"stage": "summary", "total_s": time.perf_counter() - t0,
-                      **{f"{k}/{m}": v[m] for k, v in results.items() for m in ("eval/accuracy", "eval/tool_use_rate",
-                                                                                 "eval/tool_error_rate")}}))
+    print(
+        json.dumps(
+            {
+                "stage": "curves",
+                "calculator_correct": [c.get("rewards/calculator_correct/mean") for c in curve],
+                "tool_use": [c.get("rewards/tool_use/mean") for c in curve],
+            }
+        )
+    )
+    print(
+        json.dumps(
+            {
+                "stage": "summary",
+                "total_s": time.perf_counter() - t0,
+                **{
+                    f"{k}/{m}": v[m]
+                    for k, v in results.items()
+                    for m in ("eval/accuracy", "eval/tool_use_rate", "eval/tool_error_rate")
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ sandbox and probes bubblewrap, is not timed) and the CPU time the calls used (th
 every sandbox process, reaped: less sensitive to other load on the machine than the wall clock).
 Run it with another checkout's interpreter to compare two versions under the same load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,11 @@ def main() -> None:
             times.append(time.perf_counter() - start)
             cpus.append(_cpu() - cpu0)
             assert scores == [1.0] * args.n, scores
-        print(f"{mode}: {args.n} completions, max_workers={args.workers}: best {min(times):.2f} s wall "
-              f"(all: {', '.join(f'{t:.2f}' for t in times)}); CPU {min(cpus):.2f} s "
-              f"({1000 * min(cpus) / args.n:.1f} ms per completion)")
+        print(
+            f"{mode}: {args.n} completions, max_workers={args.workers}: best {min(times):.2f} s wall "
+            f"(all: {', '.join(f'{t:.2f}' for t in times)}); CPU {min(cpus):.2f} s "
+            f"({1000 * min(cpus) / args.n:.1f} ms per completion)"
+        )
 
 
 def _cpu() -> float:

@@ -19,6 +19,7 @@ between them, and a variant that runs out of memory is reported as OOM):
 Reported: the allocator's peak during the step (``max_memory_allocated``), with the weights
 included and above them, and the step's time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loss_memory import grpo_loss, selective_log_softmax  # noqa: E402
 
-LLAMA31_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                  num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5,
-                  rope_theta=500000.0, tie_word_embeddings=False, hidden_act="silu")
-TINY = dict(LLAMA31_8B, vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2)
+LLAMA31_8B = dict(
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    max_position_embeddings=131072,
+    rms_norm_eps=1e-5,
+    rope_theta=500000.0,
+    tie_word_embeddings=False,
+    hidden_act="silu",
+)
+TINY = dict(
+    LLAMA31_8B,
+    vocab_size=1000,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
 
 
 def build(args):
@@ -49,9 +67,15 @@ def build(args):
     torch.manual_seed(0)
     with torch.device(args.device):
         model = LlamaForCausalLM(cfg).to(dtype)
-    model = peft.get_peft_model(model, peft.LoraConfig(
-        r=16, lora_alpha=32, lora_dropout=0.0,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model = peft.get_peft_model(
+        model,
+        peft.LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+    )
     model.train()
     if args.device != "cuda":
         model.float()  # CPU check: float32
@@ -82,8 +106,13 @@ def step(model, variant: str, ids, P: int, micro: int, chunk_tokens: int, max_mi
             if variant.startswith("rlvr"):
                 lp = completion_logprobs(model, ids[s:e], mask, P, chunk_tokens=chunk_tokens)
             else:
-                logits = model(input_ids=ids[s:e], attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                               logits_to_keep=T + 1, use_cache=False).logits[:, :-1]
+                logits = model(
+                    input_ids=ids[s:e],
+                    attention_mask=mask,
+                    position_ids=position_ids_from_mask(mask),
+                    logits_to_keep=T + 1,
+                    use_cache=False,
+                ).logits[:, :-1]
                 lp = selective_log_softmax(logits, ids[s:e, P:]).float()
                 del logits
             loss = grpo_loss(lp, cmask[s:e], adv[s:e], lp.detach(), ref[s:e]) * (e - s) / N
@@ -95,12 +124,28 @@ def step(model, variant: str, ids, P: int, micro: int, chunk_tokens: int, max_mi
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", nargs="*",
-                    default=["rlvr+gc+offload@1", "rlvr+gc@1", "trl+gc+offload@1", "trl+gc@1", "rlvr@1", "trl@1",
-                             "rlvr+gc+offload@8", "rlvr+gc@8", "trl+gc+offload@8"],
-                    help="VARIANT@MICRO_BATCH (completions per forward/backward)")
-    ap.add_argument("--micro-batches-run", type=int, default=1,
-                    help="micro-batches actually run per variant (each has the same peak; 0 = the whole step)")
+    ap.add_argument(
+        "--runs",
+        nargs="*",
+        default=[
+            "rlvr+gc+offload@1",
+            "rlvr+gc@1",
+            "trl+gc+offload@1",
+            "trl+gc@1",
+            "rlvr@1",
+            "trl@1",
+            "rlvr+gc+offload@8",
+            "rlvr+gc@8",
+            "trl+gc+offload@8",
+        ],
+        help="VARIANT@MICRO_BATCH (completions per forward/backward)",
+    )
+    ap.add_argument(
+        "--micro-batches-run",
+        type=int,
+        default=1,
+        help="micro-batches actually run per variant (each has the same peak; 0 = the whole step)",
+    )
     ap.add_argument("--generations", type=int, default=8)
     ap.add_argument("--context", type=int, default=20480)
     ap.add_argument("--prompt-len", type=int, default=1024)
@@ -121,10 +166,12 @@ def main() -> None:
     ids = torch.randint(0, cfg.vocab_size, (args.generations, args.context), generator=g).to(args.device)
     gib = 2**30
     weights = torch.cuda.memory_allocated() / gib if cuda else 0.0
-    print(f"# gpu_memory: Llama-3.1-8B-shaped{' (tiny)' if args.tiny else ''} {args.dtype}, LoRA r=16, "
-          f"{args.generations} generations x {args.context} tokens (prompt {args.prompt_len}); "
-          f"weights + LoRA + inputs: {weights:.1f} GiB; device: "
-          f"{torch.cuda.get_device_name() if cuda else args.device}")
+    print(
+        f"# gpu_memory: Llama-3.1-8B-shaped{' (tiny)' if args.tiny else ''} {args.dtype}, LoRA r=16, "
+        f"{args.generations} generations x {args.context} tokens (prompt {args.prompt_len}); "
+        f"weights + LoRA + inputs: {weights:.1f} GiB; device: "
+        f"{torch.cuda.get_device_name() if cuda else args.device}"
+    )
     print(f"# command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}".rstrip())
     print()
     print("| variant | micro-batch | peak GiB (total) | peak GiB above weights | time s per completion |")

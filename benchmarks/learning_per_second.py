@@ -8,6 +8,7 @@ in every run). Prints a table and writes a PNG.
 
     python benchmarks/learning_per_second.py --run baseline=RUN_DIR_A --run dynamic=RUN_DIR_B --out docs/img/x.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,14 @@ def curve(run_dir: Path) -> list[dict[str, float]]:
         elapsed += float(m.get("step_time") or 0.0)
         prompts = float(m.get("dynamic/prompts_consumed_total") or prompts)
         if m.get("eval/greedy_accuracy") is not None:
-            out.append({"step": m["step"], "train_s": elapsed, "prompts": prompts,
-                        **{k: v for k, v in m.items() if k.startswith("eval/")}})
+            out.append(
+                {
+                    "step": m["step"],
+                    "train_s": elapsed,
+                    "prompts": prompts,
+                    **{k: v for k, v in m.items() if k.startswith("eval/")},
+                }
+            )
     return out
 
 
@@ -46,17 +53,27 @@ def main() -> None:
         print("  step  train_s  prompts  greedy [95% CI]          sampled pass@1 [95% CI]")
         for r in rows:
             s = r.get("eval/sampled_pass@1")
-            sampled = (f"{s:.3f} [{r['eval/sampled_pass@1_ci_low']:.3f}, {r['eval/sampled_pass@1_ci_high']:.3f}]"
-                       if s is not None else "n/a")
-            print(f"  {r['step']:>4}  {r['train_s']:7.0f}  {r['prompts']:7.0f}  {r['eval/greedy_accuracy']:.3f} "
-                  f"[{r['eval/greedy_accuracy_ci_low']:.3f}, {r['eval/greedy_accuracy_ci_high']:.3f}]   {sampled}")
+            sampled = (
+                f"{s:.3f} [{r['eval/sampled_pass@1_ci_low']:.3f}, {r['eval/sampled_pass@1_ci_high']:.3f}]"
+                if s is not None
+                else "n/a"
+            )
+            print(
+                f"  {r['step']:>4}  {r['train_s']:7.0f}  {r['prompts']:7.0f}  {r['eval/greedy_accuracy']:.3f} "
+                f"[{r['eval/greedy_accuracy_ci_low']:.3f}, {r['eval/greedy_accuracy_ci_high']:.3f}]   {sampled}"
+            )
         t = [r["train_s"] for r in rows]
         for ax, key in zip(axes, ("eval/greedy_accuracy", "eval/sampled_pass@1")):
             if not rows or key not in rows[0]:
                 continue
-            line, = ax.plot(t, [r[key] for r in rows], marker="o", label=label)
-            ax.fill_between(t, [r[f"{key}_ci_low"] for r in rows], [r[f"{key}_ci_high"] for r in rows],
-                            color=line.get_color(), alpha=0.15)
+            (line,) = ax.plot(t, [r[key] for r in rows], marker="o", label=label)
+            ax.fill_between(
+                t,
+                [r[f"{key}_ci_low"] for r in rows],
+                [r[f"{key}_ci_high"] for r in rows],
+                color=line.get_color(),
+                alpha=0.15,
+            )
     for ax, name in zip(axes, ("greedy accuracy", "sampled pass@1")):
         ax.set_xlabel("training wall-clock time (s, evaluations excluded)")
         ax.set_title(f"held-out {name} (95 % interval)")

@@ -23,6 +23,7 @@ Same numbers: each worker saves its loss and gradients; the parent reports the l
 difference (``|a - b|_2 / |b|_2``) of every variant against the naive one (or rlvr when naive is
 skipped).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,7 +90,7 @@ def make_inputs(N: int, T: int, H: int, V: int, dtype, device: str, seed: int = 
 
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(N, T, H, generator=g).to(device=device, dtype=dtype)
-    weight = (torch.randn(V, H, generator=g) * H ** -0.5).to(device=device, dtype=dtype)
+    weight = (torch.randn(V, H, generator=g) * H**-0.5).to(device=device, dtype=dtype)
     targets = torch.randint(0, V, (N, T), generator=g).to(device)
     lengths = torch.randint(T // 2, T + 1, (N,), generator=g)
     lengths[0] = T
@@ -141,8 +142,9 @@ def step(variant: str, hidden, weight, targets, mask, adv, old, ref, chunk_token
         logps = token_logprobs(hidden, weight, targets, chunk_tokens=chunk_tokens)
         loss = grpo_loss(logps, mask, adv, old, ref)
     elif variant == "liger":
-        loss, _metrics = step.liger(hidden, weight, targets, mask, adv, ref_per_token_logps=ref,
-                                    old_per_token_logps=old)
+        loss, _metrics = step.liger(
+            hidden, weight, targets, mask, adv, ref_per_token_logps=ref, old_per_token_logps=old
+        )
     else:
         raise ValueError(variant)
     gh, gw = torch.autograd.grad(loss, (hidden, weight))
@@ -159,14 +161,29 @@ def worker(args) -> None:
     if args.variant == "liger":
         from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
 
-        step.liger = LigerFusedLinearGRPOLoss(beta=BETA, compiled=False, use_ref_model=True, chunk_size=1,
-                                              epsilon_low=EPS, epsilon_high=EPS, loss_type="grpo", temperature=1.0)
+        step.liger = LigerFusedLinearGRPOLoss(
+            beta=BETA,
+            compiled=False,
+            use_ref_model=True,
+            chunk_size=1,
+            epsilon_low=EPS,
+            epsilon_high=EPS,
+            loss_type="grpo",
+            temperature=1.0,
+        )
     inputs = make_inputs(N, T, H, V, dtype, args.device)
     # warm-up on a slice (thread pools, allocator, first-call paths) without paying a full step
     w = min(T, 256)
     hidden, weight, targets, mask, adv, old, ref = inputs
-    small = (hidden[:1, :w].detach().requires_grad_(True), weight, targets[:1, :w], mask[:1, :w], adv[:1],
-             old[:1, :w], ref[:1, :w])
+    small = (
+        hidden[:1, :w].detach().requires_grad_(True),
+        weight,
+        targets[:1, :w],
+        mask[:1, :w],
+        adv[:1],
+        old[:1, :w],
+        ref[:1, :w],
+    )
     step(args.variant, *small, chunk_tokens=args.chunk_tokens)
     del small
     probe = Probe(args.device)
@@ -204,8 +221,24 @@ def run_variant(variant: str, shape: str, args, save: str | None) -> dict | None
     py = args.liger_python if variant == "liger" else sys.executable
     if py is None:
         return None
-    cmd = [py, __file__, "--worker", variant, "--shape", shape, "--dtype", args.dtype, "--device", args.device,
-           "--repeats", str(args.repeats), "--chunk-tokens", str(args.chunk_tokens), "--threads", str(args.threads)]
+    cmd = [
+        py,
+        __file__,
+        "--worker",
+        variant,
+        "--shape",
+        shape,
+        "--dtype",
+        args.dtype,
+        "--device",
+        args.device,
+        "--repeats",
+        str(args.repeats),
+        "--chunk-tokens",
+        str(args.chunk_tokens),
+        "--threads",
+        str(args.threads),
+    ]
     if save:
         cmd += ["--save", save]
     return run_worker(cmd, f"{variant} {shape}")
@@ -213,8 +246,11 @@ def run_variant(variant: str, shape: str, args, save: str | None) -> dict | None
 
 def run_worker(cmd: list, label: str) -> dict | None:
     """Run one measuring process (glibc returning freed blocks, rlvr importable); its RESULT line."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        MALLOC_MMAP_THRESHOLD_="131072",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     line = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
     if res.returncode != 0 or not line:
@@ -239,8 +275,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="*", default=["8,1024", "1,16384"], help="N,T pairs (H, V from --hv)")
     ap.add_argument("--hv", default="576,49152", help="hidden size, vocabulary (SmolLM2-135M)")
-    ap.add_argument("--series", nargs="*", default=["2048", "8192", "16384"],
-                    help="T values for the N=1 growth series (rlvr and liger only)")
+    ap.add_argument(
+        "--series",
+        nargs="*",
+        default=["2048", "8192", "16384"],
+        help="T values for the N=1 growth series (rlvr and liger only)",
+    )
     ap.add_argument("--variants", nargs="*", default=["naive", "liger", "rlvr"])
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu")
@@ -259,8 +299,10 @@ def main() -> None:
         print("liger-kernel not importable (pass --liger-python); skipping it", file=sys.stderr)
     H, V = (int(x) for x in args.hv.split(","))
     tmp = tempfile.mkdtemp(prefix="rlvr-loss-bench-")
-    print(f"# loss_memory: log-probs + GRPO loss + backward, H={H}, V={V}, {args.dtype} on {args.device}; "
-          f"peak memory above the inputs (MiB), time of one step (s)")
+    print(
+        f"# loss_memory: log-probs + GRPO loss + backward, H={H}, V={V}, {args.dtype} on {args.device}; "
+        f"peak memory above the inputs (MiB), time of one step (s)"
+    )
     print(f"# command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}".rstrip())
     rows = []
     for nt in args.shapes:
@@ -270,8 +312,10 @@ def main() -> None:
         for v in args.variants:
             need_mb = 4.0 * N * T * V * 4 / 2**20
             if v == "naive" and args.device == "cpu" and need_mb > 0.9 * _mem_available_mb():
-                print(f"  [naive {shape}] skipped: needs ~{need_mb:.0f} MiB, {_mem_available_mb():.0f} available",
-                      file=sys.stderr)
+                print(
+                    f"  [naive {shape}] skipped: needs ~{need_mb:.0f} MiB, {_mem_available_mb():.0f} available",
+                    file=sys.stderr,
+                )
                 continue
             r = run_variant(v, shape, args, os.path.join(tmp, f"{v}-{N}-{T}.pt"))
             if r:
@@ -283,15 +327,20 @@ def main() -> None:
         for f in Path(tmp).glob(f"*-{N}-{T}.pt"):
             f.unlink()
     print()
-    print("| N x T | variant | peak MiB | time s | peak vs naive | peak vs liger | time vs liger | rel. diff vs " + "naive |")
+    print(
+        "| N x T | variant | peak MiB | time s | peak vs naive | peak vs liger | time vs liger | rel. diff vs "
+        + "naive |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for (N, T), res, base in rows:
         for v, r in res.items():
             pn = f"{res['naive']['peak_mb'] / r['peak_mb']:.1f}x less" if "naive" in res and v != "naive" else "-"
             pl = f"{r['peak_mb'] / res['liger']['peak_mb']:.2f}x" if "liger" in res and v != "liger" else "-"
             tl = f"{r['time_s'] / res['liger']['time_s']:.2f}x" if "liger" in res and v != "liger" else "-"
-            print(f"| {N} x {T} | {v} | {r['peak_mb']:.0f} | {r['time_s']:.2f} | {pn} | {pl} | {tl} | "
-                  f"{r['rel_diff']:.1e}{'' if base == 'naive' else ' (vs rlvr)'} |")
+            print(
+                f"| {N} x {T} | {v} | {r['peak_mb']:.0f} | {r['time_s']:.2f} | {pn} | {pl} | {tl} | "
+                f"{r['rel_diff']:.1e}{'' if base == 'naive' else ' (vs rlvr)'} |"
+            )
     if args.series:
         print()
         print("| N x T | variant | peak MiB | of which dL/dhidden | peak minus dL/dhidden | time s |")
@@ -303,7 +352,9 @@ def main() -> None:
                 if not r:
                     continue
                 dh = T * H * 4 / 2**20
-                print(f"| 1 x {T} | {v} | {r['peak_mb']:.0f} | {dh:.0f} | {r['peak_mb'] - dh:.0f} | {r['time_s']:.2f} |")
+                print(
+                    f"| 1 x {T} | {v} | {r['peak_mb']:.0f} | {dh:.0f} | {r['peak_mb'] - dh:.0f} | {r['time_s']:.2f} |"
+                )
 
 
 class Namespace(argparse.Namespace):

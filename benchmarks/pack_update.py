@@ -9,6 +9,7 @@ log-prob path (``grouped_completion_logprobs``) with ``pack=False`` and ``pack=T
 the summed log-probs, alternating so the machine's load hits both alike. Prints medians and the ratio of
 token-passes (padded ``N·T`` against the buckets' ``Σ rows·width``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,7 @@ def main() -> None:
     work = sum(len(b) * max(lengths[i] for i in b) for b in buckets)
     times: dict[bool, list[float]] = {False: [], True: []}
     for rep in range(args.repeats):
-        for pack in ((False, True) if rep % 2 == 0 else (True, False)):
+        for pack in (False, True) if rep % 2 == 0 else (True, False):
             model.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
             lp = grouped_completion_logprobs(model, ids, mask, P, N, pack=pack)
@@ -51,8 +52,10 @@ def main() -> None:
             times[pack].append(time.perf_counter() - t0)
             print(f"pack={pack}: {times[pack][-1]:.2f} s", flush=True)
     off, on = statistics.median(times[False]), statistics.median(times[True])
-    print(f"\nlengths {lengths}, prompt {P} (run once), buckets {buckets}; completion token-passes {N * T} padded, "
-          f"{work} packed ({N * T / work:.2f}x fewer)")
+    print(
+        f"\nlengths {lengths}, prompt {P} (run once), buckets {buckets}; completion token-passes {N * T} padded, "
+        f"{work} packed ({N * T / work:.2f}x fewer)"
+    )
     print(f"| padded s | packed s | speed-up |\n|---|---|---|\n| {off:.2f} | {on:.2f} | {off / on:.2f}x |")
 
 

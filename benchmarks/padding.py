@@ -11,6 +11,7 @@ move) runs on those rollouts with ``trainer.pack_completions`` on and off. The v
 a step, so the machine's load hits both alike. Printed: seconds per variant, decode rows × steps run,
 completion tokens against padded tokens, and the ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,11 +33,21 @@ REWARDS = "[gsm8k_xmlcount,gsm8k_soft_format,gsm8k_strict_format,gsm8k_int,gsm8k
 def build(args: argparse.Namespace):
     import rlvr
 
-    overrides = ["model=smollm2", "task=gsm8k", f"task.data_dir={args.data_dir}", f"reward={REWARDS}",
-                 f"engine.max_new_tokens={args.max_new}", f"trainer.prompts_per_step={args.prompts}",
-                 f"trainer.num_generations={args.generations}", f"trainer.threads={args.threads}",
-                 "trainer.progress=false", "trainer.eval_steps=0", f"trainer.seed={args.seed}",
-                 f"trainer.output_dir={tempfile.mkdtemp(prefix='rlvr-padding-')}", *args.override]
+    overrides = [
+        "model=smollm2",
+        "task=gsm8k",
+        f"task.data_dir={args.data_dir}",
+        f"reward={REWARDS}",
+        f"engine.max_new_tokens={args.max_new}",
+        f"trainer.prompts_per_step={args.prompts}",
+        f"trainer.num_generations={args.generations}",
+        f"trainer.threads={args.threads}",
+        "trainer.progress=false",
+        "trainer.eval_steps=0",
+        f"trainer.seed={args.seed}",
+        f"trainer.output_dir={tempfile.mkdtemp(prefix='rlvr-padding-')}",
+        *args.override,
+    ]
     return rlvr.Trainer(rlvr.compose(overrides))
 
 
@@ -81,8 +92,9 @@ def main() -> None:
         sampler = trainer.sampler.state_dict()  # both variants draw the same prompts
         for compact in order:
             trainer.sampler.load_state_dict(sampler)
-            batches[compact], r[f"gen_s_{compact}"], r[f"decode_rows_{compact}"] = timed_generation(trainer, step,
-                                                                                                   compact)
+            batches[compact], r[f"gen_s_{compact}"], r[f"decode_rows_{compact}"] = timed_generation(
+                trainer, step, compact
+            )
         a, b = batches[True].rollouts, batches[False].rollouts
         r["same_tokens"] = bool(torch.equal(a.completion_ids, b.completion_ids))
         batch = batches[True]
@@ -90,8 +102,14 @@ def main() -> None:
         trainer.compute_advantages(batch)
         trainer.reference_logprobs(batch)
         lengths = a.completion_mask.sum(1)
-        r.update(tokens=int(lengths.sum()), padded=int(a.completion_mask.numel()), min_len=int(lengths.min()),
-                 max_len=int(lengths.max()), decode_steps=int(lengths.max()), reward=float(batch.total.mean()))
+        r.update(
+            tokens=int(lengths.sum()),
+            padded=int(a.completion_mask.numel()),
+            min_len=int(lengths.min()),
+            max_len=int(lengths.max()),
+            decode_steps=int(lengths.max()),
+            reward=float(batch.total.mean()),
+        )
         for pack in order:
             r[f"update_s_{pack}"] = timed_update(trainer, batch, pack)
         rows.append(r)
@@ -102,16 +120,20 @@ def main() -> None:
 
     lo, hi = min(x["min_len"] for x in rows), max(x["max_len"] for x in rows)
     real = sum(x["tokens"] for x in rows) / sum(x["padded"] for x in rows)
-    print(f"\n{args.prompts} prompts x {args.generations} completions, max {args.max_new} new tokens, {args.steps} "
-          f"steps, {args.threads} threads; completion lengths {lo}–{hi}, {real:.0%} of the padded tokens are real; "
-          f"same tokens with and without compaction: {all(x['same_tokens'] for x in rows)}")
+    print(
+        f"\n{args.prompts} prompts x {args.generations} completions, max {args.max_new} new tokens, {args.steps} "
+        f"steps, {args.threads} threads; completion lengths {lo}–{hi}, {real:.0%} of the padded tokens are real; "
+        f"same tokens with and without compaction: {all(x['same_tokens'] for x in rows)}"
+    )
     print("\n| phase | padded (off) s | skipping padding (on) s | saved |")
     print("|---|---|---|---|")
     for name, key in (("generation (compact_finished)", "gen_s"), ("update fwd+bwd (pack_completions)", "update_s")):
         off, on = med(f"{key}_False"), med(f"{key}_True")
         print(f"| {name} | {off:.2f} | {on:.2f} | {1 - on / off:.0%} ({off / on:.2f}x) |")
-    print(f"\ndecode rows x steps (median): {med('decode_rows_False'):.0f} without compaction, "
-          f"{med('decode_rows_True'):.0f} with")
+    print(
+        f"\ndecode rows x steps (median): {med('decode_rows_False'):.0f} without compaction, "
+        f"{med('decode_rows_True'):.0f} with"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -7,6 +7,7 @@ Prints the time of each phase (generation: prefill + decode loop; rewards; the p
 forward + backward; the optimizer step) from ``record_function`` ranges wrapped around the
 trainer's methods, then the operators by self CPU time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,11 +35,21 @@ def main() -> None:
     import rlvr
 
     torch.set_num_threads(args.threads)
-    cfg = rlvr.compose([
-        f"engine.max_new_tokens={MAX_NEW}", f"trainer.prompts_per_step={PROMPTS_PER_STEP}",
-        f"trainer.num_generations={NUM_GENERATIONS}", f"trainer.lr={LR}", "trainer.warmup_steps=0",
-        "trainer.adam_beta2=0.99", f"trainer.threads={args.threads}", f"trainer.seed={SEED}", "trainer.progress=false",
-        f"trainer.output_dir={tempfile.mkdtemp(prefix='rlvr-profile-')}", *args.override])
+    cfg = rlvr.compose(
+        [
+            f"engine.max_new_tokens={MAX_NEW}",
+            f"trainer.prompts_per_step={PROMPTS_PER_STEP}",
+            f"trainer.num_generations={NUM_GENERATIONS}",
+            f"trainer.lr={LR}",
+            "trainer.warmup_steps=0",
+            "trainer.adam_beta2=0.99",
+            f"trainer.threads={args.threads}",
+            f"trainer.seed={SEED}",
+            "trainer.progress=false",
+            f"trainer.output_dir={tempfile.mkdtemp(prefix='rlvr-profile-')}",
+            *args.override,
+        ]
+    )
     trainer = rlvr.Trainer(cfg)
 
     def wrap(obj, name, label):
@@ -47,6 +58,7 @@ def main() -> None:
         def wrapped(*a, **k):
             with record_function(label):
                 return fn(*a, **k)
+
         setattr(obj, name, wrapped)
 
     wrap(trainer, "generate", "phase: generation")
@@ -59,11 +71,16 @@ def main() -> None:
         metrics = [trainer.train_step() for _ in range(args.steps)]
     events = {e.key: e for e in prof.key_averages()}
     step = sum(m["step_time"] for m in metrics) / args.steps
-    print(f"step {step:.2f} s (profiled), completion length {metrics[-1]['completion_length/mean']:.1f}, "
-          f"max {metrics[-1]['completion_length/max']:.0f}")
+    print(
+        f"step {step:.2f} s (profiled), completion length {metrics[-1]['completion_length/mean']:.1f}, "
+        f"max {metrics[-1]['completion_length/max']:.0f}"
+    )
     phases = {k: events[k].cpu_time_total / 1e6 / args.steps for k in events if k.startswith("phase:")}
-    backward = sum(e.cpu_time_total for k, e in events.items() if k.startswith("autograd::engine::evaluate_function")
-                   ) / 1e6 / args.steps
+    backward = (
+        sum(e.cpu_time_total for k, e in events.items() if k.startswith("autograd::engine::evaluate_function"))
+        / 1e6
+        / args.steps
+    )
     for k, v in sorted(phases.items(), key=lambda kv: -kv[1]):
         print(f"  {k[7:]:<22} {v:6.2f} s  {100 * v / step:4.0f} %")
     print(f"  {'update backward':<22} {backward:6.2f} s  {100 * backward / step:4.0f} %")

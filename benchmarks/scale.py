@@ -20,6 +20,7 @@ tokens/s (completion tokens / generation time) and update tokens/s (prompt + com
 batch / (step time - generation time)), from the last step (the first one warms up). Weights are random:
 completions run to ``--new-tokens`` (EOS is improbable), which is what a throughput measurement wants.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,10 +38,21 @@ ROOT = Path(__file__).resolve().parents[1]
 # ------------------------------------------------------------------------------------------------
 # CPU: 1 vs 2 processes
 # ------------------------------------------------------------------------------------------------
-CPU_DEFAULTS = ["model=tiny", "model.lora=true", "model.hidden_size=256", "model.intermediate_size=768",
-                "model.num_layers=4", "model.num_heads=8", "model.num_kv_heads=4", "trainer.prompts_per_step=4",
-                "trainer.num_generations=4", "engine.max_new_tokens=48", "trainer.progress=false",
-                "trainer.warmup_steps=0", "trainer.lr=1e-3"]
+CPU_DEFAULTS = [
+    "model=tiny",
+    "model.lora=true",
+    "model.hidden_size=256",
+    "model.intermediate_size=768",
+    "model.num_layers=4",
+    "model.num_heads=8",
+    "model.num_kv_heads=4",
+    "trainer.prompts_per_step=4",
+    "trainer.num_generations=4",
+    "engine.max_new_tokens=48",
+    "trainer.progress=false",
+    "trainer.warmup_steps=0",
+    "trainer.lr=1e-3",
+]
 
 
 def _free_port() -> int:
@@ -60,17 +72,34 @@ def _cpu_run(label: str, launcher: list[str], threads: int, overrides: list[str]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     timed = rows[1:] or rows
     step = sum(r["step_time"] for r in timed) / len(timed)
-    return {"label": label, "steps_per_s": 1.0 / step, "step_time_s": step, "wall_s": wall,
-            "reward_mean_last": rows[-1]["reward/mean"]}
+    return {
+        "label": label,
+        "steps_per_s": 1.0 / step,
+        "step_time_s": step,
+        "wall_s": wall,
+        "reward_mean_last": rows[-1]["reward/mean"],
+    }
 
 
 def cmd_cpu(args: argparse.Namespace) -> None:
     overrides = [*CPU_DEFAULTS, f"trainer.max_steps={args.steps}", *args.overrides]
     one = [sys.executable]
-    two = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port())]
-    ways = [("1 process, 1 thread", one, 1), ("1 process, 2 threads", one, 2),
-            ("2 processes (gloo), 1 thread each", two, 1)]
+    two = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+    ]
+    ways = [
+        ("1 process, 1 thread", one, 1),
+        ("1 process, 2 threads", one, 2),
+        ("2 processes (gloo), 1 thread each", two, 1),
+    ]
     runs: dict[str, list[dict]] = {label: [] for label, _, _ in ways}
     same = True
     with tempfile.TemporaryDirectory(prefix="rlvr-scale-") as tmp:
@@ -82,10 +111,13 @@ def cmd_cpu(args: argparse.Namespace) -> None:
                     ref = run_dir
             for i, (label, _, _) in enumerate(ways if rep % 2 == 0 else ways[::-1]):
                 if label.startswith("2 processes"):
-                    same &= (Path(tmp) / f"{rep}-{i}" / "completions.jsonl").read_text() == \
-                        (ref / "completions.jsonl").read_text()
-    print(f"CPU: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; {args.repeats} interleaved repeats; "
-          f"overrides: {' '.join(overrides)}")
+                    same &= (Path(tmp) / f"{rep}-{i}" / "completions.jsonl").read_text() == (
+                        ref / "completions.jsonl"
+                    ).read_text()
+    print(
+        f"CPU: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; {args.repeats} interleaved repeats; "
+        f"overrides: {' '.join(overrides)}"
+    )
     print(f"{'run':<36} {'steps/s (median)':>17} {'min':>7} {'max':>7}")
     median = {}
     for label, rs in runs.items():
@@ -102,12 +134,35 @@ def cmd_cpu(args: argparse.Namespace) -> None:
 # GPU: LoRA vs QLoRA
 # ------------------------------------------------------------------------------------------------
 SHAPES = {
-    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0),
-    "llama-3.1-70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-                          num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=512, tie_word_embeddings=False),  # a smoke test of the script
+    "llama-3.1-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+        rope_theta=500000.0,
+    ),
+    "llama-3.1-70b": dict(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+        rope_theta=500000.0,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        tie_word_embeddings=False,
+    ),  # a smoke test of the script
 }
 
 
@@ -119,10 +174,18 @@ def _quantize_linears(module, dtype, device) -> None:
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is torch.nn.Linear:
-                q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                      compute_dtype=dtype, compress_statistics=True, quant_type="nf4", device="meta")
-                q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, compress_statistics=True,
-                                             quant_type="nf4").to(device)
+                q = bnb.nn.Linear4bit(
+                    child.in_features,
+                    child.out_features,
+                    bias=child.bias is not None,
+                    compute_dtype=dtype,
+                    compress_statistics=True,
+                    quant_type="nf4",
+                    device="meta",
+                )
+                q.weight = bnb.nn.Params4bit(
+                    child.weight.data, requires_grad=False, compress_statistics=True, quant_type="nf4"
+                ).to(device)
                 if child.bias is not None:
                     q.bias = child.bias
                 setattr(parent, name, q)
@@ -135,8 +198,13 @@ def build_random(shape: str, quantize: bool, device: str, dtype_name: str, token
     from transformers import LlamaConfig, LlamaForCausalLM
 
     dtype = getattr(torch, dtype_name)
-    config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        **SHAPES[shape],
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     with torch.device("meta"):
         model = LlamaForCausalLM(config).to(dtype)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -179,20 +247,37 @@ def gpu_worker(spec: dict) -> dict:
     t0 = time.perf_counter()
     quant = spec["variant"] == "qlora"
     model = build_random(spec["shape"], quant, device, spec["dtype"], tok)
-    policy = finish_policy(model, tok, ModelConfig(dtype=spec["dtype"], lora=True, load_in_4bit=quant, lora_r=16,
-                                                   lora_alpha=32), name=f"random-{spec['shape']}")
+    policy = finish_policy(
+        model,
+        tok,
+        ModelConfig(dtype=spec["dtype"], lora=True, load_in_4bit=quant, lora_r=16, lora_alpha=32),
+        name=f"random-{spec['shape']}",
+    )
     build_s = time.perf_counter() - t0
     if cuda:
         torch.cuda.synchronize()
         weights_gb = torch.cuda.memory_allocated() / 2**30
     else:
         weights_gb = float("nan")
-    tc = TrainerConfig(prompts_per_step=spec["prompts"], num_generations=spec["generations"], max_steps=spec["steps"],
-                       micro_batch_size=spec["micro_batch"], gradient_checkpointing=True, warmup_steps=0,
-                       lr=1e-5, progress=False, log_steps=0)
-    cfg = {"trainer": tc, "task": {"name": "arithmetic"}, "loss": {"name": "grpo"}, "logger": {},
-           "engine": {"name": "hf", "max_new_tokens": spec["new_tokens"], "max_prompt_length": 256},
-           "model": {"name": "hf"}}
+    tc = TrainerConfig(
+        prompts_per_step=spec["prompts"],
+        num_generations=spec["generations"],
+        max_steps=spec["steps"],
+        micro_batch_size=spec["micro_batch"],
+        gradient_checkpointing=True,
+        warmup_steps=0,
+        lr=1e-5,
+        progress=False,
+        log_steps=0,
+    )
+    cfg = {
+        "trainer": tc,
+        "task": {"name": "arithmetic"},
+        "loss": {"name": "grpo"},
+        "logger": {},
+        "engine": {"name": "hf", "max_new_tokens": spec["new_tokens"], "max_prompt_length": 256},
+        "model": {"name": "hf"},
+    }
 
     def varied(completions, **_):
         return [float(len(c) % 7) for c in completions]
@@ -211,25 +296,44 @@ def gpu_worker(spec: dict) -> dict:
     n = spec["prompts"] * spec["generations"]
     update_s = last["step_time"] - last["generation_time"]
     trainable = sum(p.numel() for p in policy.model.parameters() if p.requires_grad)
-    return {**spec, "device": torch.cuda.get_device_name() if cuda else "cpu", "build_s": build_s,
-            "trainable_params_M": trainable / 1e6, "weights_GiB": weights_gb,
-            "peak_GiB": (torch.cuda.max_memory_allocated() / 2**30) if cuda else float("nan"),
-            "step_s": last["step_time"], "generation_s": last["generation_time"],
-            "generation_tokens_per_s": last["tokens_per_s"],
-            "completion_tokens": n * last["completion_length/mean"],
-            "update_completion_tokens_per_s": n * last["completion_length/mean"] / max(update_s, 1e-9),
-            "update_s": update_s, "reward_mean": last["reward/mean"]}
+    return {
+        **spec,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "build_s": build_s,
+        "trainable_params_M": trainable / 1e6,
+        "weights_GiB": weights_gb,
+        "peak_GiB": (torch.cuda.max_memory_allocated() / 2**30) if cuda else float("nan"),
+        "step_s": last["step_time"],
+        "generation_s": last["generation_time"],
+        "generation_tokens_per_s": last["tokens_per_s"],
+        "completion_tokens": n * last["completion_length/mean"],
+        "update_completion_tokens_per_s": n * last["completion_length/mean"] / max(update_s, 1e-9),
+        "update_s": update_s,
+        "reward_mean": last["reward/mean"],
+    }
 
 
 def cmd_gpu(args: argparse.Namespace) -> None:
     results = []
     for item in args.variants.split(","):
         variant, shape = item.split(":")
-        spec = {"variant": variant, "shape": shape, "dtype": args.dtype, "prompts": args.prompts,
-                "generations": args.generations, "new_tokens": args.new_tokens, "steps": args.steps,
-                "micro_batch": args.micro_batch}
-        proc = subprocess.run([sys.executable, __file__, "_gpu_worker", json.dumps(spec)], cwd=ROOT,
-                              capture_output=True, text=True, timeout=args.timeout)
+        spec = {
+            "variant": variant,
+            "shape": shape,
+            "dtype": args.dtype,
+            "prompts": args.prompts,
+            "generations": args.generations,
+            "new_tokens": args.new_tokens,
+            "steps": args.steps,
+            "micro_batch": args.micro_batch,
+        }
+        proc = subprocess.run(
+            [sys.executable, __file__, "_gpu_worker", json.dumps(spec)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=args.timeout,
+        )
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if proc.returncode != 0 or not lines:
             err = proc.stderr.strip().splitlines()[-1:] or ["?"]
@@ -238,9 +342,12 @@ def cmd_gpu(args: argparse.Namespace) -> None:
             continue
         r = json.loads(lines[-1])
         results.append(r)
-        print(f"{item:<22} weights {r['weights_GiB']:6.1f} GiB  peak {r['peak_GiB']:6.1f} GiB  "
-              f"generation {r['generation_tokens_per_s']:8.0f} tok/s  update {r['update_completion_tokens_per_s']:7.0f} "
-              f"completion tok/s  step {r['step_s']:.1f} s  (build {r['build_s']:.0f} s, {r['device']})", flush=True)
+        print(
+            f"{item:<22} weights {r['weights_GiB']:6.1f} GiB  peak {r['peak_GiB']:6.1f} GiB  "
+            f"generation {r['generation_tokens_per_s']:8.0f} tok/s  update {r['update_completion_tokens_per_s']:7.0f} "
+            f"completion tok/s  step {r['step_s']:.1f} s  (build {r['build_s']:.0f} s, {r['device']})",
+            flush=True,
+        )
     print(json.dumps({"gpu": results}))
 
 

@@ -19,6 +19,7 @@ The model is a random-weight ``LlamaForCausalLM`` with SmolLM2-135M's configurat
 memory as the real weights. Memory is measured as in ``loss_memory.py`` (peak RSS above the
 resident memory after the model and rollouts exist, or the CUDA allocator's peak).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loss_memory import Probe, grpo_loss, run_worker, selective_log_softmax  # noqa: E402
 
-SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                    num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rms_norm_eps=1e-5,
-                    rope_theta=100000.0, tie_word_embeddings=True, hidden_act="silu")
+SMOLLM2_135M = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+    rope_theta=100000.0,
+    tie_word_embeddings=True,
+    hidden_act="silu",
+)
 
 
 def build(args):
@@ -69,8 +80,13 @@ def logps_of(variant: str, model, ids, mask, P: int, chunk_tokens: int):
     from rlvr.modeling import position_ids_from_mask
 
     T = ids.shape[1] - P
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                   logits_to_keep=T + 1, use_cache=False).logits
+    logits = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=position_ids_from_mask(mask),
+        logits_to_keep=T + 1,
+        use_cache=False,
+    ).logits
     logits = logits[:, :-1, :]
     return selective_log_softmax(logits, ids[:, P:]).float()
 
@@ -104,8 +120,18 @@ def worker(args) -> None:
         enable_gradient_checkpointing(model)
     P = args.prompt_len
     # warm-up on one short completion (first-call paths), then drop its gradients
-    one_step(variant, model, ids[:1, :P + 16], mask[:1, :P + 16], cmask[:1, :16], adv[:1], ref[:1, :16], P, 1,
-             args.chunk_tokens)
+    one_step(
+        variant,
+        model,
+        ids[:1, : P + 16],
+        mask[:1, : P + 16],
+        cmask[:1, :16],
+        adv[:1],
+        ref[:1, :16],
+        P,
+        1,
+        args.chunk_tokens,
+    )
     model.zero_grad(set_to_none=True)
     probe = Probe(args.device)
     probe.reset()
@@ -139,15 +165,26 @@ def main() -> None:
     if args.worker:
         return worker(args)
     tmp = tempfile.mkdtemp(prefix="rlvr-step-bench-")
-    print(f"# step_memory: SmolLM2-135M-shaped Llama{' (' + str(args.layers) + ' layers)' if args.layers else ''}, "
-          f"{args.n} x ({args.prompt_len} prompt + {args.completion_len} completion) tokens, "
-          f"micro-batch {args.micro_batch or args.n}, {args.dtype} on {args.device}")
+    print(
+        f"# step_memory: SmolLM2-135M-shaped Llama{' (' + str(args.layers) + ' layers)' if args.layers else ''}, "
+        f"{args.n} x ({args.prompt_len} prompt + {args.completion_len} completion) tokens, "
+        f"micro-batch {args.micro_batch or args.n}, {args.dtype} on {args.device}"
+    )
     print(f"# command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}".rstrip())
     res = {}
     for v in args.variants:
         cmd = [sys.executable, __file__, "--worker", v, "--save", os.path.join(tmp, v + ".pt")]
-        for k in ("n", "prompt_len", "completion_len", "micro_batch", "layers", "dtype", "device", "chunk_tokens",
-                  "threads"):
+        for k in (
+            "n",
+            "prompt_len",
+            "completion_len",
+            "micro_batch",
+            "layers",
+            "dtype",
+            "device",
+            "chunk_tokens",
+            "threads",
+        ):
             cmd += ["--" + k.replace("_", "-"), str(getattr(args, k))]
         r = run_worker(cmd, v)
         if r:

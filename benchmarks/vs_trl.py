@@ -29,6 +29,7 @@ medians over every timed step are printed beside them. The ``bandwidth`` worker 
 copying a 1 GiB float32 tensor with the same threads) and the decode floor: bytes of weights one
 decode step must read ÷ bandwidth, against rlvr's measured time per decode step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,13 +79,34 @@ def worker_rlvr(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     out_dir = tempfile.mkdtemp(prefix="rlvr-vs-trl-")
     overrides = [
-        "model=smollm2", "model.dtype=float32", "task=arithmetic", "reward=[arithmetic]", "loss=grpo",
-        "loss.epsilon=0.2", "loss.beta=0.0", "engine=hf", f"engine.max_new_tokens={MAX_NEW}", "engine.temperature=1.0",
-        "engine.top_p=1.0", f"trainer.prompts_per_step={PROMPTS_PER_STEP}", f"trainer.num_generations={NUM_GENERATIONS}",
-        f"trainer.lr={LR}", "trainer.warmup_steps=0", "trainer.lr_schedule=constant", "trainer.adam_beta1=0.9",
-        "trainer.adam_beta2=0.99", "trainer.weight_decay=0.0", "trainer.max_grad_norm=1.0", "trainer.num_iterations=1",
-        "trainer.advantage_scaling=group", "trainer.gradient_checkpointing=false", f"trainer.threads={args.threads}",
-        f"trainer.seed={SEED}", f"trainer.max_steps={args.steps}", "trainer.progress=false", f"trainer.output_dir={out_dir}",
+        "model=smollm2",
+        "model.dtype=float32",
+        "task=arithmetic",
+        "reward=[arithmetic]",
+        "loss=grpo",
+        "loss.epsilon=0.2",
+        "loss.beta=0.0",
+        "engine=hf",
+        f"engine.max_new_tokens={MAX_NEW}",
+        "engine.temperature=1.0",
+        "engine.top_p=1.0",
+        f"trainer.prompts_per_step={PROMPTS_PER_STEP}",
+        f"trainer.num_generations={NUM_GENERATIONS}",
+        f"trainer.lr={LR}",
+        "trainer.warmup_steps=0",
+        "trainer.lr_schedule=constant",
+        "trainer.adam_beta1=0.9",
+        "trainer.adam_beta2=0.99",
+        "trainer.weight_decay=0.0",
+        "trainer.max_grad_norm=1.0",
+        "trainer.num_iterations=1",
+        "trainer.advantage_scaling=group",
+        "trainer.gradient_checkpointing=false",
+        f"trainer.threads={args.threads}",
+        f"trainer.seed={SEED}",
+        f"trainer.max_steps={args.steps}",
+        "trainer.progress=false",
+        f"trainer.output_dir={out_dir}",
         *args.rlvr_override,
     ]
     trainer = rlvr.Trainer(rlvr.compose(overrides), rewards=[correct])
@@ -94,11 +116,22 @@ def worker_rlvr(args: argparse.Namespace) -> dict:
         m = trainer.train_step()
         dt = time.perf_counter() - t0
         n = PROMPTS_PER_STEP * NUM_GENERATIONS
-        steps.append({"time": dt, "reward": m["reward/mean"], "tokens": m["completion_length/mean"] * n,
-                      "generation_time": m["generation_time"], "decode_steps": m["completion_length/max"],
-                      "max_length": m["completion_length/max"]})
-        print(f"rlvr step {len(steps)}: {dt:.2f} s (generation {m['generation_time']:.2f} s), reward "
-              f"{m['reward/mean']:.2f}, length {m['completion_length/mean']:.1f}", file=sys.stderr, flush=True)
+        steps.append(
+            {
+                "time": dt,
+                "reward": m["reward/mean"],
+                "tokens": m["completion_length/mean"] * n,
+                "generation_time": m["generation_time"],
+                "decode_steps": m["completion_length/max"],
+                "max_length": m["completion_length/max"],
+            }
+        )
+        print(
+            f"rlvr step {len(steps)}: {dt:.2f} s (generation {m['generation_time']:.2f} s), reward "
+            f"{m['reward/mean']:.2f}, length {m['completion_length/mean']:.1f}",
+            file=sys.stderr,
+            flush=True,
+        )
     params = sum(p.numel() * p.element_size() for p in trainer.policy.model.parameters())
     return {"steps": steps, "peak_mb": vm_hwm_mb(), "weight_bytes": params, "decoder": trainer.engine.last_decoder}
 
@@ -122,13 +155,38 @@ def worker_trl(args: argparse.Namespace) -> dict:
         tok.pad_token = tok.eos_token
     out_dir = tempfile.mkdtemp(prefix="trl-vs-rlvr-")
     config = GRPOConfig(
-        output_dir=out_dir, use_cpu=True, bf16=False, fp16=False, model_init_kwargs={"dtype": torch.float32},
-        per_device_train_batch_size=PROMPTS_PER_STEP * NUM_GENERATIONS, gradient_accumulation_steps=1,
-        num_generations=NUM_GENERATIONS, max_completion_length=MAX_NEW, temperature=1.0, top_p=1.0,
-        learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, adam_beta1=0.9, adam_beta2=0.99,
-        weight_decay=0.0, max_grad_norm=1.0, beta=0.0, loss_type="grpo", scale_rewards="group", epsilon=0.2,
-        num_iterations=1, gradient_checkpointing=False, max_steps=args.steps, logging_steps=1, save_strategy="no",
-        report_to="none", seed=SEED, log_completions=False, dataloader_num_workers=0, disable_tqdm=True,
+        output_dir=out_dir,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        model_init_kwargs={"dtype": torch.float32},
+        per_device_train_batch_size=PROMPTS_PER_STEP * NUM_GENERATIONS,
+        gradient_accumulation_steps=1,
+        num_generations=NUM_GENERATIONS,
+        max_completion_length=MAX_NEW,
+        temperature=1.0,
+        top_p=1.0,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        adam_beta1=0.9,
+        adam_beta2=0.99,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        beta=0.0,
+        loss_type="grpo",
+        scale_rewards="group",
+        epsilon=0.2,
+        num_iterations=1,
+        gradient_checkpointing=False,
+        max_steps=args.steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=SEED,
+        log_completions=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
     )
     steps: list[dict] = []
 
@@ -142,19 +200,30 @@ def worker_trl(args: argparse.Namespace) -> dict:
         def on_log(self, a, state, control, logs=None, **kw):
             if logs and "reward" in logs and steps and "reward" not in steps[-1]:
                 n = PROMPTS_PER_STEP * NUM_GENERATIONS
-                steps[-1].update(reward=float(logs["reward"]), tokens=float(logs["completions/mean_length"]) * n,
-                                 max_length=float(logs["completions/max_length"]))
-                print(f"trl step {len(steps)}: {steps[-1]['time']:.2f} s, reward {logs['reward']:.2f}, length "
-                      f"{logs['completions/mean_length']:.1f}", file=sys.stderr, flush=True)
+                steps[-1].update(
+                    reward=float(logs["reward"]),
+                    tokens=float(logs["completions/mean_length"]) * n,
+                    max_length=float(logs["completions/max_length"]),
+                )
+                print(
+                    f"trl step {len(steps)}: {steps[-1]['time']:.2f} s, reward {logs['reward']:.2f}, length "
+                    f"{logs['completions/mean_length']:.1f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
-    trainer = GRPOTrainer(model=path, reward_funcs=[correct], args=config, train_dataset=data,
-                          processing_class=tok, callbacks=[Timer()])
+    trainer = GRPOTrainer(
+        model=path, reward_funcs=[correct], args=config, train_dataset=data, processing_class=tok, callbacks=[Timer()]
+    )
     trainer.train()
     import transformers
     import trl
 
-    return {"steps": steps, "peak_mb": vm_hwm_mb(), "versions": f"trl {trl.__version__}, transformers "
-            f"{transformers.__version__}, torch {torch.__version__}"}
+    return {
+        "steps": steps,
+        "peak_mb": vm_hwm_mb(),
+        "versions": f"trl {trl.__version__}, transformers {transformers.__version__}, torch {torch.__version__}",
+    }
 
 
 def worker_bandwidth(args: argparse.Namespace) -> dict:
@@ -184,15 +253,36 @@ def worker_bandwidth(args: argparse.Namespace) -> dict:
 def run_worker(python: str, kind: str, args: argparse.Namespace, root: Path = ROOT) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
-    cmd = [python, str(Path(__file__).resolve()), "--worker", kind, "--steps", str(args.steps), "--threads",
-           str(args.threads), "--out", out] + [f"--rlvr-override={o}" for o in args.rlvr_override]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(root)}
+    cmd = [
+        python,
+        str(Path(__file__).resolve()),
+        "--worker",
+        kind,
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads),
+        "--out",
+        out,
+    ] + [f"--rlvr-override={o}" for o in args.rlvr_override]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+        "PYTHONWARNINGS": "ignore",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(root),
+    }
     if args.omp_wait_policy:
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL if not args.verbose else None,
-                          stderr=None if args.verbose else subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        cmd,
+        env=env,
+        stdout=subprocess.DEVNULL if not args.verbose else None,
+        stderr=None if args.verbose else subprocess.PIPE,
+        text=True,
+    )
     if proc.returncode != 0:
         tail = (proc.stderr or "")[-4000:]
         raise SystemExit(f"{kind} worker failed ({proc.returncode}):\n{tail}")
@@ -213,13 +303,22 @@ def summarise(res: dict, warmup: int, equal: list[int]) -> dict:
 
     med, tok_s = speed(timed)
     eq_med, eq_tok_s = speed(same)
-    first, last = steps[: min(10, len(steps))], steps[-min(10, len(steps)):]
-    out = {"median_s": med, "steps_per_s": 1.0 / med, "peak_gb": res["peak_mb"] / 1024.0, "tokens_per_s": tok_s,
-           "eq_median_s": eq_med, "eq_steps_per_s": 1.0 / eq_med, "eq_tokens_per_s": eq_tok_s,
-           "eq_mean_length": statistics.mean(s["tokens"] for s in same) / (PROMPTS_PER_STEP * NUM_GENERATIONS),
-           "reward_last10": statistics.mean(s["reward"] for s in last),
-           "reward_last10_sd": statistics.pstdev([s["reward"] for s in last]),
-           "reward_first10": statistics.mean(s["reward"] for s in first), "n_timed": len(timed), "n_equal": len(same)}
+    first, last = steps[: min(10, len(steps))], steps[-min(10, len(steps)) :]
+    out = {
+        "median_s": med,
+        "steps_per_s": 1.0 / med,
+        "peak_gb": res["peak_mb"] / 1024.0,
+        "tokens_per_s": tok_s,
+        "eq_median_s": eq_med,
+        "eq_steps_per_s": 1.0 / eq_med,
+        "eq_tokens_per_s": eq_tok_s,
+        "eq_mean_length": statistics.mean(s["tokens"] for s in same) / (PROMPTS_PER_STEP * NUM_GENERATIONS),
+        "reward_last10": statistics.mean(s["reward"] for s in last),
+        "reward_last10_sd": statistics.pstdev([s["reward"] for s in last]),
+        "reward_first10": statistics.mean(s["reward"] for s in first),
+        "n_timed": len(timed),
+        "n_equal": len(same),
+    }
     if "generation_time" in steps[0]:
         gen = [s["generation_time"] for s in timed]
         out["gen_median_s"] = statistics.median(gen)
@@ -239,13 +338,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=1, help="steps left out of the timing")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", default="trl,rlvr,bandwidth", help="comma list of trl, rlvr, bandwidth (run in that order)")
+    ap.add_argument(
+        "--only", default="trl,rlvr,bandwidth", help="comma list of trl, rlvr, bandwidth (run in that order)"
+    )
     ap.add_argument("--trl-python", default=str(ROOT / ".venv-bench" / "bin" / "python"))
     ap.add_argument("--rlvr-python", default=sys.executable)
     ap.add_argument("--rlvr-override", action="append", default=[], help="extra rlvr config override (repeatable)")
-    ap.add_argument("--omp-wait-policy", default="", help="OMP_WAIT_POLICY for both workers (e.g. PASSIVE on a busy machine)")
-    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=PATH",
-                    help="also run rlvr from another source tree (e.g. with a pending patch), reported as LABEL")
+    ap.add_argument(
+        "--omp-wait-policy", default="", help="OMP_WAIT_POLICY for both workers (e.g. PASSIVE on a busy machine)"
+    )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="also run rlvr from another source tree (e.g. with a pending patch), reported as LABEL",
+    )
     ap.add_argument("--json", default="", help="write the raw results here")
     ap.add_argument("--verbose", action="store_true", help="show the workers' per-step lines")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
@@ -256,8 +364,11 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(fn(args)))
         return
     which = [w.strip() for w in args.only.split(",") if w.strip()]
-    print(f"load average before: {load_average()}  (nproc {os.cpu_count()}), threads {args.threads}, "
-          f"OMP_WAIT_POLICY={args.omp_wait_policy or 'default'}, {args.steps} steps each", flush=True)
+    print(
+        f"load average before: {load_average()}  (nproc {os.cpu_count()}), threads {args.threads}, "
+        f"OMP_WAIT_POLICY={args.omp_wait_policy or 'default'}, {args.steps} steps each",
+        flush=True,
+    )
     raw: dict = {"load_before": load_average(), "args": vars(args)}
     for kind in which:
         python = args.trl_python if kind == "trl" else args.rlvr_python
@@ -272,37 +383,51 @@ def main() -> None:
     equal = equal_work_steps(raw, labels, args.warmup) if labels else []
     rows = {k: summarise(raw[k], args.warmup, equal) for k in labels}
     if rows:
-        print(f"\nequal-work steps (every side's longest completion = {MAX_NEW} tokens): "
-              f"{[i + 1 for i in equal] or 'none; medians over all timed steps'}")
-        print("\n| | equal work: completion tok/s | equal work: s/step | mean length | all timed: tok/s | "
-              "all timed: s/step | peak RSS GB | reward first 10 | reward last 10 |")
+        print(
+            f"\nequal-work steps (every side's longest completion = {MAX_NEW} tokens): "
+            f"{[i + 1 for i in equal] or 'none; medians over all timed steps'}"
+        )
+        print(
+            "\n| | equal work: completion tok/s | equal work: s/step | mean length | all timed: tok/s | "
+            "all timed: s/step | peak RSS GB | reward first 10 | reward last 10 |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         for k, r in rows.items():
-            print(f"| {k} | {r['eq_tokens_per_s']:.1f} | {r['eq_median_s']:.2f} | {r['eq_mean_length']:.1f} | "
-                  f"{r['tokens_per_s']:.1f} | {r['median_s']:.2f} | {r['peak_gb']:.2f} | {r['reward_first10']:.2f} | "
-                  f"{r['reward_last10']:.2f} ± {r['reward_last10_sd']:.2f} |")
+            print(
+                f"| {k} | {r['eq_tokens_per_s']:.1f} | {r['eq_median_s']:.2f} | {r['eq_mean_length']:.1f} | "
+                f"{r['tokens_per_s']:.1f} | {r['median_s']:.2f} | {r['peak_gb']:.2f} | {r['reward_first10']:.2f} | "
+                f"{r['reward_last10']:.2f} ± {r['reward_last10_sd']:.2f} |"
+            )
     if "trl" in rows:
         t = rows["trl"]
         for k, r in rows.items():
             if k != "trl":
-                print(f"\n{k} / TRL on equal work ({r['n_equal']} steps): {r['eq_tokens_per_s'] / t['eq_tokens_per_s']:.2f}x "
-                      f"completion tokens per second, {r['eq_steps_per_s'] / t['eq_steps_per_s']:.2f}x steps per second; "
-                      f"all {r['n_timed']} timed steps: {r['tokens_per_s'] / t['tokens_per_s']:.2f}x tokens/s, "
-                      f"{r['steps_per_s'] / t['steps_per_s']:.2f}x steps/s; {r['peak_gb'] / t['peak_gb']:.2f}x peak "
-                      f"memory; final reward {r['reward_last10']:.2f} vs {t['reward_last10']:.2f}")
+                print(
+                    f"\n{k} / TRL on equal work ({r['n_equal']} steps): {r['eq_tokens_per_s'] / t['eq_tokens_per_s']:.2f}x "
+                    f"completion tokens per second, {r['eq_steps_per_s'] / t['eq_steps_per_s']:.2f}x steps per second; "
+                    f"all {r['n_timed']} timed steps: {r['tokens_per_s'] / t['tokens_per_s']:.2f}x tokens/s, "
+                    f"{r['steps_per_s'] / t['steps_per_s']:.2f}x steps/s; {r['peak_gb'] / t['peak_gb']:.2f}x peak "
+                    f"memory; final reward {r['reward_last10']:.2f} vs {t['reward_last10']:.2f}"
+                )
     for k, r in rows.items():
         if "gen_median_s" in r:
-            print(f"{k} generation: median {r['gen_median_s']:.2f} s per step, {r['ms_per_decode_step']:.1f} ms per "
-                  f"decode step ({raw[k].get('decoder')} decoder)")
+            print(
+                f"{k} generation: median {r['gen_median_s']:.2f} s per step, {r['ms_per_decode_step']:.1f} ms per "
+                f"decode step ({raw[k].get('decoder')} decoder)"
+            )
     if "bandwidth" in raw:
         bw = raw["bandwidth"]
-        print(f"memory bandwidth ({args.threads} threads): read {bw['read_gbs']:.1f} GB/s, copy {bw['copy_gbs']:.1f} GB/s")
+        print(
+            f"memory bandwidth ({args.threads} threads): read {bw['read_gbs']:.1f} GB/s, copy {bw['copy_gbs']:.1f} GB/s"
+        )
         if "rlvr" in rows:
             wb = raw["rlvr"]["weight_bytes"]
             floor = 1e3 * wb / (bw["read_gbs"] * 1e9)
             ms = rows["rlvr"]["ms_per_decode_step"]
-            print(f"decode floor: {wb / 1e6:.0f} MB of weights per decode step / {bw['read_gbs']:.1f} GB/s = "
-                  f"{floor:.1f} ms; measured {ms:.1f} ms = {ms / floor:.2f}x the floor")
+            print(
+                f"decode floor: {wb / 1e6:.0f} MB of weights per decode step / {bw['read_gbs']:.1f} GB/s = "
+                f"{floor:.1f} ms; measured {ms:.1f} ms = {ms / floor:.2f}x the floor"
+            )
     print(f"load average after: {load_average()}")
     if args.json:
         Path(args.json).write_text(json.dumps(raw, indent=2))

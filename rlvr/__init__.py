@@ -7,6 +7,7 @@ Public API::
     cfg = rlvr.compose(["model=tiny", "trainer.max_steps=2"])
     rlvr.Trainer(cfg, rewards=[my_reward]).train()
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,7 +17,18 @@ from rlvr.core.registry import PluginSpec, add_plugin, create, names, register
 
 __version__ = "0.1.0"
 
-__all__ = ["create", "register", "add_plugin", "names", "PluginSpec", "hookimpl", "compose", "Trainer", "train", "__version__"]
+__all__ = [
+    "create",
+    "register",
+    "add_plugin",
+    "names",
+    "PluginSpec",
+    "hookimpl",
+    "compose",
+    "Trainer",
+    "train",
+    "__version__",
+]
 
 
 def compose(overrides: list[str] | None = None) -> Any:

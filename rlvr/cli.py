@@ -309,7 +309,6 @@ exit codes: 0 done; 2 bad command line or config (nothing started); 1 the run fa
 """
 
 
-
 def cmd_train(args: list[str]) -> int:
     """``rlvr train [key=value ...]``: compose, check, and run the Hydra app."""
     import hydra
@@ -397,8 +396,10 @@ def cmd_sft(args: list[str]) -> int:
                 raise
             print(f"rlvr sft: error: {exc}", file=sys.stderr)
             sys.exit(1)
-        print(f"rlvr: finished {trainer.step} SFT steps; model: {trainer.run_dir / 'final'} "
-              f"(rlvr train model=hf model.name_or_path={trainer.run_dir / 'final'})")
+        print(
+            f"rlvr: finished {trainer.step} SFT steps; model: {trainer.run_dir / 'final'} "
+            f"(rlvr train model=hf model.name_or_path={trainer.run_dir / 'final'})"
+        )
         return 0.0
 
     sys.argv = ["rlvr sft", *args]
@@ -418,8 +419,14 @@ model, task and correctness check (task.correct) from its config.json; key=value
 (e.g. task.correct=math_answer, task.max_eval_rows=100). Without RUN_DIR the config is composed as for
 `rlvr train` (e.g. model=qwen2.5-3b-instruct task=gsm8k). --samples-out writes one JSON line per completion.
 See docs/evaluation.md."""
-EVAL_OPTIONS = {"checkpoint": "", "num_samples": "4", "limit": "0", "output": "", "batch_prompts": "16",
-                "samples_out": ""}
+EVAL_OPTIONS = {
+    "checkpoint": "",
+    "num_samples": "4",
+    "limit": "0",
+    "output": "",
+    "batch_prompts": "16",
+    "samples_out": "",
+}
 
 
 def cmd_eval(args: list[str]) -> int:
@@ -435,8 +442,11 @@ def cmd_eval(args: list[str]) -> int:
         if a.startswith("--"):
             key, eq, value = a[2:].replace("-", "_").partition("=")
             if key not in opts:
-                raise UsageError(f"rlvr eval: unknown option {a.split('=', 1)[0]}; options: "
-                                 + ", ".join("--" + k.replace("_", "-") for k in opts) + " (see rlvr eval --help)")
+                raise UsageError(
+                    f"rlvr eval: unknown option {a.split('=', 1)[0]}; options: "
+                    + ", ".join("--" + k.replace("_", "-") for k in opts)
+                    + " (see rlvr eval --help)"
+                )
             if not eq:
                 if not rest:
                     raise UsageError(f"rlvr eval: {a} needs a value")
@@ -457,10 +467,16 @@ def cmd_eval(args: list[str]) -> int:
         print(f"rlvr eval: {problem}", file=sys.stderr)
         return 2
     _quiet_libraries()
-    result = run_eval(positional[0] if positional else "", overrides, checkpoint=opts["checkpoint"],
-                      num_samples=ints["num_samples"] or 0, limit=ints["limit"] or 0,
-                      batch_prompts=ints["batch_prompts"] or 16, output=opts["output"],
-                      samples_out=opts["samples_out"])
+    result = run_eval(
+        positional[0] if positional else "",
+        overrides,
+        checkpoint=opts["checkpoint"],
+        num_samples=ints["num_samples"] or 0,
+        limit=ints["limit"] or 0,
+        batch_prompts=ints["batch_prompts"] or 16,
+        output=opts["output"],
+        samples_out=opts["samples_out"],
+    )
     print(json.dumps(result, indent=2))
     return 0
 
@@ -527,18 +543,28 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="*", metavar="RUN_DIR",
-                        help="a run directory, a sweep directory (multirun/<date>/<time>) or several run directories")
-    parser.add_argument("--output", default="", metavar="DIR",
-                        help="where to write (default RUN_DIR/report, SWEEP_DIR/report, or <common parent>/compare-report)")
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        metavar="RUN_DIR",
+        help="a run directory, a sweep directory (multirun/<date>/<time>) or several run directories",
+    )
+    parser.add_argument(
+        "--output",
+        default="",
+        metavar="DIR",
+        help="where to write (default RUN_DIR/report, SWEEP_DIR/report, or <common parent>/compare-report)",
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from rlvr.commands.compare import report
 
     if not args.paths:
-        raise UsageError("rlvr report: give a run directory (outputs/<date>/<time>), a sweep directory "
-                         "(multirun/<date>/<time>) or several run directories to compare")
+        raise UsageError(
+            "rlvr report: give a run directory (outputs/<date>/<time>), a sweep directory "
+            "(multirun/<date>/<time>) or several run directories to compare"
+        )
     print(report(args.paths, args.output or None))
     return 0
 
@@ -547,10 +573,18 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or a completions .jsonl file")
     parser.add_argument("--rewards", default="", help="comma-separated rewards to audit (default: the run's)")
     parser.add_argument("--verifiers", default="", help="comma-separated independent checks (default: math_answer)")
-    parser.add_argument("--threshold", default="", metavar="NAME=VALUE,...",
-                        help="score above which a reward counts as paying (default: the midpoint of its range)")
-    parser.add_argument("--max-fp", type=float, default=0.05, help="flag a reward whose false-positive rate's 95%% "
-                        "interval lies above this (default 0.05)")
+    parser.add_argument(
+        "--threshold",
+        default="",
+        metavar="NAME=VALUE,...",
+        help="score above which a reward counts as paying (default: the midpoint of its range)",
+    )
+    parser.add_argument(
+        "--max-fp",
+        type=float,
+        default=0.05,
+        help="flag a reward whose false-positive rate's 95%% interval lies above this (default 0.05)",
+    )
     parser.add_argument("--max-fn", type=float, default=0.05, help="the same for false negatives (default 0.05)")
     parser.add_argument("--last", type=int, default=0, metavar="N", help="only the last N logged steps (0 = all)")
     parser.add_argument("--output", default="", metavar="DIR", help="where audit.html / audit.json go")
@@ -562,11 +596,20 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from rlvr.commands.audit import audit, parse_thresholds
 
     _quiet_libraries()
-    split = [x.strip() for x in args.rewards.split(",") if x.strip()], [
-        x.strip() for x in args.verifiers.split(",") if x.strip()]
-    result, text = audit(args.run_dir, rewards=split[0] or None, verifiers=split[1] or None,
-                         output=args.output or None, thresholds=parse_thresholds(args.threshold),
-                         max_fp=args.max_fp, max_fn=args.max_fn, last=args.last)
+    split = (
+        [x.strip() for x in args.rewards.split(",") if x.strip()],
+        [x.strip() for x in args.verifiers.split(",") if x.strip()],
+    )
+    result, text = audit(
+        args.run_dir,
+        rewards=split[0] or None,
+        verifiers=split[1] or None,
+        output=args.output or None,
+        thresholds=parse_thresholds(args.threshold),
+        max_fp=args.max_fp,
+        max_fn=args.max_fn,
+        last=args.last,
+    )
     print(text)
     print(f"\nrlvr audit: wrote {result.html_path} and {result.json_path}")
     return 3 if args.strict and result.flagged else 0
@@ -613,11 +656,19 @@ COMMANDS: list[Command] = [
         "plugins", "list every discovered plugin by kind and where it came from", cmd_plugins, add_plugins_arguments
     ),
     Command("show", "the latest sampled completions of a run as a table", cmd_show, add_show_arguments),
-    Command("report", "plots + one HTML page for a run, or a table and overlaid plots for a sweep or several runs",
-            cmd_report, add_report_arguments),
+    Command(
+        "report",
+        "plots + one HTML page for a run, or a table and overlaid plots for a sweep or several runs",
+        cmd_report,
+        add_report_arguments,
+    ),
     Command("export", "the trained model as GGUF (llama.cpp, Ollama)", cmd_export, add_export_arguments),
-    Command("audit", "reward-hacking audit of a run: false positives / negatives of each reward on probes",
-            cmd_audit, add_audit_arguments),
+    Command(
+        "audit",
+        "reward-hacking audit of a run: false positives / negatives of each reward on probes",
+        cmd_audit,
+        add_audit_arguments,
+    ),
 ]
 
 

@@ -6,6 +6,7 @@ markdown "**Answer:**", free LaTeX, multiple choice), with wrong answers of the 
 adversarial completions. ``benchmarks/answer_agreement.py`` prints the agreement of the current code
 and of any other checkout; ``tests/test_answer_table.py`` keeps it from regressing.
 """
+
 from __future__ import annotations
 
 CASES: list[tuple[str, str, str, bool]] = [
@@ -113,14 +114,26 @@ CASES: list[tuple[str, str, str, bool]] = [
     ("set", "\\{1, 2, 3\\}", "\\boxed{\\{1, 2\\}}", False),
     ("set", "-3, 2", "The roots are $\\boxed{-3}$ and $\\boxed{2}$.", True),
     ("set", "\\emptyset", "There are no solutions, so the set is $\\emptyset$.", True),
-    ("tuple", "(3, \\frac{\\pi}{2})",
-     "The polar coordinates are $\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}.$", True),
+    (
+        "tuple",
+        "(3, \\frac{\\pi}{2})",
+        "The polar coordinates are $\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}.$",
+        True,
+    ),
     ("tuple", "(3, \\frac{\\pi}{2})", "The polar coordinates are $\\boxed{\\left( 3, \\pi \\right)}.$", False),
     ("tuple", "(1, -2)", "The point is $(1,-2)$.", True),
-    ("matrix", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}",
-     "So $\\mathbf{v} = \\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}$.", True),
-    ("matrix", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}",
-     "So $\\mathbf{v} = \\boxed{\\begin{pmatrix} 2 \\\\ 1 \\end{pmatrix}}$.", False),
+    (
+        "matrix",
+        "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}",
+        "So $\\mathbf{v} = \\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}$.",
+        True,
+    ),
+    (
+        "matrix",
+        "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}",
+        "So $\\mathbf{v} = \\boxed{\\begin{pmatrix} 2 \\\\ 1 \\end{pmatrix}}$.",
+        False,
+    ),
     # ---- multiple choice
     ("choice", "\\text{(B)}", "\\boxed{B}", True),
     ("choice", "\\text{(B)}", "\\boxed{C}", False),
@@ -277,8 +290,12 @@ CASES: list[tuple[str, str, str, bool]] = [
     ("fraction", "-\\frac{1}{2}", "\\boxed{0.5}", False),
     ("complex", "1+2i", "$\\boxed{2i+1}$", True),
     ("complex", "1+2i", "$\\boxed{1-2i}$", False),
-    ("matrix", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}",
-     "\\boxed{\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}}", True),
+    (
+        "matrix",
+        "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}",
+        "\\boxed{\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}}",
+        True,
+    ),
     ("equation", "y=-x+2", "The line is $y = 2 - x$.", True),
     ("set", "\\{2\\}", "\\boxed{2}", True),
     ("choice", "A", "The correct answer is A.", True),

@@ -1,4 +1,5 @@
 """Shared helpers: the CLI runner and small configs that keep tests fast."""
+
 from __future__ import annotations
 
 import os
@@ -14,15 +15,25 @@ if (GSM8K_DIR / "train.jsonl").is_file():  # task=gsm8k without data_dir reads t
     os.environ.setdefault("RLVR_GSM8K_DIR", str(GSM8K_DIR))
 
 # a tiny, fast run: tiny model, 2 prompts x 2 generations, 8 new tokens
-TINY = ["model=tiny", "trainer.prompts_per_step=2", "trainer.num_generations=2", "engine.max_new_tokens=8",
-        "trainer.progress=false", "trainer.threads=1", "trainer.eval_steps=0"]
+TINY = [
+    "model=tiny",
+    "trainer.prompts_per_step=2",
+    "trainer.num_generations=2",
+    "engine.max_new_tokens=8",
+    "trainer.progress=false",
+    "trainer.threads=1",
+    "trainer.eval_steps=0",
+]
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: int = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python -m rlvr <args>`` in a subprocess and return the completed process."""
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "rlvr", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-m", "rlvr", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ def test_group_zscore_hand_computed():
     # group 1: [1, 3] mean 2, unbiased std sqrt(2); group 2: [0, 0, ...]
     r = torch.tensor([1.0, 3.0, 5.0, 5.0])
     a = group_advantages(r, 2)
-    s = 2 ** 0.5
+    s = 2**0.5
     assert torch.allclose(a, torch.tensor([-1 / (s + 1e-4), 1 / (s + 1e-4), 0.0, 0.0]))
 
 
@@ -56,7 +56,10 @@ def test_bad_inputs():
 
 
 def test_none_rewards_are_left_out_of_the_weighted_sum():
-    rewards = [RewardFn("a", lambda completions, **kw: [1.0, None]), RewardFn("b", lambda completions, **kw: [2.0, 3.0], weight=0.5)]
+    rewards = [
+        RewardFn("a", lambda completions, **kw: [1.0, None]),
+        RewardFn("b", lambda completions, **kw: [2.0, 3.0], weight=0.5),
+    ]
     table = score(rewards, ["x", "y"], ["p", "p"], {})
     assert torch.isnan(table[1, 0])
     assert torch.allclose(weighted_total(table, [1.0, 0.5]), torch.tensor([2.0, 1.5]))

@@ -1,6 +1,7 @@
 """The one answer module (rlvr.core.answers) and the verifiers built on it: the hand-written table of
 model outputs, the decimal-comma switch, adversarial completions, bounded time, and that rewards and
 evaluation read the same answer."""
+
 from __future__ import annotations
 
 import threading
@@ -21,20 +22,39 @@ def test_table_of_model_outputs_agrees_with_a_careful_grader():
     verify = rlvr.create("verifier", "math_answer")
     got = verify([c for _, _, c, _ in CASES], answer=[r for _, r, _, _ in CASES])
     wrong = [(kind, ref, comp[:80], want) for (kind, ref, comp, want), g in zip(CASES, got) if g is not want]
-    assert len(CASES) >= 150 and {k for k, *_ in CASES} >= {"set", "interval", "relation", "equation", "choice",
-                                                             "unit", "percent", "comma", "adversarial"}
+    assert len(CASES) >= 150 and {k for k, *_ in CASES} >= {
+        "set",
+        "interval",
+        "relation",
+        "equation",
+        "choice",
+        "unit",
+        "percent",
+        "comma",
+        "adversarial",
+    }
     assert not wrong, wrong
 
 
 # --------------------------------------------------------------------------- decimal comma rule
 
-@pytest.mark.parametrize("mode,completion,reference,expected", [
-    ("auto", "#### 1,5", "1.5", True), ("auto", "#### 1,500", "1500", True), ("auto", "#### 0,111", "0.111", True),
-    ("never", "#### 1,5", "1.5", False), ("never", "#### 1,500", "1500", True), ("never", "#### 1,500", "1.5", False),
-    ("always", "#### 1,500", "1.5", True), ("always", "#### 1,500", "1500", False),
-    ("always", "#### 1.234,5", "1234.5", True), ("always", "#### 1.234.567", "1234567", True),
-    ("always", "#### 2.5", "2.5", True),
-])
+
+@pytest.mark.parametrize(
+    "mode,completion,reference,expected",
+    [
+        ("auto", "#### 1,5", "1.5", True),
+        ("auto", "#### 1,500", "1500", True),
+        ("auto", "#### 0,111", "0.111", True),
+        ("never", "#### 1,5", "1.5", False),
+        ("never", "#### 1,500", "1500", True),
+        ("never", "#### 1,500", "1.5", False),
+        ("always", "#### 1,500", "1.5", True),
+        ("always", "#### 1,500", "1500", False),
+        ("always", "#### 1.234,5", "1234.5", True),
+        ("always", "#### 1.234.567", "1234567", True),
+        ("always", "#### 2.5", "2.5", True),
+    ],
+)
 def test_decimal_comma_switch(mode, completion, reference, expected):
     assert verdict(completion, reference, decimal_comma=mode) is expected
 
@@ -55,21 +75,33 @@ def test_parse_number_rule_is_documented_behaviour():
 
 # --------------------------------------------------------------------------- adversarial
 
+
 def test_answer_only_in_the_prompt_echo_does_not_count():
     prompt = "<|user|>My friend says the answer is 42 for this one. What is 6 times 8?<|assistant|>"
     echo = "My friend says the answer is 42 for this one. What is 6 times 8?"
     verify = rlvr.create("verifier", "math_answer")
     assert verify([echo], prompts=[prompt], answer=["42"]) == [False]
     assert verify([echo + "\nThe answer is 48."], prompts=[prompt], answer=["48"]) == [True]
-    assert rlvr.create("verifier", "math_answer", ignore_prompt_echo=False)([echo], prompts=[prompt],
-                                                                          answer=["42"]) == [True]
+    assert rlvr.create("verifier", "math_answer", ignore_prompt_echo=False)(
+        [echo], prompts=[prompt], answer=["42"]
+    ) == [True]
 
 
-@pytest.mark.parametrize("completion", [
-    "\\boxed{9^{9^{9^{9}}}}", "\\boxed{10^{100000000}}", "\\boxed{99999!}", "$" + "(" * 3000 + "5" + ")" * 3000 + "$",
-    "\\boxed{" + "{" * 20000 + "5", "$x$ " * 20000, "1" * 100_000, "\\sum_{n=1}^{10^{9}} n",
-    "\\boxed{(x+1)^{999}}", "\\boxed{x^{999}+y^{999}}",
-])
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "\\boxed{9^{9^{9^{9}}}}",
+        "\\boxed{10^{100000000}}",
+        "\\boxed{99999!}",
+        "$" + "(" * 3000 + "5" + ")" * 3000 + "$",
+        "\\boxed{" + "{" * 20000 + "5",
+        "$x$ " * 20000,
+        "1" * 100_000,
+        "\\sum_{n=1}^{10^{9}} n",
+        "\\boxed{(x+1)^{999}}",
+        "\\boxed{x^{999}+y^{999}}",
+    ],
+)
 def test_costly_inputs_return_a_verdict_also_off_the_main_thread(completion):
     """Math-Verify's own timeout works only on the main thread (SIGALRM); these must finish anywhere."""
     out: list = []
@@ -111,26 +143,51 @@ def test_verdicts_that_are_not_plain_true_never_pass():
         def __eq__(self, other):
             return True
 
-    assert [passed(v) for v in (True, 1, 1.0, False, 0, None, "True", AlwaysEqual(), TrueInt(0))] == \
-        [True, True, True, False, False, False, False, False, False]
+    assert [passed(v) for v in (True, 1, 1.0, False, 0, None, "True", AlwaysEqual(), TrueInt(0))] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+    ]
 
 
 # --------------------------------------------------------------------------- verifiers for held-out accuracy
 
-@pytest.mark.parametrize("completion,reference,expected", [
-    ("3 + 4 = 7", "7", True), ("The answer is 7, not 8.", "7", True), ("7 ... or 8", "7", False),
-    ("#### 1,000", "1000", True), ("nothing", "7", False), ("<answer>It is 12 apples</answer>", "12", True),
-])
+
+@pytest.mark.parametrize(
+    "completion,reference,expected",
+    [
+        ("3 + 4 = 7", "7", True),
+        ("The answer is 7, not 8.", "7", True),
+        ("7 ... or 8", "7", False),
+        ("#### 1,000", "1000", True),
+        ("nothing", "7", False),
+        ("<answer>It is 12 apples</answer>", "12", True),
+    ],
+)
 def test_numeric_verifier(completion, reference, expected):
     assert rlvr.create("verifier", "numeric")([completion], answer=[reference]) == [expected]
 
 
-@pytest.mark.parametrize("completion,reference,expected", [
-    ("Paris", "Paris", True), ("  paris. ", "Paris", True), ("**Paris**", "Paris", True),
-    ("The answer is Paris.", "Paris", True), ("<answer>Buenos Aires</answer>", "buenos  aires", True),
-    ("The capital of France is Paris.", "Paris", False), ("Lyon", "Paris", False), ("", "Paris", False),
-    ("Ottawa", ["Ottawa", "Ottawa, Ontario"], True),
-])
+@pytest.mark.parametrize(
+    "completion,reference,expected",
+    [
+        ("Paris", "Paris", True),
+        ("  paris. ", "Paris", True),
+        ("**Paris**", "Paris", True),
+        ("The answer is Paris.", "Paris", True),
+        ("<answer>Buenos Aires</answer>", "buenos  aires", True),
+        ("The capital of France is Paris.", "Paris", False),
+        ("Lyon", "Paris", False),
+        ("", "Paris", False),
+        ("Ottawa", ["Ottawa", "Ottawa, Ontario"], True),
+    ],
+)
 def test_exact_match_verifier(completion, reference, expected):
     assert rlvr.create("verifier", "exact_match")([completion], answer=[reference]) == [expected]
 

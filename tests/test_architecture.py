@@ -1,5 +1,6 @@
 """The step's phases, plugin contracts, advantage estimators, logger callbacks, and resume/None-reward/Ctrl-C
 behaviour of the loop (issue: architecture; user's path)."""
+
 from __future__ import annotations
 
 import json
@@ -40,10 +41,18 @@ def test_train_step_runs_the_phases_in_order(tmp_path, monkeypatch):
 
 def test_trainer_accepts_a_trainer_config_instance_and_saves(tmp_path):
     """Regression: save() / resume read self.cfg['trainer'].get(...), which a TrainerConfig instance lacks."""
-    tc = TrainerConfig(max_steps=1, prompts_per_step=2, num_generations=2, progress=False, eval_steps=0, threads=1,
-                       keep_checkpoints=1)
-    cfg = {"trainer": tc, "task": {"name": "arithmetic"}, "loss": {"name": "grpo"}, "logger": {},
-           "engine": {"name": "hf", "max_new_tokens": 4}, "model": {"name": "tiny"}, "reward": {"arithmetic": {}}}
+    tc = TrainerConfig(
+        max_steps=1, prompts_per_step=2, num_generations=2, progress=False, eval_steps=0, threads=1, keep_checkpoints=1
+    )
+    cfg = {
+        "trainer": tc,
+        "task": {"name": "arithmetic"},
+        "loss": {"name": "grpo"},
+        "logger": {},
+        "engine": {"name": "hf", "max_new_tokens": 4},
+        "model": {"name": "tiny"},
+        "reward": {"arithmetic": {}},
+    }
     trainer = rlvr.Trainer(cfg, run_dir=tmp_path)
     trainer.train()
     assert (tmp_path / "checkpoints" / "checkpoint-1" / "COMPLETE").is_file()
@@ -58,8 +67,9 @@ class GoodLoss:
     def active_tokens(self, mask, truncated):
         return int(mask.sum())
 
-    def __call__(self, logps, old_logps, ref_logps, advantages, mask, truncated, *, num_sequences, num_tokens,
-                 entropies=None):
+    def __call__(
+        self, logps, old_logps, ref_logps, advantages, mask, truncated, *, num_sequences, num_tokens, entropies=None
+    ):
         return -(logps * mask).sum() / num_tokens, {}
 
 
@@ -131,12 +141,20 @@ def test_registry_create_checks_the_contract():
 
 
 # every registered plugin, built with its defaults (or the minimal parameters it needs), meets its contract
-NEEDS = {("reward", "function"): {"path": "math:fsum"}, ("verifier", "function"): {"path": "math:fsum"},
-         ("model", "hf"): None, ("model", "smollm2"): None, ("engine", "vllm"): None,
-         ("task", "jsonl"): None, ("task", "hf"): None, ("reward", "reward_model"): None,
-         ("logger", "wandb"): {"mode": "offline"}, ("loss", "dr_grpo"): {"max_completion_length": 8},
-         ("reward", "rubric"): {"criteria": [{"kind": "contains", "keywords": ["x"]}]},
-         ("task", "gsm8k"): {"data_dir": str(GSM8K_DIR)} if GSM8K_DIR.is_dir() else None}
+NEEDS = {
+    ("reward", "function"): {"path": "math:fsum"},
+    ("verifier", "function"): {"path": "math:fsum"},
+    ("model", "hf"): None,
+    ("model", "smollm2"): None,
+    ("engine", "vllm"): None,
+    ("task", "jsonl"): None,
+    ("task", "hf"): None,
+    ("reward", "reward_model"): None,
+    ("logger", "wandb"): {"mode": "offline"},
+    ("loss", "dr_grpo"): {"max_completion_length": 8},
+    ("reward", "rubric"): {"criteria": [{"kind": "contains", "keywords": ["x"]}]},
+    ("task", "gsm8k"): {"data_dir": str(GSM8K_DIR)} if GSM8K_DIR.is_dir() else None,
+}
 
 
 def _all_plugins():
@@ -149,8 +167,10 @@ def _all_plugins():
 def test_every_registered_plugin_meets_its_contract(kind, name):
     params = NEEDS.get((kind, name), {})
     if params is None:
-        pytest.skip(f"{kind} {name!r} needs a model file, a dataset file or vLLM; its contract is checked by "
-                    "its own tests through registry.create")
+        pytest.skip(
+            f"{kind} {name!r} needs a model file, a dataset file or vLLM; its contract is checked by "
+            "its own tests through registry.create"
+        )
     try:
         obj = registry.create(kind, name, **params)
     except (ImportError, ModuleNotFoundError) as exc:
@@ -162,12 +182,15 @@ def test_every_registered_plugin_meets_its_contract(kind, name):
 R = torch.tensor([1.0, 0.0, 0.0, 2.0, 2.0, 2.0])  # two groups of 3
 
 
-@pytest.mark.parametrize("name,expected", [
-    # group 1: mean 1/3, unbiased std sqrt(1/3); group 2: all equal → 0 (0 / (0 + eps))
-    ("grpo", [(2 / 3) / (1 / 3) ** 0.5, (-1 / 3) / (1 / 3) ** 0.5, (-1 / 3) / (1 / 3) ** 0.5, 0, 0, 0]),
-    ("dr_grpo", [2 / 3, -1 / 3, -1 / 3, 0, 0, 0]),
-    ("rloo", [1.0, -0.5, -0.5, 0, 0, 0]),  # r_i − mean of the other two
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        # group 1: mean 1/3, unbiased std sqrt(1/3); group 2: all equal → 0 (0 / (0 + eps))
+        ("grpo", [(2 / 3) / (1 / 3) ** 0.5, (-1 / 3) / (1 / 3) ** 0.5, (-1 / 3) / (1 / 3) ** 0.5, 0, 0, 0]),
+        ("dr_grpo", [2 / 3, -1 / 3, -1 / 3, 0, 0, 0]),
+        ("rloo", [1.0, -0.5, -0.5, 0, 0, 0]),  # r_i − mean of the other two
+    ],
+)
 def test_advantage_estimators_match_hand_computed_values(name, expected):
     est = registry.create("advantage", name, eps=1e-12)
     assert torch.allclose(est(R, 3), torch.tensor(expected), atol=1e-6)
@@ -255,8 +278,17 @@ def test_resume_with_a_changed_config(tmp_path):
 def test_all_none_rewards_write_null_warn_and_stop(tmp_path):
     (tmp_path / "never.py").write_text("def never(completions, **kw):\n    return [None] * len(completions)\n")
     env = {"PYTHONPATH": str(tmp_path), "PYTHONWARNINGS": "default"}
-    proc = run_cli("train", *TINY, "reward=[function]", "reward.function.path=never:never", "trainer.max_steps=5",
-                   "trainer.max_bad_steps=2", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, env=env)
+    proc = run_cli(
+        "train",
+        *TINY,
+        "reward=[function]",
+        "reward.function.path=never:never",
+        "trainer.max_steps=5",
+        "trainer.max_bad_steps=2",
+        f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path,
+        env=env,
+    )
     assert proc.returncode == 1
     assert "step 1: no completion was scored (every reward returned None: function)" in proc.stderr
     assert "2 steps in a row had no scored completion" in proc.stderr and "trainer.max_bad_steps" in proc.stderr
@@ -270,9 +302,19 @@ def test_all_none_rewards_write_null_warn_and_stop(tmp_path):
 def test_prompts_per_step_beyond_the_dataset_warns(tmp_path):
     data = tmp_path / "two.jsonl"
     data.write_text("".join(json.dumps({"question": f"q{i}", "answer": str(i)}) + "\n" for i in range(3)))
-    cfg = rlvr.compose(["model=tiny", "task=jsonl", f"task.train_path={data}", "trainer.prompts_per_step=4",
-                        "trainer.num_generations=2", "engine.max_new_tokens=4", "trainer.progress=false",
-                        "task.chat=false", f"trainer.output_dir={tmp_path}/run"])
+    cfg = rlvr.compose(
+        [
+            "model=tiny",
+            "task=jsonl",
+            f"task.train_path={data}",
+            "trainer.prompts_per_step=4",
+            "trainer.num_generations=2",
+            "engine.max_new_tokens=4",
+            "trainer.progress=false",
+            "task.chat=false",
+            f"trainer.output_dir={tmp_path}/run",
+        ]
+    )
     with pytest.warns(UserWarning, match="prompts_per_step=4 is larger than the task's 2 training rows"):
         rlvr.Trainer(cfg)
 
@@ -281,8 +323,14 @@ def test_prompts_per_step_beyond_the_dataset_warns(tmp_path):
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_ctrl_c_saves_a_checkpoint_after_the_step_and_the_same_command_resumes(tmp_path):
     args = [*TINY, "trainer.max_steps=400", f"hydra.run.dir={tmp_path}/run"]
-    proc = subprocess.Popen([sys.executable, "-m", "rlvr", "train", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlvr", "train", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 1):

@@ -1,4 +1,5 @@
 """``rlvr audit``: probes, Wilson intervals, and the verdicts on a hackable and a robust reward."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,12 @@ import pytest
 from rlvr.commands.audit import audit, load_run, make_probes, parse_thresholds, wilson, wrong_answer
 from tests.conftest import TINY, run_cli
 
-QUESTIONS = [("Tom has 3 bags of 4 apples. How many apples?", "12"), ("What is 7 + 8?", "15"),
-             ("A pen costs 2 dollars. How much do 9 pens cost?", "18"), ("What is 30 / 6?", "5")]
+QUESTIONS = [
+    ("Tom has 3 bags of 4 apples. How many apples?", "12"),
+    ("What is 7 + 8?", "15"),
+    ("A pen costs 2 dollars. How much do 9 pens cost?", "18"),
+    ("What is 30 / 6?", "5"),
+]
 
 
 def soft(reasoning: str, answer: str) -> str:
@@ -23,8 +28,18 @@ def write_run(path, completions, rewards):
     lines = []
     for step, (q, ref) in enumerate(QUESTIONS, 1):
         for text in completions(ref):
-            lines.append(json.dumps({"step": step, "prompt": q, "completion": text, "answer": ref,
-                                     "row": {"question": q, "answer": ref}, "rewards": {}}))
+            lines.append(
+                json.dumps(
+                    {
+                        "step": step,
+                        "prompt": q,
+                        "completion": text,
+                        "answer": ref,
+                        "row": {"question": q, "answer": ref},
+                        "rewards": {},
+                    }
+                )
+            )
     (path / "completions.jsonl").write_text("\n".join(lines) + "\n")
     config = {"task": {"name": "gsm8k", "answer_column": "answer"}, "reward": rewards, "trainer": {}}
     (path / "config.json").write_text(json.dumps(config))
@@ -34,7 +49,7 @@ def write_run(path, completions, rewards):
 def test_wilson_interval_hand_values():
     lo, hi = wilson(5, 10)
     assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
-    z2 = 1.959963984540054 ** 2
+    z2 = 1.959963984540054**2
     assert wilson(0, 10) == (0.0, pytest.approx(z2 / (10 + z2)))
     assert wilson(10, 10) == (pytest.approx(10 / (10 + z2)), pytest.approx(1.0))
     assert wilson(0, 0) == (0.0, 1.0)
@@ -42,11 +57,13 @@ def test_wilson_interval_hand_values():
 
 def test_probes_of_a_completion():
     probes = make_probes("<reasoning>3 times 4</reasoning>\n<answer>13</answer>", "12")
-    assert probes == {"right_in_place": "<reasoning>3 times 4</reasoning>\n<answer>12</answer>",
-                      "truncated": "<reasoning>3 times 4</reasoning>\n<answer>",
-                      "format_wrong_answer": "<reasoning>3 times 4</reasoning>\n<answer>13</answer>",
-                      "wrong_place": "<reasoning>3 times 12 4</reasoning>\n<answer>13</answer>",
-                      "answer_only": "12"}
+    assert probes == {
+        "right_in_place": "<reasoning>3 times 4</reasoning>\n<answer>12</answer>",
+        "truncated": "<reasoning>3 times 4</reasoning>\n<answer>",
+        "format_wrong_answer": "<reasoning>3 times 4</reasoning>\n<answer>13</answer>",
+        "wrong_place": "<reasoning>3 times 12 4</reasoning>\n<answer>13</answer>",
+        "answer_only": "12",
+    }
     no_answer = make_probes("I am not sure", "7")  # no final answer: one is appended first
     assert no_answer["right_in_place"] == "I am not sure\nThe answer is 7."
     assert no_answer["truncated"] == "I am not sure\nThe answer is "
@@ -58,10 +75,15 @@ def test_probes_of_a_completion():
 
 
 def test_format_only_reward_is_flagged_and_correctness_reward_is_not(tmp_path):
-    run = write_run(tmp_path / "run", lambda ref: [soft("I worked it out.", ref), soft("I guessed.", "99")],
-                    {"gsm8k_soft_format": {"name": "gsm8k_soft_format", "weight": 0.5},
-                     "gsm8k_correct": {"name": "gsm8k_correct", "weight": 1.0},
-                     "gsm8k_strict_format": {"name": "gsm8k_strict_format"}})
+    run = write_run(
+        tmp_path / "run",
+        lambda ref: [soft("I worked it out.", ref), soft("I guessed.", "99")],
+        {
+            "gsm8k_soft_format": {"name": "gsm8k_soft_format", "weight": 0.5},
+            "gsm8k_correct": {"name": "gsm8k_correct", "weight": 1.0},
+            "gsm8k_strict_format": {"name": "gsm8k_strict_format"},
+        },
+    )
     result, text = audit(run)
     by = {r.name: r for r in result.rewards}
     assert result.samples == 8 and result.right_logged == 4 and result.wrong_logged == 4
@@ -86,8 +108,11 @@ def test_format_only_reward_is_flagged_and_correctness_reward_is_not(tmp_path):
 
 
 def test_false_negatives_and_thresholds(tmp_path):
-    run = write_run(tmp_path / "run", lambda ref: [soft("ok", ref), soft("ok", ref + "0")],
-                    {"gsm8k_correct": {"name": "gsm8k_correct"}})
+    run = write_run(
+        tmp_path / "run",
+        lambda ref: [soft("ok", ref), soft("ok", ref + "0")],
+        {"gsm8k_correct": {"name": "gsm8k_correct"}},
+    )
     result, _ = audit(run, thresholds={"gsm8k_correct": 5.0})  # a pass level no score reaches: every right is missed
     ra = result.rewards[0]
     assert (ra.fn, ra.fn_n) == (12, 12) and any("misses right answers" in f for f in ra.flags)
@@ -124,8 +149,16 @@ def answer_phrase(completions, **_):
 def test_cli_audit_of_a_real_run_flags_the_hackable_reward(tmp_path):
     (tmp_path / "hack.py").write_text(HACK)
     run_dir = tmp_path / "run"
-    proc = run_cli("train", *TINY, "trainer.max_steps=1", "trainer.log_completions=4", "reward=[arithmetic,function]",
-                   "reward.function.path=hack:answer_phrase", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = run_cli(
+        "train",
+        *TINY,
+        "trainer.max_steps=1",
+        "trainer.log_completions=4",
+        "reward=[arithmetic,function]",
+        "reward.function.path=hack:answer_phrase",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = run_cli("audit", str(run_dir), "--strict", cwd=tmp_path)
     assert proc.returncode == 3, proc.stdout + proc.stderr[-3000:]

@@ -4,6 +4,7 @@ Most cases call ``rlvr.cli.main`` in this process (the same code path as the ``r
 interpreter start-up); ``test_exit_code_of_the_real_process`` checks the process exit code itself.
 Exit code 2: the command line / config is wrong (nothing starts); 1: the run failed.
 """
+
 import json
 import sys
 
@@ -29,16 +30,21 @@ def cli(capsys, monkeypatch):
 
 def nothing_written(run_dir) -> bool:
     """No metrics, completions, checkpoint or final model (Hydra's own .hydra/ may exist)."""
-    return not any((run_dir / name).exists() for name in ("metrics.jsonl", "completions.jsonl", "checkpoints", "final"))
+    return not any(
+        (run_dir / name).exists() for name in ("metrics.jsonl", "completions.jsonl", "checkpoints", "final")
+    )
 
 
 # ----- config: names, keys, types, ranges -----------------------------------------------------------
-@pytest.mark.parametrize("override, group, expected", [
-    ("loss=grpoo", "loss", "Did you mean 'grpo'?"),
-    ("reward=[arithmetc]", "reward", "Did you mean 'arithmetic'?"),
-    ("logger=[tensorbord]", "logger", "Did you mean 'tensorboard'?"),
-    ("task=gsm9k", "task", "Did you mean 'gsm8k'?"),
-])
+@pytest.mark.parametrize(
+    "override, group, expected",
+    [
+        ("loss=grpoo", "loss", "Did you mean 'grpo'?"),
+        ("reward=[arithmetc]", "reward", "Did you mean 'arithmetic'?"),
+        ("logger=[tensorbord]", "logger", "Did you mean 'tensorboard'?"),
+        ("task=gsm9k", "task", "Did you mean 'gsm8k'?"),
+    ],
+)
 def test_unknown_plugin_lists_the_valid_ones(cli, tmp_path, override, group, expected):
     code, _, err = cli("train", *TINY, override, f"hydra.run.dir={tmp_path}/run")
     assert code == 2
@@ -49,35 +55,41 @@ def test_unknown_plugin_lists_the_valid_ones(cli, tmp_path, override, group, exp
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("override, expected", [
-    # a key that does not exist: the closest one is suggested
-    ("trainer.num_generation=4", ["Did you mean 'trainer.num_generations'?", "Keys at trainer"]),
-    ("loss.epsilonn=0.2", ["Did you mean 'loss.epsilon'?"]),
-    ("engine.max_new_token=8", ["Did you mean 'engine.max_new_tokens'?"]),
-    # a value of the wrong type: the override and the type it needs
-    ("trainer.lr=fast", ["trainer.lr=fast", "could not be converted to Float"]),
-    ("trainer.num_generations=2.5", ["trainer.num_generations=2.5", "could not be converted to Integer"]),
-    ("model.lora=maybe", ["model.lora=maybe", "not a valid bool"]),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        # a key that does not exist: the closest one is suggested
+        ("trainer.num_generation=4", ["Did you mean 'trainer.num_generations'?", "Keys at trainer"]),
+        ("loss.epsilonn=0.2", ["Did you mean 'loss.epsilon'?"]),
+        ("engine.max_new_token=8", ["Did you mean 'engine.max_new_tokens'?"]),
+        # a value of the wrong type: the override and the type it needs
+        ("trainer.lr=fast", ["trainer.lr=fast", "could not be converted to Float"]),
+        ("trainer.num_generations=2.5", ["trainer.num_generations=2.5", "could not be converted to Integer"]),
+        ("model.lora=maybe", ["model.lora=maybe", "not a valid bool"]),
+    ],
+)
 def test_unknown_key_or_wrong_type_fails_before_anything_starts(cli, tmp_path, override, expected):
     code, _, err = cli("train", *TINY, override, f"hydra.run.dir={tmp_path}/run")
     assert code == 2 and all(e in err for e in expected), err
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("trainer.num_generations=1", "trainer.num_generations must be >= 2"),
-    ("trainer.lr=0", "trainer.lr must be > 0"),
-    ("trainer.lr=-1e-5", "trainer.lr must be > 0"),
-    ("loss.epsilon=0", "epsilon must be in (0, 1)"),
-    ("loss.epsilon=-0.2", "epsilon must be in (0, 1)"),
-    ("engine.max_new_tokens=0", "engine.max_new_tokens must be > 0"),
-    ("engine.max_new_tokens=-5", "engine.max_new_tokens must be > 0"),
-    # the batch is prompts_per_step x num_generations (2 x 2 = 4 here): divisible by construction, so what can
-    # be wrong is the micro-batch not dividing it
-    ("trainer.micro_batch_size=3", "trainer.micro_batch_size=3 does not divide the batch"),
-    ("trainer.max_steps=0", "trainer.max_steps must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("trainer.num_generations=1", "trainer.num_generations must be >= 2"),
+        ("trainer.lr=0", "trainer.lr must be > 0"),
+        ("trainer.lr=-1e-5", "trainer.lr must be > 0"),
+        ("loss.epsilon=0", "epsilon must be in (0, 1)"),
+        ("loss.epsilon=-0.2", "epsilon must be in (0, 1)"),
+        ("engine.max_new_tokens=0", "engine.max_new_tokens must be > 0"),
+        ("engine.max_new_tokens=-5", "engine.max_new_tokens must be > 0"),
+        # the batch is prompts_per_step x num_generations (2 x 2 = 4 here): divisible by construction, so what can
+        # be wrong is the micro-batch not dividing it
+        ("trainer.micro_batch_size=3", "trainer.micro_batch_size=3 does not divide the batch"),
+        ("trainer.max_steps=0", "trainer.max_steps must be >= 1"),
+    ],
+)
 def test_out_of_range_value(cli, tmp_path, override, expected):
     code, _, err = cli("train", *TINY, override, f"hydra.run.dir={tmp_path}/run")
     assert code == 1 and expected in err, err
@@ -120,15 +132,22 @@ def test_row_without_the_answer_column_names_its_index(cli, tmp_path):
     rows = [{"question": f"{i}+1?", "answer": str(i + 1)} for i in range(20)]
     rows[7] = {"question": "7+1?", "solution": "8"}
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    code, _, err = cli("train", *TINY, *_jsonl_task(tmp_path / "rows.jsonl"), "task.eval_path=" + str(tmp_path / "rows.jsonl"),
-                       f"hydra.run.dir={tmp_path}/run")
+    code, _, err = cli(
+        "train",
+        *TINY,
+        *_jsonl_task(tmp_path / "rows.jsonl"),
+        "task.eval_path=" + str(tmp_path / "rows.jsonl"),
+        f"hydra.run.dir={tmp_path}/run",
+    )
     assert code == 1 and "row 7 has no 'answer' column" in err and "task.answer_column" in err
     assert nothing_written(tmp_path / "run")
 
 
 # ----- model ----------------------------------------------------------------------------------------
 def test_model_path_that_does_not_exist(cli, tmp_path):
-    code, _, err = cli("train", *TINY, "model=hf", f"model.name_or_path={tmp_path}/no-model", f"hydra.run.dir={tmp_path}/run")
+    code, _, err = cli(
+        "train", *TINY, "model=hf", f"model.name_or_path={tmp_path}/no-model", f"hydra.run.dir={tmp_path}/run"
+    )
     assert code == 1 and "no-model" in err and "no such directory" in err
     assert nothing_written(tmp_path / "run")
 
@@ -140,20 +159,21 @@ def test_chat_template_missing(cli, tmp_path):
     policy.tokenizer.chat_template = None
     policy.model.save_pretrained(tmp_path / "base-model")
     policy.tokenizer.save_pretrained(tmp_path / "base-model")
-    code, _, err = cli("train", *TINY, "model=hf", f"model.name_or_path={tmp_path / 'base-model'}",
-                       f"hydra.run.dir={tmp_path}/run")
+    code, _, err = cli(
+        "train", *TINY, "model=hf", f"model.name_or_path={tmp_path / 'base-model'}", f"hydra.run.dir={tmp_path}/run"
+    )
     assert code == 1 and "no chat template" in err and "task.chat=false" in err
     assert nothing_written(tmp_path / "run")
 
 
 # ----- rewards --------------------------------------------------------------------------------------
-REWARDS = '''
+REWARDS = """
 def raises(completions, **columns):
     return [1.0 / (len(c) - len(c)) for c in completions]
 
 def too_few(completions, **columns):
     return [1.0]
-'''
+"""
 
 
 @pytest.fixture
@@ -165,8 +185,13 @@ def reward_module(tmp_path, monkeypatch):
 
 
 def test_reward_that_raises(cli, tmp_path, reward_module):
-    code, _, err = cli("train", *TINY, "reward=[function]", f"reward.function.path={reward_module}:raises",
-                       f"hydra.run.dir={tmp_path}/run")
+    code, _, err = cli(
+        "train",
+        *TINY,
+        "reward=[function]",
+        f"reward.function.path={reward_module}:raises",
+        f"hydra.run.dir={tmp_path}/run",
+    )
     assert code == 1
     assert "reward 'function' raised ZeroDivisionError" in err and "completion:" in err
     assert "reward.function.on_error=zero" in err  # how to go on instead
@@ -174,17 +199,28 @@ def test_reward_that_raises(cli, tmp_path, reward_module):
 
 
 def test_reward_that_raises_can_score_zero_and_go_on(cli, tmp_path, reward_module):
-    code, _, err = cli("train", *TINY, "trainer.max_steps=1", "reward=[arithmetic,function]",
-                       f"reward.function.path={reward_module}:raises", "reward.function.on_error=zero",
-                       f"hydra.run.dir={tmp_path}/run")
+    code, _, err = cli(
+        "train",
+        *TINY,
+        "trainer.max_steps=1",
+        "reward=[arithmetic,function]",
+        f"reward.function.path={reward_module}:raises",
+        "reward.function.on_error=zero",
+        f"hydra.run.dir={tmp_path}/run",
+    )
     assert code == 0, err
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
     assert row["rewards/function/mean"] == 0.0
 
 
 def test_reward_with_the_wrong_length(cli, tmp_path, reward_module):
-    code, _, err = cli("train", *TINY, "reward=[function]", f"reward.function.path={reward_module}:too_few",
-                       f"hydra.run.dir={tmp_path}/run")
+    code, _, err = cli(
+        "train",
+        *TINY,
+        "reward=[function]",
+        f"reward.function.path={reward_module}:too_few",
+        f"hydra.run.dir={tmp_path}/run",
+    )
     assert code == 1 and "returned 1 scores for 4 completions" in err
     assert nothing_written(tmp_path / "run")
 
@@ -200,8 +236,9 @@ def test_non_finite_loss_is_skipped_with_a_warning_and_counted(cli, tmp_path):
     from rlvr.plugins.models.tiny import TinyModelConfig, load_tiny
 
     with pytest.warns(UserWarning, match=r"step 2: non-finite loss or gradient; the update was skipped \(2 in a row"):
-        code, out, err = cli("train", *TINY, *NAN, "trainer.max_steps=2", "trainer.max_bad_steps=5",
-                             f"hydra.run.dir={tmp_path}/run")
+        code, out, err = cli(
+            "train", *TINY, *NAN, "trainer.max_steps=2", "trainer.max_bad_steps=5", f"hydra.run.dir={tmp_path}/run"
+        )
     assert code == 0, err
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in rows] == [1.0, 2.0]
@@ -212,8 +249,9 @@ def test_non_finite_loss_is_skipped_with_a_warning_and_counted(cli, tmp_path):
 
 def test_too_many_non_finite_losses_in_a_row_stop_the_run(cli, tmp_path):
     with pytest.warns(UserWarning, match="non-finite loss"):
-        code, _, err = cli("train", *TINY, *NAN, "trainer.max_steps=5", "trainer.max_bad_steps=2",
-                           f"hydra.run.dir={tmp_path}/run")
+        code, _, err = cli(
+            "train", *TINY, *NAN, "trainer.max_steps=5", "trainer.max_bad_steps=2", f"hydra.run.dir={tmp_path}/run"
+        )
     assert code == 1
     assert "2 steps in a row had a non-finite loss or gradient" in err and "trainer.max_bad_steps" in err
     assert not (tmp_path / "run" / "final").exists()
@@ -256,8 +294,10 @@ def test_save_checkpoint_wraps_a_torch_disk_error(tmp_path, monkeypatch):
     ck.save_checkpoint(tmp_path, 1, policy, {"x": 1})
 
     def full(*a, **k):
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
-                           "data/0: file write failed")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+            "data/0: file write failed"
+        )
 
     monkeypatch.setattr(torch, "save", full)
     with pytest.raises(ck.CheckpointWriteError, match="no space left on device") as exc:

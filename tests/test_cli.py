@@ -1,8 +1,6 @@
 """End-to-end: the CLI trains the tiny model and leaves a usable run directory."""
-import json
-from pathlib import Path
 
-import pytest
+import json
 
 from tests.conftest import TINY, run_cli
 
@@ -13,9 +11,21 @@ def test_train_two_steps_and_checkpoint_loads(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2]
-    for key in ("reward/mean", "reward/std", "rewards/arithmetic/mean", "rewards/arithmetic/std", "frac_reward_zero_std",
-                "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "completion_length/mean",
-                "completion_length/max", "completion_length/clipped_ratio", "step_time", "tokens_per_s"):
+    for key in (
+        "reward/mean",
+        "reward/std",
+        "rewards/arithmetic/mean",
+        "rewards/arithmetic/std",
+        "frac_reward_zero_std",
+        "clip_ratio/low_mean",
+        "clip_ratio/high_mean",
+        "clip_ratio/region_mean",
+        "completion_length/mean",
+        "completion_length/max",
+        "completion_length/clipped_ratio",
+        "step_time",
+        "tokens_per_s",
+    ):
         assert key in lines[0], key
     assert (run_dir / "completions.jsonl").is_file()
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -39,8 +49,12 @@ def test_same_seed_same_metrics(tmp_path):
         proc = run_cli("train", *TINY, "trainer.max_steps=2", f"hydra.run.dir={run_dir}")
         assert proc.returncode == 0, proc.stderr[-3000:]
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        out.append([{k: v for k, v in r.items() if "time" not in k and "per_s" not in k and not k.startswith("memory/")}
-                    for r in rows])  # peak memory is the process's, not the run's
+        out.append(
+            [
+                {k: v for k, v in r.items() if "time" not in k and "per_s" not in k and not k.startswith("memory/")}
+                for r in rows
+            ]
+        )  # peak memory is the process's, not the run's
     assert out[0] == out[1]
 
 
@@ -64,7 +78,9 @@ def test_cfg_job_prints_config():
 
 
 def test_multirun_sweep(tmp_path):
-    proc = run_cli("train", "-m", *TINY, "trainer.max_steps=1", "trainer.lr=1e-6,5e-6", f"hydra.sweep.dir={tmp_path}/sweep")
+    proc = run_cli(
+        "train", "-m", *TINY, "trainer.max_steps=1", "trainer.lr=1e-6,5e-6", f"hydra.sweep.dir={tmp_path}/sweep"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "sweep" / "0" / "metrics.jsonl").is_file()
     assert (tmp_path / "sweep" / "1" / "metrics.jsonl").is_file()

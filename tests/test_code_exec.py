@@ -4,6 +4,7 @@ The ``bwrap`` mode runs where bubblewrap is installed and usable (``apt-get inst
 elsewhere its cases are skipped with the reason and the ``rlimit`` mode is still tested. Cases
 whose containment needs bubblewrap or a separate uid (root) say so when they skip.
 """
+
 from __future__ import annotations
 
 import glob
@@ -41,8 +42,13 @@ def _bwrap_reason() -> str:
 
 
 BWRAP_MISSING = _bwrap_reason()
-MODES = ["rlimit", pytest.param("bwrap", marks=pytest.mark.skipif(
-    bool(BWRAP_MISSING), reason=f"bubblewrap sandbox unavailable: {BWRAP_MISSING}"))]
+MODES = [
+    "rlimit",
+    pytest.param(
+        "bwrap",
+        marks=pytest.mark.skipif(bool(BWRAP_MISSING), reason=f"bubblewrap sandbox unavailable: {BWRAP_MISSING}"),
+    ),
+]
 
 
 def py(code: str) -> str:
@@ -79,6 +85,7 @@ def assert_no_leftovers() -> None:
 
 
 # --------------------------------------------------------------------------- extraction and test formats
+
 
 def test_extract_code_takes_the_last_python_block():
     text = "```python\nx = 1\n```\nthen\n```py\nx = 2\n```\n```bash\nrm -rf /\n```"
@@ -121,11 +128,13 @@ ADD_TESTS = "assert add(1, 2) == 3\nassert add(-1, 1) == 0\nassert add(2, 2) == 
 @pytest.mark.parametrize("mode", MODES)
 def test_scores_are_fraction_of_tests_passed(mode):
     fn = make(mode)
-    completions = [py("def add(a, b):\n    return a + b"),
-                   py("def add(a, b):\n    return a + b if a in (1, 2) else 99"),  # passes 2 of 4
-                   py("def add(a, b):\n    raise RuntimeError"),
-                   "I would add the numbers.",  # no code
-                   py("def add(a, b):\n    return a + b")]
+    completions = [
+        py("def add(a, b):\n    return a + b"),
+        py("def add(a, b):\n    return a + b if a in (1, 2) else 99"),  # passes 2 of 4
+        py("def add(a, b):\n    raise RuntimeError"),
+        "I would add the numbers.",  # no code
+        py("def add(a, b):\n    return a + b"),
+    ]
     scores = fn(completions, tests=[ADD_TESTS] * 4 + [None])
     assert scores == [1.0, 0.5, 0.0, 0.0, None]
     assert_no_leftovers()
@@ -134,8 +143,11 @@ def test_scores_are_fraction_of_tests_passed(mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_stdin_stdout_tests(mode):
     fn = make(mode)
-    tests = [{"input": "1 2\n", "output": "3\n"}, {"input": "10 -4\n", "output": "6"},
-             {"input": "0 0\n", "output": "0\n"}]
+    tests = [
+        {"input": "1 2\n", "output": "3\n"},
+        {"input": "10 -4\n", "output": "6"},
+        {"input": "0 0\n", "output": "0\n"},
+    ]
     good = py("a, b = map(int, input().split())\nprint(a + b, ' ')")
     wrong = py("a, b = map(int, input().split())\nprint(a - b)")  # right on the third case only
     crash = py("a, b = map(int, input().split())\nprint(a + b)\nraise SystemExit(3)")  # right output, bad exit
@@ -157,8 +169,10 @@ def test_exit_and_forged_reports_do_not_pass():
     fn = make("rlimit")
     exits = py("import sys\nsys.exit(0)\ndef add(a, b):\n    return 0")
     hard_exit = py("import os\nos._exit(0)")
-    forged = py("import os, sys\nfor i in range(4):\n    print('PASS', i)\n    os.write(3, b'x %d 1\\n' % i)\n"
-                "def add(a, b):\n    return None")
+    forged = py(
+        "import os, sys\nfor i in range(4):\n    print('PASS', i)\n    os.write(3, b'x %d 1\\n' % i)\n"
+        "def add(a, b):\n    return None"
+    )
     main_guard = py("def add(a, b):\n    return a + b\nif __name__ == '__main__':\n    input()")
     assert fn([exits, hard_exit, forged, main_guard], tests=[ADD_TESTS] * 4) == [0.0, 0.0, 0.0, 1.0]
 
@@ -185,12 +199,14 @@ def test_limits_environment_and_fresh_directory(mode, monkeypatch):
     monkeypatch.setenv("RLVR_TEST_SECRET", "hunter2")
     before = set(glob.glob(os.path.join(tempfile.gettempdir(), "rlvr-sandbox-*")))
     sb = Sandbox(CodeExecConfig(sandbox=mode, **FAST))
-    code = ("import os, resource\n"
-            "print(resource.getrlimit(resource.RLIMIT_AS)[0] >> 20,\n"
-            "      resource.getrlimit(resource.RLIMIT_FSIZE)[0] >> 20,\n"
-            "      resource.getrlimit(resource.RLIMIT_CORE)[0])\n"
-            "print('RLVR_TEST_SECRET' in os.environ, sorted(os.listdir('.')))\n"
-            "open('scratch.txt', 'w').write('ok')\n")
+    code = (
+        "import os, resource\n"
+        "print(resource.getrlimit(resource.RLIMIT_AS)[0] >> 20,\n"
+        "      resource.getrlimit(resource.RLIMIT_FSIZE)[0] >> 20,\n"
+        "      resource.getrlimit(resource.RLIMIT_CORE)[0])\n"
+        "print('RLVR_TEST_SECRET' in os.environ, sorted(os.listdir('.')))\n"
+        "open('scratch.txt', 'w').write('ok')\n"
+    )
     res = sb.run("solution.py", [], {"solution.py": code.encode()}, b"", 5.0)
     lines = res.stdout.decode().splitlines()
     assert res.returncode == 0, res.stderr
@@ -211,12 +227,15 @@ def test_bwrap_required_but_missing(monkeypatch):
 
 # --------------------------------------------------------------------------- hostile code
 
+
 def _isolated_without_bwrap() -> bool:
     return Sandbox(CodeExecConfig(sandbox="rlimit")).drop
 
 
-NEEDS_SEPARATE_UID = ("without bubblewrap the code runs as this user (not root): it can touch this user's files and "
-                      "processes; only rlimits and the supervisor contain it")
+NEEDS_SEPARATE_UID = (
+    "without bubblewrap the code runs as this user (not root): it can touch this user's files and "
+    "processes; only rlimits and the supervisor contain it"
+)
 
 
 def _skip_unless_contained(mode: str) -> None:
@@ -225,19 +244,28 @@ def _skip_unless_contained(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("name,code", [
-    ("infinite loop", "while True:\n    pass"),
-    ("sleep", "import time\ntime.sleep(60)"),
-    ("fork bomb", "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"),
-    ("thread bomb", "import threading, time\nfor _ in range(10000):\n"
-                    "    threading.Thread(target=time.sleep, args=(60,)).start()"),
-    ("escaping daemon", "import os, time\nif os.fork() == 0:\n    os.setsid()\n"
-                        "    if os.fork() == 0:\n        time.sleep(60)\n"
-                        "    os._exit(0)\nprint('3')"),
-    ("memory bomb", "x = []\nwhile True:\n    x.append(bytearray(50 * 1024 * 1024))"),
-    ("huge output", "while True:\n    print('x' * 100000)"),
-    ("disk bomb", "with open('big', 'wb') as f:\n    while True:\n        f.write(b'0' * (1 << 20))"),
-])
+@pytest.mark.parametrize(
+    "name,code",
+    [
+        ("infinite loop", "while True:\n    pass"),
+        ("sleep", "import time\ntime.sleep(60)"),
+        ("fork bomb", "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"),
+        (
+            "thread bomb",
+            "import threading, time\nfor _ in range(10000):\n"
+            "    threading.Thread(target=time.sleep, args=(60,)).start()",
+        ),
+        (
+            "escaping daemon",
+            "import os, time\nif os.fork() == 0:\n    os.setsid()\n"
+            "    if os.fork() == 0:\n        time.sleep(60)\n"
+            "    os._exit(0)\nprint('3')",
+        ),
+        ("memory bomb", "x = []\nwhile True:\n    x.append(bytearray(50 * 1024 * 1024))"),
+        ("huge output", "while True:\n    print('x' * 100000)"),
+        ("disk bomb", "with open('big', 'wb') as f:\n    while True:\n        f.write(b'0' * (1 << 20))"),
+    ],
+)
 def test_hostile_code_is_contained(mode, name, code):
     fn = make(mode)
     start = time.monotonic()
@@ -276,14 +304,16 @@ def outside(tmp_path_factory):
 def test_cannot_delete_or_write_outside(mode, outside):
     _skip_unless_contained(mode)
     repo = Path(__file__).resolve().parents[1]
-    code = (f"import os, shutil\n"
-            f"for action in (lambda: os.remove({str(outside / 'victim.txt')!r}),\n"
-            f"               lambda: open({str(outside / 'victim.txt')!r}, 'w').write('pwned'),\n"
-            f"               lambda: open({str(outside / 'new.txt')!r}, 'w').write('pwned'),\n"
-            f"               lambda: open({str(repo / 'pwned.txt')!r}, 'w').write('pwned'),\n"
-            f"               lambda: shutil.rmtree({str(outside)!r})):\n"
-            f"    try:\n        action()\n    except OSError:\n        pass\n"
-            f"print('4')\n")
+    code = (
+        f"import os, shutil\n"
+        f"for action in (lambda: os.remove({str(outside / 'victim.txt')!r}),\n"
+        f"               lambda: open({str(outside / 'victim.txt')!r}, 'w').write('pwned'),\n"
+        f"               lambda: open({str(outside / 'new.txt')!r}, 'w').write('pwned'),\n"
+        f"               lambda: open({str(repo / 'pwned.txt')!r}, 'w').write('pwned'),\n"
+        f"               lambda: shutil.rmtree({str(outside)!r})):\n"
+        f"    try:\n        action()\n    except OSError:\n        pass\n"
+        f"print('4')\n"
+    )
     assert make(mode)([py(code)], tests=[[{"input": "", "output": "4"}]]) == [1.0]
     assert (outside / "victim.txt").read_text() == "keep me"
     assert not (outside / "new.txt").exists() and not (repo / "pwned.txt").exists()
@@ -300,8 +330,10 @@ def test_bwrap_hides_the_filesystem(outside):
     if BWRAP_MISSING:
         pytest.skip(f"bubblewrap sandbox unavailable: {BWRAP_MISSING}")
     repo = Path(__file__).resolve().parents[1]
-    code = (f"import os\nseen = [os.path.exists(p) for p in ({str(outside / 'public.txt')!r}, {str(repo)!r}, '/root', "
-            f"'/home', '/work')]\nprint(sum(seen))")
+    code = (
+        f"import os\nseen = [os.path.exists(p) for p in ({str(outside / 'public.txt')!r}, {str(repo)!r}, '/root', "
+        f"'/home', '/work')]\nprint(sum(seen))"
+    )
     assert make("bwrap")([py(code)], tests=[[{"input": "", "output": "0"}]]) == [1.0]
 
 
@@ -335,9 +367,11 @@ def test_bwrap_blocks_the_network(listener):
     if BWRAP_MISSING:
         pytest.skip(f"bubblewrap sandbox unavailable: {BWRAP_MISSING}")
     port, hits = listener
-    code = (f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
-            f"    print('connected')\n"
-            f"except OSError:\n    print('blocked')")
+    code = (
+        f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+        f"    print('connected')\n"
+        f"except OSError:\n    print('blocked')"
+    )
     assert make("bwrap")([py(code)], tests=[[{"input": "", "output": "blocked"}]]) == [1.0]
     time.sleep(0.3)
     assert hits == []
@@ -354,13 +388,15 @@ def test_rlimit_mode_has_network_documented(listener):
 def test_cannot_kill_the_trainer(mode):
     _skip_unless_contained(mode)
     me = os.getpid()
-    code = (f"import os, signal\nkilled = 0\n"
-            f"for target in (os.getppid(), {me}):\n"
-            f"    try:\n        os.kill(target, signal.SIGKILL)\n        killed += 1\n"
-            f"    except OSError:\n        pass\n"
-            f"try:\n    os.killpg({os.getpgid(me)}, signal.SIGKILL)\n    killed += 1\nexcept OSError:\n    pass\n"
-            f"try:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError:\n    pass\n"
-            f"print(killed)")
+    code = (
+        f"import os, signal\nkilled = 0\n"
+        f"for target in (os.getppid(), {me}):\n"
+        f"    try:\n        os.kill(target, signal.SIGKILL)\n        killed += 1\n"
+        f"    except OSError:\n        pass\n"
+        f"try:\n    os.killpg({os.getpgid(me)}, signal.SIGKILL)\n    killed += 1\nexcept OSError:\n    pass\n"
+        f"try:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError:\n    pass\n"
+        f"print(killed)"
+    )
     scores = make(mode)([py(code)], tests=[[{"input": "", "output": "0"}]])
     assert os.getpid() == me  # still here
     assert scores in ([1.0], [0.0])  # kill(-1) may take the code down with it; the trainer survives either way

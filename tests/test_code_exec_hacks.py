@@ -7,6 +7,7 @@ the only way to pass is to read them or to forge a verdict. Honest full and part
 keep their exact scores, and real suites (HumanEval's ``check(candidate)``, MBPP's assert
 lists) pass with canonical solutions and fail with a stub.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,15 @@ import pytest
 import rlvr
 from rlvr.plugins.rewards.code_exec import CodeExecConfig, Sandbox, SandboxError, TestsNotSupported, parse_tests
 
-FAST = {"timeout_s": 1.0, "startup_grace_s": 2.0, "memory_mb": 512, "max_processes": 80, "max_output_bytes": 64_000,
-        "pass_score": 1.0, "fail_score": -1.0}
+FAST = {
+    "timeout_s": 1.0,
+    "startup_grace_s": 2.0,
+    "memory_mb": 512,
+    "max_processes": 80,
+    "max_output_bytes": 64_000,
+    "pass_score": 1.0,
+    "fail_score": -1.0,
+}
 
 
 def _bwrap_reason() -> str:
@@ -27,8 +35,13 @@ def _bwrap_reason() -> str:
 
 
 BWRAP_MISSING = _bwrap_reason()
-MODES = ["rlimit", pytest.param("bwrap", marks=pytest.mark.skipif(
-    bool(BWRAP_MISSING), reason=f"bubblewrap sandbox unavailable: {BWRAP_MISSING}"))]
+MODES = [
+    "rlimit",
+    pytest.param(
+        "bwrap",
+        marks=pytest.mark.skipif(bool(BWRAP_MISSING), reason=f"bubblewrap sandbox unavailable: {BWRAP_MISSING}"),
+    ),
+]
 
 _REWARDS: dict[str, object] = {}
 
@@ -43,14 +56,17 @@ def py(code: str) -> str:
     return f"```python\n{code}\n```"
 
 
-MYSTERY = ("assert mystery(3) == 4817\n"
-           "assert mystery(10) == -3163\n"
-           "assert 1 < mystery(5) < 4\n"
-           "assert mystery(0) in (12, 13)\n"
-           "assert abs(mystery(2) - 0.25) < 1e-6\n"
-           "assert not magic(8)\n")
-HONEST = py("def mystery(x):\n    return {3: 4817, 10: -3163, 5: 2, 0: 12, 2: 0.25}[x]\n\n"
-            "def magic(x):\n    return x == 7")
+MYSTERY = (
+    "assert mystery(3) == 4817\n"
+    "assert mystery(10) == -3163\n"
+    "assert 1 < mystery(5) < 4\n"
+    "assert mystery(0) in (12, 13)\n"
+    "assert abs(mystery(2) - 0.25) < 1e-6\n"
+    "assert not magic(8)\n"
+)
+HONEST = py(
+    "def mystery(x):\n    return {3: 4817, 10: -3163, 5: 2, 0: 12, 2: 0.25}[x]\n\ndef magic(x):\n    return x == 7"
+)
 PARTIAL = py("def mystery(x):\n    return {3: 4817, 10: -3163, 5: 2}.get(x, 100)\n\ndef magic(x):\n    return True")
 
 HACKS = {
@@ -421,15 +437,18 @@ def test_the_fork_oracle_really_has_64_guessers():
 
 def test_results_from_a_forked_child_fail_closed_with_a_reason():
     fn = reward("rlimit")
-    report = fn.executor.reports([py(HACKS["fork oracle: children write forged frames straight to every fd"])],
-                                 {"tests": [MYSTERY]})[0]
+    report = fn.executor.reports(
+        [py(HACKS["fork oracle: children write forged frames straight to every fd"])], {"tests": [MYSTERY]}
+    )[0]
     assert report.passed == 0 and report.violation
 
 
 def test_a_top_level_assert_reported_twice_fails():
     # the second report carries the right value too: a top-level assert runs once, so it still fails
-    code = py("import sys\ndef mystery(x):\n    sys._getframe(1).f_globals['_rlvr_end'](0, [4817])\n    return 4817\n"
-              "def magic(x): return True")
+    code = py(
+        "import sys\ndef mystery(x):\n    sys._getframe(1).f_globals['_rlvr_end'](0, [4817])\n    return 4817\n"
+        "def magic(x): return True"
+    )
     report = reward("rlimit").executor.reports([code], {"tests": [MYSTERY]})[0]
     assert report.passed == 0 and report.duplicates == 1
 
@@ -438,15 +457,21 @@ def test_unplain_values_are_counted():
     fn = reward("rlimit")
     report = fn.executor.reports([py(HACKS["always-equal int subclass"])], {"tests": [MYSTERY]})[0]
     assert report.passed == 0 and report.unplain >= 5
-    fn([HONEST, py(HACKS["always-equal int subclass"]), py(HACKS["fork oracle: children write forged frames "
-                                                                  "straight to every fd"])], tests=[MYSTERY] * 3)
+    fn(
+        [
+            HONEST,
+            py(HACKS["always-equal int subclass"]),
+            py(HACKS["fork oracle: children write forged frames straight to every fd"]),
+        ],
+        tests=[MYSTERY] * 3,
+    )
     counts = fn.executor.fail_closed_counts()
     assert counts["violations"] == 1 and counts["unplain_values"] >= 5 and counts["duplicate_reports"] == 0
 
 
 # --------------------------------------------------------------------------- real suites
 
-HUMANEVAL_TESTS = '''
+HUMANEVAL_TESTS = """
 METADATA = {"author": "jt", "dataset": "test"}
 
 
@@ -460,8 +485,8 @@ def check(candidate):
     assert candidate([1.1, 2.2, 3.1, 4.1, 5.1], 0.5) == False
 
 check(has_close_elements)
-'''
-HUMANEVAL_CANONICAL = '''
+"""
+HUMANEVAL_CANONICAL = """
 from typing import List
 
 
@@ -474,41 +499,53 @@ def has_close_elements(numbers: List[float], threshold: float) -> bool:
                     return True
 
     return False
-'''
-HUMANEVAL_TRUNCATE_TESTS = '''
+"""
+HUMANEVAL_TRUNCATE_TESTS = """
 def check(candidate):
     assert candidate(3.5) == 0.5
     assert abs(candidate(1.33) - 0.33) < 1e-6
     assert abs(candidate(123.456) - 0.456) < 1e-6
 
 check(truncate_number)
-'''
-MBPP_TESTS = ["assert similar_elements((3, 4, 5, 6),(5, 7, 4, 10)) == (4, 5)",
-              "assert similar_elements((1, 2, 3, 4),(5, 4, 3, 7)) == (3, 4)",
-              "assert similar_elements((11, 12, 14, 13),(17, 15, 14, 13)) == (13, 14)"]
-MBPP_CANONICAL = '''
+"""
+MBPP_TESTS = [
+    "assert similar_elements((3, 4, 5, 6),(5, 7, 4, 10)) == (4, 5)",
+    "assert similar_elements((1, 2, 3, 4),(5, 4, 3, 7)) == (3, 4)",
+    "assert similar_elements((11, 12, 14, 13),(17, 15, 14, 13)) == (13, 14)",
+]
+MBPP_CANONICAL = """
 def similar_elements(test_tup1, test_tup2):
   res = tuple(set(test_tup1) & set(test_tup2))
   return (res)
-'''
-MBPP_SETUP_TESTS = ["import math",
-                    "assert math.isclose(circle_area(1), 3.141592653589793, rel_tol=1e-9)",
-                    "r = 2",
-                    "assert round(circle_area(r), 3) == 12.566",
-                    "assert set(circle_area_list([1, 2])) == set([math.pi, 4 * math.pi])"]
-MBPP_SETUP_CANONICAL = ("import math\ndef circle_area(r):\n    return math.pi * r * r\n"
-                        "def circle_area_list(rs):\n    return [circle_area(r) for r in rs]\n")
+"""
+MBPP_SETUP_TESTS = [
+    "import math",
+    "assert math.isclose(circle_area(1), 3.141592653589793, rel_tol=1e-9)",
+    "r = 2",
+    "assert round(circle_area(r), 3) == 12.566",
+    "assert set(circle_area_list([1, 2])) == set([math.pi, 4 * math.pi])",
+]
+MBPP_SETUP_CANONICAL = (
+    "import math\ndef circle_area(r):\n    return math.pi * r * r\n"
+    "def circle_area_list(rs):\n    return [circle_area(r) for r in rs]\n"
+)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_public_suites_canonical_pass_and_stub_fails(mode):
     fn = rlvr.create("reward", "code_exec", sandbox=mode, **{**FAST, "fail_score": 0.0})
-    stub = "```python\ndef has_close_elements(numbers, threshold):\n    return None\n" \
-           "def truncate_number(x):\n    return None\ndef similar_elements(a, b):\n    return None\n" \
-           "def circle_area(r):\n    return None\ndef circle_area_list(rs):\n    return None\n```"
+    stub = (
+        "```python\ndef has_close_elements(numbers, threshold):\n    return None\n"
+        "def truncate_number(x):\n    return None\ndef similar_elements(a, b):\n    return None\n"
+        "def circle_area(r):\n    return None\ndef circle_area_list(rs):\n    return None\n```"
+    )
     suites = [HUMANEVAL_TESTS, HUMANEVAL_TRUNCATE_TESTS, MBPP_TESTS, MBPP_SETUP_TESTS]
-    canonical = [py(HUMANEVAL_CANONICAL), py("def truncate_number(number: float) -> float:\n    return number % 1.0"),
-                 py(MBPP_CANONICAL), py(MBPP_SETUP_CANONICAL)]
+    canonical = [
+        py(HUMANEVAL_CANONICAL),
+        py("def truncate_number(number: float) -> float:\n    return number % 1.0"),
+        py(MBPP_CANONICAL),
+        py(MBPP_SETUP_CANONICAL),
+    ]
     assert fn(canonical, tests=suites) == [1.0] * 4
     assert fn([stub] * 4, tests=suites) == [0.0] * 4
     reports = fn.executor.reports(canonical[:1], {"tests": [HUMANEVAL_TESTS]})
@@ -526,20 +563,39 @@ def test_apps_style_stdin_stdout_is_compared_outside(mode):
 
 # --------------------------------------------------------------------------- what is compared where
 
+
 def test_expected_values_never_enter_the_sandbox():
-    suite = parse_tests(MYSTERY + "assert mystery(4) == [1, 'secret', (2.5, None)]\n"
-                        "assert sorted(mystery(6)) == sorted([9, 8])\nassert mystery(7) == set([314159])\n"
-                        "assert mystery(8) == 'x' * 3 + 'yz'\nassert 555 < mystery(9) - 1 <= 5555\n")
+    suite = parse_tests(
+        MYSTERY + "assert mystery(4) == [1, 'secret', (2.5, None)]\n"
+        "assert sorted(mystery(6)) == sorted([9, 8])\nassert mystery(7) == set([314159])\n"
+        "assert mystery(8) == 'x' * 3 + 'yz'\nassert 555 < mystery(9) - 1 <= 5555\n"
+    )
     shipped = "".join(suite.program.steps)
-    for secret in ("4817", "3163", "12", "13", "0.25", "1e-06", "secret", "2.5", "314159", "9, 8", "8, 9", "xxx",
-                   "'x'", "555"):
+    for secret in (
+        "4817",
+        "3163",
+        "12",
+        "13",
+        "0.25",
+        "1e-06",
+        "secret",
+        "2.5",
+        "314159",
+        "9, 8",
+        "8, 9",
+        "xxx",
+        "'x'",
+        "555",
+    ):
         assert secret not in shipped, secret
     assert "mystery(9) - 1" in shipped  # a non-constant side is evaluated in the sandbox, as written
 
 
 def test_expected_values_held_in_a_variable_stay_outside_when_only_asserts_use_them():
-    tests = ("EXPECTED = [4817, -3163]\nLIMIT = 5555\nassert mystery(3) == EXPECTED\nassert mystery(9) < LIMIT\n"
-             "SHARED = 12\nassert mystery(SHARED) == 12\n")
+    tests = (
+        "EXPECTED = [4817, -3163]\nLIMIT = 5555\nassert mystery(3) == EXPECTED\nassert mystery(9) < LIMIT\n"
+        "SHARED = 12\nassert mystery(SHARED) == 12\n"
+    )
     shipped = "".join(parse_tests(tests).program.steps)
     assert "4817" not in shipped and "5555" not in shipped
     assert "SHARED = 12" in shipped  # an argument of the call: the sandbox needs it
@@ -578,17 +634,28 @@ def test_shapes_that_cannot_be_judged_outside_fail_closed():
         reward("rlimit")([py("def f(x): return x")], tests=["assert False"])
 
 
-@pytest.mark.parametrize("code,expected", [
-    ("def f(x): return x", [1, 1, 1, 1, 1, 1, 0, 1, 1, 1]),
-    ("def f(x): return None", [0, 0, 0, 1, 0, 1, 0, 0, 0, 1]),
-])
+@pytest.mark.parametrize(
+    "code,expected",
+    [
+        ("def f(x): return x", [1, 1, 1, 1, 1, 1, 0, 1, 1, 1]),
+        ("def f(x): return None", [0, 0, 0, 1, 0, 1, 0, 0, 0, 1]),
+    ],
+)
 def test_each_assert_shape_is_judged_like_python(code, expected):
     """Shapes: ==, chained <, in, is, not (on a plain value), and/or, non-comparison (exactly True),
     isclose, abs(a - b) < tol, a set-up statement between asserts, an assert in a loop."""
-    tests = ["assert f(2) == 2", "assert 1 < f(2) <= 2", "assert f(2) in [1, 2, 3]", "assert f(None) is None",
-             "assert f(3) != 4 and f(3) == 3 or f(3) == 5", "assert not f(0)", "assert f(1)",
-             "import math\nassert math.isclose(f(0.1 + 0.2), 0.3)", "assert abs(f(1.5) - 1.5) < 1e-9",
-             "for i in range(3):\n    assert f(i) is not 5"]
+    tests = [
+        "assert f(2) == 2",
+        "assert 1 < f(2) <= 2",
+        "assert f(2) in [1, 2, 3]",
+        "assert f(None) is None",
+        "assert f(3) != 4 and f(3) == 3 or f(3) == 5",
+        "assert not f(0)",
+        "assert f(1)",
+        "import math\nassert math.isclose(f(0.1 + 0.2), 0.3)",
+        "assert abs(f(1.5) - 1.5) < 1e-9",
+        "for i in range(3):\n    assert f(i) is not 5",
+    ]
     fn = reward("rlimit")
     reports = fn.executor.reports([py(code)] * len(tests), {"tests": tests})
     assert [r.passed for r in reports] == expected
@@ -604,5 +671,7 @@ def test_each_operand_has_its_own_time_limit():
 def test_a_check_in_a_loop_fails_when_any_iteration_fails():
     fn = reward("rlimit")
     tests = "for i in range(5):\n    assert f(i) == i * i\n"
-    assert fn([py("def f(x): return x * x"), py("def f(x): return x * x if x < 4 else 0")],
-              tests=[tests] * 2) == [1.0, -1.0]
+    assert fn([py("def f(x): return x * x"), py("def f(x): return x * x if x < 4 else 0")], tests=[tests] * 2) == [
+        1.0,
+        -1.0,
+    ]

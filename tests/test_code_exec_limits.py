@@ -5,6 +5,7 @@ bubblewrap probe, and sandbox uids that concurrent trainers never share.
 Cases that need something this machine may not offer (cgroups this process may create, root for
 a separate uid, bubblewrap) skip with the reason.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,13 @@ def _bwrap_reason() -> str:
 
 
 BWRAP_MISSING = _bwrap_reason()
-MODES = ["rlimit", pytest.param("bwrap", marks=pytest.mark.skipif(
-    bool(BWRAP_MISSING), reason=f"bubblewrap sandbox unavailable: {BWRAP_MISSING}"))]
+MODES = [
+    "rlimit",
+    pytest.param(
+        "bwrap",
+        marks=pytest.mark.skipif(bool(BWRAP_MISSING), reason=f"bubblewrap sandbox unavailable: {BWRAP_MISSING}"),
+    ),
+]
 _groups, CGROUPS_MISSING = cgroup_probe(64 << 20, 8)
 if _groups is not None:
     _groups.remove()
@@ -143,8 +149,13 @@ def test_rlimit_mode_removes_what_the_run_left_in_shared_tmp():
         print(len(made))
     """
     assert int(run(sb, code)) >= 1
-    left = [os.path.join(d, n) for d in ("/tmp", "/var/tmp", "/dev/shm") if os.path.isdir(d)
-            for n in os.listdir(d) if n.startswith(tag)]
+    left = [
+        os.path.join(d, n)
+        for d in ("/tmp", "/var/tmp", "/dev/shm")
+        if os.path.isdir(d)
+        for n in os.listdir(d)
+        if n.startswith(tag)
+    ]
     assert left == []
 
 

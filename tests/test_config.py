@@ -37,10 +37,15 @@ def test_wrong_type_fails():
         rlvr.compose(["trainer.max_steps=many"])
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("num_generations", 1, "num_generations"), ("lr", 0.0, "lr"), ("max_steps", 0, "max_steps"),
-    ("advantage_scaling", "zscore", "advantage_scaling"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("num_generations", 1, "num_generations"),
+        ("lr", 0.0, "lr"),
+        ("max_steps", 0, "max_steps"),
+        ("advantage_scaling", "zscore", "advantage_scaling"),
+    ],
+)
 def test_trainer_validation(field, value, match):
     tc = TrainerConfig(**{field: value})
     with pytest.raises(ValueError, match=match):

@@ -6,6 +6,7 @@ the final adapter within 1e-5 to a one-process run. DDP with batch-scaled advant
 micro-batches per rank (gradient accumulation without sync); FSDP2 with dapo (the global token
 normaliser), a sharded checkpoint and a resume with 2 processes and with 1.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,20 @@ from rlvr.core.trainer import validate_trainer
 from tests.conftest import REPO, TINY, run_cli
 
 # a reward that varies on a random model's output (shorter is better), so every step has a gradient
-REWARD = ["reward=[rubric]", "reward.rubric.criteria=[{kind:length,max_chars:3,weight:1.0,fail:0.0,penalty_per_unit:0.1}]"]
-BASE = [*TINY, "model.lora=true", "trainer.max_steps=3", "trainer.lr=1e-2", "trainer.warmup_steps=0",
-        "trainer.prompts_per_step=4", "trainer.micro_batch_size=2", *REWARD]
+REWARD = [
+    "reward=[rubric]",
+    "reward.rubric.criteria=[{kind:length,max_chars:3,weight:1.0,fail:0.0,penalty_per_unit:0.1}]",
+]
+BASE = [
+    *TINY,
+    "model.lora=true",
+    "trainer.max_steps=3",
+    "trainer.lr=1e-2",
+    "trainer.warmup_steps=0",
+    "trainer.prompts_per_step=4",
+    "trainer.micro_batch_size=2",
+    *REWARD,
+]
 TIMING = ("step_time", "generation_time", "tokens_per_s")
 
 
@@ -39,16 +51,31 @@ def free_port() -> int:
 
 def torchrun(nproc: int, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), "-m", "rlvr", "train", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "rlvr",
+        "train",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def outputs(run_dir: Path) -> tuple[list[dict], list[dict], dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
-    metrics = [{k: v for k, v in json.loads(line).items() if k not in TIMING and not k.startswith("memory/")}
-               for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    metrics = [
+        {k: v for k, v in json.loads(line).items() if k not in TIMING and not k.startswith("memory/")}
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     completions = [json.loads(line) for line in (run_dir / "completions.jsonl").read_text().splitlines()]
     return metrics, completions, load_file(str(run_dir / "final" / "adapter_model.safetensors"))
 
@@ -150,9 +177,18 @@ def test_slurm_environment_becomes_torchrun_environment(monkeypatch):
     try:
         for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
             os.environ.pop(k, None)
-        os.environ.update({"RLVR_DIST_FROM_SLURM": "1", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
-                           "SLURM_NTASKS": "1", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
-                           "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "gpu-node-7"})
+        os.environ.update(
+            {
+                "RLVR_DIST_FROM_SLURM": "1",
+                "SLURM_JOB_ID": "4242",
+                "SLURM_PROCID": "0",
+                "SLURM_NTASKS": "1",
+                "SLURM_LOCALID": "0",
+                "SLURM_NODEID": "0",
+                "SLURM_JOB_NUM_NODES": "1",
+                "SLURM_JOB_NODELIST": "gpu-node-7",
+            }
+        )
         d = distributed.setup("gloo")
         assert not d.enabled  # one task: no process group, but the variables are set as torchrun sets them
         assert (os.environ["WORLD_SIZE"], os.environ["RANK"], os.environ["LOCAL_RANK"]) == ("1", "0", "0")

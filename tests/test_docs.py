@@ -15,6 +15,7 @@ Convention (the same for every page):
 The example plugin package (``examples/rlvr-plugin-example``) counts as installed for the bash lines,
 as the docs tell the reader to install it.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -35,8 +36,13 @@ SKIP = re.compile(r"<!--\s*docs-test:\s*skip\s*\((needs [^)]+)\)\s*-->")
 FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)")
 PYTHON = {"python", "py", "python3"}
 SHELL = {"bash", "sh", "shell", "console"}
-ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-       "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
+ENV = {
+    **os.environ,
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
+}
 
 
 @dataclass(frozen=True)
@@ -105,8 +111,9 @@ def test_the_docs_have_code_to_test() -> None:
 def test_python_block_runs(block: Block, tmp_path: Path) -> None:
     script = tmp_path / "block.py"
     script.write_text(block.code, encoding="utf-8")
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, f"{block.where}: the python block failed\n{block.code}\n{proc.stderr[-3000:]}"
 
 
@@ -178,12 +185,22 @@ def shell_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str | N
     todo = sorted({cmd for b, cmd in SHELL_LINES if not b.skip})
     (tmp / "commands.json").write_text(json.dumps(todo))
     (tmp / "worker.py").write_text(WORKER)
-    proc = subprocess.run([sys.executable, str(tmp / "worker.py"), str(tmp / "commands.json"),
-                           str(ROOT / "examples" / "rlvr-plugin-example")],
-                          cwd=tmp, env=ENV, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(tmp / "worker.py"),
+            str(tmp / "commands.json"),
+            str(ROOT / "examples" / "rlvr-plugin-example"),
+        ],
+        cwd=tmp,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     found = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS")]
     assert proc.returncode == 0 and found, f"the docs worker failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return json.loads(found[-1][len("RESULTS"):])
+    return json.loads(found[-1][len("RESULTS") :])
 
 
 def _short(cmd: str) -> str:
@@ -191,9 +208,13 @@ def _short(cmd: str) -> str:
     return words if len(words) <= 70 else words[:67] + "..."
 
 
-@pytest.mark.parametrize("block,cmd", [pytest.param(b, c, id=f"{b.where}:{_short(c)}",
-                                                    marks=[pytest.mark.skip(reason=b.skip)] if b.skip else [])
-                                       for b, c in SHELL_LINES])
+@pytest.mark.parametrize(
+    "block,cmd",
+    [
+        pytest.param(b, c, id=f"{b.where}:{_short(c)}", marks=[pytest.mark.skip(reason=b.skip)] if b.skip else [])
+        for b, c in SHELL_LINES
+    ],
+)
 def test_rlvr_command(block: Block, cmd: str, shell_results: dict[str, str | None]) -> None:
     error = shell_results[cmd]
     assert error is None, f"{block.where}: `{cmd}`\n{error}"
@@ -212,7 +233,7 @@ def test_skip_markers_sit_on_blocks() -> None:
         for i, line in enumerate(lines):
             if "docs-test:" in line:
                 assert SKIP.search(line), f"{path}:{i + 1}: write the marker as <!-- docs-test: skip (needs X) -->"
-                nxt = next((ln for ln in lines[i + 1:] if ln.strip()), "")
+                nxt = next((ln for ln in lines[i + 1 :] if ln.strip()), "")
                 assert FENCE.match(nxt), f"{path}:{i + 1}: a docs-test marker must be right before a code fence"
 
 
@@ -225,7 +246,13 @@ def test_readme_holds_the_ci_command() -> None:
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
     if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("material") is None:
         pytest.skip("mkdocs / mkdocs-material are not installed (pip install -e '.[docs]')")
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stderr[-5000:]}"
     assert (tmp_path / "site" / "index.html").is_file()

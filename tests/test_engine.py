@@ -1,4 +1,5 @@
 """engine=hf: shapes, EOS and truncation, sampling log-probs, determinism, top-k/top-p/min-p, prefix sharing."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,8 +8,7 @@ import torch
 import rlvr
 from rlvr.modeling.causal_lm import completion_logprobs
 from rlvr.modeling.shared_prompt import grouped_completion_logprobs, shared_prompt_applies, shared_prompt_logprobs
-from rlvr.plugins.engines.hf import (HFEngine, HFEngineConfig, fast_decoder_reason, filter_logits,
-                                     sample_inverse_cdf)
+from rlvr.plugins.engines.hf import HFEngine, HFEngineConfig, fast_decoder_reason, filter_logits, sample_inverse_cdf
 
 PROMPTS = ["What is 2 + 3?", "Add seven and eleven, then tell me the result please."]
 
@@ -108,8 +108,11 @@ def test_inverse_cdf_frequencies_follow_the_filtered_distribution():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = probs.log().expand(20000, 4)
     gen = torch.Generator().manual_seed(0)
-    for kw, expected in (({}, probs), ({"top_k": 2}, torch.tensor([0.625, 0.375, 0, 0])),
-                         ({"min_p": 0.2}, torch.tensor([0.5, 0.3, 0.15, 0]) / 0.95)):
+    for kw, expected in (
+        ({}, probs),
+        ({"top_k": 2}, torch.tensor([0.625, 0.375, 0, 0])),
+        ({"min_p": 0.2}, torch.tensor([0.5, 0.3, 0.15, 0]) / 0.95),
+    ):
         p = filter_logits(logits, **kw).softmax(-1)
         draws = sample_inverse_cdf(p, torch.rand(20000, generator=gen))
         freq = torch.bincount(draws, minlength=4).float() / 20000
@@ -128,16 +131,22 @@ def test_prefix_shared_cache_equals_generating_each_sequence_alone(tiny):
     for b, prompt in enumerate(PROMPTS):
         ids = tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]  # alone: no padding
         with torch.no_grad():
-            alone = tiny.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=8,
-                                        pad_token_id=tok.pad_token_id)[0, ids.shape[1]:]
+            alone = tiny.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=8,
+                pad_token_id=tok.pad_token_id,
+            )[0, ids.shape[1] :]
         for g in range(3):
             row = b * 3 + g
             n = int(ro.completion_mask[row].sum())
             assert ro.completion_ids[row, :n].tolist() == alone[:n].tolist()
 
 
-@pytest.mark.parametrize("family,lora", [("llama", False), ("llama", True), ("qwen2", False), ("qwen3", False),
-                                         ("qwen3", True)])
+@pytest.mark.parametrize(
+    "family,lora", [("llama", False), ("llama", True), ("qwen2", False), ("qwen3", False), ("qwen3", True)]
+)
 def test_fast_decoder_equals_transformers_path(family, lora):
     """Qwen2: q/k/v biases; Qwen3: q/k norms, untied head; LoRA: adapters folded into the packed weights."""
     policy = rlvr.create("model", "tiny_family", family=family, lora=lora)
@@ -156,8 +165,9 @@ def test_fast_decoder_equals_transformers_path(family, lora):
     for key, ro in outs.items():
         assert torch.equal(ro.completion_ids, ref.completion_ids), key
         torch.testing.assert_close(ro.sampling_logps, ref.sampling_logps, atol=2e-5, rtol=1e-5)
-    torch.testing.assert_close(ref.sampling_logps, teacher_forced(policy, ref, 0.9) * ref.completion_mask,
-                               atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        ref.sampling_logps, teacher_forced(policy, ref, 0.9) * ref.completion_mask, atol=2e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("family", ["gemma3", "phi3", "mistral"])
@@ -169,7 +179,9 @@ def test_auto_falls_back_for_other_architectures(family):
     e = engine(max_new_tokens=4)
     ro = e.generate(policy, PROMPTS, 2, [1, 2])
     assert e.last_decoder == "transformers" and ro.num == 4
-    torch.testing.assert_close(ro.sampling_logps, teacher_forced(policy, ro) * ro.completion_mask, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        ro.sampling_logps, teacher_forced(policy, ro) * ro.completion_mask, atol=2e-5, rtol=1e-5
+    )
     with pytest.raises(ValueError, match="decoder=fast cannot run"):
         engine(decoder="fast").generate(policy, PROMPTS, 2, [1, 2])
 
@@ -207,15 +219,20 @@ def test_shared_prompt_logprobs_equal_full_forward_values_and_gradients(lora):
     ids = torch.cat([ro.prompt_ids, ro.completion_ids], 1)
     mask = torch.cat([ro.prompt_mask, ro.completion_mask], 1)
     full, g_full = run(lambda: completion_logprobs(model, ids, mask, ro.prompt_ids.shape[1], temperature=0.8))
-    shared, g_shared = run(lambda: shared_prompt_logprobs(model, ro.prompt_ids, ro.prompt_mask, ro.completion_ids,
-                                                          ro.completion_mask, 3, temperature=0.8))
+    shared, g_shared = run(
+        lambda: shared_prompt_logprobs(
+            model, ro.prompt_ids, ro.prompt_mask, ro.completion_ids, ro.completion_mask, 3, temperature=0.8
+        )
+    )
     torch.testing.assert_close(shared * ro.completion_mask, full * ro.completion_mask, atol=1e-5, rtol=1e-5)
     for a, b in zip(g_full, g_shared):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
     with torch.no_grad():  # the dispatcher the trainer and the DDP/FSDP wrapper call
         grouped = grouped_completion_logprobs(model, ids, mask, ro.prompt_ids.shape[1], 3, temperature=0.8)
         plain = grouped_completion_logprobs(model, ids, mask, ro.prompt_ids.shape[1], 0, temperature=0.8)
-        mixed = grouped_completion_logprobs(model, ids, mask, ro.prompt_ids.shape[1], 2, temperature=0.8)  # not groups of 2
+        mixed = grouped_completion_logprobs(
+            model, ids, mask, ro.prompt_ids.shape[1], 2, temperature=0.8
+        )  # not groups of 2
     torch.testing.assert_close(grouped, shared, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(plain, full, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(mixed, full, atol=1e-6, rtol=1e-6)
@@ -246,8 +263,10 @@ def test_finished_rows_leave_the_decode_batch_without_changing_the_samples(tiny)
     torch.testing.assert_close(compact.sampling_logps, ref * compact.completion_mask, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("rows,active,expected", [(16, 16, False), (16, 13, False), (16, 12, True), (16, 0, False),
-                                                  (4, 3, False), (4, 2, True), (2, 1, False)])
+@pytest.mark.parametrize(
+    "rows,active,expected",
+    [(16, 16, False), (16, 13, False), (16, 12, True), (16, 0, False), (4, 3, False), (4, 2, True), (2, 1, False)],
+)
 def test_should_compact_rule(rows, active, expected):
     from rlvr.plugins.engines.fast_decoder import should_compact
 

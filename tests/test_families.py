@@ -4,6 +4,7 @@ Families: llama, qwen2, qwen3, gemma3 (final-logit soft-capping), phi3 (fused qk
 For each: the chunked log-prob path agrees with the model's own logits, a GRPO step moves the LoRA
 weights and only them, and the config presets' LoRA targets name real modules of that family.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -12,15 +13,21 @@ import torch
 from rlvr.core.config import compose
 from rlvr.core.trainer import Trainer
 from rlvr.modeling.causal_lm import completion_logprobs
-from rlvr.plugins.models.tiny_family import FAMILIES, TinyFamilyConfig, build_model, load_tiny_family
 from rlvr.plugins.models.tiny import byte_tokenizer
+from rlvr.plugins.models.tiny_family import FAMILIES, TinyFamilyConfig, build_model, load_tiny_family
 from tests.conftest import TINY
 
 # preset (rlvr/conf/model/<name>.yaml) -> the architecture family its checkpoint uses
 PRESETS = {
-    "qwen3-4b": "qwen3", "qwen2.5-3b-instruct": "qwen2", "llama-3.2-3b-instruct": "llama",
-    "llama-3.1-8b-instruct": "llama", "gemma-3-1b-it": "gemma3", "phi-4": "phi3",
-    "mistral-7b-instruct-v0.3": "mistral", "deepseek-r1-0528-qwen3-8b": "qwen3", "smollm2-135m-instruct": "llama",
+    "qwen3-4b": "qwen3",
+    "qwen2.5-3b-instruct": "qwen2",
+    "llama-3.2-3b-instruct": "llama",
+    "llama-3.1-8b-instruct": "llama",
+    "gemma-3-1b-it": "gemma3",
+    "phi-4": "phi3",
+    "mistral-7b-instruct-v0.3": "mistral",
+    "deepseek-r1-0528-qwen3-8b": "qwen3",
+    "smollm2-135m-instruct": "llama",
 }
 
 
@@ -33,7 +40,7 @@ def model_logprobs(model, ids, attn, prompt_len):
     """Reference: log-softmax of the model's own full logits (its forward applies soft-capping etc.)."""
     pos = (attn.cumsum(-1) - 1).masked_fill(attn == 0, 1)
     logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits.float()
-    return logits[:, prompt_len - 1:-1].log_softmax(-1).gather(-1, ids[:, prompt_len:, None]).squeeze(-1)
+    return logits[:, prompt_len - 1 : -1].log_softmax(-1).gather(-1, ids[:, prompt_len:, None]).squeeze(-1)
 
 
 def batch(seed=0):
@@ -46,8 +53,17 @@ def batch(seed=0):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_grpo_step_with_lora(family, tmp_path):
-    cfg = compose([*TINY, "model=tiny_family", f"model.family={family}", "model.lora=true", "trainer.lr=1e-2",
-                   "trainer.warmup_steps=0", "trainer.max_steps=1"])
+    cfg = compose(
+        [
+            *TINY,
+            "model=tiny_family",
+            f"model.family={family}",
+            "model.lora=true",
+            "trainer.lr=1e-2",
+            "trainer.warmup_steps=0",
+            "trainer.max_steps=1",
+        ]
+    )
     trainer = Trainer(cfg, rewards=[length_reward], run_dir=tmp_path)
     model = trainer.policy.model
     base = model.get_base_model()
@@ -108,8 +124,11 @@ def test_preset_targets_match_the_family(preset):
     assert cfg.name == "hf" and "/" in cfg.name_or_path
     assert cfg.lora and cfg.lora_r > 0 and cfg.lora_alpha > 0 and cfg.max_seq_length >= 1024
     assert cfg.dtype in ("bfloat16", "float32")
-    policy = load_tiny_family(TinyFamilyConfig(family=PRESETS[preset], num_layers=1, lora=True,
-                                               lora_target_modules=list(cfg.lora_target_modules)))
+    policy = load_tiny_family(
+        TinyFamilyConfig(
+            family=PRESETS[preset], num_layers=1, lora=True, lora_target_modules=list(cfg.lora_target_modules)
+        )
+    )
     wrapped = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in policy.model.named_parameters() if "lora_A" in n}
     assert wrapped == set(cfg.lora_target_modules)
 

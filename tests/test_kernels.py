@@ -1,4 +1,5 @@
 """rlvr.kernels: chunked fused-linear log-probs and the causal-LM helper against the naive computation."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,9 @@ def _grads(outs, weights, params):
     return torch.autograd.grad(total, params)
 
 
-def _compare(kw, N, T, H, V, chunk, bias, entropy, weight_grad, dtype=F64, tol=1e-10, ignore=True, seed=0,
-             chunk_vocab=16):
+def _compare(
+    kw, N, T, H, V, chunk, bias, entropy, weight_grad, dtype=F64, tol=1e-10, ignore=True, seed=0, chunk_vocab=16
+):
     g = torch.Generator().manual_seed(seed)
     h = torch.randn(N, T, H, generator=g, dtype=F64).to(dtype).requires_grad_(True)
     W = (torch.randn(V, H, generator=g, dtype=F64) * 0.5).to(dtype).requires_grad_(weight_grad)
@@ -38,13 +40,25 @@ def _compare(kw, N, T, H, V, chunk, bias, entropy, weight_grad, dtype=F64, tol=1
         torch.testing.assert_close(a.double(), r.double(), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("N,T,H,V,chunk,chunk_vocab", [(2, 7, 16, 50, 4, 16), (1, 33, 8, 31, 8, 8192),
-                                                       (3, 5, 12, 40, 1024, 7), (4, 9, 16, 64, 5, 64)])
+@pytest.mark.parametrize(
+    "N,T,H,V,chunk,chunk_vocab",
+    [(2, 7, 16, 50, 4, 16), (1, 33, 8, 31, 8, 8192), (3, 5, 12, 40, 1024, 7), (4, 9, 16, 64, 5, 64)],
+)
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("bias", [False, True])
 def test_values_and_gradients_match_naive_float64(N, T, H, V, chunk, chunk_vocab, temperature, bias):
-    _compare(dict(temperature=temperature), N, T, H, V, chunk, bias, entropy=False, weight_grad=True,
-             chunk_vocab=chunk_vocab)
+    _compare(
+        dict(temperature=temperature),
+        N,
+        T,
+        H,
+        V,
+        chunk,
+        bias,
+        entropy=False,
+        weight_grad=True,
+        chunk_vocab=chunk_vocab,
+    )
 
 
 @pytest.mark.parametrize("entropy", [False, True])
@@ -80,8 +94,12 @@ def test_tied_weights_get_both_gradients():
         lp = fn(h, E, ids[:, 1:], temperature=0.9)
         return torch.autograd.grad((lp * torch.arange(5, dtype=F64)).sum(), E)[0]
 
-    torch.testing.assert_close(run(lambda *a, **k: token_logprobs(*a, chunk_tokens=3, **k)),
-                               run(reference_token_logprobs), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(
+        run(lambda *a, **k: token_logprobs(*a, chunk_tokens=3, **k)),
+        run(reference_token_logprobs),
+        rtol=1e-10,
+        atol=1e-10,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -107,7 +125,7 @@ def test_ignored_targets_and_no_grad():
     t[1, 2] = 3
     lp = token_logprobs(h, W, t)
     assert lp[0].abs().max() == 0 and lp[1, 2] < 0
-    gh, = torch.autograd.grad(lp.sum(), h)
+    (gh,) = torch.autograd.grad(lp.sum(), h)
     assert gh[0].abs().max() == 0 and gh[1, 2].abs().max() > 0
     with torch.no_grad():
         assert token_logprobs(h, W, t).grad_fn is None
@@ -134,8 +152,16 @@ def _tiny_llama(tied: bool, dtype=F64, seed=0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, tie_word_embeddings=tied, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=tied,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(cfg).to(dtype)
 
 
@@ -150,7 +176,7 @@ def _batch(N=3, P=5, T=6, V=97, seed=0):
 
 def _naive_completion_logprobs(model, ids, mask, P, temperature=1.0):
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
-    logits = logits[:, P - 1:-1].float() if logits.dtype != F64 else logits[:, P - 1:-1]
+    logits = logits[:, P - 1 : -1].float() if logits.dtype != F64 else logits[:, P - 1 : -1]
     return torch.log_softmax(logits / temperature, -1).gather(-1, ids[:, P:, None]).squeeze(-1)
 
 
@@ -176,12 +202,16 @@ def test_completion_logprobs_float32_model():
     torch.testing.assert_close(lp, _naive_completion_logprobs(model, ids, mask, P), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("targets,mts", [(["q_proj", "v_proj"], None), (["q_proj", "lm_head"], None), (["q_proj"], ["lm_head"])])
+@pytest.mark.parametrize(
+    "targets,mts", [(["q_proj", "v_proj"], None), (["q_proj", "lm_head"], None), (["q_proj"], ["lm_head"])]
+)
 def test_completion_logprobs_peft(targets, mts):
     peft = pytest.importorskip("peft")
     model = _tiny_llama(False)
-    pm = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=targets, modules_to_save=mts,
-                                                    init_lora_weights=False, lora_dropout=0.0))
+    pm = peft.get_peft_model(
+        model,
+        peft.LoraConfig(r=4, target_modules=targets, modules_to_save=mts, init_lora_weights=False, lora_dropout=0.0),
+    )
     with torch.no_grad():  # make a modules_to_save copy differ from the original head
         for n, p in pm.named_parameters():
             if "modules_to_save" in n:
@@ -194,8 +224,9 @@ def test_completion_logprobs_peft(targets, mts):
     for a, b in zip(torch.autograd.grad(lp.sum(), params), torch.autograd.grad(ref.sum(), params)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     with pm.disable_adapter(), torch.no_grad():  # the reference policy: adapters off
-        torch.testing.assert_close(completion_logprobs(pm, ids, mask, P), _naive_completion_logprobs(pm, ids, mask, P),
-                                   rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            completion_logprobs(pm, ids, mask, P), _naive_completion_logprobs(pm, ids, mask, P), rtol=1e-10, atol=1e-10
+        )
 
 
 def test_lm_head_params_reads_softcap_and_scale():

@@ -1,4 +1,5 @@
 """Gradient checkpointing and activation offload: same log-probs and gradients, activations moved."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,13 +11,22 @@ from rlvr.modeling import completion_logprobs, enable_gradient_checkpointing, of
 def _run(gc: bool, offload: bool, lora: bool = False):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                      num_key_value_heads=2, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).double()
     if lora:
         peft = pytest.importorskip("peft")
-        model = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        model = peft.get_peft_model(
+            model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        )
     model.train()
     if gc:
         enable_gradient_checkpointing(model)

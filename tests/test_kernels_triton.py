@@ -4,6 +4,7 @@ On a machine without a GPU the kernels run through Triton's interpreter (``TRITO
 which must be set before Triton is imported, hence a child process) at small sizes. With CUDA
 available the same checks also run on the GPU, in float32 and bfloat16, at larger sizes.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,10 +36,12 @@ def _check(device: str, dtype: torch.dtype, scale_up: int = 1, tol: float = 2e-5
         b = torch.randn(V, generator=g).to(device=device, dtype=dtype).requires_grad_(True) if bias else None
         t = torch.randint(0, V, (N, T), generator=g).to(device)
         t[0, 1] = -100
-        out = token_logprobs(h, W, t, bias=b, chunk_tokens=chunk * scale_up, return_entropy=entropy,
-                             backend="triton", **kw)
-        ref = reference_token_logprobs(h.double(), W.double(), t, bias=None if b is None else b.double(),
-                                       return_entropy=entropy, **kw)
+        out = token_logprobs(
+            h, W, t, bias=b, chunk_tokens=chunk * scale_up, return_entropy=entropy, backend="triton", **kw
+        )
+        ref = reference_token_logprobs(
+            h.double(), W.double(), t, bias=None if b is None else b.double(), return_entropy=entropy, **kw
+        )
         out, ref = (out if entropy else (out,)), (ref if entropy else (ref,))
         ws = [torch.randn(N, T, generator=g).to(device) for _ in out]
         params = [x for x in (h, W, b) if x is not None]
@@ -56,10 +59,17 @@ def _check(device: str, dtype: torch.dtype, scale_up: int = 1, tol: float = 2e-5
 
 def test_triton_interpreter_matches_naive():
     """Runs _check on CPU tensors in a child process with TRITON_INTERPRET=1."""
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(filter(None, [
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH")])))
-    code = ("import sys, torch; sys.path.insert(0, %r); import test_kernels_triton as m; "
-            "m._check('cpu', torch.float32); print('ok')" % os.path.dirname(os.path.abspath(__file__)))
+    env = dict(
+        os.environ,
+        TRITON_INTERPRET="1",
+        PYTHONPATH=os.pathsep.join(
+            filter(None, [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH")])
+        ),
+    )
+    code = (
+        "import sys, torch; sys.path.insert(0, %r); import test_kernels_triton as m; "
+        "m._check('cpu', torch.float32); print('ok')" % os.path.dirname(os.path.abspath(__file__))
+    )
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "ok" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
 

@@ -5,6 +5,7 @@ The judge is the ``tiny`` model plugin fine-tuned for a second to answer "9" for
 plugins; the openai backend talks to a real HTTP server (stdlib ``http.server``, started in a
 thread) that implements ``/v1/chat/completions`` by generating with the same model.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -26,10 +27,17 @@ from rlvr.core.rewards import RewardError, RewardFn, score
 from rlvr.plugins.rewards.llm_judge import LLMJudgeConfig, judge_messages, render_chat, reply_score, score_from_reply
 
 MODEL_PLUGIN = "judge_test_tiny"
-JUDGE = {"system_prompt": "", "rubric": "Rate 0-10; -3 if robotic.", "template": "{rubric}\nUser: {prompt}\nReply: {completion}"}
+JUDGE = {
+    "system_prompt": "",
+    "rubric": "Rate 0-10; -3 if robotic.",
+    "template": "{rubric}\nUser: {prompt}\nReply: {completion}",
+}
 PROMPT = "Where is my order?"
-WARM, ROBOT, GREAT = "So sorry! A new parcel ships today.", "As an AI language model, I cannot help.", \
-    "Thanks for asking! It arrives tomorrow."
+WARM, ROBOT, GREAT = (
+    "So sorry! A new parcel ships today.",
+    "As an AI language model, I cannot help.",
+    "Thanks for asking! It arrives tomorrow.",
+)
 EXPECTED = {WARM: 9, ROBOT: 2, GREAT: 10}
 
 
@@ -59,9 +67,9 @@ def judge_policy(one_thread):
     labels = torch.full((len(rows), width), -100)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for r, (p, t) in enumerate(rows):
-        ids[r, :len(p) + len(t)] = torch.tensor(p + t)
-        mask[r, :len(p) + len(t)] = 1
-        labels[r, len(p):len(p) + len(t)] = torch.tensor(t)
+        ids[r, : len(p) + len(t)] = torch.tensor(p + t)
+        mask[r, : len(p) + len(t)] = 1
+        labels[r, len(p) : len(p) + len(t)] = torch.tensor(t)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(300):
@@ -82,6 +90,7 @@ def judge_policy(one_thread):
 
 
 # --------------------------------------------------------------------------- a real OpenAI-compatible server
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: "JudgeServer"
@@ -159,13 +168,30 @@ class JudgeServer(ThreadingHTTPServer):
                 break
             out_ids.append(nxt)
             top = torch.topk(lp, k) if k else None
-            content.append({"token": tok.decode([nxt]), "logprob": float(lp[nxt]),
-                            "top_logprobs": [] if top is None else [{"token": tok.decode([int(i)]), "logprob": float(v)}
-                                                                    for v, i in zip(top.values, top.indices)]})
-        return {"id": "chatcmpl-test", "object": "chat.completion", "model": body.get("model"),
-                "choices": [{"index": 0, "finish_reason": finish,
-                             "message": {"role": "assistant", "content": tok.decode(out_ids)},
-                             "logprobs": {"content": content} if want_lp else None}]}
+            content.append(
+                {
+                    "token": tok.decode([nxt]),
+                    "logprob": float(lp[nxt]),
+                    "top_logprobs": []
+                    if top is None
+                    else [
+                        {"token": tok.decode([int(i)]), "logprob": float(v)} for v, i in zip(top.values, top.indices)
+                    ],
+                }
+            )
+        return {
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "model": body.get("model"),
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": finish,
+                    "message": {"role": "assistant", "content": tok.decode(out_ids)},
+                    "logprobs": {"content": content} if want_lp else None,
+                }
+            ],
+        }
 
 
 @pytest.fixture(scope="module")
@@ -191,8 +217,15 @@ def fresh(server):
 
 
 def openai_judge(server, **kw):
-    params = {**JUDGE, "backend": "openai", "base_url": server.base_url, "api_model": "judge", "backoff_s": 0.01,
-              "timeout_s": 20.0, **kw}
+    params = {
+        **JUDGE,
+        "backend": "openai",
+        "base_url": server.base_url,
+        "api_model": "judge",
+        "backoff_s": 0.01,
+        "timeout_s": 20.0,
+        **kw,
+    }
     return rlvr.create("reward", "llm_judge", **params)
 
 
@@ -200,6 +233,7 @@ REPLIES = [WARM, ROBOT, GREAT]
 
 
 # --------------------------------------------------------------------------- local backend
+
 
 def test_local_backend_reads_score_probabilities(judge_policy):
     fn = rlvr.create("reward", "llm_judge", model=MODEL_PLUGIN, **JUDGE)
@@ -226,6 +260,7 @@ def test_local_backend_in_the_scoring_loop(judge_policy):
 
 
 # --------------------------------------------------------------------------- openai backend
+
 
 def test_openai_backend_against_real_server(fresh):
     fn = openai_judge(fresh)
@@ -315,13 +350,21 @@ def test_openai_backend_sends_api_key(fresh, monkeypatch):
 
 
 def test_unreachable_endpoint_names_url():
-    fn = rlvr.create("reward", "llm_judge", backend="openai", base_url="http://127.0.0.1:9/v1", max_retries=1,
-                     backoff_s=0.01, timeout_s=1.0)
+    fn = rlvr.create(
+        "reward",
+        "llm_judge",
+        backend="openai",
+        base_url="http://127.0.0.1:9/v1",
+        max_retries=1,
+        backoff_s=0.01,
+        timeout_s=1.0,
+    )
     with pytest.raises(RewardError, match=r"127\.0\.0\.1:9/v1/chat/completions failed 2 times"):
         score([RewardFn("llm_judge", fn)], ["x"], ["y"], {})
 
 
 # --------------------------------------------------------------------------- pure parts
+
 
 def _lp(token, p):
     return {"token": token, "logprob": math.log(p)}
@@ -329,13 +372,21 @@ def _lp(token, p):
 
 def test_score_from_reply_logprobs_text_and_none():
     scores = list(range(11))
-    choice = {"message": {"content": "7"}, "logprobs": {"content": [
-        {**_lp("7", 0.6), "top_logprobs": [_lp("7", 0.6), _lp("8", 0.3), _lp(" the", 0.1)]}]}}
+    choice = {
+        "message": {"content": "7"},
+        "logprobs": {"content": [{**_lp("7", 0.6), "top_logprobs": [_lp("7", 0.6), _lp("8", 0.3), _lp(" the", 0.1)]}]},
+    }
     assert score_from_reply(choice, scores) == pytest.approx((7 * 0.6 + 8 * 0.3) / 0.9)
     assert score_from_reply(choice, scores, use_logprobs=False) == 7.0
-    ten = {"message": {"content": "10"}, "logprobs": {"content": [
-        {**_lp("1", 0.8), "top_logprobs": [_lp("1", 0.8), _lp("9", 0.2)]},
-        {**_lp("0", 0.75), "top_logprobs": [_lp("0", 0.75), _lp("<|im_end|>", 0.25)]}]}}
+    ten = {
+        "message": {"content": "10"},
+        "logprobs": {
+            "content": [
+                {**_lp("1", 0.8), "top_logprobs": [_lp("1", 0.8), _lp("9", 0.2)]},
+                {**_lp("0", 0.75), "top_logprobs": [_lp("0", 0.75), _lp("<|im_end|>", 0.25)]},
+            ]
+        },
+    }
     assert score_from_reply(ten, scores) == pytest.approx(10 * 0.6 + 1 * 0.2 + 9 * 0.2)
     assert score_from_reply({"message": {"content": "Score: 42"}}, scores) == 10.0  # clamped
     assert score_from_reply({"message": {"content": "great reply"}}, scores) is None
@@ -359,6 +410,7 @@ def test_template_fields_and_columns():
 
 
 # --------------------------------------------------------------------------- protocol stub (no model)
+
 
 class _StubHandler(BaseHTTPRequestHandler):
     server: "StubServer"
@@ -412,8 +464,11 @@ def _reply(content, text=None):
 
 
 def stub_judge(srv, **kw):
-    return rlvr.create("reward", "llm_judge", **{"backend": "openai", "base_url": srv.base_url, "backoff_s": 0.01,
-                                                 "timeout_s": 20.0, **kw})
+    return rlvr.create(
+        "reward",
+        "llm_judge",
+        **{"backend": "openai", "base_url": srv.base_url, "backoff_s": 0.01, "timeout_s": 20.0, **kw},
+    )
 
 
 def _completion_of(body):
@@ -430,11 +485,15 @@ def test_min_score_mass_no_score_made_of_noise():
     value, how = reply_score(unsure, list(range(11)), min_mass=0.2)
     assert value == pytest.approx(7.0) and how == "logprobs"
     # "Score: 7": the score is read where the number is, not at the first token
-    later = _reply([("Score", 0.9, [("Score", 0.9)]), (":", 1.0, [(":", 1.0)]),
-                    (" 7", 0.8, [(" 7", 0.8), ("8", 0.2)])])
+    later = _reply(
+        [("Score", 0.9, [("Score", 0.9)]), (":", 1.0, [(":", 1.0)]), (" 7", 0.8, [(" 7", 0.8), ("8", 0.2)])]
+    )
     assert reply_score(later["choices"][0], list(range(11)), min_mass=0.5)[0] == pytest.approx(7.2)
-    replies = {"noise": words, "unsure": _reply([("7", 0.3, [("7", 0.3), ("The", 0.7)])]),
-               "sure": _reply([("9", 0.9, [("9", 0.9), ("8", 0.1)])])}
+    replies = {
+        "noise": words,
+        "unsure": _reply([("7", 0.3, [("7", 0.3), ("The", 0.7)])]),
+        "sure": _reply([("9", 0.9, [("9", 0.9), ("8", 0.1)])]),
+    }
     with StubServer(lambda body: (200, replies[_completion_of(body)])) as srv:
         fn = stub_judge(srv)
         table = score([RewardFn("llm_judge", fn)], ["noise", "unsure", "sure"], ["q"] * 3, {})
@@ -506,8 +565,13 @@ def test_context_length_exceeded_scores_that_row_none():
     def respond(body):
         completion = _completion_of(body)
         if len(completion) > limit:
-            return 400, {"error": {"message": "This model's maximum context length is 64 tokens.",
-                                   "type": "invalid_request_error", "code": "context_length_exceeded"}}
+            return 400, {
+                "error": {
+                    "message": "This model's maximum context length is 64 tokens.",
+                    "type": "invalid_request_error",
+                    "code": "context_length_exceeded",
+                }
+            }
         return 200, _reply([("6", 1.0, [("6", 1.0)])])
 
     long = "x" * 100

@@ -1,5 +1,6 @@
 """LoRA and QLoRA: saving the adapter alone or merged (loadable by plain transformers / peft), and QLoRA
 (NF4 base weights through bitsandbytes) training on the CPU."""
+
 from __future__ import annotations
 
 import json
@@ -77,8 +78,17 @@ def test_qlora_nf4_grpo_step_on_cpu(tmp_path):
     bnb = pytest.importorskip("bitsandbytes")
     from transformers import AutoModelForCausalLM
 
-    cfg = compose([*TINY, "model=tiny_family", "model.family=qwen2", "model.load_in_4bit=true", "trainer.lr=1e-2",
-                   "trainer.warmup_steps=0", "trainer.max_steps=1"])
+    cfg = compose(
+        [
+            *TINY,
+            "model=tiny_family",
+            "model.family=qwen2",
+            "model.load_in_4bit=true",
+            "trainer.lr=1e-2",
+            "trainer.warmup_steps=0",
+            "trainer.max_steps=1",
+        ]
+    )
     trainer = Trainer(cfg, rewards=[length_reward], run_dir=tmp_path)
     model = trainer.policy.model
     quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]

@@ -4,6 +4,7 @@ Hand-computed values on tiny tensors, every option on and off, float64 gradcheck
 identity, the on-policy gradient, config validation and the Hydra YAMLs. A plain-Python scalar re-implementation
 (``scalar_loss``) cross-checks random cases for every combination of options.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -41,8 +42,14 @@ def batch(dtype: torch.dtype = torch.float64, requires_grad: bool = True) -> dic
     lp = torch.tensor(LOGPS, dtype=dtype, requires_grad=requires_grad)
     old = torch.tensor(LOGPS, dtype=dtype) - torch.tensor(LOG_RATIO, dtype=dtype)
     ref = torch.tensor(LOGPS, dtype=dtype) + torch.tensor(REF_MINUS_LOGPS, dtype=dtype)
-    return {"logps": lp, "old_logps": old, "ref_logps": ref, "advantages": torch.tensor(ADV, dtype=dtype),
-            "mask": torch.tensor(MASK), "truncated": torch.tensor([False, True])}
+    return {
+        "logps": lp,
+        "old_logps": old,
+        "ref_logps": ref,
+        "advantages": torch.tensor(ADV, dtype=dtype),
+        "mask": torch.tensor(MASK),
+        "truncated": torch.tensor([False, True]),
+    }
 
 
 def k3(x: float) -> float:  # x = ref - logps
@@ -51,11 +58,17 @@ def k3(x: float) -> float:  # x = ref - logps
 
 # Per-token losses of the tiny batch, worked out by hand (eps=0.2 both sides, no delta, beta=0).
 #   A>0: ℓ = -A * min(r, clip(r));  A<0: ℓ = |A| * max(r, clip(r)).
-HAND = [[-1.0 * 1.2,                 # r=e^0.25=1.284 > 1.2 -> clipped to 1.2
-         -1.0 * E(-0.3),             # r=0.741, min(0.741, 0.8) = r
-         -1.0 * 1.0],                # r=1
-        [0.5 * 0.8,                  # r=0.741 < 0.8, max(r, 0.8) = 0.8
-         0.5 * E(0.7)]]              # r=2.014, max(r, 1.2) = r (unbounded without delta)
+HAND = [
+    [
+        -1.0 * 1.2,  # r=e^0.25=1.284 > 1.2 -> clipped to 1.2
+        -1.0 * E(-0.3),  # r=0.741, min(0.741, 0.8) = r
+        -1.0 * 1.0,
+    ],  # r=1
+    [
+        0.5 * 0.8,  # r=0.741 < 0.8, max(r, 0.8) = 0.8
+        0.5 * E(0.7),
+    ],
+]  # r=2.014, max(r, 1.2) = r (unbounded without delta)
 ROW0 = sum(HAND[0])
 ROW1 = sum(HAND[1])
 
@@ -156,13 +169,16 @@ class TestOptions:
         v, m = loss(**b)
         assert v.item() == pytest.approx(value("grpo")[0]) and "kl" not in m
 
-    @pytest.mark.parametrize("name,expected", [
-        ("grpo", (ROW0 / 3 + 0.0) / 2),  # the masked row still counts as a sequence (TRL semantics)
-        ("bnpo", ROW0 / 3),
-        ("dr_grpo", ROW0 / (2 * L)),
-        ("dapo", ROW0 / 3),  # run with epsilon_high=0.2 so that ROW0 applies
-        ("ppo_clip", ROW0 / 3),
-    ])
+    @pytest.mark.parametrize(
+        "name,expected",
+        [
+            ("grpo", (ROW0 / 3 + 0.0) / 2),  # the masked row still counts as a sequence (TRL semantics)
+            ("bnpo", ROW0 / 3),
+            ("dr_grpo", ROW0 / (2 * L)),
+            ("dapo", ROW0 / 3),  # run with epsilon_high=0.2 so that ROW0 applies
+            ("ppo_clip", ROW0 / 3),
+        ],
+    )
     def test_mask_truncated_completions(self, name: str, expected: float) -> None:
         params = {"epsilon_high": 0.2} if name == "dapo" else {}
         on, _ = value(name, mask_truncated_completions=True, **params)
@@ -183,7 +199,8 @@ class TestOptions:
         assert value("gspo")[0] == pytest.approx(v, abs=1e-12)
         # gspo at token level is grpo with gspo's tiny epsilons
         assert value("gspo", importance_sampling_level="token")[0] == pytest.approx(
-            value("grpo", epsilon=3e-4, epsilon_high=4e-4)[0], abs=1e-12)
+            value("grpo", epsilon=3e-4, epsilon_high=4e-4)[0], abs=1e-12
+        )
 
     def test_sequence_level_on_dapo(self) -> None:
         s0, s1 = E(-0.05 / 3), E(0.2)
@@ -218,11 +235,26 @@ class TestOptions:
 AGG = {"grpo": "grpo", "gspo": "grpo", "bnpo": "bnpo", "dr_grpo": "dr_grpo", "dapo": "dapo", "ppo_clip": "dapo"}
 
 
-def scalar_loss(name: str, lp: list[list[float]], old: list[list[float]], ref: Optional[list[list[float]]],
-                adv: list[float], mask: list[list[int]], trunc: list[bool], *, eps: float, eps_high: float,
-                delta: Optional[float], beta: float, mtc: bool, level: str, ent: Optional[list[list[float]]] = None,
-                ent_coef: float = 0.0, num_sequences: Optional[int] = None,
-                num_tokens: Optional[int] = None) -> float:
+def scalar_loss(
+    name: str,
+    lp: list[list[float]],
+    old: list[list[float]],
+    ref: Optional[list[list[float]]],
+    adv: list[float],
+    mask: list[list[int]],
+    trunc: list[bool],
+    *,
+    eps: float,
+    eps_high: float,
+    delta: Optional[float],
+    beta: float,
+    mtc: bool,
+    level: str,
+    ent: Optional[list[list[float]]] = None,
+    ent_coef: float = 0.0,
+    num_sequences: Optional[int] = None,
+    num_tokens: Optional[int] = None,
+) -> float:
     n, t = len(lp), len(lp[0])
     m = [[float(mask[i][j]) * (0.0 if (mtc and trunc[i]) else 1.0) for j in range(t)] for i in range(n)]
     losses = [[0.0] * t for _ in range(n)]
@@ -262,8 +294,15 @@ def random_batch(n: int, t: int, seed: int, dtype: torch.dtype = torch.float64) 
     mask = (torch.arange(t).unsqueeze(0) < lengths.unsqueeze(1)).long()
     trunc = lengths == t
     ent = torch.rand(n, t, generator=g, dtype=dtype) * 2
-    return {"logps": lp.requires_grad_(), "old_logps": old, "ref_logps": ref, "advantages": adv, "mask": mask,
-            "truncated": trunc, "entropies": ent}
+    return {
+        "logps": lp.requires_grad_(),
+        "old_logps": old,
+        "ref_logps": ref,
+        "advantages": adv,
+        "mask": mask,
+        "truncated": trunc,
+        "entropies": ent,
+    }
 
 
 OPTION_GRID = list(itertools.product([None, 0.28], [None, 1.5], [0.0, 0.05], [False, True], ["token", "sequence"]))
@@ -272,18 +311,36 @@ OPTION_GRID = list(itertools.product([None, 0.28], [None, 1.5], [0.0, 0.05], [Fa
 @pytest.mark.parametrize("name", ALL)
 def test_matches_scalar_reference_for_every_option(name: str) -> None:
     for k, (eps_high, delta, beta, mtc, level) in enumerate(OPTION_GRID):
-        params: dict[str, Any] = dict(epsilon=0.2, epsilon_high=eps_high, delta=delta, beta=beta,
-                                      mask_truncated_completions=mtc, importance_sampling_level=level)
+        params: dict[str, Any] = dict(
+            epsilon=0.2,
+            epsilon_high=eps_high,
+            delta=delta,
+            beta=beta,
+            mask_truncated_completions=mtc,
+            importance_sampling_level=level,
+        )
         if name == "ppo_clip":
             params["entropy_coef"] = 0.01 * (k % 2)
         loss = make(name, **params)
         b = random_batch(5, 6, seed=k)
         v, _ = loss(**b)
         expected = scalar_loss(
-            name, b["logps"].tolist(), b["old_logps"].tolist(), b["ref_logps"].tolist(), b["advantages"].tolist(),
-            b["mask"].tolist(), b["truncated"].tolist(), eps=0.2, eps_high=0.2 if eps_high is None else eps_high,
-            delta=delta, beta=beta, mtc=mtc, level=level, ent=b["entropies"].tolist(),
-            ent_coef=params.get("entropy_coef", 0.0))
+            name,
+            b["logps"].tolist(),
+            b["old_logps"].tolist(),
+            b["ref_logps"].tolist(),
+            b["advantages"].tolist(),
+            b["mask"].tolist(),
+            b["truncated"].tolist(),
+            eps=0.2,
+            eps_high=0.2 if eps_high is None else eps_high,
+            delta=delta,
+            beta=beta,
+            mtc=mtc,
+            level=level,
+            ent=b["entropies"].tolist(),
+            ent_coef=params.get("entropy_coef", 0.0),
+        )
         assert v.item() == pytest.approx(expected, rel=1e-10, abs=1e-12), (name, params)
 
 
@@ -291,11 +348,14 @@ def test_matches_scalar_reference_for_every_option(name: str) -> None:
 # Gradients
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize("options", [
-    {},
-    {"epsilon_high": 0.28, "delta": 1.5, "beta": 0.1},
-    {"importance_sampling_level": "sequence", "beta": 0.1, "mask_truncated_completions": True},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"epsilon_high": 0.28, "delta": 1.5, "beta": 0.1},
+        {"importance_sampling_level": "sequence", "beta": 0.1, "mask_truncated_completions": True},
+    ],
+)
 def test_gradcheck_float64(name: str, options: dict[str, Any]) -> None:
     params = dict(options)
     if name == "ppo_clip":
@@ -306,8 +366,15 @@ def test_gradcheck_float64(name: str, options: dict[str, Any]) -> None:
     ent = b.pop("entropies").requires_grad_()
 
     def f(lp: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        return loss(lp, b["old_logps"], b["ref_logps"], b["advantages"], b["mask"], b["truncated"],
-                    entropies=e if name == "ppo_clip" else None)[0]
+        return loss(
+            lp,
+            b["old_logps"],
+            b["ref_logps"],
+            b["advantages"],
+            b["mask"],
+            b["truncated"],
+            entropies=e if name == "ppo_clip" else None,
+        )[0]
 
     assert torch.autograd.gradcheck(f, (b["logps"], ent), eps=1e-6, atol=1e-7)
 
@@ -322,8 +389,14 @@ def test_on_policy_ratio_one_and_policy_gradient(name: str) -> None:
     assert m["clip_ratio/region_mean"] == 0.0
     v.backward()
     n, tokens, lengths = mask.shape[0], mask.sum(), mask.sum(-1, keepdim=True)
-    normaliser = {"grpo": lengths * n, "gspo": lengths * n, "bnpo": tokens, "dr_grpo": torch.tensor(n * L),
-                  "dapo": tokens, "ppo_clip": tokens}[name]
+    normaliser = {
+        "grpo": lengths * n,
+        "gspo": lengths * n,
+        "bnpo": tokens,
+        "dr_grpo": torch.tensor(n * L),
+        "dapo": tokens,
+        "ppo_clip": tokens,
+    }[name]
     expected_grad = -adv.unsqueeze(-1) * mask / normaliser
     torch.testing.assert_close(lp.grad, expected_grad, rtol=1e-12, atol=1e-12)
     # the value itself is -sum(A M) / normaliser (ratio 1 everywhere)
@@ -337,9 +410,15 @@ SPLITS = [(0, 2), (2, 3), (3, 6)]  # unequal micro-batches of a 6-completion ste
 
 
 def _slice(b: dict[str, torch.Tensor], lo: int, hi: int, lp: torch.Tensor) -> dict[str, Any]:
-    return {"logps": lp[lo:hi], "old_logps": b["old_logps"][lo:hi], "ref_logps": b["ref_logps"][lo:hi],
-            "advantages": b["advantages"][lo:hi], "mask": b["mask"][lo:hi], "truncated": b["truncated"][lo:hi],
-            "entropies": b["entropies"][lo:hi]}
+    return {
+        "logps": lp[lo:hi],
+        "old_logps": b["old_logps"][lo:hi],
+        "ref_logps": b["ref_logps"][lo:hi],
+        "advantages": b["advantages"][lo:hi],
+        "mask": b["mask"][lo:hi],
+        "truncated": b["truncated"][lo:hi],
+        "entropies": b["entropies"][lo:hi],
+    }
 
 
 @pytest.mark.parametrize("name", ["grpo", "dr_grpo", "dapo", "gspo", "ppo_clip"])
@@ -380,8 +459,9 @@ def test_accumulation_bnpo_equals_whole_batch_with_equal_token_counts() -> None:
     """With equal micro-batches holding equal active tokens (TRL's setting), the sum is the whole-batch bnpo."""
     loss = make("bnpo", beta=0.05)
     b = random_batch(6, 5, seed=13)
-    b["mask"] = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 0],
-                              [1, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    b["mask"] = torch.tensor(
+        [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    )
     lp = b["logps"]
     full = loss(**_slice(b, 0, 6, lp))[0].item()
     parts = [float(loss(**_slice(b, lo, hi, lp), num_sequences=6)[0].item()) for lo, hi in [(0, 2), (2, 4), (4, 6)]]
@@ -403,18 +483,21 @@ def test_defaults_without_totals_are_the_plain_formulas() -> None:
 # Construction and call errors
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize("params,match", [
-    ({"epsilon": 0.0}, "epsilon must be in"),
-    ({"epsilon": -0.1}, "epsilon must be in"),
-    ({"epsilon": 1.5}, "epsilon must be in"),
-    ({"epsilon_high": 0.0}, "epsilon_high must be > 0"),
-    ({"delta": 1.2}, r"delta must exceed 1 \+ epsilon_high"),
-    ({"delta": 1.25, "epsilon_high": 0.28}, r"delta must exceed 1 \+ epsilon_high = 1.28"),
-    ({"beta": -0.01}, "beta .* must be >= 0"),
-    ({"importance_sampling_level": "tokens"}, "importance_sampling_level must be"),
-    ({"max_completion_length": 0}, "max_completion_length must be a positive integer"),
-    ({"epsilon": float("nan")}, "finite"),
-])
+@pytest.mark.parametrize(
+    "params,match",
+    [
+        ({"epsilon": 0.0}, "epsilon must be in"),
+        ({"epsilon": -0.1}, "epsilon must be in"),
+        ({"epsilon": 1.5}, "epsilon must be in"),
+        ({"epsilon_high": 0.0}, "epsilon_high must be > 0"),
+        ({"delta": 1.2}, r"delta must exceed 1 \+ epsilon_high"),
+        ({"delta": 1.25, "epsilon_high": 0.28}, r"delta must exceed 1 \+ epsilon_high = 1.28"),
+        ({"beta": -0.01}, "beta .* must be >= 0"),
+        ({"importance_sampling_level": "tokens"}, "importance_sampling_level must be"),
+        ({"max_completion_length": 0}, "max_completion_length must be a positive integer"),
+        ({"epsilon": float("nan")}, "finite"),
+    ],
+)
 def test_bad_parameters_fail_at_construction(name: str, params: dict[str, Any], match: str) -> None:
     if name == "gspo" and "delta" in params and "epsilon_high" not in params:
         params = {**params, "epsilon_high": 0.2}

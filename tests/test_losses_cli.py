@@ -3,6 +3,7 @@
 Each run is a fresh process (``python -m rlvr``) in a temporary directory; kept small (2 prompts x 2
 completions, 8 new tokens, 1 step) so that the whole file takes well under a minute on a CPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,14 @@ from pathlib import Path
 
 import pytest
 
-SMALL = ["model=tiny", "trainer.max_steps=1", "trainer.prompts_per_step=2", "trainer.num_generations=2",
-         "engine.max_new_tokens=8", "trainer.progress=false"]
+SMALL = [
+    "model=tiny",
+    "trainer.max_steps=1",
+    "trainer.prompts_per_step=2",
+    "trainer.num_generations=2",
+    "engine.max_new_tokens=8",
+    "trainer.progress=false",
+]
 
 CASES = [
     ("grpo", []),
@@ -42,7 +49,9 @@ def run_cli(tmp_path: Path, overrides: list[str]) -> subprocess.CompletedProcess
 @pytest.mark.parametrize("name,extra", CASES, ids=[" ".join([n, *e]) for n, e in CASES])
 def test_train_one_step_with_each_loss(tmp_path: Path, name: str, extra: list[str]) -> None:
     proc = run_cli(tmp_path, [*SMALL, f"loss={name}", *extra])
-    assert proc.returncode == 0, f"rlvr train loss={name} {' '.join(extra)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"rlvr train loss={name} {' '.join(extra)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     metrics = json.loads(lines[-1])
     assert metrics["step"] == 1

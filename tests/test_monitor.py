@@ -1,5 +1,6 @@
 """The reward-hacking monitor (rlvr/core/monitor.py): hand-computed values of every signal, thresholds and
 warnings, check resolution, and a tiny CLI run whose metrics.jsonl carries the audit/ keys."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,7 @@ from tests.conftest import TINY, run_cli
 NAN = float("nan")
 # two groups of 4; rewards "format" (weight 1) and "correct" (weight 2): total = format + 2·correct
 COMPLETIONS = ["a", "a ", "b", "c", "d", "e", "f", "g"]
-TABLE = torch.tensor([[1, 1], [1, 1], [1, 0], [0, 0],
-                      [1, NAN], [1, 1], [0, 1], [1, 1]], dtype=torch.float32)
+TABLE = torch.tensor([[1, 1], [1, 1], [1, 0], [0, 0], [1, NAN], [1, 1], [0, 1], [1, 1]], dtype=torch.float32)
 # totals: 3 3 1 0 | 1 3 2 3; group means 1.75 and 2.25
 VERDICT = {"a": True, "a ": True, "b": False, "c": False, "d": False, "e": False, "f": True, "g": None}
 ROWS = [{"answer": str(i // 4)} for i in range(8)]
@@ -73,14 +73,28 @@ def test_format_only_reward_is_what_the_signal_catches():
     completions = ["<answer>1</answer>", "<answer>2</answer>", "<answer>3</answer>", "no tags"]
     table = torch.tensor([[1.0], [1.0], [1.0], [0.0]])
     right = {"<answer>1</answer>": True}
-    m = audit_metrics(completions, table, ["tags"], [1.0], 4, [{}] * 4,
-                      checks={"v": lambda cs, **_: [right.get(c, False) for c in cs]})
+    m = audit_metrics(
+        completions,
+        table,
+        ["tags"],
+        [1.0],
+        4,
+        [{}] * 4,
+        checks={"v": lambda cs, **_: [right.get(c, False) for c in cs]},
+    )
     assert m["audit/check/v/fail_paid_as_pass_frac"] == pytest.approx(2 / 4)
     assert m["audit/check/v/fail_rewarded_frac"] == pytest.approx(2 / 4)  # 1 > mean 0.75
     assert m["audit/tags/pass_gap"] == pytest.approx(1 - 2 / 3)  # failing: 1, 1, 0
     robust = torch.tensor([[1.0], [0.0], [0.0], [0.0]])
-    m = audit_metrics(completions, robust, ["tags"], [1.0], 4, [{}] * 4,
-                      checks={"v": lambda cs, **_: [right.get(c, False) for c in cs]})
+    m = audit_metrics(
+        completions,
+        robust,
+        ["tags"],
+        [1.0],
+        4,
+        [{}] * 4,
+        checks={"v": lambda cs, **_: [right.get(c, False) for c in cs]},
+    )
     assert m["audit/check/v/fail_paid_as_pass_frac"] == 0.0 and m["audit/check/v/fail_rewarded_frac"] == 0.0
 
 
@@ -177,12 +191,17 @@ def test_resolve_checks_through_the_registry():
 
 def test_cli_run_logs_audit_metrics_and_rows(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli("train", *TINY, "trainer.max_steps=1", "trainer.audit_verifiers=[math_answer]",
-                   f"hydra.run.dir={run_dir}")
+    proc = run_cli(
+        "train", *TINY, "trainer.max_steps=1", "trainer.audit_verifiers=[math_answer]", f"hydra.run.dir={run_dir}"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
-    for key in ("audit/duplicate_frac", "audit/completion_chars/mean", "audit/check/math_answer/pass_rate",
-                "audit/check/math_answer/fail_rewarded_frac"):
+    for key in (
+        "audit/duplicate_frac",
+        "audit/completion_chars/mean",
+        "audit/check/math_answer/pass_rate",
+        "audit/check/math_answer/fail_rewarded_frac",
+    ):
         assert key in line, sorted(k for k in line if k.startswith("audit/"))
     sample = json.loads((run_dir / "completions.jsonl").read_text().splitlines()[0])
     assert set(sample["row"]) >= {"question", "answer"} and str(sample["row"]["answer"]) == sample["answer"]
@@ -190,6 +209,7 @@ def test_cli_run_logs_audit_metrics_and_rows(tmp_path):
 
 def test_gathered_ranks_give_the_whole_batch_metrics():
     """Under torchrun each rank holds whole groups; gathering them gives the one-process metrics."""
+
     def code(completions, **_):
         return [0.0] * len(completions)
 
@@ -197,10 +217,22 @@ def test_gathered_ranks_give_the_whole_batch_metrics():
     rewards = [RewardFn("format", code), RewardFn("correct", lambda c, **_: [0.0] * len(c), 2.0)]
     mon = Monitor({"oracle": oracle}, 4, Thresholds(fail_closed=-1))
     whole = mon(1, COMPLETIONS, TABLE, rewards, ROWS, ["p"] * 8)
-    halves = [{"completions": COMPLETIONS[:4], "table": TABLE[:4], "rows": ROWS[:4], "prompts": ["p"] * 4,
-               "extra": {"format": {"fail_closed": 1}}},
-              {"completions": COMPLETIONS[4:], "table": TABLE[4:], "rows": ROWS[4:], "prompts": ["p"] * 4,
-               "extra": {"format": {"fail_closed": 2}}}]
+    halves = [
+        {
+            "completions": COMPLETIONS[:4],
+            "table": TABLE[:4],
+            "rows": ROWS[:4],
+            "prompts": ["p"] * 4,
+            "extra": {"format": {"fail_closed": 1}},
+        },
+        {
+            "completions": COMPLETIONS[4:],
+            "table": TABLE[4:],
+            "rows": ROWS[4:],
+            "prompts": ["p"] * 4,
+            "extra": {"format": {"fail_closed": 2}},
+        },
+    ]
     joined = mon(1, COMPLETIONS[:4], TABLE[:4], rewards, ROWS[:4], ["p"] * 4, gather=lambda obj: halves)
     assert joined.pop("audit/format/fail_closed") == 3.0  # counters summed over the ranks
     assert whole.pop("audit/format/fail_closed") == 1.0

@@ -1,4 +1,5 @@
 """The trainer's AdamW runs fused when every parameter allows it, and equals the per-tensor loop."""
+
 from __future__ import annotations
 
 import torch

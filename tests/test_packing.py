@@ -1,4 +1,5 @@
 """Packed (length-bucketed) completion log-probs equal the padded forward, in value and gradient."""
+
 from __future__ import annotations
 
 import pytest
@@ -49,14 +50,18 @@ def test_packed_equals_padded_values_and_gradients(lora, group_size, entropy):
         loss.backward()
         return lp.detach(), None if ent is None else ent.detach(), [p.grad.clone() for p in params]
 
-    padded, e_pad, g_pad = run(lambda: completion_logprobs(model, ids, mask, P, temperature=0.9,
-                                                           return_entropy=entropy))
-    packed, e_pack, g_pack = run(lambda: packed_completion_logprobs(model, ids, mask, P, group_size, temperature=0.9,
-                                                                    return_entropy=entropy, overhead=0))
+    padded, e_pad, g_pad = run(
+        lambda: completion_logprobs(model, ids, mask, P, temperature=0.9, return_entropy=entropy)
+    )
+    packed, e_pack, g_pack = run(
+        lambda: packed_completion_logprobs(
+            model, ids, mask, P, group_size, temperature=0.9, return_entropy=entropy, overhead=0
+        )
+    )
     assert packed.shape == padded.shape == (B * G, T)
     torch.testing.assert_close(packed * c_mask, padded * c_mask, atol=1e-5, rtol=1e-5)
     widths = completion_widths(mask[:, P:])
-    assert all(float(packed[i, int(w):].abs().sum()) == 0 for i, w in enumerate(widths))  # no work past a row's end
+    assert all(float(packed[i, int(w) :].abs().sum()) == 0 for i, w in enumerate(widths))  # no work past a row's end
     if entropy:
         torch.testing.assert_close(e_pack * c_mask, e_pad * c_mask, atol=1e-5, rtol=1e-5)
     for a, b in zip(g_pad, g_pack):
@@ -103,11 +108,21 @@ def test_trainer_step_with_and_without_packing_agree(tmp_path):
 
     metrics = {}
     for pack in (True, False):
-        cfg = rlvr.compose([*TINY, "trainer.max_steps=2", "trainer.prompts_per_step=2", "trainer.num_generations=4",
-                            "engine.max_new_tokens=12", "trainer.lr=1e-2", "trainer.warmup_steps=0",
-                            f"trainer.pack_completions={pack}", "reward=[rubric]",
-                            "reward.rubric.criteria=[{kind:length,max_chars:3,weight:1.0,fail:0.0,penalty_per_unit:0.1}]",
-                            f"trainer.output_dir={tmp_path / str(pack)}"])
+        cfg = rlvr.compose(
+            [
+                *TINY,
+                "trainer.max_steps=2",
+                "trainer.prompts_per_step=2",
+                "trainer.num_generations=4",
+                "engine.max_new_tokens=12",
+                "trainer.lr=1e-2",
+                "trainer.warmup_steps=0",
+                f"trainer.pack_completions={pack}",
+                "reward=[rubric]",
+                "reward.rubric.criteria=[{kind:length,max_chars:3,weight:1.0,fail:0.0,penalty_per_unit:0.1}]",
+                f"trainer.output_dir={tmp_path / str(pack)}",
+            ]
+        )
         trainer = rlvr.Trainer(cfg)
         eos = list(range(3, 259, 4))  # a random model then stops at different lengths
         trainer.policy.model.generation_config.eos_token_id = eos

@@ -7,8 +7,17 @@ from rlvr.core.registry import UnknownPluginError, get
 
 
 def test_builtins_are_discovered_through_entry_points():
-    for kind, name in [("model", "smollm2"), ("model", "tiny"), ("model", "hf"), ("task", "arithmetic"),
-                       ("task", "gsm8k"), ("reward", "arithmetic"), ("loss", "grpo"), ("engine", "hf"), ("logger", "jsonl")]:
+    for kind, name in [
+        ("model", "smollm2"),
+        ("model", "tiny"),
+        ("model", "hf"),
+        ("task", "arithmetic"),
+        ("task", "gsm8k"),
+        ("reward", "arithmetic"),
+        ("loss", "grpo"),
+        ("engine", "hf"),
+        ("logger", "jsonl"),
+    ]:
         entry = get(kind, name)
         assert entry.source == "rlvr", (kind, name, entry.source)
 

@@ -1,4 +1,5 @@
 """What a person sees: the progress bar, `rlvr show`, `rlvr report` (PNG plots + HTML) and TensorBoard logging."""
+
 import json
 import re
 
@@ -15,9 +16,19 @@ def run_dir(tmp_path_factory):
     """One short run with everything a report can show: two rewards, KL, held-out accuracy, TensorBoard."""
     d = tmp_path_factory.mktemp("report") / "run"
     args = [a for a in TINY if a != "trainer.progress=false"]
-    proc = run_cli("train", *args, "trainer.max_steps=4", "trainer.log_steps=2", "trainer.eval_steps=2",
-                   "trainer.eval_samples=2", "loss.beta=0.04", "reward=[arithmetic,proximity]",
-                   "logger=[jsonl,tensorboard]", "trainer.log_completions=3", f"hydra.run.dir={d}")
+    proc = run_cli(
+        "train",
+        *args,
+        "trainer.max_steps=4",
+        "trainer.log_steps=2",
+        "trainer.eval_steps=2",
+        "trainer.eval_samples=2",
+        "loss.beta=0.04",
+        "reward=[arithmetic,proximity]",
+        "logger=[jsonl,tensorboard]",
+        "trainer.log_completions=3",
+        f"hydra.run.dir={d}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (d / "train_stdout.txt").write_text(proc.stdout)
     (d / "train_stderr.txt").write_text(proc.stderr)
@@ -71,10 +82,12 @@ def test_show_prints_the_latest_completions_as_a_table(cli, run_dir):
 
 
 def test_show_errors(cli, tmp_path, run_dir):
-    for args, want_code, expected in [((str(tmp_path / "nope"),), 1, "does not exist"),
-                                      ((str(tmp_path),), 1, "is it an rlvr run directory"),
-                                      ((str(run_dir), "--step", "99"), 1, "step 99 has no logged completions"),
-                                      ((str(run_dir), "--lats", "2"), 2, "Did you mean --last?")]:
+    for args, want_code, expected in [
+        ((str(tmp_path / "nope"),), 1, "does not exist"),
+        ((str(tmp_path),), 1, "is it an rlvr run directory"),
+        ((str(run_dir), "--step", "99"), 1, "step 99 has no logged completions"),
+        ((str(run_dir), "--lats", "2"), 2, "Did you mean --last?"),
+    ]:
         code, _, err = cli("show", *args)
         assert code == want_code and expected in err, (args, err)
 
@@ -114,9 +127,20 @@ def test_report_image_size_is_readable(run_dir, tmp_path):
 def test_report_of_a_run_without_kl_or_eval_leaves_those_plots_out(tmp_path):
     from rlvr.commands.report import build_report
 
-    rows = [{"step": s, "reward/mean": s / 10, "reward/std": 0.1, "rewards/r/mean": s / 10, "rewards/r/std": 0.1,
-             "completion_length/mean": 10.0 + s, "step_time": 1.0, "loss": 0.1, "grad_norm": 1.0}
-            for s in range(1, 31)]
+    rows = [
+        {
+            "step": s,
+            "reward/mean": s / 10,
+            "reward/std": 0.1,
+            "rewards/r/mean": s / 10,
+            "rewards/r/std": 0.1,
+            "completion_length/mean": 10.0 + s,
+            "step_time": 1.0,
+            "loss": 0.1,
+            "grad_norm": 1.0,
+        }
+        for s in range(1, 31)
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 31, "rew')
     page = build_report(tmp_path)
     names = {p.stem for p in page.parent.glob("*.png")}
@@ -146,8 +170,16 @@ def test_tensorboard_logs_the_same_metrics(run_dir):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     rows = metrics(run_dir)
-    for key in ("reward/mean", "rewards/arithmetic/mean", "rewards/proximity/mean", "kl", "completion_length/mean",
-                "clip_ratio/low_mean", "step_time", "eval/greedy_accuracy"):
+    for key in (
+        "reward/mean",
+        "rewards/arithmetic/mean",
+        "rewards/proximity/mean",
+        "kl",
+        "completion_length/mean",
+        "clip_ratio/low_mean",
+        "step_time",
+        "eval/greedy_accuracy",
+    ):
         assert key in tags, key
         events = acc.Scalars(key)
         want = [(r["step"], r[key]) for r in rows if key in r]
@@ -196,9 +228,15 @@ def _write_metrics(path, rows):
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-AUDIT = ["audit/reward_verifier_disagreement", "audit/duplicate_completions", "audit/format_only_gain",
-         "audit/arithmetic/pass_without_answer", "audit/length_reward_corr", "audit/forged_result_rate",
-         "audit/always_equal_objects"]
+AUDIT = [
+    "audit/reward_verifier_disagreement",
+    "audit/duplicate_completions",
+    "audit/format_only_gain",
+    "audit/arithmetic/pass_without_answer",
+    "audit/length_reward_corr",
+    "audit/forged_result_rate",
+    "audit/always_equal_objects",
+]
 
 
 def test_every_audit_metric_gets_a_panel(tmp_path):
@@ -227,10 +265,12 @@ def test_peak_memory_is_measured_in_a_fresh_process():
     import subprocess
     import sys
 
-    code = ("import re; from rlvr.core.resources import peak_memory\n"
-            "def kib(f): return int(re.search(f + r':\\s+(\\d+) kB', open('/proc/self/status').read()).group(1))\n"
-            "rss = kib('VmRSS'); block = bytearray(b'x') * (300 << 20); m = peak_memory()\n"
-            "print(rss / 1024, kib('VmRSS') / 1024, kib('VmHWM') / 1024, m['memory/peak_rss_mib'], sorted(m))")
+    code = (
+        "import re; from rlvr.core.resources import peak_memory\n"
+        "def kib(f): return int(re.search(f + r':\\s+(\\d+) kB', open('/proc/self/status').read()).group(1))\n"
+        "rss = kib('VmRSS'); block = bytearray(b'x') * (300 << 20); m = peak_memory()\n"
+        "print(rss / 1024, kib('VmRSS') / 1024, kib('VmHWM') / 1024, m['memory/peak_rss_mib'], sorted(m))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     rss_before, rss_after, hwm, peak = (float(x) for x in out[:4])
     assert rss_after - rss_before > 280, out  # the block is resident
@@ -244,15 +284,28 @@ def sweep_dir(tmp_path_factory):
     """A real 4-run sweep of the tiny model: 2 learning rates x 2 losses, 4 steps, evaluated at steps 2 and 4."""
     d = tmp_path_factory.mktemp("sweep") / "multirun"
     args = [a for a in TINY if a != "trainer.eval_steps=0"]
-    proc = run_cli("train", "-m", *args, "trainer.max_steps=4", "trainer.eval_steps=2", "trainer.eval_samples=2",
-                   "trainer.lr=1e-3,1e-2", "loss=grpo,dr_grpo", f"hydra.sweep.dir={d}")
+    proc = run_cli(
+        "train",
+        "-m",
+        *args,
+        "trainer.max_steps=4",
+        "trainer.eval_steps=2",
+        "trainer.eval_samples=2",
+        "trainer.lr=1e-3,1e-2",
+        "loss=grpo,dr_grpo",
+        f"hydra.sweep.dir={d}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in d.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
     return d
 
 
-LABELS = ["trainer.lr=0.001 loss=grpo", "trainer.lr=0.001 loss=dr_grpo", "trainer.lr=0.01 loss=grpo",
-          "trainer.lr=0.01 loss=dr_grpo"]
+LABELS = [
+    "trainer.lr=0.001 loss=grpo",
+    "trainer.lr=0.001 loss=dr_grpo",
+    "trainer.lr=0.01 loss=grpo",
+    "trainer.lr=0.01 loss=dr_grpo",
+]
 
 
 def test_sweep_report_has_one_row_per_run_labelled_by_its_overrides(cli, sweep_dir):
@@ -275,7 +328,7 @@ def test_sweep_report_has_one_row_per_run_labelled_by_its_overrides(cli, sweep_d
         assert all(m["memory/peak_rss_mib"] > 50 for m in ms)  # the trainer logs its peak memory
         assert f"{max(m['memory/peak_rss_mib'] for m in ms):.0f} MiB" in row
         assert "4/4" in row
-    page = (sweep_dir / "report" / "report.html")
+    page = sweep_dir / "report" / "report.html"
     assert str(page) in out and page.is_file()
 
 
@@ -311,8 +364,9 @@ def test_runs_without_hydra_records_are_labelled_by_their_config(sweep_dir, tmp_
     from rlvr.commands.compare import load_runs, text_table
 
     for job in ("1", "2"):
-        shutil.copytree(sweep_dir / job, tmp_path / "s" / job, ignore=shutil.ignore_patterns(".hydra", "final",
-                                                                                            "checkpoints"))
+        shutil.copytree(
+            sweep_dir / job, tmp_path / "s" / job, ignore=shutil.ignore_patterns(".hydra", "final", "checkpoints")
+        )
     runs, common, sweep = load_runs([tmp_path / "s"])
     assert sweep == tmp_path / "s" and common == []
     assert "trainer.lr=0.001" in runs[0].label and "loss.name=dr_grpo" in runs[0].label
@@ -323,9 +377,13 @@ def test_runs_without_hydra_records_are_labelled_by_their_config(sweep_dir, tmp_
 def test_varying_overrides():
     from rlvr.commands.compare import varying_overrides
 
-    common, own = varying_overrides([["model=tiny", "trainer.lr=1e-3", "loss=grpo"],
-                                     ["model=tiny", "trainer.lr=1e-2", "loss=grpo"],
-                                     ["model=tiny", "trainer.lr=1e-3", "loss=grpo", "trainer.seed=2"]])
+    common, own = varying_overrides(
+        [
+            ["model=tiny", "trainer.lr=1e-3", "loss=grpo"],
+            ["model=tiny", "trainer.lr=1e-2", "loss=grpo"],
+            ["model=tiny", "trainer.lr=1e-3", "loss=grpo", "trainer.seed=2"],
+        ]
+    )
     assert common == ["model=tiny", "loss=grpo"]
     assert own == [["trainer.lr=1e-3"], ["trainer.lr=1e-2"], ["trainer.lr=1e-3", "trainer.seed=2"]]
     assert varying_overrides([["a=1"], ["a=1"]]) == (["a=1"], [[], []])
@@ -336,9 +394,17 @@ def test_sweep_of_synthetic_runs_plots_audit_metrics_and_gpu_memory(tmp_path):
     from rlvr.commands.compare import build_comparison, table_rows, text_table
 
     for job, shift in (("0", 0.0), ("1", 0.5)):
-        rows = [{"step": s, "reward/mean": shift + s / 10, "step_time": 0.5, "memory/peak_rss_mib": 900.0 + s,
-                 "memory/peak_gpu_reserved_mib": 2048.0 * (1 + shift), **{k: shift + s / 100 for k in AUDIT}}
-                for s in range(1, 26)]
+        rows = [
+            {
+                "step": s,
+                "reward/mean": shift + s / 10,
+                "step_time": 0.5,
+                "memory/peak_rss_mib": 900.0 + s,
+                "memory/peak_gpu_reserved_mib": 2048.0 * (1 + shift),
+                **{k: shift + s / 100 for k in AUDIT},
+            }
+            for s in range(1, 26)
+        ]
         _write_metrics(tmp_path / "sweep" / job, rows)
         (tmp_path / "sweep" / job / ".hydra").mkdir()
         (tmp_path / "sweep" / job / ".hydra" / "overrides.yaml").write_text("- model=tiny\n- reward=[arithmetic]\n")

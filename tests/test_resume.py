@@ -1,4 +1,5 @@
 """Checkpoints and resume: a run killed mid-step and mid-checkpoint finishes bit-identical to an uninterrupted one."""
+
 import json
 import signal
 from pathlib import Path
@@ -10,7 +11,7 @@ from safetensors.torch import load_file
 from tests.conftest import TINY, run_cli
 
 # a reward that SIGKILLs its own process on its N-th call (= during step N, after generation, before the update)
-CRASH_REWARD = '''
+CRASH_REWARD = """
 import os, signal
 _calls = 0
 
@@ -20,12 +21,20 @@ def crash_reward(completions, **columns):
     if int(os.environ.get("CRASH_AT_REWARD_CALL", "0") or 0) == _calls:
         os.kill(os.getpid(), signal.SIGKILL)
     return [float(len(c) % 3) for c in completions]
-'''
+"""
 
 # full fine-tuning with a KL term (the frozen reference must be the base, not the resumed weights), two rewards,
 # a lr large enough that every step moves the weights, a checkpoint every 2 steps
-RUN = [*TINY, "trainer.max_steps=8", "trainer.save_steps=2", "trainer.keep_checkpoints=4", "trainer.lr=1e-3",
-       "loss.beta=0.04", "reward=[arithmetic,function]", "reward.function.path=crash_reward:crash_reward"]
+RUN = [
+    *TINY,
+    "trainer.max_steps=8",
+    "trainer.save_steps=2",
+    "trainer.keep_checkpoints=4",
+    "trainer.lr=1e-3",
+    "loss.beta=0.04",
+    "reward=[arithmetic,function]",
+    "reward.function.path=crash_reward:crash_reward",
+]
 
 
 def volatile(key: str) -> bool:
@@ -33,8 +42,10 @@ def volatile(key: str) -> bool:
 
 
 def metric_rows(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if not volatile(k)}
-            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if not volatile(k)}
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -103,8 +114,9 @@ def test_sigkill_mid_step_and_mid_checkpoint_then_resume_is_bit_identical(workdi
         assert key in state, key
     assert {"torch", "python", "numpy"} <= set(state["rng"]) and state["step"] == 8
     # the metrics so far travel with each checkpoint
-    assert [json.loads(x)["step"] for x in (ckpts / "checkpoint-6" / "metrics.jsonl").read_text().splitlines()] == \
-        list(range(1, 7))
+    assert [
+        json.loads(x)["step"] for x in (ckpts / "checkpoint-6" / "metrics.jsonl").read_text().splitlines()
+    ] == list(range(1, 7))
 
 
 def test_resume_from_a_given_checkpoint_path(workdir, uninterrupted, monkeypatch):
@@ -136,11 +148,19 @@ def test_lora_resume_is_bit_identical(tmp_path):
     """LoRA: adapter weights, optimizer and RNG restored; the same seed gives the same adapter init."""
     import rlvr
 
-    run = [*TINY, "model.lora=true", "trainer.max_steps=4", "trainer.save_steps=2", "trainer.lr=1e-3",
-           "loss.beta=0.04"]
+    run = [
+        *TINY,
+        "model.lora=true",
+        "trainer.max_steps=4",
+        "trainer.save_steps=2",
+        "trainer.lr=1e-3",
+        "loss.beta=0.04",
+    ]
     rlvr.Trainer(rlvr.compose(run), run_dir=tmp_path / "a").train()
-    resumed = rlvr.Trainer(rlvr.compose([*run, f"trainer.resume={tmp_path / 'a' / 'checkpoints' / 'checkpoint-2'}"]),
-                           run_dir=tmp_path / "b")
+    resumed = rlvr.Trainer(
+        rlvr.compose([*run, f"trainer.resume={tmp_path / 'a' / 'checkpoints' / 'checkpoint-2'}"]),
+        run_dir=tmp_path / "b",
+    )
     resumed.train()
     assert metric_rows(tmp_path / "b") == metric_rows(tmp_path / "a")[2:]
     assert_same_weights(tmp_path / "b" / "final", tmp_path / "a" / "final")
@@ -198,9 +218,18 @@ def test_dynamic_sampling_and_curriculum_resume_is_bit_identical(tmp_path):
     prompts-consumed counter travel with the checkpoint; a resumed run equals the uninterrupted one."""
     import rlvr
 
-    run = [*TINY, "trainer.prompts_per_step=4", "trainer.max_steps=4", "trainer.save_steps=2", "trainer.lr=1e-3",
-           "loss.beta=0.04", "trainer.dynamic_sampling=refill", "trainer.curriculum=true",
-           "reward=[rubric]", "reward.rubric.criteria=[{kind:length,max_chars:3,weight:1.0,fail:0.0,penalty_per_unit:0.1}]"]
+    run = [
+        *TINY,
+        "trainer.prompts_per_step=4",
+        "trainer.max_steps=4",
+        "trainer.save_steps=2",
+        "trainer.lr=1e-3",
+        "loss.beta=0.04",
+        "trainer.dynamic_sampling=refill",
+        "trainer.curriculum=true",
+        "reward=[rubric]",
+        "reward.rubric.criteria=[{kind:length,max_chars:3,weight:1.0,fail:0.0,penalty_per_unit:0.1}]",
+    ]
     rlvr.Trainer(rlvr.compose(run), run_dir=tmp_path / "a").train()
     want = metric_rows(tmp_path / "a")
     assert sum(m["dynamic/refill_rounds"] for m in want) >= 1  # the refill path ran
@@ -208,8 +237,10 @@ def test_dynamic_sampling_and_curriculum_resume_is_bit_identical(tmp_path):
     state = torch.load(tmp_path / "a" / "checkpoints" / "checkpoint-2" / "trainer_state.pt", weights_only=False)
     assert state["sampler"]["kind"] == "curriculum" and state["sampler"]["streak"]
     assert state["sampling"]["prompts_consumed_total"] == want[1]["dynamic/prompts_consumed_total"]
-    resumed = rlvr.Trainer(rlvr.compose([*run, f"trainer.resume={tmp_path / 'a' / 'checkpoints' / 'checkpoint-2'}"]),
-                           run_dir=tmp_path / "b")
+    resumed = rlvr.Trainer(
+        rlvr.compose([*run, f"trainer.resume={tmp_path / 'a' / 'checkpoints' / 'checkpoint-2'}"]),
+        run_dir=tmp_path / "b",
+    )
     resumed.train()
     assert metric_rows(tmp_path / "b") == want[2:]
     logged = [(tmp_path / d / "completions.jsonl").read_text().splitlines() for d in ("a", "b")]

@@ -1,5 +1,6 @@
 """The scoring machinery of rlvr.core.rewards: what a reward receives, how its output is checked,
 how errors are reported, and how async rewards run."""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,7 +22,9 @@ def test_reward_receives_completions_prompts_and_every_column_aligned():
     seen = {}
 
     def spy(completions, prompts, answer, tests, metadata, **kwargs):
-        seen.update(completions=completions, prompts=prompts, answer=answer, tests=tests, metadata=metadata, extra=kwargs)
+        seen.update(
+            completions=completions, prompts=prompts, answer=answer, tests=tests, metadata=metadata, extra=kwargs
+        )
         return [1.0] * len(completions)
 
     score([RewardFn("spy", spy)], COMPLETIONS, PROMPTS, COLUMNS)
@@ -31,14 +34,17 @@ def test_reward_receives_completions_prompts_and_every_column_aligned():
 
 
 def test_kwargs_only_reward_ignores_columns_it_does_not_need():
-    table = score([RewardFn("len", lambda completions, **_: [float(len(c)) for c in completions])],
-                  COMPLETIONS, PROMPTS, COLUMNS)
+    table = score(
+        [RewardFn("len", lambda completions, **_: [float(len(c)) for c in completions])], COMPLETIONS, PROMPTS, COLUMNS
+    )
     assert table[:, 0].tolist() == [float(len(c)) for c in COMPLETIONS]
 
 
 def test_table_shape_order_and_none_as_nan():
-    rewards = [RewardFn("a", lambda completions, **_: [1.0, 2.0, 3.0]),
-               RewardFn("b", lambda completions, **_: [None, 0.5, None])]
+    rewards = [
+        RewardFn("a", lambda completions, **_: [1.0, 2.0, 3.0]),
+        RewardFn("b", lambda completions, **_: [None, 0.5, None]),
+    ]
     table = score(rewards, COMPLETIONS, PROMPTS, COLUMNS)
     assert table.shape == (3, 2) and table.dtype == torch.float32
     assert table[:, 0].tolist() == [1.0, 2.0, 3.0]
@@ -144,6 +150,7 @@ def test_raising_async_reward_names_plugin():
 def test_on_error_keeps_training(asynchronous, on_error, expected):
     fn = _fails_on_idea
     if asynchronous:
+
         async def fn(completions, **kwargs):  # noqa: F811
             return _fails_on_idea(completions, **kwargs)
 
@@ -162,7 +169,12 @@ def test_on_error_keeps_training(asynchronous, on_error, expected):
 @pytest.mark.parametrize("values", [[1.0, 2.0], [1.0, 2.0, 3.0, 4.0], []])
 def test_wrong_length_is_an_error_never_broadcast(on_error, values):
     with pytest.raises(RewardError, match=r"returned \d+ scores for 3 completions"):
-        score([RewardFn("short", lambda completions, **_: list(values), on_error=on_error)], COMPLETIONS, PROMPTS, COLUMNS)
+        score(
+            [RewardFn("short", lambda completions, **_: list(values), on_error=on_error)],
+            COMPLETIONS,
+            PROMPTS,
+            COLUMNS,
+        )
 
 
 def test_wrong_length_async_is_an_error():
@@ -177,7 +189,12 @@ def test_wrong_length_async_is_an_error():
 @pytest.mark.parametrize("on_error", ["raise", "zero"])
 def test_non_finite_score_is_an_error(bad, on_error):
     with pytest.raises(RewardError, match="non-finite score .* completion 1"):
-        score([RewardFn("nan", lambda completions, **_: [0.0, bad, 0.0], on_error=on_error)], COMPLETIONS, PROMPTS, COLUMNS)
+        score(
+            [RewardFn("nan", lambda completions, **_: [0.0, bad, 0.0], on_error=on_error)],
+            COMPLETIONS,
+            PROMPTS,
+            COLUMNS,
+        )
 
 
 @pytest.mark.parametrize("returned", [1.0, None, "1.0", {"a": 1}])
@@ -209,7 +226,9 @@ def test_no_rewards_gives_empty_table():
 
 def test_string_scores_are_rejected():
     with pytest.raises(RewardError, match="string"):
-        score([RewardFn("stringy", lambda completions, **kw: ["1.5"] * len(completions))], COMPLETIONS, PROMPTS, COLUMNS)
+        score(
+            [RewardFn("stringy", lambda completions, **kw: ["1.5"] * len(completions))], COMPLETIONS, PROMPTS, COLUMNS
+        )
 
 
 def test_columns_named_like_the_arguments_are_rejected():

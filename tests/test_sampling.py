@@ -1,4 +1,5 @@
 """Dynamic sampling (refill / skip) and the prompt curriculum (rlvr/core/sampling.py), and held-out intervals."""
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,13 @@ RUN = [*TINY, "trainer.prompts_per_step=4", "trainer.lr=1e-3", "trainer.warmup_s
 def answer_rule(informative_if):
     """A reward that varies within a group (a checksum of the completion: a random model's completions differ)
     only for rows whose answer passes the rule; other groups all score 1.0 (all agree)."""
+
     def reward(completions, answer, **_):
-        return [float(zlib.crc32(c.encode()) % 1000) if informative_if(int(a)) else 1.0
-                for c, a in zip(completions, answer)]
+        return [
+            float(zlib.crc32(c.encode()) % 1000) if informative_if(int(a)) else 1.0
+            for c, a in zip(completions, answer)
+        ]
+
     return reward
 
 
@@ -52,11 +57,18 @@ def test_informative_groups_and_refill_size():
 
 def rollouts(P: int, T: int, groups: int, G: int, tag: int) -> Rollouts:
     n = groups * G
-    return Rollouts(prompt_ids=torch.full((n, P), tag), prompt_mask=torch.ones(n, P, dtype=torch.long),
-                    completion_ids=torch.full((n, T), tag), completion_mask=torch.ones(n, T, dtype=torch.long),
-                    truncated=torch.zeros(n, dtype=torch.bool), group=torch.arange(groups).repeat_interleave(G),
-                    sampling_logps=torch.full((n, T), -1.0), prompts=[f"p{tag}"] * n, completions=[f"c{tag}"] * n,
-                    rows=[{"answer": tag}] * n)
+    return Rollouts(
+        prompt_ids=torch.full((n, P), tag),
+        prompt_mask=torch.ones(n, P, dtype=torch.long),
+        completion_ids=torch.full((n, T), tag),
+        completion_mask=torch.ones(n, T, dtype=torch.long),
+        truncated=torch.zeros(n, dtype=torch.bool),
+        group=torch.arange(groups).repeat_interleave(G),
+        sampling_logps=torch.full((n, T), -1.0),
+        prompts=[f"p{tag}"] * n,
+        completions=[f"c{tag}"] * n,
+        rows=[{"answer": tag}] * n,
+    )
 
 
 def test_concat_pads_prompts_left_and_completions_right_and_take_groups_reorders():
@@ -96,24 +108,33 @@ def test_curriculum_weights_by_hand_and_sampling_frequencies():
 
 
 def test_refill_reaches_b_informative_groups(tmp_path):
-    _, rows = run(tmp_path, ["trainer.max_steps=2", "trainer.dynamic_sampling=refill",
-                                   "trainer.dynamic_max_rounds=8"], answer_rule(lambda a: a % 2 == 1))
+    _, rows = run(
+        tmp_path,
+        ["trainer.max_steps=2", "trainer.dynamic_sampling=refill", "trainer.dynamic_max_rounds=8"],
+        answer_rule(lambda a: a % 2 == 1),
+    )
     for m in rows:
         assert m["dynamic/groups_trained"] == 4 and m["dynamic/short_groups"] == 0
         assert m["frac_reward_zero_std"] == 0.0 and m["dynamic/update_skipped"] == 0.0
         assert m["dynamic/prompts_consumed"] >= 4 + m["dynamic/groups_filtered"]
     assert sum(m["dynamic/refill_rounds"] for m in rows) >= 1 and sum(m["dynamic/groups_filtered"] for m in rows) >= 1
     assert rows[-1]["dynamic/prompts_consumed_total"] == sum(m["dynamic/prompts_consumed"] for m in rows)
-    answers = [int(s["answer"]) for line in (tmp_path / "completions.jsonl").read_text().splitlines()
-               for s in [json.loads(line)]]
+    answers = [
+        int(s["answer"])
+        for line in (tmp_path / "completions.jsonl").read_text().splitlines()
+        for s in [json.loads(line)]
+    ]
     assert answers and all(a % 2 == 1 for a in answers)  # only informative groups were trained on and logged
 
 
 def test_refill_bound_gives_a_short_step_with_a_metric_and_a_warning(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _, rows = run(tmp_path, ["trainer.max_steps=3", "trainer.dynamic_sampling=refill",
-                                 "trainer.dynamic_max_rounds=1"], answer_rule(lambda a: a % 5 == 0))
+        _, rows = run(
+            tmp_path,
+            ["trainer.max_steps=3", "trainer.dynamic_sampling=refill", "trainer.dynamic_max_rounds=1"],
+            answer_rule(lambda a: a % 5 == 0),
+        )
     assert all(m["dynamic/refill_rounds"] <= 1 for m in rows)
     short = [m for m in rows if m["dynamic/short_groups"] > 0]
     assert short, rows
@@ -125,8 +146,11 @@ def test_refill_bound_gives_a_short_step_with_a_metric_and_a_warning(tmp_path):
 
 
 def test_nothing_informative_skips_the_update_after_the_bound(tmp_path):
-    trainer, rows = run(tmp_path, ["trainer.max_steps=2", "trainer.dynamic_sampling=refill",
-                                   "trainer.dynamic_max_rounds=2"], answer_rule(lambda a: False))
+    trainer, rows = run(
+        tmp_path,
+        ["trainer.max_steps=2", "trainer.dynamic_sampling=refill", "trainer.dynamic_max_rounds=2"],
+        answer_rule(lambda a: False),
+    )
     before = rlvr.Trainer(rlvr.compose(RUN), rewards=[answer_rule(lambda a: False)], run_dir=tmp_path / "x")
     for m in rows:
         assert m["dynamic/refill_rounds"] == 2 and m["dynamic/prompts_consumed"] == 12  # 4 + 4 + 4
@@ -137,8 +161,11 @@ def test_nothing_informative_skips_the_update_after_the_bound(tmp_path):
 
 
 def test_skip_mode_trains_on_the_informative_groups_without_generating_more(tmp_path):
-    _, rows = run(tmp_path, ["trainer.max_steps=3", "trainer.dynamic_sampling=skip", "trainer.log_completions=8"],
-                  answer_rule(lambda a: a % 2 == 1))
+    _, rows = run(
+        tmp_path,
+        ["trainer.max_steps=3", "trainer.dynamic_sampling=skip", "trainer.log_completions=8"],
+        answer_rule(lambda a: a % 2 == 1),
+    )
     for m in rows:
         assert m["dynamic/refill_rounds"] == 0 and m["dynamic/prompts_consumed"] == 4
         assert m["dynamic/groups_trained"] + m["dynamic/groups_filtered"] == 4 or m["dynamic/update_skipped"] == 1.0

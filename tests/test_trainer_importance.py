@@ -1,4 +1,5 @@
 """The trainer's importance-sampling correction (engine/trainer log-prob mismatch, rlvr.core.importance)."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,8 +8,15 @@ import torch
 import rlvr
 from rlvr.core.importance import ImportanceSamplingConfig
 
-TINY = ["model=tiny", "trainer.prompts_per_step=2", "trainer.num_generations=2", "engine.max_new_tokens=6",
-        "trainer.progress=false", "trainer.threads=1", "trainer.warmup_steps=0"]
+TINY = [
+    "model=tiny",
+    "trainer.prompts_per_step=2",
+    "trainer.num_generations=2",
+    "engine.max_new_tokens=6",
+    "trainer.progress=false",
+    "trainer.threads=1",
+    "trainer.warmup_steps=0",
+]
 
 
 class OffEngine:
@@ -28,9 +36,15 @@ class OffEngine:
         return ro
 
 
-@pytest.mark.parametrize("mode,shift,expected", [("token_truncate", 1.0, 1.5), ("token_mask", 1.0, 0.0),
-                                                 ("token_truncate", -0.5, float(torch.tensor(-0.5).exp())),
-                                                 ("off", 1.0, None)])
+@pytest.mark.parametrize(
+    "mode,shift,expected",
+    [
+        ("token_truncate", 1.0, 1.5),
+        ("token_mask", 1.0, 0.0),
+        ("token_truncate", -0.5, float(torch.tensor(-0.5).exp())),
+        ("off", 1.0, None),
+    ],
+)
 def test_trainer_weights_each_token_by_the_capped_ratio(tmp_path, mode, shift, expected):
     trainer = rlvr.Trainer(rlvr.compose(TINY + [f"trainer.output_dir={tmp_path}"]))
     trainer.engine = OffEngine(trainer.engine, shift, mode)

@@ -1,5 +1,6 @@
 """engine=vllm: the pure parts on the CPU (names, sampling parameters, outputs, IS correction), the engine's
 weight-sync / sleep life cycle against a stand-in ``vllm`` module, and live tests that need vLLM + CUDA."""
+
 from __future__ import annotations
 
 import copy
@@ -20,27 +21,48 @@ import torch
 import rlvr
 from rlvr.core.importance import ImportanceSamplingConfig, importance_metrics, importance_weights, scale_gradient
 from rlvr.plugins.engines.vllm import VLLMEngine, VLLMEngineConfig
-from rlvr.plugins.engines.vllm_utils import INT64_MAX, Completion, engine_dtype, request_seeds, \
-    rollouts_from_outputs, sampling_kwargs, vllm_weight_name, weights_for_vllm
+from rlvr.plugins.engines.vllm_utils import (
+    INT64_MAX,
+    Completion,
+    engine_dtype,
+    request_seeds,
+    rollouts_from_outputs,
+    sampling_kwargs,
+    vllm_weight_name,
+    weights_for_vllm,
+)
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
-TRAINER_TINY = ["model=tiny", "trainer.prompts_per_step=2", "trainer.num_generations=2", "trainer.progress=false",
-                "trainer.threads=1", "trainer.eval_steps=0", "trainer.warmup_steps=0"]
+TRAINER_TINY = [
+    "model=tiny",
+    "trainer.prompts_per_step=2",
+    "trainer.num_generations=2",
+    "trainer.progress=false",
+    "trainer.threads=1",
+    "trainer.eval_steps=0",
+    "trainer.warmup_steps=0",
+]
 LIVE_SKIP = "vLLM is not installed here (it needs a CUDA machine: pip install 'rlvr[vllm]')"
 
 
 # ----- weight names and pushes ------------------------------------------------------------------
-@pytest.mark.parametrize("name,expected", [
-    ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.weight"),
-    ("base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight", "model.layers.0.self_attn.q_proj.weight"),
-    ("base_model.model.model.layers.0.self_attn.q_proj.base_layer.bias", "model.layers.0.self_attn.q_proj.bias"),
-    ("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight", None),
-    ("base_model.model.model.layers.0.mlp.up_proj.lora_B.default.weight", None),
-    ("base_model.model.lm_head.modules_to_save.default.weight", "lm_head.weight"),
-    ("base_model.model.lm_head.original_module.weight", None),
-    ("model.layers.1._checkpoint_wrapped_module.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"),
-    ("base_model.model.model.embed_tokens.weight", "model.embed_tokens.weight"),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.weight"),
+        (
+            "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+        ),
+        ("base_model.model.model.layers.0.self_attn.q_proj.base_layer.bias", "model.layers.0.self_attn.q_proj.bias"),
+        ("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight", None),
+        ("base_model.model.model.layers.0.mlp.up_proj.lora_B.default.weight", None),
+        ("base_model.model.lm_head.modules_to_save.default.weight", "lm_head.weight"),
+        ("base_model.model.lm_head.original_module.weight", None),
+        ("model.layers.1._checkpoint_wrapped_module.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"),
+        ("base_model.model.model.embed_tokens.weight", "model.embed_tokens.weight"),
+    ],
+)
 def test_vllm_weight_names(name, expected):
     assert vllm_weight_name(name) == expected
 
@@ -69,8 +91,11 @@ def test_lora_pushes_folded_weights_without_touching_the_model():
     for name, tensor in pushed.items():
         torch.testing.assert_close(tensor, merged[name], atol=1e-6, rtol=1e-6)
     changed = dict(weights_for_vllm(policy.model, changed_only=True))
-    targets = {n for n in merged if any(t in n for t in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                         "up_proj", "down_proj"))}
+    targets = {
+        n
+        for n in merged
+        if any(t in n for t in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+    }
     assert changed.keys() == targets  # the frozen base (embeddings, norms) is not re-sent
     for k, v in policy.model.state_dict().items():
         assert torch.equal(v, before[k])  # no merge/unmerge of the training model
@@ -80,9 +105,19 @@ def test_lora_pushes_folded_weights_without_touching_the_model():
 def test_sampling_parameter_translation():
     cfg = VLLMEngineConfig(temperature=0.7, top_p=0.9, top_k=20, min_p=0.05)
     kw = sampling_kwargs(cfg, 8, 32, seed=123, greedy=False, stop_token_ids=[2, 2, 0])
-    assert kw == {"n": 8, "max_tokens": 32, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "min_p": 0.05,
-                  "logprobs": 0, "stop_token_ids": [0, 2], "skip_special_tokens": True, "detokenize": False,
-                  "seed": 123}
+    assert kw == {
+        "n": 8,
+        "max_tokens": 32,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 20,
+        "min_p": 0.05,
+        "logprobs": 0,
+        "stop_token_ids": [0, 2],
+        "skip_special_tokens": True,
+        "detokenize": False,
+        "seed": 123,
+    }
     greedy = sampling_kwargs(cfg, 2, 5, seed=None, greedy=True, stop_token_ids=[2])
     assert greedy["temperature"] == 0.0 and greedy["top_k"] == 0 and greedy["top_p"] == 1.0 and "seed" not in greedy
     assert sampling_kwargs(VLLMEngineConfig(), 2, 5, 1, False, [])["top_k"] == 0  # 0 = off in vLLM as here
@@ -104,13 +139,15 @@ class Logprob:
 def test_rollouts_from_outputs():
     prompts = [[5, 6, 7], [8]]
     outs = [
-        [Completion([10, 2], [{10: Logprob(-0.5)}, {2: Logprob(-0.25)}], "stop"),
-         Completion([11, 12, 13], [{11: -1.0}, {12: -2.0}, {13: -3.0}], "length")],
-        [Completion([2], [{2: Logprob(-0.1)}], "stop"),
-         Completion([14, 15], None, "length")],
+        [
+            Completion([10, 2], [{10: Logprob(-0.5)}, {2: Logprob(-0.25)}], "stop"),
+            Completion([11, 12, 13], [{11: -1.0}, {12: -2.0}, {13: -3.0}], "length"),
+        ],
+        [Completion([2], [{2: Logprob(-0.1)}], "stop"), Completion([14, 15], None, "length")],
     ]
-    ro = rollouts_from_outputs(prompts, outs, ["a", "b"], pad_id=0, eos_ids=[2],
-                               decode=lambda t: [str(r.tolist()) for r in t])
+    ro = rollouts_from_outputs(
+        prompts, outs, ["a", "b"], pad_id=0, eos_ids=[2], decode=lambda t: [str(r.tolist()) for r in t]
+    )
     assert ro.prompt_ids.tolist() == [[5, 6, 7], [5, 6, 7], [0, 0, 8], [0, 0, 8]]
     assert ro.prompt_mask.tolist() == [[1, 1, 1], [1, 1, 1], [0, 0, 1], [0, 0, 1]]
     assert ro.completion_ids.tolist() == [[10, 2, 0], [11, 12, 13], [2, 0, 0], [14, 15, 0]]
@@ -137,8 +174,9 @@ def test_importance_weights_token_level():
     old, samp, mask = _logps()
     e = torch.exp
     w = importance_weights(old, samp, mask, ImportanceSamplingConfig("token_truncate", cap=3.0))
-    torch.testing.assert_close(w, torch.tensor([[1.0, 3.0, float(e(torch.tensor(-1.5)))],
-                                                [float(e(torch.tensor(0.2))), 1.0, 0.0]]))
+    torch.testing.assert_close(
+        w, torch.tensor([[1.0, 3.0, float(e(torch.tensor(-1.5)))], [float(e(torch.tensor(0.2))), 1.0, 0.0]])
+    )
     w = importance_weights(old, samp, mask, ImportanceSamplingConfig("token_mask", cap=3.0))
     assert w[0, 1] == 0 and w[0, 0] == 1 and w[1, 1] == 1 and w[1, 2] == 0  # e^2 > 3 masked; NaN -> 1; pad -> 0
     w = importance_weights(old, samp, mask, ImportanceSamplingConfig("token_truncate", cap=None, floor=0.5))
@@ -151,15 +189,20 @@ def test_importance_weights_sequence_level():
     old, samp, mask = _logps()
     seq0, seq1 = 0.0 + 2.0 - 1.5, 0.2  # sums of (old - sampling) over each row's tokens (NaN counts 0)
     w = importance_weights(old, samp, mask, ImportanceSamplingConfig("sequence_truncate", cap=2.0))
-    expected = torch.tensor([[min(2.0, float(torch.tensor(seq0).exp()))] * 3,
-                             [float(torch.tensor(seq1).exp())] * 2 + [0.0]])
+    expected = torch.tensor(
+        [[min(2.0, float(torch.tensor(seq0).exp()))] * 3, [float(torch.tensor(seq1).exp())] * 2 + [0.0]]
+    )
     torch.testing.assert_close(w, expected)
     w = importance_weights(old, samp, mask, ImportanceSamplingConfig("sequence_mask", cap=1.6))
     assert (w[0] == 0).all()  # e^0.5 = 1.65 > 1.6: the whole row is masked
     torch.testing.assert_close(w[1], torch.tensor([1.2214028, 1.2214028, 0.0]))  # e^0.2 kept, padding 0
     metrics = importance_metrics(w, mask)
-    assert set(metrics) == {"importance_sampling/mean", "importance_sampling/min", "importance_sampling/max",
-                            "importance_sampling/masked"}
+    assert set(metrics) == {
+        "importance_sampling/mean",
+        "importance_sampling/min",
+        "importance_sampling/max",
+        "importance_sampling/masked",
+    }
 
 
 def test_importance_config_errors():
@@ -351,10 +394,20 @@ def test_stand_in_mirrors_vllm(fake_vllm, monkeypatch):
     assert not llm.in_process and not hasattr(llm.llm_engine, "model_executor")  # default: another process
     with pytest.raises((AttributeError, pickle.PicklingError)):
         llm.apply_model(lambda m: m)
-    sp = {"n": 2, "max_tokens": 6, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "seed": 10,
-          "stop_token_ids": []}
-    a, b = llm.generate([{"prompt_token_ids": [5, 6]}] * 2, [types.SimpleNamespace(kwargs=sp),
-                                                              types.SimpleNamespace(kwargs={**sp, "seed": 11})])
+    sp = {
+        "n": 2,
+        "max_tokens": 6,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "min_p": 0.0,
+        "seed": 10,
+        "stop_token_ids": [],
+    }
+    a, b = llm.generate(
+        [{"prompt_token_ids": [5, 6]}] * 2,
+        [types.SimpleNamespace(kwargs=sp), types.SimpleNamespace(kwargs={**sp, "seed": 11})],
+    )
     assert a.outputs[1].token_ids == b.outputs[0].token_ids  # seed 10 + 1 == 11 + 0: the same sample
     assert llm.sample_seeds == [10, 11, 11, 12]
     torch.manual_seed(1)
@@ -377,8 +430,13 @@ def test_request_seeds_never_share_a_sample_seed():
         return [s + j for s in request_seeds(seeds, n) for j in range(n)]
 
     consecutive = [1_000_003 * 7 + 10_007 * 3 + g for g in range(16)]  # Trainer.group_seeds of one step
-    for seeds, n in [(consecutive, 8), ([INT64_MAX, INT64_MAX - 1, 0, 1], 4), ([5, 5, 5], 3),
-                     ([0, INT64_MAX // 4], 4), (consecutive, 1)]:
+    for seeds, n in [
+        (consecutive, 8),
+        ([INT64_MAX, INT64_MAX - 1, 0, 1], 4),
+        ([5, 5, 5], 3),
+        ([0, INT64_MAX // 4], 4),
+        (consecutive, 1),
+    ]:
         got = samples(seeds, n)
         assert len(set(got)) == len(got) and all(0 <= s <= INT64_MAX for s in got), (seeds, n)
         assert request_seeds(seeds, n) == request_seeds(list(seeds), n)  # deterministic
@@ -490,8 +548,15 @@ def test_engine_sleeps_only_when_released(fake_vllm, lora):
 
 
 def test_trainer_releases_vllm_once_per_step_and_evaluation_keeps_it_awake(fake_vllm, tmp_path):
-    cfg = rlvr.compose(TRAINER_TINY + ["engine=vllm", "engine.model_path=/models/tiny", "engine.max_new_tokens=4",
-                                       f"trainer.output_dir={tmp_path}"])
+    cfg = rlvr.compose(
+        TRAINER_TINY
+        + [
+            "engine=vllm",
+            "engine.model_path=/models/tiny",
+            "engine.max_new_tokens=4",
+            f"trainer.output_dir={tmp_path}",
+        ]
+    )
     trainer = rlvr.Trainer(cfg)
     trainer.train_step()
     llm = FakeLLM.instances[0]

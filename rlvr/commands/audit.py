@@ -32,6 +32,7 @@ positive controls, that it does not pay), each with a 95 % Wilson interval, and 
 when an interval's lower bound is above ``--max-fp`` / ``--max-fn`` (5 % by default). It writes
 ``audit.html`` and ``audit.json`` into the run directory (or ``--output DIR``).
 """
+
 from __future__ import annotations
 
 import html
@@ -41,6 +42,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
+
 from rlvr.core.errors import ConfigError, DataError, PathNotFoundError, UsageError
 
 PROBES = ("right_in_place", "truncated", "format_wrong_answer", "wrong_place", "answer_only")
@@ -61,6 +63,7 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- probes
+
 
 def _answers() -> Any:
     from rlvr.core import answers  # the answer-parsing module shared by the rewards and evaluation
@@ -110,11 +113,17 @@ def make_probes(completion: str, reference: str) -> dict[str, str]:
     start, end = span
     right = base[:start] + reference + base[end:]
     wrong = base[:start] + wrong_answer(reference) + base[end:]
-    return {"right_in_place": right, "truncated": right[:start], "format_wrong_answer": wrong,
-            "wrong_place": insert_before(wrong, start, reference), "answer_only": reference}
+    return {
+        "right_in_place": right,
+        "truncated": right[:start],
+        "format_wrong_answer": wrong,
+        "wrong_place": insert_before(wrong, start, reference),
+        "answer_only": reference,
+    }
 
 
 # ----------------------------------------------------------------------------- inputs
+
 
 @dataclass
 class Sample:
@@ -135,8 +144,10 @@ def load_run(path: str | Path) -> tuple[list[Sample], dict[str, Any], Path]:
     if p.is_dir():
         file, where = p / "completions.jsonl", p
         if not file.is_file():
-            raise PathNotFoundError(f"rlvr audit: {p} has no completions.jsonl; train with logger=[jsonl] "
-                                    "(the default) or give the path of a completions jsonl")
+            raise PathNotFoundError(
+                f"rlvr audit: {p} has no completions.jsonl; train with logger=[jsonl] "
+                "(the default) or give the path of a completions jsonl"
+            )
     elif p.is_file():
         file, where = p, p.parent
     else:
@@ -154,14 +165,23 @@ def load_run(path: str | Path) -> tuple[list[Sample], dict[str, Any], Path]:
         except json.JSONDecodeError:
             continue  # a line torn by a crash
         if not isinstance(rec, dict) or "completion" not in rec:
-            raise DataError(f"rlvr audit: {file}:{n} has no 'completion' field; "
-                             "expected the lines of completions.jsonl")
+            raise DataError(
+                f"rlvr audit: {file}:{n} has no 'completion' field; expected the lines of completions.jsonl"
+            )
         row = dict(rec.get("row") or {})
         if column not in row and rec.get("answer") not in (None, ""):
             row[column] = rec["answer"]  # older runs logged only the answer
         reference = _answers().reference_answer(row.get(column))
-        samples.append(Sample(str(rec.get("prompt", "")), str(rec["completion"]), row, reference,
-                              int(rec.get("step", 0)), dict(rec.get("rewards") or {})))
+        samples.append(
+            Sample(
+                str(rec.get("prompt", "")),
+                str(rec["completion"]),
+                row,
+                reference,
+                int(rec.get("step", 0)),
+                dict(rec.get("rewards") or {}),
+            )
+        )
     if not samples:
         raise DataError(f"rlvr audit: {file} holds no completions")
     return samples, config, where
@@ -177,8 +197,9 @@ def build_rewards(names: Optional[Sequence[str]], config: Mapping[str, Any]) -> 
     configured = dict(config.get("reward") or {})
     chosen = list(names) if names else list(configured)
     if not chosen:
-        raise ConfigError("rlvr audit: no reward to audit: the run has no config.json with rewards; "
-                         "name them with --rewards a,b")
+        raise ConfigError(
+            "rlvr audit: no reward to audit: the run has no config.json with rewards; name them with --rewards a,b"
+        )
     out = []
     for name in chosen:
         params = plugin_params(configured.get(name) or {})
@@ -188,6 +209,7 @@ def build_rewards(names: Optional[Sequence[str]], config: Mapping[str, Any]) -> 
 
 
 # ----------------------------------------------------------------------------- the audit
+
 
 @dataclass
 class RewardAudit:
@@ -238,9 +260,14 @@ def _truth(verdicts: Sequence[Optional[bool]]) -> Optional[bool]:
     return known[0]
 
 
-def run_audit(samples: Sequence[Sample], rewards: Sequence[Any], checks: Mapping[str, Any],
-              thresholds: Optional[Mapping[str, float]] = None, max_fp: float = 0.05,
-              max_fn: float = 0.05) -> AuditResult:
+def run_audit(
+    samples: Sequence[Sample],
+    rewards: Sequence[Any],
+    checks: Mapping[str, Any],
+    thresholds: Optional[Mapping[str, float]] = None,
+    max_fp: float = 0.05,
+    max_fn: float = 0.05,
+) -> AuditResult:
     """Score the logged completions and their probes with every reward and every check (see the module
     docstring for the definitions); pure apart from calling the rewards and checks."""
     from rlvr.core.monitor import run_check
@@ -269,9 +296,14 @@ def run_audit(samples: Sequence[Sample], rewards: Sequence[Any], checks: Mapping
     table = score(list(rewards), texts, prompts, columns)
 
     logged_idx = [t for t, k in enumerate(kinds) if k == "logged"]
-    result = AuditResult(len(samples), list(checks), [],
-                         sum(truth[t] is True for t in logged_idx), sum(truth[t] is False for t in logged_idx),
-                         sum(len({v[t] for v in verdicts.values()} - {None}) > 1 for t in logged_idx))
+    result = AuditResult(
+        len(samples),
+        list(checks),
+        [],
+        sum(truth[t] is True for t in logged_idx),
+        sum(truth[t] is False for t in logged_idx),
+        sum(len({v[t] for v in verdicts.values()} - {None}) > 1 for t in logged_idx),
+    )
     for j, reward in enumerate(rewards):
         col = table[:, j].tolist()
         scored = [v for v in col if not math.isnan(v)]
@@ -293,8 +325,11 @@ def run_audit(samples: Sequence[Sample], rewards: Sequence[Any], checks: Mapping
             ra.probes[probe] = (sum(bool(paid[t]) for t in idx), len(idx))
         bad = [t for t, k in enumerate(kinds) if k in SHOULD_FAIL and paid[t] is not None]
         ra.fp, ra.fp_n = sum(bool(paid[t]) for t in bad), len(bad)
-        good = [t for t, k in enumerate(kinds) if k in ("logged", "right_in_place") and truth[t] is True
-                and paid[t] is not None]
+        good = [
+            t
+            for t, k in enumerate(kinds)
+            if k in ("logged", "right_in_place") and truth[t] is True and paid[t] is not None
+        ]
         ra.fn, ra.fn_n = sum(not paid[t] for t in good), len(good)
         wrong = [t for t in logged_idx if truth[t] is False and paid[t] is not None]
         ra.logged_wrong_paid = (sum(bool(paid[t]) for t in wrong), len(wrong))
@@ -313,6 +348,7 @@ def run_audit(samples: Sequence[Sample], rewards: Sequence[Any], checks: Mapping
 
 # ----------------------------------------------------------------------------- output
 
+
 def _rate(k: int, n: int) -> str:
     if not n:
         return "n/a (n=0)"
@@ -322,20 +358,24 @@ def _rate(k: int, n: int) -> str:
 
 def format_text(result: AuditResult, source: str) -> str:
     """The console summary: one block per reward."""
-    lines = [f"rlvr audit: {result.samples} logged completions from {source}; checks: "
-             f"{', '.join(result.checks) or '(none)'} — right {result.right_logged}, wrong {result.wrong_logged}, "
-             f"checks disagree {result.checks_disagree}",
-             "FP = share of should-fail probes (truncated, format_wrong_answer, wrong_place) the reward pays; "
-             "FN = share of right answers it does not pay; [95 % Wilson interval]"]
+    lines = [
+        f"rlvr audit: {result.samples} logged completions from {source}; checks: "
+        f"{', '.join(result.checks) or '(none)'} — right {result.right_logged}, wrong {result.wrong_logged}, "
+        f"checks disagree {result.checks_disagree}",
+        "FP = share of should-fail probes (truncated, format_wrong_answer, wrong_place) the reward pays; "
+        "FN = share of right answers it does not pay; [95 % Wilson interval]",
+    ]
     for ra in result.rewards:
         verdict = "FLAGGED: " + "; ".join(ra.flags) if ra.flags else "ok"
         probes = "  ".join(f"{p} {k}/{n}" for p, (k, n) in ra.probes.items())
-        lines += [f"\n{ra.name}  (pays above {ra.threshold:g})  {verdict}",
-                  f"  false positives  {_rate(ra.fp, ra.fp_n)}",
-                  f"  false negatives  {_rate(ra.fn, ra.fn_n)}",
-                  f"  paid per probe   {probes}",
-                  f"  logged completions the checks fail, paid: {ra.logged_wrong_paid[0]}/{ra.logged_wrong_paid[1]}"
-                  + (f"; re-scored differently from the log: {ra.rescored_changed}" if ra.rescored_changed else "")]
+        lines += [
+            f"\n{ra.name}  (pays above {ra.threshold:g})  {verdict}",
+            f"  false positives  {_rate(ra.fp, ra.fp_n)}",
+            f"  false negatives  {_rate(ra.fn, ra.fn_n)}",
+            f"  paid per probe   {probes}",
+            f"  logged completions the checks fail, paid: {ra.logged_wrong_paid[0]}/{ra.logged_wrong_paid[1]}"
+            + (f"; re-scored differently from the log: {ra.rescored_changed}" if ra.rescored_changed else ""),
+        ]
     return "\n".join(lines)
 
 
@@ -350,28 +390,31 @@ def format_html(result: AuditResult, source: str) -> str:
     for ra in result.rewards:
         probe_cells = "".join(f"<td>{k}/{n}</td>" for k, n in ra.probes.values())
         flag = "<b style='color:#b00'>" + _esc("; ".join(ra.flags)) + "</b>" if ra.flags else "ok"
-        rows.append(f"<tr><td><b>{_esc(ra.name)}</b></td><td>{ra.threshold:g}</td><td>{_rate(ra.fp, ra.fp_n)}</td>"
-                    f"<td>{_rate(ra.fn, ra.fn_n)}</td>{probe_cells}<td>{flag}</td></tr>")
+        rows.append(
+            f"<tr><td><b>{_esc(ra.name)}</b></td><td>{ra.threshold:g}</td><td>{_rate(ra.fp, ra.fp_n)}</td>"
+            f"<td>{_rate(ra.fn, ra.fn_n)}</td>{probe_cells}<td>{flag}</td></tr>"
+        )
     examples = []
     for ra in result.rewards:
         for probe, text, value in ra.examples:
-            examples.append(f"<tr><td>{_esc(ra.name)}</td><td>{probe}</td><td>{value:g}</td><td><pre>{_esc(text)}</pre>"
-                            "</td></tr>")
+            examples.append(
+                f"<tr><td>{_esc(ra.name)}</td><td>{probe}</td><td>{value:g}</td><td><pre>{_esc(text)}</pre></td></tr>"
+            )
     head = "".join(f"<th>{p}</th>" for p in PROBES)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>rlvr audit</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}pre{{white-space:pre-wrap;margin:0}}
 </style></head><body>
 <h1>rlvr audit</h1><p>{result.samples} logged completions from <code>{_esc(source)}</code>; independent checks:
-{_esc(', '.join(result.checks) or '(none)')}: right {result.right_logged}, wrong {result.wrong_logged},
+{_esc(", ".join(result.checks) or "(none)")}: right {result.right_logged}, wrong {result.wrong_logged},
 checks disagree {result.checks_disagree}.</p>
 <p><b>FP</b>: share of the probes that should fail (truncated before the answer, the format with a wrong answer,
 the right answer in the wrong place) that the reward pays. <b>FN</b>: share of right answers (logged completions the
 checks pass, and each completion with the reference put in its answer's place) it does not pay. A reward pays a text
 when its score is above the level shown. Intervals: 95 % Wilson. Per probe: paid / scored.</p>
-<table><tr><th>reward</th><th>pays above</th><th>FP</th><th>FN</th>{head}<th>verdict</th></tr>{''.join(rows)}</table>
+<table><tr><th>reward</th><th>pays above</th><th>FP</th><th>FN</th>{head}<th>verdict</th></tr>{"".join(rows)}</table>
 <h2>Should-fail probes that were paid</h2>
-<table><tr><th>reward</th><th>probe</th><th>score</th><th>text</th></tr>{''.join(examples) or '<tr><td>none</td></tr>'}
+<table><tr><th>reward</th><th>probe</th><th>score</th><th>text</th></tr>{"".join(examples) or "<tr><td>none</td></tr>"}
 </table></body></html>
 """
 
@@ -381,13 +424,25 @@ def _as_json(result: AuditResult) -> dict[str, Any]:
         lo, hi = wilson(k, n)
         return {"k": k, "n": n, "rate": (k / n) if n else None, "ci95": [lo, hi]}
 
-    return {"samples": result.samples, "checks": result.checks, "right_logged": result.right_logged,
-            "wrong_logged": result.wrong_logged, "checks_disagree": result.checks_disagree,
-            "rewards": {ra.name: {"threshold": ra.threshold, "false_positive": rate(ra.fp, ra.fp_n),
-                                  "false_negative": rate(ra.fn, ra.fn_n), "flags": ra.flags,
-                                  "probes": {p: {"paid": k, "n": n} for p, (k, n) in ra.probes.items()},
-                                  "logged_wrong_paid": list(ra.logged_wrong_paid),
-                                  "rescored_changed": ra.rescored_changed} for ra in result.rewards}}
+    return {
+        "samples": result.samples,
+        "checks": result.checks,
+        "right_logged": result.right_logged,
+        "wrong_logged": result.wrong_logged,
+        "checks_disagree": result.checks_disagree,
+        "rewards": {
+            ra.name: {
+                "threshold": ra.threshold,
+                "false_positive": rate(ra.fp, ra.fp_n),
+                "false_negative": rate(ra.fn, ra.fn_n),
+                "flags": ra.flags,
+                "probes": {p: {"paid": k, "n": n} for p, (k, n) in ra.probes.items()},
+                "logged_wrong_paid": list(ra.logged_wrong_paid),
+                "rescored_changed": ra.rescored_changed,
+            }
+            for ra in result.rewards
+        },
+    }
 
 
 def parse_thresholds(text: str) -> dict[str, float]:
@@ -404,9 +459,16 @@ def parse_thresholds(text: str) -> dict[str, float]:
     return out
 
 
-def audit(path: str | Path, rewards: Optional[Sequence[str]] = None, verifiers: Optional[Sequence[str]] = None,
-          output: Optional[str | Path] = None, thresholds: Optional[Mapping[str, float]] = None,
-          max_fp: float = 0.05, max_fn: float = 0.05, last: int = 0) -> tuple[AuditResult, str]:
+def audit(
+    path: str | Path,
+    rewards: Optional[Sequence[str]] = None,
+    verifiers: Optional[Sequence[str]] = None,
+    output: Optional[str | Path] = None,
+    thresholds: Optional[Mapping[str, float]] = None,
+    max_fp: float = 0.05,
+    max_fn: float = 0.05,
+    last: int = 0,
+) -> tuple[AuditResult, str]:
     """Audit a run directory (or a completions jsonl): returns the result and the console text, and writes
     ``audit.html`` and ``audit.json`` into ``output`` (default: the run directory). ``last``: only the
     completions of the last N logged steps (0 = all)."""

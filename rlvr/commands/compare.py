@@ -7,6 +7,7 @@ differ). The page holds one table (a row per run: its overrides, final and best 
 training steps/s, peak memory) and the curves of every run overlaid by step: reward, held-out accuracy,
 completion length and each ``audit/`` metric (the reward-hacking monitor). Plots need matplotlib.
 """
+
 from __future__ import annotations
 
 import base64
@@ -78,20 +79,28 @@ def find_runs(paths: Sequence[str | Path]) -> tuple[list[Path], Optional[Path]]:
     for p in paths:
         path = Path(p).expanduser()
         if not path.is_dir():
-            raise PathNotFoundError(f"{str(path)!r} does not exist: give a run directory (outputs/<date>/<time>) or a "
-                                    "sweep directory (multirun/<date>/<time>)")
+            raise PathNotFoundError(
+                f"{str(path)!r} does not exist: give a run directory (outputs/<date>/<time>) or a "
+                "sweep directory (multirun/<date>/<time>)"
+            )
         if is_run_dir(path):
             runs.append(path)
             continue
         children = [c for c in sorted(path.iterdir(), key=_job_order) if c.is_dir() and c.name not in NOT_RUNS]
         found = [c for c in children if is_run_dir(c)]
         if not found:  # one level deeper: a date directory holding several sweeps
-            found = [g for c in children for g in sorted(c.iterdir(), key=_job_order)
-                     if g.is_dir() and g.name not in NOT_RUNS and is_run_dir(g)]
+            found = [
+                g
+                for c in children
+                for g in sorted(c.iterdir(), key=_job_order)
+                if g.is_dir() and g.name not in NOT_RUNS and is_run_dir(g)
+            ]
         if not found:
-            raise PathNotFoundError(f"{str(path)!r} is neither a run directory (with metrics.jsonl) nor a sweep "
-                                    "directory (sub-directories 0, 1, ... as `rlvr train -m` writes under "
-                                    "multirun/<date>/<time>)")
+            raise PathNotFoundError(
+                f"{str(path)!r} is neither a run directory (with metrics.jsonl) nor a sweep "
+                "directory (sub-directories 0, 1, ... as `rlvr train -m` writes under "
+                "multirun/<date>/<time>)"
+            )
         runs.extend(found)
         sweep = path if len(paths) == 1 else None
     unique: list[Path] = []
@@ -141,8 +150,9 @@ def varying_overrides(overrides: list[list[str]]) -> tuple[list[str], list[list[
     for ovs in overrides:
         for o in ovs:
             values.setdefault(_key(o), set()).add(o)
-    shared_keys = {k for k, vs in values.items() if len(vs) == 1 and all(any(_key(o) == k for o in ovs)
-                                                                           for ovs in overrides)}
+    shared_keys = {
+        k for k, vs in values.items() if len(vs) == 1 and all(any(_key(o) == k for o in ovs) for ovs in overrides)
+    }
     common = [o for o in overrides[0] if _key(o) in shared_keys]
     return common, [[o for o in ovs if _key(o) not in shared_keys] for ovs in overrides]
 
@@ -167,13 +177,18 @@ def summarize(run_dir: Path, name: str, overrides: list[str]) -> RunSummary:
     metrics = load_metrics(run_dir)
     config = load_config(run_dir)
     trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
-    s = RunSummary(path=run_dir, name=name, overrides=overrides, metrics=metrics,
-                   last_step=int(metrics[-1]["step"]) if metrics else 0,
-                   max_steps=int(trainer["max_steps"]) if isinstance(trainer.get("max_steps"), int) else None,
-                   finished=(run_dir / "final").is_dir())
+    s = RunSummary(
+        path=run_dir,
+        name=name,
+        overrides=overrides,
+        metrics=metrics,
+        last_step=int(metrics[-1]["step"]) if metrics else 0,
+        max_steps=int(trainer["max_steps"]) if isinstance(trainer.get("max_steps"), int) else None,
+        finished=(run_dir / "final").is_dir(),
+    )
     rewards = _series(metrics, REWARD)[1]
     if rewards:
-        tail = rewards[-max(1, len(rewards) // 10):]
+        tail = rewards[-max(1, len(rewards) // 10) :]
         s.final_reward, s.best_reward = sum(tail) / len(tail), max(rewards)
     s.accuracy_key = accuracy_key(metrics)
     if s.accuracy_key:
@@ -246,13 +261,29 @@ def _steps(s: RunSummary) -> str:
 def table_rows(runs: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the comparison table as text cells; a column of numbers nobody logged is left out."""
     gpu = any(r.peak_gpu_mib is not None for r in runs)
-    header = ["run", "overrides", "steps", "final reward", "best reward", "held-out accuracy (final / best)",
-              "steps/s", "peak RSS"] + (["peak GPU"] if gpu else [])
+    header = [
+        "run",
+        "overrides",
+        "steps",
+        "final reward",
+        "best reward",
+        "held-out accuracy (final / best)",
+        "steps/s",
+        "peak RSS",
+    ] + (["peak GPU"] if gpu else [])
     rows = []
     for r in runs:
         acc = "–" if r.final_accuracy is None else f"{_pct(r.final_accuracy)} / {_pct(r.best_accuracy)}"
-        row = [r.name, r.label or "–", _steps(r), _num(r.final_reward), _num(r.best_reward), acc,
-               "–" if r.steps_per_s is None else f"{r.steps_per_s:.3g}", _mem(r.peak_rss_mib)]
+        row = [
+            r.name,
+            r.label or "–",
+            _steps(r),
+            _num(r.final_reward),
+            _num(r.best_reward),
+            acc,
+            "–" if r.steps_per_s is None else f"{r.steps_per_s:.3g}",
+            _mem(r.peak_rss_mib),
+        ]
         rows.append(row + ([_mem(r.peak_gpu_mib)] if gpu else []))
     return header, rows
 
@@ -277,9 +308,13 @@ def _best(values: list[Optional[float]], highest: bool = True) -> set[int]:
 def html_table(runs: list[RunSummary], colors: list[str]) -> str:
     """The table as HTML; the best value of each numeric column in bold; a colour chip matches the plots."""
     header, rows = table_rows(runs)
-    best = {3: _best([r.final_reward for r in runs]), 4: _best([r.best_reward for r in runs]),
-            5: _best([r.final_accuracy for r in runs]), 6: _best([r.steps_per_s for r in runs]),
-            7: _best([r.peak_rss_mib for r in runs], highest=False)}
+    best = {
+        3: _best([r.final_reward for r in runs]),
+        4: _best([r.best_reward for r in runs]),
+        5: _best([r.final_accuracy for r in runs]),
+        6: _best([r.steps_per_s for r in runs]),
+        7: _best([r.peak_rss_mib for r in runs], highest=False),
+    }
     if len(header) > 8:
         best[8] = _best([r.peak_gpu_mib for r in runs], highest=False)
     out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
@@ -305,16 +340,24 @@ def make_sweep_plots(runs: list[RunSummary], out: Path, colors: list[str]) -> di
     styles = {r.label or r.name: LINESTYLES[i % len(LINESTYLES)] for i, r in enumerate(runs)}
 
     def overlay(key: str) -> list[tuple[str, list[float], list[float], str]]:
-        return [(r.label or r.name, *_series(r.metrics, key), c) for r, c in zip(runs, colors)
-                if _series(r.metrics, key)[0]]
+        return [
+            (r.label or r.name, *_series(r.metrics, key), c)
+            for r, c in zip(runs, colors)
+            if _series(r.metrics, key)[0]
+        ]
 
     groups: list[tuple[str, list[tuple[str, str]], dict[str, Any]]] = [
         ("reward", [("reward/mean", "reward (mean per step)")], {"ylabel": "reward"}),
-        ("accuracy", [(k, k[len("eval/"):].replace("_", " ")) for k in
-                      sorted({k for r in runs for k in accuracy_keys(r.metrics)})],
-         {"ylabel": "held-out accuracy (%)", "percent": True}),
+        (
+            "accuracy",
+            [
+                (k, k[len("eval/") :].replace("_", " "))
+                for k in sorted({k for r in runs for k in accuracy_keys(r.metrics)})
+            ],
+            {"ylabel": "held-out accuracy (%)", "percent": True},
+        ),
         ("completion_length", [("completion_length/mean", "completion length (mean, tokens)")], {}),
-        ("audit", [(k, k[len("audit/"):]) for k in sorted({k for r in runs for k in audit_keys(r.metrics)})], {}),
+        ("audit", [(k, k[len("audit/") :]) for k in sorted({k for r in runs for k in audit_keys(r.metrics)})], {}),
     ]
     for stem, keys, kw in groups:
         panels = [(title, overlay(k)) for k, title in keys]
@@ -347,41 +390,61 @@ def sweep_command(sweep: Optional[Path]) -> Optional[str]:
     return "rlvr train -m " + " ".join(str(o) for o in task) if isinstance(task, list) else None
 
 
-def write_sweep_html(runs: list[RunSummary], common: list[str], sweep: Optional[Path], out: Path,
-                     plots: dict[str, Path], colors: list[str]) -> Path:
+def write_sweep_html(
+    runs: list[RunSummary],
+    common: list[str],
+    sweep: Optional[Path],
+    out: Path,
+    plots: dict[str, Path],
+    colors: list[str],
+) -> Path:
     title = f"rlvr sweep report: {sweep.name}" if sweep else f"rlvr comparison of {len(runs)} runs"
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{SWEEP_CSS}</style></head><body>",
-             f"<h1>{'rlvr sweep report' if sweep else 'rlvr run comparison'}</h1><p class='meta'>"
-             + (html.escape(str(sweep.resolve())) + "<br>" if sweep else "") + f"{len(runs)} runs</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{SWEEP_CSS}</style></head><body>",
+        f"<h1>{'rlvr sweep report' if sweep else 'rlvr run comparison'}</h1><p class='meta'>"
+        + (html.escape(str(sweep.resolve())) + "<br>" if sweep else "")
+        + f"{len(runs)} runs</p>",
+    ]
     command = sweep_command(sweep)
     if command:
         parts.append(f"<p>Command: <code>{html.escape(command)}</code></p>")
     if common:
         parts.append(f"<p>Every run: <code>{html.escape(' '.join(common))}</code></p>")
     parts.append("<h2>Runs</h2>" + html_table(runs, colors))
-    parts.append("<p class='meta'>final reward: the mean of reward/mean over the last 10 % of the logged steps "
-                 "(at least one); best reward: the highest single step. Held-out accuracy: the last and the best "
-                 "evaluation (trainer.eval_steps). steps/s: logged steps / their summed step_time (training only, "
-                 "evaluation excluded). Peak RSS / GPU: the largest memory/peak_* value the run logged. Bold: the "
-                 "best value of a column.</p>")
+    parts.append(
+        "<p class='meta'>final reward: the mean of reward/mean over the last 10 % of the logged steps "
+        "(at least one); best reward: the highest single step. Held-out accuracy: the last and the best "
+        "evaluation (trainer.eval_steps). steps/s: logged steps / their summed step_time (training only, "
+        "evaluation excluded). Peak RSS / GPU: the largest memory/peak_* value the run logged. Bold: the "
+        "best value of a column.</p>"
+    )
     parts.append("<h2>Plots</h2>")
     for name, path in plots.items():
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         caption = CAPTIONS.get(name.rsplit("_", 1)[0] if name[-1].isdigit() else name, name)
-        parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
-                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    parts.append("<h2>Run directories</h2><ul>" + "".join(
-        f"<li>{html.escape(r.name)}: <code>{html.escape(str(r.path.resolve()))}</code> — "
-        f"<code>{html.escape(' '.join(r.overrides) or '(no overrides)')}</code></li>" for r in runs) + "</ul>")
+        parts.append(
+            f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    parts.append(
+        "<h2>Run directories</h2><ul>"
+        + "".join(
+            f"<li>{html.escape(r.name)}: <code>{html.escape(str(r.path.resolve()))}</code> — "
+            f"<code>{html.escape(' '.join(r.overrides) or '(no overrides)')}</code></li>"
+            for r in runs
+        )
+        + "</ul>"
+    )
     parts.append("</body></html>")
     page = out / "report.html"
     page.write_text("\n".join(parts), encoding="utf-8")
     return page
 
 
-def build_comparison(paths: Sequence[str | Path], output: Optional[str | Path] = None
-                     ) -> tuple[Path, list[RunSummary]]:
+def build_comparison(
+    paths: Sequence[str | Path], output: Optional[str | Path] = None
+) -> tuple[Path, list[RunSummary]]:
     """Write the comparison plots and ``report.html``; returns (page, runs).
 
     Default output: ``SWEEP_DIR/report/`` for a sweep, ``<common parent of the runs>/compare-report/`` for runs.

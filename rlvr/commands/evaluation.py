@@ -7,11 +7,13 @@ latest checkpoint). Any ``key=value`` override still applies on top (``task.max_
 ``task.correct=math_answer``); a group override (``task=gsm8k``) replaces that part of the saved
 config. Without a run, the configuration is composed exactly as for ``rlvr train``.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
 from rlvr.core.errors import ConfigError, PathNotFoundError
 
 SAVED_KINDS = ("model", "task", "engine", "trainer")
@@ -35,16 +37,20 @@ def find_run(target: str) -> tuple[Optional[Path], Optional[Path]]:
 
     path = Path(target).expanduser()
     if not path.is_dir():
-        raise PathNotFoundError(f"{target!r}: no such directory (expected a run directory such as "
-                                "outputs/2026-11-25/10-00-00, or its final/ checkpoint)")
+        raise PathNotFoundError(
+            f"{target!r}: no such directory (expected a run directory such as "
+            "outputs/2026-11-25/10-00-00, or its final/ checkpoint)"
+        )
     if is_run_dir(path):
         final = path / "final"
         if final.is_dir():
             return path, final
         latest = latest_checkpoint(path)
         if latest is None:
-            raise PathNotFoundError(f"rlvr eval: run directory {str(path)!r} has neither final/ nor a complete "
-                                    "checkpoint; let the run finish (or resume it) first")
+            raise PathNotFoundError(
+                f"rlvr eval: run directory {str(path)!r} has neither final/ nor a complete "
+                "checkpoint; let the run finish (or resume it) first"
+            )
         return path, latest
     for parent in (path.parent, path.parent.parent):  # final/ or checkpoints/checkpoint-N
         if is_run_dir(parent):
@@ -69,8 +75,11 @@ def saved_choices(run_dir: Optional[Path], overrides: Sequence[str]) -> list[str
         return []
     saved = json.loads((run_dir / "config.json").read_text())
     user_groups = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "." not in o.split("=", 1)[0]}
-    return [f"{kind}={saved[kind]['name']}" for kind in ("model", "task", "engine")
-            if kind not in user_groups and isinstance(saved.get(kind), dict) and saved[kind].get("name")]
+    return [
+        f"{kind}={saved[kind]['name']}"
+        for kind in ("model", "task", "engine")
+        if kind not in user_groups and isinstance(saved.get(kind), dict) and saved[kind].get("name")
+    ]
 
 
 def run_config(run_dir: Optional[Path], overrides: Sequence[str]) -> Any:
@@ -95,18 +104,28 @@ def run_config(run_dir: Optional[Path], overrides: Sequence[str]) -> Any:
         node = json.loads(json.dumps(node))
         for key in user_keys:
             if key.startswith(kind + "."):
-                _drop(node, key[len(kind) + 1:])
+                _drop(node, key[len(kind) + 1 :])
         with open_dict(cfg):
             try:
                 cfg[kind] = OmegaConf.merge(cfg[kind], node)
             except Exception as exc:  # noqa: BLE001 - a config saved by another rlvr version
-                raise ConfigError(f"rlvr eval: the {kind} config saved in {run_dir / 'config.json'} does not fit this "
-                                 f"rlvr version ({exc}); give {kind}=... overrides instead") from None
+                raise ConfigError(
+                    f"rlvr eval: the {kind} config saved in {run_dir / 'config.json'} does not fit this "
+                    f"rlvr version ({exc}); give {kind}=... overrides instead"
+                ) from None
     return cfg
 
 
-def run_eval(target: str = "", overrides: Sequence[str] = (), checkpoint: str = "", num_samples: int = 4,
-             limit: int = 0, batch_prompts: int = 16, output: str = "", samples_out: str = "") -> dict[str, Any]:
+def run_eval(
+    target: str = "",
+    overrides: Sequence[str] = (),
+    checkpoint: str = "",
+    num_samples: int = 4,
+    limit: int = 0,
+    batch_prompts: int = 16,
+    output: str = "",
+    samples_out: str = "",
+) -> dict[str, Any]:
     """Evaluate and return the result dict (also written to ``output`` as JSON when given).
 
     ``target`` / ``checkpoint``: a run directory, its ``final`` or a checkpoint (empty: the configured
@@ -126,11 +145,23 @@ def run_eval(target: str = "", overrides: Sequence[str] = (), checkpoint: str = 
     policy = load_for_eval(cfg, str(weights) if weights else "")
     seed = trainer_config(cfg.trainer).seed
     records: Optional[list[dict[str, Any]]] = [] if samples_out else None
-    metrics = evaluate(policy, task, engine, num_samples=num_samples, limit=limit, batch_prompts=batch_prompts,
-                       seed=seed, records=records)
-    result: dict[str, Any] = {"model": str(weights) if weights else cfg.model.name, "task": cfg.task.name,
-                              "correct": check_name(task),
-                              "run_dir": str(run_dir) if run_dir else None, **metrics}
+    metrics = evaluate(
+        policy,
+        task,
+        engine,
+        num_samples=num_samples,
+        limit=limit,
+        batch_prompts=batch_prompts,
+        seed=seed,
+        records=records,
+    )
+    result: dict[str, Any] = {
+        "model": str(weights) if weights else cfg.model.name,
+        "task": cfg.task.name,
+        "correct": check_name(task),
+        "run_dir": str(run_dir) if run_dir else None,
+        **metrics,
+    }
     if output:
         Path(output).write_text(json.dumps(result, indent=2) + "\n")
     if samples_out and records is not None:

@@ -10,6 +10,7 @@ tokenizer (vocabulary, merges, special tokens, chat template) so that llama.cpp,
 Supported: Llama-architecture models (SmolLM2, Llama 2/3 without rope scaling, TinyLlama, the
 tiny test model) with a byte-level BPE tokenizer (GPT-2 style).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,13 @@ from rlvr.core.errors import PathNotFoundError, RlvrError
 OUTTYPES = ("f16", "q8_0")
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 3, 4, 5
 # llama.cpp pre-tokenizer names (tokenizer.ggml.pre) by a substring of the model's name
-PRE_TOKENIZERS = (("smollm", "smollm"), ("qwen2", "qwen2"), ("qwen3", "qwen2"), ("llama-3", "llama-bpe"),
-                  ("llama3", "llama-bpe"))
+PRE_TOKENIZERS = (
+    ("smollm", "smollm"),
+    ("qwen2", "qwen2"),
+    ("qwen3", "qwen2"),
+    ("llama-3", "llama-bpe"),
+    ("llama3", "llama-bpe"),
+)
 
 
 class ExportError(RlvrError, ValueError):
@@ -38,8 +44,9 @@ def find_model_dir(path: str | Path) -> Path:
 
     p = Path(path).expanduser()
     if not p.is_dir():
-        raise PathNotFoundError(f"{str(p)!r} does not exist; give a run directory (outputs/<date>/<time>) or a "
-                                "checkpoint directory")
+        raise PathNotFoundError(
+            f"{str(p)!r} does not exist; give a run directory (outputs/<date>/<time>) or a checkpoint directory"
+        )
     if _has_weights(p):
         return p
     if _has_weights(p / "final"):
@@ -47,13 +54,18 @@ def find_model_dir(path: str | Path) -> Path:
     latest = latest_checkpoint(p)
     if latest is not None:
         return latest
-    raise PathNotFoundError(f"{str(p)!r} holds no model: expected model*.safetensors or adapter_model.safetensors "
-                            "in it, in its final/ directory, or in a complete checkpoint under checkpoints/")
+    raise PathNotFoundError(
+        f"{str(p)!r} holds no model: expected model*.safetensors or adapter_model.safetensors "
+        "in it, in its final/ directory, or in a complete checkpoint under checkpoints/"
+    )
 
 
 def _has_weights(p: Path) -> bool:
-    return p.is_dir() and (any(p.glob("model*.safetensors")) or (p / "adapter_model.safetensors").is_file()
-                           or (p / "pytorch_model.bin").is_file())
+    return p.is_dir() and (
+        any(p.glob("model*.safetensors"))
+        or (p / "adapter_model.safetensors").is_file()
+        or (p / "pytorch_model.bin").is_file()
+    )
 
 
 def _run_config(model_dir: Path) -> dict[str, Any]:
@@ -81,8 +93,10 @@ def load_model(model_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
         from rlvr.core import registry
 
         if not run_cfg:
-            raise ExportError(f"{model_dir} holds a LoRA adapter but no run config.json was found next to it to "
-                              "rebuild the base model; merge it first (save with trainer.save_merged=true)")
+            raise ExportError(
+                f"{model_dir} holds a LoRA adapter but no run config.json was found next to it to "
+                "rebuild the base model; merge it first (save with trainer.save_merged=true)"
+            )
         params = {k: v for k, v in run_cfg["model"].items() if k != "name"}
         params.update(lora=False, load_in_4bit=False, dtype="float32")
         base = registry.create("model", run_cfg["model"]["name"], **params)
@@ -127,8 +141,10 @@ def llama_tensors(model: Any) -> list[tuple[str, np.ndarray]]:
 def _check_llama(model: Any) -> None:
     cfg = model.config
     if getattr(cfg, "model_type", "") != "llama":
-        raise ExportError(f"GGUF export supports Llama-architecture models (SmolLM2, Llama, TinyLlama, model=tiny); "
-                          f"this model is {getattr(cfg, 'model_type', type(model).__name__)!r}")
+        raise ExportError(
+            f"GGUF export supports Llama-architecture models (SmolLM2, Llama, TinyLlama, model=tiny); "
+            f"this model is {getattr(cfg, 'model_type', type(model).__name__)!r}"
+        )
     if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
         raise ExportError("GGUF export: Llama models with attention or MLP biases are not supported")
     scaling = _rope(cfg)[1]
@@ -155,8 +171,10 @@ def tokenizer_fields(tokenizer: Any, vocab_size: int, pre: str) -> dict[str, Any
     model = spec.get("model", {})
     byte_level = any("ByteLevel" in json.dumps(spec.get(k) or {}) for k in ("pre_tokenizer", "decoder"))
     if model.get("type") != "BPE" or not byte_level:
-        raise ExportError(f"GGUF export supports byte-level BPE tokenizers (GPT-2 style, as SmolLM2, Llama 3, Qwen2); "
-                          f"this one is {model.get('type')!r}{'' if byte_level else ' without byte-level encoding'}")
+        raise ExportError(
+            f"GGUF export supports byte-level BPE tokenizers (GPT-2 style, as SmolLM2, Llama 3, Qwen2); "
+            f"this one is {model.get('type')!r}{'' if byte_level else ' without byte-level encoding'}"
+        )
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
     n = len(tokenizer)
     if n > vocab_size:
@@ -174,10 +192,18 @@ def tokenizer_fields(tokenizer: Any, vocab_size: int, pre: str) -> dict[str, Any
     tokens += [f"[PAD{i}]" for i in range(n, vocab_size)]  # embedding rows past the vocabulary
     types += [TOKEN_UNUSED] * (vocab_size - n)
     probe = tokenizer("a")["input_ids"]
-    return {"tokens": tokens, "types": types, "merges": merges, "pre": pre,
-            "bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "unk": tokenizer.unk_token_id,
-            "pad": tokenizer.pad_token_id, "add_bos": bool(probe) and probe[0] == tokenizer.bos_token_id and len(probe) > 1,
-            "chat_template": tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None}
+    return {
+        "tokens": tokens,
+        "types": types,
+        "merges": merges,
+        "pre": pre,
+        "bos": tokenizer.bos_token_id,
+        "eos": tokenizer.eos_token_id,
+        "unk": tokenizer.unk_token_id,
+        "pad": tokenizer.pad_token_id,
+        "add_bos": bool(probe) and probe[0] == tokenizer.bos_token_id and len(probe) > 1,
+        "chat_template": tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None,
+    }
 
 
 def guess_pre(names: list[str]) -> str:
@@ -189,8 +215,9 @@ def guess_pre(names: list[str]) -> str:
     return "default"
 
 
-def write_gguf(model: Any, tokenizer: Any, path: Path, outtype: str = "f16", name: str = "rlvr model",
-               pre: str = "default") -> Path:
+def write_gguf(
+    model: Any, tokenizer: Any, path: Path, outtype: str = "f16", name: str = "rlvr model", pre: str = "default"
+) -> Path:
     """Write ``model`` + ``tokenizer`` as a llama-architecture GGUF file (atomically: temp file, then rename)."""
     import gguf
 
@@ -228,8 +255,12 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, outtype: str = "f16", nam
             writer.add_token_merges(tok["merges"])
         else:  # a vocabulary without merges (bytes only): scores let readers rebuild the (empty) merge list
             writer.add_token_scores([0.0] * len(tok["tokens"]))
-        for key, fn in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
-                        ("unk", writer.add_unk_token_id), ("pad", writer.add_pad_token_id)):
+        for key, fn in (
+            ("bos", writer.add_bos_token_id),
+            ("eos", writer.add_eos_token_id),
+            ("unk", writer.add_unk_token_id),
+            ("pad", writer.add_pad_token_id),
+        ):
             if tok[key] is not None:
                 fn(int(tok[key]))
         writer.add_add_bos_token(tok["add_bos"])
@@ -241,8 +272,11 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, outtype: str = "f16", nam
             if data.ndim == 1:  # norms stay float32, as llama.cpp writes them
                 writer.add_tensor(tname, data.astype(np.float32))
             elif outtype == "q8_0" and data.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0] == 0:
-                writer.add_tensor(tname, gguf.quants.quantize(data.astype(np.float32), gguf.GGMLQuantizationType.Q8_0),
-                                  raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+                writer.add_tensor(
+                    tname,
+                    gguf.quants.quantize(data.astype(np.float32), gguf.GGMLQuantizationType.Q8_0),
+                    raw_dtype=gguf.GGMLQuantizationType.Q8_0,
+                )
             else:
                 writer.add_tensor(tname, data.astype(np.float16))
         writer.write_header_to_file()
@@ -257,8 +291,13 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, outtype: str = "f16", nam
     return path
 
 
-def export(path: str | Path, fmt: str = "gguf", outtype: str = "f16", output: Optional[str | Path] = None,
-           pre: Optional[str] = None) -> Path:
+def export(
+    path: str | Path,
+    fmt: str = "gguf",
+    outtype: str = "f16",
+    output: Optional[str | Path] = None,
+    pre: Optional[str] = None,
+) -> Path:
     """``rlvr export``: find the model of a run (or checkpoint) and write it as ``fmt``; returns the file.
 
     Default file: ``RUN_DIR/model-<type>.gguf`` for a run directory, ``<dir>-<type>.gguf`` beside a model or
@@ -266,15 +305,21 @@ def export(path: str | Path, fmt: str = "gguf", outtype: str = "f16", output: Op
     directory that also holds ``chat_template.jinja``).
     """
     if fmt != "gguf":
-        raise ExportError(f"--format {fmt!r}: only gguf is supported (the run's final/ directory already is a "
-                          "transformers / safetensors checkpoint)")
+        raise ExportError(
+            f"--format {fmt!r}: only gguf is supported (the run's final/ directory already is a "
+            "transformers / safetensors checkpoint)"
+        )
     if outtype not in OUTTYPES:
         raise ExportError(f"--type {outtype!r}: choose one of {', '.join(OUTTYPES)}")
     model_dir = find_model_dir(path)
     model, tokenizer, run_cfg = load_model(model_dir)
     model_name = str((run_cfg.get("model") or {}).get("name", "")) if run_cfg else ""
-    names = [model_name, str((run_cfg.get("model") or {}).get("name_or_path", "")) if run_cfg else "",
-             str(getattr(model.config, "_name_or_path", "")), str(getattr(tokenizer, "name_or_path", ""))]
+    names = [
+        model_name,
+        str((run_cfg.get("model") or {}).get("name_or_path", "")) if run_cfg else "",
+        str(getattr(model.config, "_name_or_path", "")),
+        str(getattr(tokenizer, "name_or_path", "")),
+    ]
     root = Path(path).expanduser()
     if output:
         target = Path(output).expanduser()
@@ -282,5 +327,6 @@ def export(path: str | Path, fmt: str = "gguf", outtype: str = "f16", output: Op
         target = model_dir.parent / f"{model_dir.name}-{outtype}.gguf"
     else:  # a run directory
         target = root / f"model-{outtype}.gguf"
-    return write_gguf(model, tokenizer, target, outtype, name=f"rlvr {model_name or model_dir.name}",
-                      pre=pre or guess_pre(names))
+    return write_gguf(
+        model, tokenizer, target, outtype, name=f"rlvr {model_name or model_dir.name}", pre=pre or guess_pre(names)
+    )

@@ -16,6 +16,7 @@ Reads ``metrics.jsonl`` and ``completions.jsonl`` (jsonl logger) and ``config.js
 Step axes show whole numbers only. A sweep or several runs side by side: ``rlvr.commands.compare``.
 matplotlib is needed (``pip install 'rlvr[report]'``).
 """
+
 from __future__ import annotations
 
 import base64
@@ -25,8 +26,8 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from rlvr.core.errors import DataError, MissingDependencyError
 from rlvr.commands.show import HIT_MAX_TOKENS, check_run_dir, clean, prompt_question, read_records
+from rlvr.core.errors import DataError, MissingDependencyError
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
@@ -39,8 +40,18 @@ def _matplotlib() -> Any:
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "font.size": 10, "axes.titlesize": 11,
-                         "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False})
+    plt.rcParams.update(
+        {
+            "figure.dpi": 100,
+            "savefig.dpi": 100,
+            "font.size": 10,
+            "axes.titlesize": 11,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+        }
+    )
     return plt
 
 
@@ -85,8 +96,15 @@ def _curve(ax: Any, xs: list[float], ys: list[float], color: str, label: str, **
 def _legend(ax: Any, handles: Any = None, labels: Any = None) -> None:
     handles, labels = (handles, labels) if handles is not None else ax.get_legend_handles_labels()
     if handles:
-        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(4, len(handles)),
-                  fontsize=8, frameon=False)
+        ax.legend(
+            handles,
+            labels,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.2),
+            ncol=min(4, len(handles)),
+            fontsize=8,
+            frameon=False,
+        )
 
 
 def _smoothing_note(w: int) -> str:
@@ -137,9 +155,17 @@ def _save(fig: Any, path: Path, rect: Optional[tuple[float, float, float, float]
     return path
 
 
-def _lines_plot(plt: Any, metrics: list[dict[str, Any]], keys: list[tuple[str, str]], title: str, ylabel: str,
-                path: Path, percent: bool = False, secondary: Optional[tuple[str, str, str]] = None,
-                full_scale: bool = False) -> Optional[Path]:
+def _lines_plot(
+    plt: Any,
+    metrics: list[dict[str, Any]],
+    keys: list[tuple[str, str]],
+    title: str,
+    ylabel: str,
+    path: Path,
+    percent: bool = False,
+    secondary: Optional[tuple[str, str, str]] = None,
+    full_scale: bool = False,
+) -> Optional[Path]:
     """One panel with a line per (key, label) present; ``secondary`` = (key, label, ylabel) on a right axis."""
     present = [(k, lab) for k, lab in keys if _series(metrics, k)[0]]
     if not present:
@@ -186,8 +212,14 @@ def run_colors(n: int) -> list[str]:
     return [matplotlib.colors.to_hex(cmap(i % cmap.N)) for i in range(n)]
 
 
-def panel_grid(plt: Any, panels: list[tuple[str, list[Series]]], path: Path, ylabel: str = "",
-               percent: bool = False, linestyles: Optional[dict[str, str]] = None) -> Path:
+def panel_grid(
+    plt: Any,
+    panels: list[tuple[str, list[Series]]],
+    path: Path,
+    ylabel: str = "",
+    percent: bool = False,
+    linestyles: Optional[dict[str, str]] = None,
+) -> Path:
     """One figure with a panel per ``(title, series)`` (up to 3 per row); one shared legend under the panels
     when there is more than one series label (e.g. one line per run of a sweep). ``percent``: values are
     fractions, drawn as 0-100 %. ``linestyles``: label -> matplotlib line style (runs whose curves coincide
@@ -220,25 +252,38 @@ def panel_grid(plt: Any, panels: list[tuple[str, list[Series]]], path: Path, yla
     for j in range(len(panels), rows * cols):
         axes[j // cols][j % cols].axis("off")
     if len(labels) > 1:
-        fig.legend([handles[lab] for lab in labels if lab in handles], [lab for lab in labels if lab in handles],
-                   loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+        fig.legend(
+            [handles[lab] for lab in labels if lab in handles],
+            [lab for lab in labels if lab in handles],
+            loc="lower center",
+            ncol=ncol,
+            fontsize=8,
+            frameon=False,
+        )
     return _save(fig, path, rect=(0, legend_in / height, 1, 1) if legend_in else None)
 
 
-def panel_figures(plt: Any, panels: list[tuple[str, list[Series]]], out: Path, stem: str,
-                  **kw: Any) -> dict[str, Path]:
+def panel_figures(
+    plt: Any, panels: list[tuple[str, list[Series]]], out: Path, stem: str, **kw: Any
+) -> dict[str, Path]:
     """``panel_grid`` over as many files as needed: ``stem.png``, ``stem_2.png``, ... (PANELS_PER_FIGURE each)."""
     made: dict[str, Path] = {}
     for k in range(0, len(panels), PANELS_PER_FIGURE):
         name = stem if k == 0 else f"{stem}_{k // PANELS_PER_FIGURE + 1}"
-        made[name] = panel_grid(plt, panels[k:k + PANELS_PER_FIGURE], out / f"{name}.png", **kw)
+        made[name] = panel_grid(plt, panels[k : k + PANELS_PER_FIGURE], out / f"{name}.png", **kw)
     return made
 
 
 def audit_keys(metrics: list[dict[str, Any]]) -> list[str]:
     """Every numeric ``audit/...`` metric (the reward-hacking monitor), sorted by name."""
-    return sorted({k for m in metrics for k, v in m.items()
-                   if k.startswith(AUDIT_PREFIX) and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return sorted(
+        {
+            k
+            for m in metrics
+            for k, v in m.items()
+            if k.startswith(AUDIT_PREFIX) and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+    )
 
 
 def reward_names(metrics: list[dict[str, Any]]) -> list[str]:
@@ -246,7 +291,7 @@ def reward_names(metrics: list[dict[str, Any]]) -> list[str]:
     for m in metrics:
         for k in m:
             if k.startswith("rewards/") and k.endswith("/mean"):
-                name = k[len("rewards/"):-len("/mean")]
+                name = k[len("rewards/") : -len("/mean")]
                 if name not in names:
                     names.append(name)
     return names
@@ -267,34 +312,68 @@ def make_plots(metrics: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     for j in range(len(panels), rows * cols):
         axes[j // cols][j % cols].axis("off")
     plots["reward"] = _save(fig, out / "reward.png")
-    acc_keys = sorted({k for m in metrics for k in m if k.startswith("eval/") and ("accuracy" in k or "pass@" in k)
-                       and "_ci_" not in k})
-    made = _lines_plot(plt, metrics, [(k, k[len("eval/"):].replace("_", " ")) for k in acc_keys],
-                       "held-out accuracy", "accuracy (%)", out / "accuracy.png", percent=True, full_scale=True)
+    acc_keys = sorted(
+        {
+            k
+            for m in metrics
+            for k in m
+            if k.startswith("eval/") and ("accuracy" in k or "pass@" in k) and "_ci_" not in k
+        }
+    )
+    made = _lines_plot(
+        plt,
+        metrics,
+        [(k, k[len("eval/") :].replace("_", " ")) for k in acc_keys],
+        "held-out accuracy",
+        "accuracy (%)",
+        out / "accuracy.png",
+        percent=True,
+        full_scale=True,
+    )
     if made:
         plots["accuracy"] = made
     specs = [
-        ("completion_length", [("completion_length/mean", "mean"), ("completion_length/max", "max")],
-         "completion length", "tokens",
-         ("completion_length/clipped_ratio", "cut at max_new_tokens (%)", "cut at max_new_tokens (%)")),
+        (
+            "completion_length",
+            [("completion_length/mean", "mean"), ("completion_length/max", "max")],
+            "completion length",
+            "tokens",
+            ("completion_length/clipped_ratio", "cut at max_new_tokens (%)", "cut at max_new_tokens (%)"),
+        ),
         ("kl", [("kl", "KL(policy ‖ reference)")], "KL divergence to the reference", "KL (nats per token)", None),
-        ("clip_ratio", [("clip_ratio/low_mean", "low (ratio < 1 − ε)"),
-                        ("clip_ratio/high_mean", "high (ratio > 1 + ε_high)"),
-                        ("clip_ratio/region_mean", "either (clipped region)")],
-         "clipped tokens", "tokens clipped (%)", None),
+        (
+            "clip_ratio",
+            [
+                ("clip_ratio/low_mean", "low (ratio < 1 − ε)"),
+                ("clip_ratio/high_mean", "high (ratio > 1 + ε_high)"),
+                ("clip_ratio/region_mean", "either (clipped region)"),
+            ],
+            "clipped tokens",
+            "tokens clipped (%)",
+            None,
+        ),
         ("loss", [("loss", "loss")], "loss and gradient norm", "loss", None),
-        ("step_time", [("step_time", "whole step"), ("generation_time", "generation")], "time per step", "seconds",
-         None),
+        (
+            "step_time",
+            [("step_time", "whole step"), ("generation_time", "generation")],
+            "time per step",
+            "seconds",
+            None,
+        ),
     ]
     for name, keys, title, ylabel, secondary in specs:
-        made = _lines_plot(plt, metrics, keys, title, ylabel, out / f"{name}.png",
-                           percent=name == "clip_ratio", secondary=secondary)
+        made = _lines_plot(
+            plt, metrics, keys, title, ylabel, out / f"{name}.png", percent=name == "clip_ratio", secondary=secondary
+        )
         if made:
             plots[name] = made
     if "loss" in plots and _series(metrics, "grad_norm")[0]:
         plots["loss"] = _loss_plot(plt, metrics, out / "loss.png")
-    audit = [(k[len(AUDIT_PREFIX):], [(k, *_series(metrics, k), COLORS[i % len(COLORS)])])
-             for i, k in enumerate(audit_keys(metrics)) if _series(metrics, k)[0]]
+    audit = [
+        (k[len(AUDIT_PREFIX) :], [(k, *_series(metrics, k), COLORS[i % len(COLORS)])])
+        for i, k in enumerate(audit_keys(metrics))
+        if _series(metrics, k)[0]
+    ]
     if audit:
         plots.update(panel_figures(plt, audit, out, "audit"))
     return plots
@@ -302,8 +381,10 @@ def make_plots(metrics: list[dict[str, Any]], out: Path) -> dict[str, Path]:
 
 def _loss_plot(plt: Any, metrics: list[dict[str, Any]], path: Path) -> Path:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.5, 3.8))
-    for ax, key, label, color in ((a1, "loss", "loss", COLORS[0]),
-                                  (a2, "grad_norm", "gradient norm (before clipping)", COLORS[1])):
+    for ax, key, label, color in (
+        (a1, "loss", "loss", COLORS[0]),
+        (a2, "grad_norm", "gradient norm (before clipping)", COLORS[1]),
+    ):
         xs, ys = _series(metrics, key)
         w = _curve(ax, xs, ys, color, label)
         ax.set_title(label + _smoothing_note(w), fontsize=10)
@@ -336,10 +417,13 @@ def _fnum(v: Any, digits: int = 3) -> str:
 def _summary_rows(metrics: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
     """(metric, mean over the first tenth of the steps, over the last tenth, best step value for scores)."""
     rows = []
-    keys = ["reward/mean"] + [f"rewards/{r}/mean" for r in reward_names(metrics)] + sorted(
-        {key for m in metrics for key in m if key.startswith("eval/") and "num_prompts" not in key}) + [
-        "completion_length/mean", "kl", "step_time", "memory/peak_rss_mib", "memory/peak_gpu_reserved_mib"
-    ] + audit_keys(metrics)
+    keys = (
+        ["reward/mean"]
+        + [f"rewards/{r}/mean" for r in reward_names(metrics)]
+        + sorted({key for m in metrics for key in m if key.startswith("eval/") and "num_prompts" not in key})
+        + ["completion_length/mean", "kl", "step_time", "memory/peak_rss_mib", "memory/peak_gpu_reserved_mib"]
+        + audit_keys(metrics)
+    )
     for key in keys:
         ys = _series(metrics, key)[1]
         if not ys:
@@ -366,9 +450,11 @@ def _samples_html(records: list[dict[str, Any]], step: int) -> str:
         number = isinstance(adv, (int, float))
         cls = "pos" if number and adv > 0 else "neg" if number and adv < 0 else ""
         completion = clean(s.get("completion", "")) + (f" {HIT_MAX_TOKENS}" if s.get("truncated") else "")
-        cells = [f"<td><pre>{html.escape(clean(prompt_question(str(s.get('prompt', '')))))}</pre></td>",
-                 f"<td><pre>{html.escape(completion)}</pre></td>",
-                 f"<td><pre>{html.escape(clean(s.get('answer', '')))}</pre></td>"]
+        cells = [
+            f"<td><pre>{html.escape(clean(prompt_question(str(s.get('prompt', '')))))}</pre></td>",
+            f"<td><pre>{html.escape(completion)}</pre></td>",
+            f"<td><pre>{html.escape(clean(s.get('answer', '')))}</pre></td>",
+        ]
         cells += [f'<td class="num">{_fnum(rewards.get(n))}</td>' for n in names]
         cells.append(f'<td class="num {cls}">{_fnum(adv)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
@@ -383,33 +469,46 @@ def _config_line(config: dict[str, Any]) -> str:
         return "?"
 
     tr = config.get("trainer", {}) if isinstance(config.get("trainer"), dict) else {}
-    parts = [f"model <b>{html.escape(name('model'))}</b>", f"task <b>{html.escape(name('task'))}</b>",
-             f"rewards <b>{html.escape(', '.join(config.get('reward') or {}))}</b>",
-             f"loss <b>{html.escape(name('loss'))}</b>"]
+    parts = [
+        f"model <b>{html.escape(name('model'))}</b>",
+        f"task <b>{html.escape(name('task'))}</b>",
+        f"rewards <b>{html.escape(', '.join(config.get('reward') or {}))}</b>",
+        f"loss <b>{html.escape(name('loss'))}</b>",
+    ]
     for key, label in (("prompts_per_step", "B"), ("num_generations", "G"), ("lr", "lr"), ("max_steps", "max steps")):
         if key in tr:
             parts.append(f"{label} = {html.escape(str(tr[key]))}")
     return " · ".join(parts)
 
 
-def write_html(run_dir: Path, out: Path, metrics: list[dict[str, Any]], plots: dict[str, Path],
-               records: list[dict[str, Any]], config: dict[str, Any]) -> Path:
-    captions = {"reward": "Reward per step: the mean over the step's completions, with a ±1 standard deviation band.",
-                "accuracy": "Held-out accuracy, measured every trainer.eval_steps steps.",
-                "completion_length": ("Completion length in tokens; dashed: share of completions cut at "
-                                      "max_new_tokens."),
-                "kl": "KL divergence of the policy to the reference model (loss.beta > 0).",
-                "clip_ratio": "Share of completion tokens whose probability ratio was clipped.",
-                "loss": "Loss and gradient norm.",
-                "step_time": "Seconds per training step, and the part spent generating completions."}
-    audit_caption = ("Reward-hacking monitor: every audit/… metric the run logged, one panel each (signals such as "
-                     "disagreement between the reward and an independent check, duplicates, format-only gains).")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'>"
-             f"<title>rlvr report: {html.escape(run_dir.name)}</title>"
-             f"<style>{CSS}</style></head><body>",
-             f"<h1>rlvr run report</h1><p class='meta'>{html.escape(str(run_dir.resolve()))}<br>"
-             f"{len(metrics)} steps logged"
-             + (f" (last: step {int(metrics[-1]['step'])})" if metrics else "") + "</p>"]
+def write_html(
+    run_dir: Path,
+    out: Path,
+    metrics: list[dict[str, Any]],
+    plots: dict[str, Path],
+    records: list[dict[str, Any]],
+    config: dict[str, Any],
+) -> Path:
+    captions = {
+        "reward": "Reward per step: the mean over the step's completions, with a ±1 standard deviation band.",
+        "accuracy": "Held-out accuracy, measured every trainer.eval_steps steps.",
+        "completion_length": ("Completion length in tokens; dashed: share of completions cut at max_new_tokens."),
+        "kl": "KL divergence of the policy to the reference model (loss.beta > 0).",
+        "clip_ratio": "Share of completion tokens whose probability ratio was clipped.",
+        "loss": "Loss and gradient norm.",
+        "step_time": "Seconds per training step, and the part spent generating completions.",
+    }
+    audit_caption = (
+        "Reward-hacking monitor: every audit/… metric the run logged, one panel each (signals such as "
+        "disagreement between the reward and an independent check, duplicates, format-only gains)."
+    )
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>rlvr report: {html.escape(run_dir.name)}</title>"
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>rlvr run report</h1><p class='meta'>{html.escape(str(run_dir.resolve()))}<br>"
+        f"{len(metrics)} steps logged" + (f" (last: step {int(metrics[-1]['step'])})" if metrics else "") + "</p>",
+    ]
     if config:
         parts.append(f"<p>{_config_line(config)}</p>")
     skipped = [m for m in metrics if m.get("skipped_steps")]
@@ -417,22 +516,32 @@ def write_html(run_dir: Path, out: Path, metrics: list[dict[str, Any]], plots: d
         parts.append(f"<p class='neg'>{int(skipped[-1]['skipped_steps'])} step(s) skipped for a non-finite loss.</p>")
     rows = _summary_rows(metrics)
     if rows:
-        parts.append("<h2>Summary</h2><table><tr><th>metric</th><th>first 10% of steps (mean)</th>"
-                     "<th>last 10% of steps (mean)</th><th>best step</th></tr>"
-                     + "".join(f"<tr><td>{html.escape(k)}</td><td class='num'>{a}</td><td class='num'>{b}</td>"
-                               f"<td class='num'>{c}</td></tr>" for k, a, b, c in rows) + "</table>")
+        parts.append(
+            "<h2>Summary</h2><table><tr><th>metric</th><th>first 10% of steps (mean)</th>"
+            "<th>last 10% of steps (mean)</th><th>best step</th></tr>"
+            + "".join(
+                f"<tr><td>{html.escape(k)}</td><td class='num'>{a}</td><td class='num'>{b}</td>"
+                f"<td class='num'>{c}</td></tr>"
+                for k, a, b, c in rows
+            )
+            + "</table>"
+        )
     parts.append("<h2>Plots</h2>")
     for name, path in plots.items():
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         caption = captions.get(name, audit_caption if name.startswith("audit") else name)
-        parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
-                     f"<figcaption>{html.escape(caption)}"
-                     "</figcaption></figure>")
+        parts.append(
+            f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape(caption)}"
+            "</figcaption></figure>"
+        )
     steps = sorted({int(r.get("step", 0)) for r in records})
     if steps:
-        parts.append("<h2>Sample completions</h2><p class='meta'>From completions.jsonl: the first and the last "
-                     "logged step (trainer.log_completions per step).</p>")
-        for st in ([steps[0], steps[-1]] if len(steps) > 1 else steps):
+        parts.append(
+            "<h2>Sample completions</h2><p class='meta'>From completions.jsonl: the first and the last "
+            "logged step (trainer.log_completions per step).</p>"
+        )
+        for st in [steps[0], steps[-1]] if len(steps) > 1 else steps:
             parts.append(_samples_html(records, st))
     parts.append("</body></html>")
     path = out / "report.html"

@@ -29,9 +29,9 @@ from rlvr.core import checkpoint as ckpt_io
 from rlvr.core import registry
 from rlvr.core.callbacks import logger_manager
 from rlvr.core.config import plugin_params
+from rlvr.core.errors import ConfigError
 from rlvr.core.policy import Policy, save_policy
 from rlvr.core.task import RowSampler, Task
-from rlvr.core.errors import ConfigError
 
 CALCULATOR_NOTE = re.compile(r"<<[^<>]*>>")
 

@@ -4,6 +4,7 @@ Reads ``completions.jsonl`` (written by the jsonl logger: per step, a sample of 
 their completion, answer, each reward and the advantage) and prints the samples of the last
 step (``--last K`` for the last K steps, ``--step N`` for one step).
 """
+
 from __future__ import annotations
 
 import json
@@ -43,11 +44,15 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 def check_run_dir(run_dir: str | Path) -> Path:
     path = Path(run_dir).expanduser()
     if not path.is_dir():
-        raise PathNotFoundError(f"run directory {str(path)!r} does not exist (give the directory `rlvr train` "
-                                "wrote into, e.g. outputs/<date>/<time>)")
+        raise PathNotFoundError(
+            f"run directory {str(path)!r} does not exist (give the directory `rlvr train` "
+            "wrote into, e.g. outputs/<date>/<time>)"
+        )
     if not (path / "metrics.jsonl").is_file() and not (path / "completions.jsonl").is_file():
-        raise PathNotFoundError(f"{str(path)!r} has neither metrics.jsonl nor completions.jsonl: is it an rlvr run "
-                                "directory (with logger=[jsonl])?")
+        raise PathNotFoundError(
+            f"{str(path)!r} has neither metrics.jsonl nor completions.jsonl: is it an rlvr run "
+            "directory (with logger=[jsonl])?"
+        )
     return path
 
 
@@ -58,7 +63,7 @@ def prompt_question(prompt: str) -> str:
         turns = [t for t in text.split("<|im_start|>") if t.strip()]
         users = [t for t in turns if t.startswith("user")]
         if users:
-            text = users[-1][len("user"):]
+            text = users[-1][len("user") :]
     elif "<|start_header_id|>" in text:  # Llama 3
         parts = text.split("<|start_header_id|>user<|end_header_id|>")
         text = parts[-1] if len(parts) > 1 else text
@@ -106,8 +111,12 @@ def render_table(samples: list[dict[str, Any]], width: int = 120, max_lines: int
     free = max(30, width - fixed)
     text_w = {"prompt": max(10, int(free * 0.34)), "completion": max(12, int(free * 0.48))}
     text_w["answer"] = max(6, free - text_w["prompt"] - text_w["completion"])
-    cols = [num_cols[0], ("prompt", text_w["prompt"]), ("completion", text_w["completion"]),
-            ("answer", text_w["answer"])] + num_cols[1:]
+    cols = [
+        num_cols[0],
+        ("prompt", text_w["prompt"]),
+        ("completion", text_w["completion"]),
+        ("answer", text_w["answer"]),
+    ] + num_cols[1:]
     sep = "+" + "+".join("-" * (w + 2) for _, w in cols) + "+"
 
     def line(cells: list[str]) -> str:
@@ -116,11 +125,16 @@ def render_table(samples: list[dict[str, Any]], width: int = 120, max_lines: int
     out = [sep, line([name for name, _ in cols]), sep.replace("-", "=")]
     for i, s in enumerate(samples):
         rewards = s.get("rewards") or {}
-        cells = [[str(i)],
-                 _wrap(clean(prompt_question(str(s.get("prompt", "")))), text_w["prompt"], max_lines),
-                 _wrap(clean(s.get("completion", "")) + (f" {HIT_MAX_TOKENS}" if s.get("truncated") else ""),
-                       text_w["completion"], max_lines),
-                 _wrap(clean(s.get("answer", "")), text_w["answer"], max_lines)]
+        cells = [
+            [str(i)],
+            _wrap(clean(prompt_question(str(s.get("prompt", "")))), text_w["prompt"], max_lines),
+            _wrap(
+                clean(s.get("completion", "")) + (f" {HIT_MAX_TOKENS}" if s.get("truncated") else ""),
+                text_w["completion"],
+                max_lines,
+            ),
+            _wrap(clean(s.get("answer", "")), text_w["answer"], max_lines),
+        ]
         cells += [[_fmt(rewards.get(n))] for n in reward_names] + [[_fmt(s.get("advantage"))]]
         for k in range(max(len(c) for c in cells)):
             out.append(line([c[k] if k < len(c) else "" for c in cells]))
@@ -137,11 +151,13 @@ def show(run_dir: str | Path, step: Optional[int] = None, last: int = 1, width: 
     steps = sorted({int(r.get("step", 0)) for r in records})
     if step is not None:
         if step not in steps:
-            raise DataError(f"step {step} has no logged completions in {path}; logged steps: "
-                             f"{steps[0]}..{steps[-1]} ({len(steps)} steps)")
+            raise DataError(
+                f"step {step} has no logged completions in {path}; logged steps: "
+                f"{steps[0]}..{steps[-1]} ({len(steps)} steps)"
+            )
         chosen = [step]
     else:
-        chosen = steps[-max(1, last):]
+        chosen = steps[-max(1, last) :]
     metrics = {int(m.get("step", 0)): m for m in read_records(path / "metrics.jsonl")}
     width = width or shutil.get_terminal_size((120, 24)).columns
     blocks = []
@@ -152,5 +168,7 @@ def show(run_dir: str | Path, step: Optional[int] = None, last: int = 1, width: 
             head += f" · reward {m['reward/mean']:.3f} ± {m.get('reward/std', 0.0):.3f}"
         if "completion_length/mean" in m:
             head += f" · length {m['completion_length/mean']:.1f}"
-        blocks.append(head + "\n" + render_table([r for r in records if int(r.get("step", 0)) == st], width, max_lines))
+        blocks.append(
+            head + "\n" + render_table([r for r in records if int(r.get("step", 0)) == st], width, max_lines)
+        )
     return "\n\n".join(blocks)

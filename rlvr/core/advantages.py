@@ -1,4 +1,5 @@
 """Group-relative advantages."""
+
 from __future__ import annotations
 
 import torch
@@ -8,8 +9,9 @@ from rlvr.core.errors import ConfigError
 EPS = 1e-4
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scaling: str = "group", baseline: str = "mean",
-                     eps: float = EPS) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scaling: str = "group", baseline: str = "mean", eps: float = EPS
+) -> torch.Tensor:
     """Advantages of rewards laid out as consecutive groups of ``group_size`` completions of one prompt.
 
     With ``baseline="mean"``: ``A_i = r_i - mean_g(r)``; with ``baseline="rloo"`` (leave-one-out):
@@ -23,7 +25,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scaling: str = "gro
     all equal gets advantage 0 whatever the scaling.
     """
     if rewards.ndim != 1 or rewards.numel() % group_size:
-        raise ValueError(f"rewards must be 1-D with a multiple of group_size={group_size} entries, got shape {tuple(rewards.shape)}")
+        raise ValueError(
+            f"rewards must be 1-D with a multiple of group_size={group_size} entries, got shape {tuple(rewards.shape)}"
+        )
     if group_size < 2:
         raise ValueError("group-relative advantages need group_size >= 2")
     grouped = rewards.view(-1, group_size)

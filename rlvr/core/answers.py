@@ -35,6 +35,7 @@ Decimal comma (``decimal_comma``):
 - ``always``: a comma between digits is the decimal mark and dots group thousands
   (``1.234,5`` = 1234.5; ``1,500`` = 1.5).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,6 +44,7 @@ import re
 import threading
 from fractions import Fraction
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
+
 from rlvr.core.errors import ColumnError, ConfigError
 
 T = TypeVar("T")
@@ -73,15 +75,18 @@ _THOUSANDS_RE = re.compile(r"^[-+]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
 _DOT_THOUSANDS_RE = re.compile(r"^[-+]?[1-9]\d{0,2}(?:\.\d{3})+(?:,\d+)?$")
 _CHOICE_RE = re.compile(r"^\(?\s*([A-E])\s*\)?[.:]?$")  # upper case only: a reference "e" is Euler's number
 _CHOICE_IN_TEXT_RE = re.compile(r"(?:^|[\s(*\[])\(?([A-E])\)?(?=$|[\s).:,*\]])")
-_DANGEROUS_RE = (re.compile(r"\^\s*\{[^{}]*\^|\^\s*\(?\s*[\w.]+\s*\^"),  # exponent towers: 9^{9^{9}}, 9^9^9
-                 re.compile(r"\^\s*\{?\s*\(?\s*-?\d{4,}"),  # powers with >= 4-digit exponents
-                 re.compile(r"[A-Za-z)}\]]\s*\^\s*\{?\s*\(?\s*-?\d{3,}"),  # symbolic bases to 3-digit powers
-                 re.compile(r"\d{4,}\s*!|\d{3,}\s*!\s*!|\\(?:prod|sum|int)"),  # big factorials, sums, integrals
-                 re.compile(r"\*\*\s*\(?\s*\d{4,}"))
+_DANGEROUS_RE = (
+    re.compile(r"\^\s*\{[^{}]*\^|\^\s*\(?\s*[\w.]+\s*\^"),  # exponent towers: 9^{9^{9}}, 9^9^9
+    re.compile(r"\^\s*\{?\s*\(?\s*-?\d{4,}"),  # powers with >= 4-digit exponents
+    re.compile(r"[A-Za-z)}\]]\s*\^\s*\{?\s*\(?\s*-?\d{3,}"),  # symbolic bases to 3-digit powers
+    re.compile(r"\d{4,}\s*!|\d{3,}\s*!\s*!|\\(?:prod|sum|int)"),  # big factorials, sums, integrals
+    re.compile(r"\*\*\s*\(?\s*\d{4,}"),
+)
 _MARKDOWN_RE = re.compile(r"\*\*|__|`")
 
 
 # --------------------------------------------------------------------------- small helpers
+
 
 def _closing_braces(text: str) -> dict[int, int]:
     """``{index of '{': index of its matching '}'}`` for every closed brace group, in one pass."""
@@ -108,7 +113,7 @@ def all_balanced(text: str, command: str) -> list[str]:
             i += 1
         end = match.get(i)
         if end is not None:
-            out.append(text[i + 1:end])
+            out.append(text[i + 1 : end])
             start = text.find(command, end + 1)
         else:
             start = text.find(command, start + len(command))
@@ -137,7 +142,7 @@ def strip_delimiters(text: str) -> str:
     s = text.strip()
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
-            inner = s[len(left):len(s) - len(right)].strip()
+            inner = s[len(left) : len(s) - len(right)].strip()
             if "$" not in inner or left == "$$":
                 return inner
     return s
@@ -154,6 +159,7 @@ def strip_prompt_echo(text: str, prompt: Optional[str], min_chars: int = 12) -> 
 
 
 # --------------------------------------------------------------------------- extraction
+
 
 def _distinct(found: list[str]) -> list[str]:
     """The non-empty answers of ``found`` with repeats of the same answer (by :func:`answer_key`) dropped."""
@@ -187,14 +193,14 @@ def _phrase_answer(text: str) -> Optional[str]:
         last = m
     if last is None:
         return None
-    rest = text[last.end():].lstrip(" :\t")
+    rest = text[last.end() :].lstrip(" :\t")
     rest = rest.split("\n", 1)[0]
     rest = _MARKDOWN_RE.sub("", rest).strip()
     first_env = re.match(r"^(\$\$.+?\$\$|\$.+?\$|\\\(.+?\\\)|\\\[.+?\\\])", rest)
     if first_env:
         return first_env.group(1).strip()
     end = re.search(r"\.(?:\s|$)|;|,\s+(?:so|since|because|which|as|not)\b|\s+(?:since|because)\b", rest)
-    span = (rest[:end.start()] if end else rest).strip().rstrip(".").strip()
+    span = (rest[: end.start()] if end else rest).strip().rstrip(".").strip()
     if len(span.split()) > 3 and not re.search(r"[\d$\\]", span):
         return None  # "the answer: first we need to …" is a sentence, not an answer
     return span or None
@@ -235,8 +241,9 @@ def free_form_answer(text: str, last_number: bool = True, timeout_seconds: Optio
     configs = _mv_configs(expr_without_anchor=last_number)
     from math_verify import parse
 
-    found = _mv_call(parse, tail, extraction_config=configs, fallback_mode="first_match",
-                     parsing_timeout=_alarm(timeout_seconds))
+    found = _mv_call(
+        parse, tail, extraction_config=configs, fallback_mode="first_match", parsing_timeout=_alarm(timeout_seconds)
+    )
     if found:
         span = found[-1] if isinstance(found[-1], str) else None
         if span:
@@ -251,8 +258,9 @@ def free_form_answer(text: str, last_number: bool = True, timeout_seconds: Optio
     return None
 
 
-def extract_final_answer(text: str, last_number: bool = True, free_form: bool = True,
-                         timeout_seconds: Optional[int] = 5) -> Optional[str]:
+def extract_final_answer(
+    text: str, last_number: bool = True, free_form: bool = True, timeout_seconds: Optional[int] = 5
+) -> Optional[str]:
     """The answer string a completion commits to, or None (see the module docstring for the order).
 
     ``free_form=False`` skips the Math-Verify free-form step (only the explicit markers, then the
@@ -312,6 +320,7 @@ def reference_answer(value: Any) -> Optional[str]:
 
 
 # --------------------------------------------------------------------------- numbers
+
 
 def last_number(text: str) -> Optional[float]:
     """The last number written in ``text`` (commas allowed as thousands separators), or None."""
@@ -395,10 +404,10 @@ def parse_number(text: Optional[str], decimal_comma: str = "auto") -> Optional[F
         return -(num / den) if m.group(1) == "-" else num / den
     m = _MIXED_RE.match(s) or _LATEX_MIXED_RE.match(s)
     if m:
-        whole, num, den = int(m.group(1)), int(m.group(2)), int(m.group(3))
+        whole, num, den = int(m.group(1)), int(m.group(2)), int(m.group(3))  # type: ignore[assignment]
         if den == 0:
             return None
-        frac = Fraction(num, den)
+        frac = Fraction(num, den)  # type: ignore[arg-type]
         return whole - frac if m.group(1).startswith("-") else whole + frac
     m = _SIMPLE_FRAC_RE.match(s)
     if m:
@@ -432,6 +441,7 @@ def is_integer_text(text: Optional[str]) -> bool:
 
 # --------------------------------------------------------------------------- multiple choice
 
+
 def choice_letter(text: Optional[str]) -> Optional[str]:
     """The letter of a multiple-choice answer written alone (``B``, ``(B)``, ``\\text{(B)}``, ``B.``,
     ``\\textbf{B}``, ``**B**``; capitals A–E only), else None."""
@@ -455,6 +465,7 @@ def choice_in_text(text: Optional[str]) -> Optional[str]:
 
 # --------------------------------------------------------------------------- Math-Verify
 
+
 def _alarm(timeout_seconds: Optional[float]) -> Optional[int]:
     """Math-Verify's timeout (whole seconds, SIGALRM) where it can run: the main thread only."""
     if not timeout_seconds or threading.current_thread() is not threading.main_thread():
@@ -465,8 +476,10 @@ def _alarm(timeout_seconds: Optional[float]) -> Optional[int]:
 def _mv_configs(expr_without_anchor: bool = True) -> list[Any]:
     from math_verify import ExprExtractionConfig, LatexExtractionConfig
 
-    return [LatexExtractionConfig(boxed_match_priority=0),
-            ExprExtractionConfig(try_extract_without_anchor=expr_without_anchor)]
+    return [
+        LatexExtractionConfig(boxed_match_priority=0),
+        ExprExtractionConfig(try_extract_without_anchor=expr_without_anchor),
+    ]
 
 
 @contextlib.contextmanager
@@ -531,8 +544,9 @@ def math_parse(answer: str, decimal_comma: str = "auto", timeout_seconds: Option
     return found
 
 
-def symbolic_equal(reference: str, candidate: str, timeout_seconds: Optional[int] = 5,
-                   decimal_comma: str = "auto") -> bool:
+def symbolic_equal(
+    reference: str, candidate: str, timeout_seconds: Optional[int] = 5, decimal_comma: str = "auto"
+) -> bool:
     """Math-Verify's verdict on ``candidate`` against ``reference`` (both short answer strings)."""
     from math_verify import verify
 
@@ -551,6 +565,7 @@ def symbolic_equal(reference: str, candidate: str, timeout_seconds: Optional[int
 
 # --------------------------------------------------------------------------- judging
 
+
 def _normal_text(text: str) -> str:
     s = clean_answer(text)
     s = re.sub(r"[\s{}]+", "", s).lower()
@@ -568,9 +583,15 @@ def answer_key(text: Optional[str], decimal_comma: str = "auto") -> Optional[str
     return _normal_text(text) or None
 
 
-def answers_match(candidate: Optional[str], reference: str, rel_tol: float = 0.0, abs_tol: float = 1e-9,
-                  use_math_verify: bool = True, timeout_seconds: Optional[int] = 5,
-                  decimal_comma: str = "auto") -> bool:
+def answers_match(
+    candidate: Optional[str],
+    reference: str,
+    rel_tol: float = 0.0,
+    abs_tol: float = 1e-9,
+    use_math_verify: bool = True,
+    timeout_seconds: Optional[int] = 5,
+    decimal_comma: str = "auto",
+) -> bool:
     """Whether an extracted answer equals the reference answer string.
 
     Order: multiple-choice letters (when the reference is a letter A–E); both plain numbers (exact
@@ -598,9 +619,19 @@ def answers_match(candidate: Optional[str], reference: str, rel_tol: float = 0.0
     return False
 
 
-def judge(completion: str, reference: Any, *, prompt: Optional[str] = None, last_number: bool = True,
-          free_form: bool = True, rel_tol: float = 0.0, abs_tol: float = 1e-9, use_math_verify: bool = True,
-          timeout_seconds: Optional[int] = 5, decimal_comma: str = "auto") -> Optional[bool]:
+def judge(
+    completion: str,
+    reference: Any,
+    *,
+    prompt: Optional[str] = None,
+    last_number: bool = True,
+    free_form: bool = True,
+    rel_tol: float = 0.0,
+    abs_tol: float = 1e-9,
+    use_math_verify: bool = True,
+    timeout_seconds: Optional[int] = 5,
+    decimal_comma: str = "auto",
+) -> Optional[bool]:
     """Is ``completion``'s final answer the reference? None when there is no reference.
 
     The reference is read with :func:`reference_answer`; lines echoing ``prompt`` are ignored
@@ -611,8 +642,9 @@ def judge(completion: str, reference: Any, *, prompt: Optional[str] = None, last
     if ref is None:
         return None
     text = strip_prompt_echo(completion or "", prompt)
-    candidate = extract_final_answer(text, last_number=last_number, free_form=free_form,
-                                     timeout_seconds=timeout_seconds)
+    candidate = extract_final_answer(
+        text, last_number=last_number, free_form=free_form, timeout_seconds=timeout_seconds
+    )
     if candidate is None and choice_letter(ref) is not None:  # a bare "B" as the whole last line
         lines = [line for line in text.strip().split("\n") if line.strip()]
         candidate = lines[-1] if lines and len(lines[-1]) <= 40 else None
@@ -636,13 +668,19 @@ def exact_answer(completion: str) -> str:
     return found if found is not None else (completion or "")
 
 
-def against_reference(reward: str, completions: Sequence[str], columns: dict[str, list[Any]], column: str,
-                      judge_fn: Callable[[str, str], T]) -> list[Optional[T]]:
+def against_reference(
+    reward: str,
+    completions: Sequence[str],
+    columns: dict[str, list[Any]],
+    column: str,
+    judge_fn: Callable[[str, str], T],
+) -> list[Optional[T]]:
     """``judge_fn(completion, reference)`` for each completion, the reference read from ``column``
     with :func:`reference_answer`; None (not applicable) where a row has no reference."""
     if column not in columns:
-        raise ColumnError(f"{reward} needs the task column {column!r} (set answer_column); columns given: "
-                       f"{sorted(columns)}")
+        raise ColumnError(
+            f"{reward} needs the task column {column!r} (set answer_column); columns given: {sorted(columns)}"
+        )
     out: list[Optional[T]] = []
     for text, value in zip(completions, columns[column]):
         ref = reference_answer(value)

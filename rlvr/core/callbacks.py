@@ -7,6 +7,7 @@ the trainer calls each callback once (``callbacks.hook.on_step_end(...)``) and p
 that implements it — what pluggy is for — without the trainer probing objects with ``hasattr``. pluggy
 also validates at registration that a callback takes only arguments the hook provides.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -39,8 +40,14 @@ class _LoggerManager(pluggy.PluginManager):
     def parse_hookimpl_opts(self, plugin: Any, name: str) -> Optional[pluggy.HookimplOpts]:
         # loggers are plain objects: a method named like a callback is its implementation (no decorator needed)
         if name in LOGGER_HOOKS and callable(getattr(plugin, name, None)):
-            return {"wrapper": False, "hookwrapper": False, "optionalhook": False, "tryfirst": False,
-                    "trylast": False, "specname": None}
+            return {
+                "wrapper": False,
+                "hookwrapper": False,
+                "optionalhook": False,
+                "tryfirst": False,
+                "trylast": False,
+                "specname": None,
+            }
         return None
 
 

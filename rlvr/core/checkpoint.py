@@ -10,6 +10,7 @@ Test hook: ``RLVR_TEST_CRASH_AT=checkpoint-write:<step>`` SIGKILLs the process i
 writing checkpoint ``<step>`` (after the weights, before the trainer state);
 ``RLVR_TEST_CRASH_AT=checkpoint-write:<step>:enospc`` raises "no space left on device" there instead.
 """
+
 from __future__ import annotations
 
 import errno
@@ -72,11 +73,20 @@ class CheckpointWriteError(CheckpointError):
         full = code == errno.ENOSPC or "No space left" in text or "write failed" in text or _disk_full(target.parent)
         reason = "no space left on device" if full else f"{type(cause).__name__}: {text}"
         fix = "free some space" if full else "fix the cause"
-        message = (f"could not write checkpoint {target} ({reason}). "
-                   + (f"The previous checkpoint {previous} is intact: {fix} and run the same command again to "
-                      "resume from it." if previous else f"There is no earlier checkpoint; {fix} and run again.")
-                   + (" Checkpoints take less space with a smaller trainer.keep_checkpoints or a larger "
-                      "trainer.save_steps." if full else ""))
+        message = (
+            f"could not write checkpoint {target} ({reason}). "
+            + (
+                f"The previous checkpoint {previous} is intact: {fix} and run the same command again to "
+                "resume from it."
+                if previous
+                else f"There is no earlier checkpoint; {fix} and run again."
+            )
+            + (
+                " Checkpoints take less space with a smaller trainer.keep_checkpoints or a larger trainer.save_steps."
+                if full
+                else ""
+            )
+        )
         super().__init__(errno.ENOSPC if full else (code or errno.EIO), message)
         self.message = message
 
@@ -158,19 +168,40 @@ def resolve_resume(resume: str) -> Path:
         if latest is not None:
             return latest
         if re.fullmatch(rf"{PREFIX}\d+", path.name):
-            raise PathNotFoundError(f"trainer.resume={resume!r} is an incomplete checkpoint (no {MARKER} marker: "
-                                    "its writing was interrupted); pick an earlier one or trainer.resume=auto")
-        raise PathNotFoundError(f"trainer.resume={resume!r} is neither a checkpoint directory nor a run directory "
-                                f"with complete checkpoints under checkpoints/")
+            raise PathNotFoundError(
+                f"trainer.resume={resume!r} is an incomplete checkpoint (no {MARKER} marker: "
+                "its writing was interrupted); pick an earlier one or trainer.resume=auto"
+            )
+        raise PathNotFoundError(
+            f"trainer.resume={resume!r} is neither a checkpoint directory nor a run directory "
+            f"with complete checkpoints under checkpoints/"
+        )
     raise PathNotFoundError(f"trainer.resume={resume!r}: no such directory")
 
 
-RESUMABLE = ("trainer.max_steps", "trainer.save_steps", "trainer.keep_checkpoints", "trainer.resume",
-             "trainer.log_steps", "trainer.eval_steps", "trainer.eval_samples", "trainer.eval_num_samples", "trainer.log_completions",
-             "trainer.progress", "trainer.output_dir", "trainer.threads", "trainer.max_bad_steps",
-             "trainer.gradient_checkpointing", "trainer.offload_activations", "trainer.save_merged",
-             "trainer.distributed", "trainer.dist_backend", "trainer.pack_completions", "engine.compact_finished",
-             "logger")
+RESUMABLE = (
+    "trainer.max_steps",
+    "trainer.save_steps",
+    "trainer.keep_checkpoints",
+    "trainer.resume",
+    "trainer.log_steps",
+    "trainer.eval_steps",
+    "trainer.eval_samples",
+    "trainer.eval_num_samples",
+    "trainer.log_completions",
+    "trainer.progress",
+    "trainer.output_dir",
+    "trainer.threads",
+    "trainer.max_bad_steps",
+    "trainer.gradient_checkpointing",
+    "trainer.offload_activations",
+    "trainer.save_merged",
+    "trainer.distributed",
+    "trainer.dist_backend",
+    "trainer.pack_completions",
+    "engine.compact_finished",
+    "logger",
+)
 """Config keys (and key prefixes) a resumed run may change: when, how long and what to log or save, and
 memory, thread and process-layout knobs that do not change the numbers (1 and N processes train the same).
 Any other change stops the resume."""
@@ -217,4 +248,6 @@ def load_trainable_weights(policy: Policy, ckpt: Path) -> None:
     missing, unexpected = policy.model.load_state_dict(state, strict=False)
     real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings are saved once
     if real_missing or unexpected:
-        raise CheckpointMismatchError(f"checkpoint {ckpt} does not match the model: missing {real_missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointMismatchError(
+            f"checkpoint {ckpt} does not match the model: missing {real_missing[:5]}, unexpected {unexpected[:5]}"
+        )

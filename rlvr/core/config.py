@@ -9,6 +9,7 @@ Every plugin's config dataclass is stored in Hydra's ConfigStore twice: as a sch
 type-checked) and, when no YAML of that name ships with rlvr, directly as ``<kind>/<name>`` so
 that ``loss=<name>`` works for a third-party plugin exactly as for a built-in.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,7 +49,9 @@ class TrainerConfig:
     eval_samples: int = 0  # held-out prompts per evaluation (0 = all)
     eval_num_samples: int = 1  # sampled completions per held-out prompt for sampled pass@1 (0 = greedy only)
     logprob_chunk_tokens: int = 1024
-    pack_completions: bool = True  # update: rows bucketed by length, no forward/backward on padding (rlvr/modeling/packing.py)
+    pack_completions: bool = (
+        True  # update: rows bucketed by length, no forward/backward on padding (rlvr/modeling/packing.py)
+    )
     gradient_checkpointing: bool = False
     offload_activations: bool = False
     output_dir: Optional[str] = None  # default: Hydra's run directory (or rlvr-runs/<timestamp> outside Hydra)
@@ -57,7 +60,9 @@ class TrainerConfig:
     log_completions: int = 4  # completions kept per step in completions.jsonl
     max_bad_steps: int = 5  # non-finite losses in a row before the run stops
     save_merged: bool = False  # LoRA: also write final/merged/, the adapter merged into the base weights
-    distributed: str = "ddp"  # under torchrun: ddp (replicate the model) | fsdp (FSDP2: shard params, grads, optimizer)
+    distributed: str = (
+        "ddp"  # under torchrun: ddp (replicate the model) | fsdp (FSDP2: shard params, grads, optimizer)
+    )
     dist_backend: str = "auto"  # auto (nccl with CUDA, else gloo) | gloo | nccl
     dynamic_sampling: str = "off"  # off | refill (drop all-agree groups, refill to B informative) | skip (drop only)
     dynamic_max_rounds: int = 4  # refill: at most this many refill rounds per step
@@ -83,7 +88,7 @@ def _with_name(cls: type, name: str, force: bool = False) -> type:
 
 def _shipped_yaml(kind: str, name: str) -> bool:
     try:
-        return resources.files("rlvr.conf").joinpath(kind, f"{name}.yaml").is_file()
+        return resources.files("rlvr.conf").joinpath(kind, f"{name}.yaml").is_file()  # type: ignore[call-arg]
     except (FileNotFoundError, ModuleNotFoundError):
         return False
 
@@ -161,8 +166,10 @@ def check_plugins(cfg: Any) -> None:
     if isinstance(cfg, DictConfig):
         missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
         if missing:
-            raise MissingValueError(f"no value for {', '.join(missing)} (it has no default): add "
-                                    f"{' '.join(k + '=<value>' for k in missing)} to the command")
+            raise MissingValueError(
+                f"no value for {', '.join(missing)} (it has no default): add "
+                f"{' '.join(k + '=<value>' for k in missing)} to the command"
+            )
 
 
 def _params_keeping_missing(node: Any) -> dict[str, Any]:
@@ -184,10 +191,10 @@ def plugin_params(node: Any) -> dict[str, Any]:
     if isinstance(node, DictConfig):
         params = OmegaConf.to_container(node, resolve=True)
     elif dataclasses.is_dataclass(node):
-        params = dataclasses.asdict(node)
+        params = dataclasses.asdict(node)  # type: ignore[arg-type]
     else:
         params = dict(node or {})
-    params.pop("name", None)
+    params.pop("name", None)  # type: ignore[arg-type,call-arg,union-attr]
     return params  # type: ignore[return-value]
 
 

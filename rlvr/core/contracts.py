@@ -8,6 +8,7 @@ middle of a step. The trainer then uses these attributes directly, without probi
 Shapes: N = completions in the batch (B prompts × G generations, group order: rows g·G … g·G+G−1
 share a prompt), T = completion tokens (right-padded), P = prompt tokens (left-padded).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -45,9 +46,19 @@ class Loss(Protocol):
         The trainer sums it over micro-batches and processes to get ``num_tokens``."""
         ...
 
-    def __call__(self, logps: Tensor, old_logps: Optional[Tensor], ref_logps: Optional[Tensor],
-                 advantages: Tensor, mask: Tensor, truncated: Tensor, *, num_sequences: int, num_tokens: int,
-                 entropies: Optional[Tensor] = None) -> tuple[Tensor, dict[str, float]]:
+    def __call__(
+        self,
+        logps: Tensor,
+        old_logps: Optional[Tensor],
+        ref_logps: Optional[Tensor],
+        advantages: Tensor,
+        mask: Tensor,
+        truncated: Tensor,
+        *,
+        num_sequences: int,
+        num_tokens: int,
+        entropies: Optional[Tensor] = None,
+    ) -> tuple[Tensor, dict[str, float]]:
         """One micro-batch's share of the step loss and its metrics.
 
         Args:
@@ -89,8 +100,9 @@ class Engine(Protocol):
     cfg: SamplingSettings
     importance_sampling: Optional[ImportanceSamplingConfig]
 
-    def generate(self, policy: Model, prompts: Sequence[str], num_generations: int, seeds: Sequence[int],
-                 greedy: bool = False) -> Rollouts:
+    def generate(
+        self, policy: Model, prompts: Sequence[str], num_generations: int, seeds: Sequence[int], greedy: bool = False
+    ) -> Rollouts:
         """G completions of each prompt (``len(prompts)`` · G rows, group order), seeded per group."""
         ...
 
@@ -200,8 +212,16 @@ LOGGER_HOOKS: dict[str, tuple[str, ...]] = {
 """Logger callbacks (each optional) and the argument names each receives; see :mod:`rlvr.core.callbacks`."""
 
 
-CONTRACTS: dict[str, Any] = {"loss": Loss, "engine": Engine, "task": Task, "reward": Reward,
-                             "verifier": Reward, "model": Model, "advantage": AdvantageEstimator, "env": Env}
+CONTRACTS: dict[str, Any] = {
+    "loss": Loss,
+    "engine": Engine,
+    "task": Task,
+    "reward": Reward,
+    "verifier": Reward,
+    "model": Model,
+    "advantage": AdvantageEstimator,
+    "env": Env,
+}
 """Kind → the Protocol its plugins satisfy (loggers: any of :data:`LOGGER_HOOKS`)."""
 
 _CALLS = {Loss: "__call__", Engine: "generate", AdvantageEstimator: "__call__"}
@@ -238,8 +258,10 @@ def check(kind: str, obj: Any, name: str) -> Any:
     missing. ``name`` is the plugin's name, for the message."""
     if kind == "logger":
         if not any(callable(getattr(obj, hook, None)) for hook in LOGGER_HOOKS):
-            raise ContractError(f"logger plugin {name!r} returned {type(obj).__name__}, which has none of the "
-                                f"callbacks {', '.join(LOGGER_HOOKS)} (see rlvr.core.contracts.LOGGER_HOOKS)")
+            raise ContractError(
+                f"logger plugin {name!r} returned {type(obj).__name__}, which has none of the "
+                f"callbacks {', '.join(LOGGER_HOOKS)} (see rlvr.core.contracts.LOGGER_HOOKS)"
+            )
         return obj
     proto = CONTRACTS.get(kind)
     if proto is None:
@@ -254,7 +276,9 @@ def check(kind: str, obj: Any, name: str) -> Any:
     if not missing:
         missing = [f"parameter {p!r} of {_CALLS[proto]}" for p in _missing_parameters(proto, obj)]
     if missing:
-        raise ContractError(f"{kind} plugin {name!r} returned {type(obj).__name__}, which does not satisfy the "
-                            f"{proto.__name__} contract (rlvr.core.contracts.{proto.__name__}): missing "
-                            f"{', '.join(missing)}")
+        raise ContractError(
+            f"{kind} plugin {name!r} returned {type(obj).__name__}, which does not satisfy the "
+            f"{proto.__name__} contract (rlvr.core.contracts.{proto.__name__}): missing "
+            f"{', '.join(missing)}"
+        )
     return obj

@@ -7,10 +7,12 @@ config leaves ``correct`` empty uses its own ``is_correct(completion, row)`` whe
 go in ``task.correct_params`` (e.g. ``+task.correct_params.decimal_comma=always``); a verifier with
 an ``answer_column`` parameter gets the task's ``answer_column`` unless set there.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable, Optional, Sequence
+
 from rlvr.core.errors import ConfigError
 
 Check = Callable[[Sequence[str], Sequence[dict[str, Any]], Optional[Sequence[str]]], list[bool]]
@@ -46,17 +48,20 @@ def verifier_check(name: str, params: Optional[dict[str, Any]] = None, answer_co
         params["answer_column"] = answer_column
     verify = registry.create("verifier", name, **params)
 
-    def check(completions: Sequence[str], rows: Sequence[dict[str, Any]],
-              prompts: Optional[Sequence[str]] = None) -> list[bool]:
+    def check(
+        completions: Sequence[str], rows: Sequence[dict[str, Any]], prompts: Optional[Sequence[str]] = None
+    ) -> list[bool]:
         keys = [k for k in dict.fromkeys(k for row in rows for k in row) if k not in ("prompts", "completions")]
         columns = {k: [row.get(k) for row in rows] for k in keys}
         out = verify(list(completions), prompts=list(prompts) if prompts is not None else [""] * len(rows), **columns)
         if is_async(verify):
             out = _run_coroutine(out)
         if not isinstance(out, (list, tuple)) or len(out) != len(completions):
-            raise ValueError(f"verifier {name!r} (task.correct) returned {type(out).__name__} of length "
-                             f"{len(out) if hasattr(out, '__len__') else '?'} for {len(completions)} completions; "
-                             "a verifier returns one bool (or None) per completion")
+            raise ValueError(
+                f"verifier {name!r} (task.correct) returned {type(out).__name__} of length "
+                f"{len(out) if hasattr(out, '__len__') else '?'} for {len(completions)} completions; "
+                "a verifier returns one bool (or None) per completion"
+            )
         return [passed(v) for v in out]
 
     return check
@@ -81,6 +86,6 @@ def task_check(task: Any) -> Check:
     name = check_name(task)
     if name == "is_correct" and not getattr(cfg, "correct", ""):
         is_correct = task.is_correct
-        return lambda completions, rows, prompts=None: [passed(is_correct(c, r)) for c, r in zip(completions, rows)]
+        return lambda completions, rows, prompts=None: [passed(is_correct(c, r)) for c, r in zip(completions, rows)]  # type: ignore[misc]
     params = dict(getattr(cfg, "correct_params", None) or {})
     return verifier_check(name, params, getattr(cfg, "answer_column", "answer"))

@@ -20,6 +20,7 @@ The training forward pass goes through :class:`LogprobModule` (the policy model'
 log-probs as a module's ``forward``) wrapped in DDP or FSDP2, so their hooks see it; generation and
 the no-grad passes use the unwrapped model (``Policy.model``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -131,8 +132,14 @@ def setup(backend: str = "auto", timeout_s: int = 1800) -> Dist:
         owns = True
     backend = str(torch.distributed.get_backend())
     device = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
-    return Dist(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size(),
-                local_rank=local_rank, backend=backend, device=device, _owns_group=owns)
+    return Dist(
+        rank=torch.distributed.get_rank(),
+        world_size=torch.distributed.get_world_size(),
+        local_rank=local_rank,
+        backend=backend,
+        device=device,
+        _owns_group=owns,
+    )
 
 
 def _export_slurm_env() -> None:
@@ -142,8 +149,10 @@ def _export_slurm_env() -> None:
     try:
         from submitit.helpers import TorchDistributedEnvironment
     except ImportError as exc:
-        raise MissingDependencyError("RLVR_DIST_FROM_SLURM=1 needs submitit (pip install hydra-submitit-launcher), "
-                                     "or launch the ranks with torchrun instead") from exc
+        raise MissingDependencyError(
+            "RLVR_DIST_FROM_SLURM=1 needs submitit (pip install hydra-submitit-launcher), "
+            "or launch the ranks with torchrun instead"
+        ) from exc
     if "SLURM_JOB_ID" not in os.environ:
         raise RunError("RLVR_DIST_FROM_SLURM=1 outside a SLURM job: launch the ranks with torchrun instead")
     os.environ.setdefault("SUBMITIT_EXECUTOR", "slurm")  # submitit sets it in its own jobs; plain srun does not
@@ -162,8 +171,7 @@ class LogprobModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int,
-                **kwargs: Any) -> Any:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int, **kwargs: Any) -> Any:
         return grouped_completion_logprobs(self.model, input_ids, attention_mask, prompt_length, **kwargs)
 
 
@@ -189,18 +197,22 @@ def wrap(model: nn.Module, dist: Dist, strategy: str = "ddp") -> Optional[nn.Mod
         device_ids = [dist.device.index] if dist.device is not None and dist.device.type == "cuda" else None
         return DDP(module, device_ids=device_ids)
     if _is_4bit(model):
-        raise ConfigError("trainer.distributed=fsdp does not shard bitsandbytes 4-bit weights; use DDP for QLoRA "
-                          "(the NF4 base already fits where its 16-bit weights do not)")
+        raise ConfigError(
+            "trainer.distributed=fsdp does not shard bitsandbytes 4-bit weights; use DDP for QLoRA "
+            "(the NF4 base already fits where its 16-bit weights do not)"
+        )
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(dist.device.type if dist.device is not None else "cpu", (dist.world_size,))
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
     layer_classes = set(getattr(base, "_no_split_modules", None) or [])
     layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
     if not layers:
-        raise ConfigError(f"trainer.distributed=fsdp: cannot find the decoder layers of {type(base).__name__} "
-                          "(its _no_split_modules is empty)")
+        raise ConfigError(
+            f"trainer.distributed=fsdp: cannot find the decoder layers of {type(base).__name__} "
+            "(its _no_split_modules is empty)"
+        )
     for layer in layers:
         fully_shard(layer, mesh=mesh)
     root = fully_shard(module, mesh=mesh)
@@ -208,9 +220,13 @@ def wrap(model: nn.Module, dist: Dist, strategy: str = "ddp") -> Optional[nn.Mod
     # (which calls the inner model directly) never makes a decoder layer the root
     with torch.no_grad():
         device = dist.device or torch.device("cpu")
-        root(torch.zeros((1, 2), dtype=torch.long, device=device), torch.ones((1, 2), dtype=torch.long, device=device), 1)
+        root(  # type: ignore[operator]
+            torch.zeros((1, 2), dtype=torch.long, device=device),
+            torch.ones((1, 2), dtype=torch.long, device=device),
+            1,
+        )
     root.reshard()  # the root keeps its weights gathered after a forward; the optimizer must see the shards
-    return root
+    return root  # type: ignore[return-value]
 
 
 def is_fsdp(module: Optional[nn.Module]) -> bool:
@@ -230,7 +246,7 @@ def unsharded(module: Optional[nn.Module]) -> Iterator[None]:
         return
     from torch.distributed.fsdp import FSDPModule
 
-    mods = [m for m in module.modules() if isinstance(m, FSDPModule)]
+    mods = [m for m in module.modules() if isinstance(m, FSDPModule)]  # type: ignore[union-attr]
     inner = [m for m in mods if m is not module]
     for m in mods:
         m.unshard()
@@ -251,9 +267,9 @@ def grad_sync(module: Optional[nn.Module], sync: bool) -> contextlib.AbstractCon
     if module is None:
         return contextlib.nullcontext()
     if is_fsdp(module):
-        module.set_requires_gradient_sync(sync)
+        module.set_requires_gradient_sync(sync)  # type: ignore[operator]
         return contextlib.nullcontext()
-    return contextlib.nullcontext() if sync else module.no_sync()
+    return contextlib.nullcontext() if sync else module.no_sync()  # type: ignore[operator]
 
 
 # ----- FSDP2 state: distributed checkpoints and the consolidated final model -----------------------
@@ -283,8 +299,13 @@ def load_sharded(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer
     model_sd, optim_sd = get_state_dict(module, optimizer, options=_state_options())
     state = {"model": model_sd, "optimizer": optim_sd}
     dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
-                   options=_state_options(strict=False))  # frozen (base) weights are not in the checkpoint
+    set_state_dict(
+        module,
+        optimizer,
+        model_state_dict=state["model"],  # type: ignore[arg-type]
+        optim_state_dict=state["optimizer"],  # type: ignore[arg-type]
+        options=_state_options(strict=False),
+    )  # frozen (base) weights are not in the checkpoint
 
 
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -295,11 +316,18 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     sd = get_model_state_dict(module, options=_state_options(full_state_dict=True, cpu_offload=True))
     once = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}  # tied weights once
     prefix = "model."
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items() if k in once}
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items() if k in once}  # type: ignore[misc]
 
 
-def save_sharded_checkpoint(dist: Dist, run_dir: Path, step: int, module: nn.Module, optimizer: torch.optim.Optimizer,
-                            trainer_state: dict[str, Any], keep: int = 2) -> Path:
+def save_sharded_checkpoint(
+    dist: Dist,
+    run_dir: Path,
+    step: int,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    trainer_state: dict[str, Any],
+    keep: int = 2,
+) -> Path:
     """``checkpoints/checkpoint-<step>/`` for FSDP2, written as atomically as the one-process checkpoint: every
     rank writes its shard into a temporary directory, rank 0 adds ``trainer_state.pt`` and the ``COMPLETE``
     marker and renames it into place (the file system must be shared by all nodes)."""

@@ -1,5 +1,6 @@
 """Building blocks for environment plugins: the config every env has, and :class:`ToolEnv`, an environment
 whose turns are tool calls until the model answers without one."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -62,7 +63,10 @@ class ToolEnv:
             state["answer"] = message
             return [], True, {"tool_calls": 0, "tool_errors": 0}
         results = [run_tool(c, self._by_name, self.cfg.tool_timeout) for c in calls]
-        info = {"tool_calls": len(calls), "tool_errors": sum(r.error for r in results),
-                "tool_seconds": sum(r.seconds for r in results),
-                "calls": [{"name": c.name, "arguments": c.arguments, "error": c.error} for c in calls]}
+        info = {
+            "tool_calls": len(calls),
+            "tool_errors": sum(r.error for r in results),
+            "tool_seconds": sum(r.seconds for r in results),
+            "calls": [{"name": c.name, "arguments": c.arguments, "error": c.error} for c in calls],
+        }
         return [{"role": "tool", "name": r.name or "error", "content": r.content} for r in results], False, info

@@ -30,6 +30,7 @@ inserted tokens (one batched forward over the new tokens only), and finished epi
 cache. :class:`ReprefillSession` is the naive alternative (re-prefill the whole history every turn),
 kept as the baseline of ``benchmarks/episodes.py`` and for checks; both sample the same tokens.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -72,10 +73,17 @@ class Episode:
         """What rewards (column ``episode``), completions.jsonl and reports get: JSON-serialisable."""
         calls = sum(int(i.get("tool_calls", 0)) for i in self.infos)
         errors = sum(int(i.get("tool_errors", 0)) for i in self.infos)
-        return {"messages": self.messages, "turns": self.turns, "stop": self.stop, "truncated": self.truncated,
-                "tool_calls": calls, "tool_errors": errors,
-                "tool_seconds": sum(float(i.get("tool_seconds", 0.0)) for i in self.infos),
-                "state": _jsonable(self.state), "infos": [_jsonable(i) for i in self.infos]}
+        return {
+            "messages": self.messages,
+            "turns": self.turns,
+            "stop": self.stop,
+            "truncated": self.truncated,
+            "tool_calls": calls,
+            "tool_errors": errors,
+            "tool_seconds": sum(float(i.get("tool_seconds", 0.0)) for i in self.infos),
+            "state": _jsonable(self.state),
+            "infos": [_jsonable(i) for i in self.infos],
+        }
 
 
 def _jsonable(value: Any) -> Any:
@@ -112,14 +120,20 @@ def with_tool_prompt(messages: list[dict[str, Any]], env: Any, fmt: str) -> list
     return [{"role": "system", "content": text}] + messages
 
 
-def render(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-           add_generation_prompt: bool) -> str:
+def render(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, add_generation_prompt: bool
+) -> str:
     kw = {"tools": tools} if tools else {}
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kw)
 
 
-def inserted_text(tokenizer: Any, history: list[dict[str, Any]], new: list[dict[str, Any]],
-                  tools: list[dict[str, Any]] | None, end_strings: Sequence[str]) -> str:
+def inserted_text(
+    tokenizer: Any,
+    history: list[dict[str, Any]],
+    new: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    end_strings: Sequence[str],
+) -> str:
     """The text to insert after a sampled assistant turn: what the template renders for ``new`` (the env's
     messages) and the next generation prompt, *after* the assistant turn's end-of-turn token.
 
@@ -132,26 +146,31 @@ def inserted_text(tokenizer: Any, history: list[dict[str, Any]], new: list[dict[
     full = render(tokenizer, msgs, tools, add_generation_prompt=True)
     at = full.rfind(SENTINEL)
     if at < 0:
-        raise ValueError("the chat template does not render the assistant message's content; multi-turn episodes "
-                         "need a template that renders every message")
-    after = full[at + len(SENTINEL):]
+        raise ValueError(
+            "the chat template does not render the assistant message's content; multi-turn episodes "
+            "need a template that renders every message"
+        )
+    after = full[at + len(SENTINEL) :]
     for end in sorted(end_strings, key=len, reverse=True):
         if end and after.startswith(end):
-            return after[len(end):]
+            return after[len(end) :]
     stripped = after.lstrip(" \t")
     for end in sorted(end_strings, key=len, reverse=True):
         if end and stripped.startswith(end):
-            return stripped[len(end):]
-    raise ValueError(f"the chat template renders {after[:40]!r} after an assistant message, not one of the "
-                     f"end-of-turn tokens {list(end_strings)}; rlvr cannot line the template up with the "
-                     "sampled tokens (set the tokenizer's/model's eos_token_id to the template's end of turn)")
+            return stripped[len(end) :]
+    raise ValueError(
+        f"the chat template renders {after[:40]!r} after an assistant message, not one of the "
+        f"end-of-turn tokens {list(end_strings)}; rlvr cannot line the template up with the "
+        "sampled tokens (set the tokenizer's/model's eos_token_id to the template's end of turn)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # decoding sessions
 # ---------------------------------------------------------------------------------------------
-def _forward(model: Any, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any,
-             last: torch.Tensor | None = None) -> torch.Tensor:
+def _forward(
+    model: Any, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any, last: torch.Tensor | None = None
+) -> torch.Tensor:
     """Logits float32 [n, V] of the token at index ``last`` [n] of each row (default: the last column)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     key = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
@@ -206,8 +225,8 @@ class KVSession:
         ids = torch.full((n, K), pad_id, dtype=torch.long, device=dev)
         new = torch.zeros((n, K), dtype=self.mask.dtype, device=dev)
         for i, c in enumerate(chunks):
-            ids[i, :len(c)] = torch.tensor(c, dtype=torch.long)
-            new[i, :len(c)] = 1
+            ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+            new[i, : len(c)] = 1
         base = self.mask.sum(1, keepdim=True)
         pos = base + (new.cumsum(1) - 1).clamp(min=0)
         self.mask = torch.cat([self.mask, new], dim=1)
@@ -228,8 +247,8 @@ class ReprefillSession(KVSession):
         ids = torch.full((len(histories), L), pad_id, dtype=torch.long, device=dev)
         mask = torch.zeros((len(histories), L), dtype=self.mask.dtype, device=dev)
         for i, h in enumerate(histories):  # left-padded: the next token is in the last column for every row
-            ids[i, L - len(h):] = torch.tensor(h, dtype=torch.long)
-            mask[i, L - len(h):] = 1
+            ids[i, L - len(h) :] = torch.tensor(h, dtype=torch.long)
+            mask[i, L - len(h) :] = 1
         self.cache = DynamicCache()
         self.mask = mask
         self.logits = _forward(self.model, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), self.cache)
@@ -247,9 +266,19 @@ class EpisodeStats:
     env: float = 0.0
 
 
-def run_episodes(policy: Policy, env: Any, rows: Sequence[dict[str, Any]], num_generations: int,
-                 seeds: Sequence[int], sample: Sampler, max_new_tokens: int, max_prompt_length: int,
-                 greedy: bool = False, session: str = "kv", stats: EpisodeStats | None = None) -> Rollouts:
+def run_episodes(
+    policy: Policy,
+    env: Any,
+    rows: Sequence[dict[str, Any]],
+    num_generations: int,
+    seeds: Sequence[int],
+    sample: Sampler,
+    max_new_tokens: int,
+    max_prompt_length: int,
+    greedy: bool = False,
+    session: str = "kv",
+    stats: EpisodeStats | None = None,
+) -> Rollouts:
     """``len(rows)`` · G episodes, group order (episode b·G + j is row b's j-th); returns their Rollouts.
 
     ``seeds[b]`` seeds row b's group: episode j of it draws from ``Generator(seeds[b] * 1000 + j)`` only, so
@@ -274,17 +303,20 @@ def run_episodes(policy: Policy, env: Any, rows: Sequence[dict[str, Any]], num_g
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     p_ids, p_mask = enc["input_ids"], enc["attention_mask"]
     if p_ids.shape[1] > max_prompt_length:  # cutting it would drop the system prompt (the tools): refuse
-        raise ValueError(f"an episode's first prompt has {p_ids.shape[1]} tokens (tool descriptions included), more "
-                         f"than engine.max_prompt_length={max_prompt_length}: raise engine.max_prompt_length")
+        raise ValueError(
+            f"an episode's first prompt has {p_ids.shape[1]} tokens (tool descriptions included), more "
+            f"than engine.max_prompt_length={max_prompt_length}: raise engine.max_prompt_length"
+        )
     episodes: list[Episode] = []
     for b, row in enumerate(rows):
         for j in range(G):
-            m, s = (starts[b] if j == 0 else (list(starts[b][0]), env.reset(row)[1]))
+            m, s = starts[b] if j == 0 else (list(starts[b][0]), env.reset(row)[1])
             if isinstance(s, dict):
                 s.setdefault("tool_format", fmt)
             episodes.append(Episode(row=row, messages=[dict(x) for x in m], state=s))
-    gens = [torch.Generator(device="cpu").manual_seed(int(seeds[b]) * 1000 + j) for b in range(len(rows))
-            for j in range(G)]
+    gens = [
+        torch.Generator(device="cpu").manual_seed(int(seeds[b]) * 1000 + j) for b in range(len(rows)) for j in range(G)
+    ]
     eos_t = torch.tensor(eos, device=device)
     was_training = model.training
     model.eval()
@@ -297,8 +329,19 @@ def run_episodes(policy: Policy, env: Any, rows: Sequence[dict[str, Any]], num_g
             active = list(range(len(episodes)))
             while active:
                 t1 = time.perf_counter()
-                ended = _decode_turn(sess, episodes, active, gens, sample, greedy, eos_t, pad_id, max_new_tokens,
-                                     max_tokens, lambda t: tok.decode(t, skip_special_tokens=False))
+                ended = _decode_turn(
+                    sess,
+                    episodes,
+                    active,
+                    gens,
+                    sample,
+                    greedy,
+                    eos_t,
+                    pad_id,
+                    max_new_tokens,
+                    max_tokens,
+                    lambda t: tok.decode(t, skip_special_tokens=False),
+                )
                 stats.generation += time.perf_counter() - t1
                 t1 = time.perf_counter()
                 chunks = _env_turn(episodes, ended, env, tok, schemas, end_strings, fmt, max_turns, max_tokens)
@@ -308,8 +351,11 @@ def run_episodes(policy: Policy, env: Any, rows: Sequence[dict[str, Any]], num_g
                     break
                 t1 = time.perf_counter()
                 sess.keep(active)
-                histories = [p_ids[e // G][p_mask[e // G] == 1].tolist() + episodes[e].tokens for e in active] \
-                    if session == "reprefill" else []
+                histories = (
+                    [p_ids[e // G][p_mask[e // G] == 1].tolist() + episodes[e].tokens for e in active]
+                    if session == "reprefill"
+                    else []
+                )
                 sess.extend([chunks[e] for e in active], histories, pad_id)
                 stats.generation += time.perf_counter() - t1
     finally:
@@ -318,9 +364,19 @@ def run_episodes(policy: Policy, env: Any, rows: Sequence[dict[str, Any]], num_g
     return _to_rollouts(episodes, p_ids, p_mask, prompts, G, pad_id, tok)
 
 
-def _decode_turn(sess: KVSession, episodes: list[Episode], active: list[int], gens: Sequence[torch.Generator],
-                 sample: Sampler, greedy: bool, eos: torch.Tensor, pad_id: int, max_new_tokens: int,
-                 max_tokens: int, sess_decode: Callable[[list[int]], str]) -> list[int]:
+def _decode_turn(
+    sess: KVSession,
+    episodes: list[Episode],
+    active: list[int],
+    gens: Sequence[torch.Generator],
+    sample: Sampler,
+    greedy: bool,
+    eos: torch.Tensor,
+    pad_id: int,
+    max_new_tokens: int,
+    max_tokens: int,
+    sess_decode: Callable[[list[int]], str],
+) -> list[int]:
     """Sample one assistant turn for every active episode (rows of ``sess`` = ``active``, in order). Returns the
     episodes whose turn ended with an end-of-turn token; the others are stopped (truncated) here."""
     n = len(active)
@@ -330,7 +386,7 @@ def _decode_turn(sess: KVSession, episodes: list[Episode], active: list[int], ge
     finished = [False] * n
     eos_set = set(eos.tolist())
     logits = sess.logits
-    for t in range(max(budget + [0])):
+    for _t in range(max(budget + [0])):
         rows = running.nonzero().squeeze(-1)
         if rows.numel() == 0:
             break
@@ -363,14 +419,22 @@ def _decode_turn(sess: KVSession, episodes: list[Episode], active: list[int], ge
             ep.stop = "max_new_tokens" if budget[i] >= max_new_tokens else "max_tokens"
             ep.truncated = True
             if count[i] > 0:  # kept for logs and reports; rewards see stop != env_done
-                text = sess_decode(ep.tokens[len(ep.tokens) - count[i]:])
+                text = sess_decode(ep.tokens[len(ep.tokens) - count[i] :])
                 ep.messages.append({"role": "assistant", "content": text, "truncated": True})
     return out
 
 
-def _env_turn(episodes: list[Episode], ended: list[int], env: Any, tok: Any,
-              schemas: list[dict[str, Any]] | None, end_strings: Sequence[str], fmt: str, max_turns: int,
-              max_tokens: int) -> dict[int, list[int]]:
+def _env_turn(
+    episodes: list[Episode],
+    ended: list[int],
+    env: Any,
+    tok: Any,
+    schemas: list[dict[str, Any]] | None,
+    end_strings: Sequence[str],
+    fmt: str,
+    max_turns: int,
+    max_tokens: int,
+) -> dict[int, list[int]]:
     """The environment answers every episode whose turn ended; returns the tokens to feed each continuing
     episode: its end-of-turn token (sampled, not yet in the KV cache) followed by the inserted env tokens."""
     chunks: dict[int, list[int]] = {}
@@ -387,8 +451,9 @@ def _env_turn(episodes: list[Episode], ended: list[int], env: Any, tok: Any,
         if ep.turns >= max_turns:
             ep.stop, ep.truncated = "max_turns", True
             continue
-        ins = tok(inserted_text(tok, ep.messages, list(new), schemas, end_strings),
-                  add_special_tokens=False)["input_ids"]
+        ins = tok(inserted_text(tok, ep.messages, list(new), schemas, end_strings), add_special_tokens=False)[
+            "input_ids"
+        ]
         if len(ep.tokens) + len(ins) >= max_tokens:  # no room for the env's answer and a reply
             ep.stop, ep.truncated = "max_tokens", True
             continue
@@ -410,8 +475,15 @@ def _turn_length(ep: Episode) -> int:
     return n
 
 
-def _to_rollouts(episodes: list[Episode], p_ids: torch.Tensor, p_mask: torch.Tensor, prompts: list[str], G: int,
-                 pad_id: int, tok: Any) -> Rollouts:
+def _to_rollouts(
+    episodes: list[Episode],
+    p_ids: torch.Tensor,
+    p_mask: torch.Tensor,
+    prompts: list[str],
+    G: int,
+    pad_id: int,
+    tok: Any,
+) -> Rollouts:
     N = len(episodes)
     T = max(1, max(len(ep.tokens) for ep in episodes))
     ids = torch.full((N, T), pad_id, dtype=torch.long)
@@ -426,12 +498,20 @@ def _to_rollouts(episodes: list[Episode], p_ids: torch.Tensor, p_mask: torch.Ten
         logps[i, :k] = torch.tensor(ep.logps, dtype=torch.float32)
     texts = [tok.decode(ep.tokens, skip_special_tokens=False) for ep in episodes]
     B = p_ids.shape[0]
-    return Rollouts(prompt_ids=p_ids.repeat_interleave(G, dim=0), prompt_mask=p_mask.repeat_interleave(G, dim=0),
-                    completion_ids=ids, completion_mask=mask, truncated=torch.tensor([ep.truncated for ep in episodes]),
-                    group=torch.arange(B).repeat_interleave(G), sampling_logps=logps,
-                    prompts=[p for p in prompts for _ in range(G)], completions=texts,
-                    rows=[ep.row for ep in episodes], attention_mask=attn,
-                    episodes=[ep.summary() for ep in episodes])
+    return Rollouts(
+        prompt_ids=p_ids.repeat_interleave(G, dim=0),
+        prompt_mask=p_mask.repeat_interleave(G, dim=0),
+        completion_ids=ids,
+        completion_mask=mask,
+        truncated=torch.tensor([ep.truncated for ep in episodes]),
+        group=torch.arange(B).repeat_interleave(G),
+        sampling_logps=logps,
+        prompts=[p for p in prompts for _ in range(G)],
+        completions=texts,
+        rows=[ep.row for ep in episodes],
+        attention_mask=attn,
+        episodes=[ep.summary() for ep in episodes],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,8 +530,10 @@ def build_env(cfg: Any, engine: Any) -> Any:
         raise ValueError("config node 'env' has no 'name'; pick an environment with env=<name> (see `rlvr plugins`)")
     env = registry.create("env", str(name), **plugin_params(node))
     if not callable(getattr(engine, "generate_episodes", None)):
-        raise ValueError(f"env={name} needs an engine that runs multi-turn episodes (generate_episodes); "
-                         f"{type(engine).__name__} does not: use engine=hf")
+        raise ValueError(
+            f"env={name} needs an engine that runs multi-turn episodes (generate_episodes); "
+            f"{type(engine).__name__} does not: use engine=hf"
+        )
     return env
 
 
@@ -471,24 +553,29 @@ def episode_metrics(rollouts: Rollouts, correct: Sequence[bool] | None = None, p
     calls = sum(e["tool_calls"] for e in eps)
     errors = sum(e["tool_errors"] for e in eps)
     used = sum(any(i.get("tool_calls", 0) > i.get("tool_errors", 0) for i in e["infos"]) for e in eps)
-    out = {f"{prefix}turns/mean": sum(e["turns"] for e in eps) / n, f"{prefix}tool_calls/mean": calls / n,
-           f"{prefix}tool_error_rate": errors / calls if calls else 0.0, f"{prefix}tool_use_rate": used / n,
-           f"{prefix}episode_truncated": sum(bool(e["truncated"]) for e in eps) / n,
-           f"{prefix}tool_seconds": sum(e["tool_seconds"] for e in eps)}
+    out = {
+        f"{prefix}turns/mean": sum(e["turns"] for e in eps) / n,
+        f"{prefix}tool_calls/mean": calls / n,
+        f"{prefix}tool_error_rate": errors / calls if calls else 0.0,
+        f"{prefix}tool_use_rate": used / n,
+        f"{prefix}episode_truncated": sum(bool(e["truncated"]) for e in eps) / n,
+        f"{prefix}tool_seconds": sum(e["tool_seconds"] for e in eps),
+    }
     if correct is not None:
         out[f"{prefix}accuracy"] = sum(bool(c) for c in correct) / n
     return out
 
 
-def evaluate_env(policy: Policy, task: Any, env: Any, engine: Any, limit: int = 0, batch_prompts: int = 16,
-                 seed: int = 0) -> dict[str, float]:
+def evaluate_env(
+    policy: Policy, task: Any, env: Any, engine: Any, limit: int = 0, batch_prompts: int = 16, seed: int = 0
+) -> dict[str, float]:
     """Greedy episodes on ``task.eval_rows``: ``eval/accuracy`` (the final answer, checked by the task's
     ``is_correct``; 0 for an episode a limit cut), ``eval/tool_use_rate``, ``eval/tool_error_rate``,
     ``eval/turns/mean`` ... (see :func:`episode_metrics`) and ``eval/greedy_accuracy`` (= accuracy)."""
     rows = task.eval_rows[:limit] if limit else task.eval_rows
     sums: dict[str, float] = {}
     for start in range(0, len(rows), batch_prompts):
-        chunk = rows[start:start + batch_prompts]
+        chunk = rows[start : start + batch_prompts]
         seeds = [seed * 1_000_003 + start + i for i in range(len(chunk))]
         ro = engine.generate_episodes(policy, env, chunk, 1, seeds, greedy=True)
         ok = [(fa := final_answer(e)) is not None and task.is_correct(fa, r) for e, r in zip(ro.episodes, chunk)]
@@ -509,12 +596,15 @@ class ScriptedSampler:
     Log-probs returned are the model's, so the Rollouts' ``sampling_logps`` are real."""
 
     def __init__(self, tokenizer: Any, turns: Sequence[Sequence[str]], num_generations: int, end_id: int) -> None:
-        self.queues = [[t for turn in ep for t in tokenizer(turn, add_special_tokens=False)["input_ids"] + [end_id]]
-                       for ep in turns]
+        self.queues = [
+            [t for turn in ep for t in tokenizer(turn, add_special_tokens=False)["input_ids"] + [end_id]]
+            for ep in turns
+        ]
         self.G, self.end_id = num_generations, end_id
 
-    def __call__(self, logits: torch.Tensor, gens: Sequence[torch.Generator], greedy: bool
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, logits: torch.Tensor, gens: Sequence[torch.Generator], greedy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         out = []
         for g in gens:
             s = g.initial_seed()
@@ -524,8 +614,14 @@ class ScriptedSampler:
         return tokens, logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
 
 
-def demonstrations(policy: Policy, env: Any, rows: Sequence[dict[str, Any]], turns: Sequence[Sequence[str]],
-                   max_new_tokens: int = 256, max_prompt_length: int = 4096) -> Rollouts:
+def demonstrations(
+    policy: Policy,
+    env: Any,
+    rows: Sequence[dict[str, Any]],
+    turns: Sequence[Sequence[str]],
+    max_new_tokens: int = 256,
+    max_prompt_length: int = 4096,
+) -> Rollouts:
     """Episodes in which the assistant says ``turns[i]`` for ``rows[i]`` (the env answering for real): the exact
     tokens and masks an episode holds, for SFT priming (loss on ``completion_mask`` tokens)."""
     end = eos_token_ids(policy)

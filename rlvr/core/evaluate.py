@@ -14,6 +14,7 @@ statistics are pure functions of the per-prompt verdicts:
   percentile bootstrap over prompts (2,000 resamples, seeded) for sampled pass@1, because the samples
   of one prompt are not independent.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,8 +68,9 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def bootstrap_interval(values: Sequence[float], resamples: int = 2000, level: float = 0.95,
-                       seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(
+    values: Sequence[float], resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (one value per prompt), seeded."""
     if not values:
         return 0.0, 1.0
@@ -91,8 +93,12 @@ def k_values(n: int) -> list[int]:
     return ks
 
 
-def summarise(greedy: Sequence[bool], sampled: Sequence[Sequence[bool]],
-              sampled_keys: Sequence[Sequence[Optional[str]]], seed: int = 0) -> dict[str, float]:
+def summarise(
+    greedy: Sequence[bool],
+    sampled: Sequence[Sequence[bool]],
+    sampled_keys: Sequence[Sequence[Optional[str]]],
+    seed: int = 0,
+) -> dict[str, float]:
     """Metrics from per-prompt verdicts: ``greedy[p]``; ``sampled[p][j]`` and ``sampled_keys[p][j]`` for
     the j-th sample of prompt p (every prompt has the same number of samples, possibly 0)."""
     n_prompts = len(greedy)
@@ -113,14 +119,23 @@ def summarise(greedy: Sequence[bool], sampled: Sequence[Sequence[bool]],
     out["eval/num_samples"] = float(n)
     for k in k_values(n):
         out[f"eval/pass@{k}"] = sum(pass_at_k(n, sum(map(bool, s)), k) for s in sampled) / n_prompts
-        out[f"eval/maj@{k}"] = sum(majority_correct(keys[:k], s[:k])
-                                   for keys, s in zip(sampled_keys, sampled)) / n_prompts
+        out[f"eval/maj@{k}"] = (
+            sum(majority_correct(keys[:k], s[:k]) for keys, s in zip(sampled_keys, sampled)) / n_prompts
+        )
     return out
 
 
-def evaluate(policy: Policy, task: Task, engine: Any, num_samples: int = 4, batch_prompts: int = 16,
-             limit: int = 0, seed: int = 0, check: Optional[Callable[..., list[bool]]] = None,
-             records: Optional[list[dict[str, Any]]] = None) -> dict[str, float]:
+def evaluate(
+    policy: Policy,
+    task: Task,
+    engine: Any,
+    num_samples: int = 4,
+    batch_prompts: int = 16,
+    limit: int = 0,
+    seed: int = 0,
+    check: Optional[Callable[..., list[bool]]] = None,
+    records: Optional[list[dict[str, Any]]] = None,
+) -> dict[str, float]:
     """Accuracy of ``policy`` on ``task.eval_rows`` (the first ``limit`` when > 0).
 
     Returns ``eval/greedy_accuracy`` (+ ``_ci_low`` / ``_ci_high``), ``eval/num_prompts`` and, when
@@ -144,14 +159,25 @@ def evaluate(policy: Policy, task: Task, engine: Any, num_samples: int = 4, batc
     sampled_ok: list[list[bool]] = []
     sampled_keys: list[list[Optional[str]]] = []
 
-    def record(kind: str, p: int, j: int, prompt: str, completion: str, row: dict, ok: bool,
-               answer: Optional[str]) -> None:
+    def record(
+        kind: str, p: int, j: int, prompt: str, completion: str, row: dict, ok: bool, answer: Optional[str]
+    ) -> None:
         if records is not None:
-            records.append({"prompt_index": p, "kind": kind, "sample": j, "prompt": prompt, "completion": completion,
-                            "answer": answer, "reference": row.get(answer_col), "correct": ok})
+            records.append(
+                {
+                    "prompt_index": p,
+                    "kind": kind,
+                    "sample": j,
+                    "prompt": prompt,
+                    "completion": completion,
+                    "answer": answer,
+                    "reference": row.get(answer_col),
+                    "correct": ok,
+                }
+            )
 
     for start in range(0, len(rows), batch_prompts):
-        chunk = rows[start:start + batch_prompts]
+        chunk = rows[start : start + batch_prompts]
         prompts = [task.render(r, policy.tokenizer) for r in chunk]
         seeds = [seed * 1_000_003 + start + i for i in range(len(chunk))]
         greedy = engine.generate(policy, prompts, 1, seeds, greedy=True)
@@ -165,8 +191,8 @@ def evaluate(policy: Policy, task: Task, engine: Any, num_samples: int = 4, batc
             rep_prompts = [p for p in prompts for _ in range(num_samples)]
             verdicts = check(sampled.completions, rep_rows, rep_prompts)
             for i in range(len(chunk)):
-                comps = sampled.completions[i * num_samples:(i + 1) * num_samples]
-                oks = verdicts[i * num_samples:(i + 1) * num_samples]
+                comps = sampled.completions[i * num_samples : (i + 1) * num_samples]
+                oks = verdicts[i * num_samples : (i + 1) * num_samples]
                 extracted = [final(c) for c in comps]
                 sampled_ok.append(list(oks))
                 sampled_keys.append([answer_key(a) for a in extracted])

@@ -12,6 +12,7 @@ import glob
 import os
 from pathlib import Path
 from typing import Any, Iterator, Optional
+
 from rlvr.core.errors import DataError, MissingDependencyError, PathNotFoundError
 
 INSTALL_HINT = "pip install 'rlvr[datasets]' (or pip install datasets)"

@@ -4,6 +4,7 @@ A plugin module implements any of these hooks with ``@rlvr.hookimpl`` and return
 :class:`rlvr.core.registry.PluginSpec`. Modules are found through the ``rlvr`` entry-point group
 (``[project.entry-points.rlvr]`` in a pyproject.toml); rlvr's built-ins are declared the same way.
 """
+
 from __future__ import annotations
 
 import pluggy

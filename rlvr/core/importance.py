@@ -14,6 +14,7 @@ efficient RL framework secretly brings you off-policy RL training"; TRL's
 current ones: no extra forward pass). ``w`` is a constant (no gradient) that multiplies the
 per-token loss; :func:`scale_gradient` applies it to any loss plugin without changing its code.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,8 +64,9 @@ def validate(cfg: ImportanceSamplingConfig) -> None:
 
 
 @torch.no_grad()
-def importance_weights(old_logps: Tensor, sampling_logps: Tensor, mask: Tensor,
-                       cfg: ImportanceSamplingConfig) -> Tensor:
+def importance_weights(
+    old_logps: Tensor, sampling_logps: Tensor, mask: Tensor, cfg: ImportanceSamplingConfig
+) -> Tensor:
     """The detached per-token loss weights ``w`` ([N, T]; zeros on padding).
 
     Args:
@@ -105,5 +107,9 @@ def importance_metrics(weights: Tensor, mask: Tensor) -> dict[str, float]:
     sel = weights[mask != 0]
     if sel.numel() == 0:
         return {}
-    return {"importance_sampling/mean": float(sel.mean()), "importance_sampling/min": float(sel.min()),
-            "importance_sampling/max": float(sel.max()), "importance_sampling/masked": float((sel == 0).float().mean())}
+    return {
+        "importance_sampling/mean": float(sel.mean()),
+        "importance_sampling/min": float(sel.min()),
+        "importance_sampling/max": float(sel.max()),
+        "importance_sampling/masked": float((sel == 0).float().mean()),
+    }

@@ -34,6 +34,7 @@ Metrics (N completions in groups of G, ``total_i = Σ_j w_j R_ij`` with None cou
   ``duplicate_reports``): results that failed closed, which the monitor warns on.
 - ``audit/check/<v>/errors``: 1 when the check raised this step (the monitor never stops training).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
+
 from rlvr.core.errors import ConfigError
 
 PREFIX = "audit/"
@@ -94,16 +96,15 @@ def _mean(values: Sequence[float]) -> float:
 def duplicate_fraction(completions: Sequence[str], group_size: int) -> float:
     """Σ_groups (G − distinct completions of the group) / N; completions compared after ``strip()``."""
     n = len(completions)
-    dups = sum(group_size - len({c.strip() for c in completions[g:g + group_size]})
-               for g in range(0, n, group_size))
+    dups = sum(group_size - len({c.strip() for c in completions[g : g + group_size]}) for g in range(0, n, group_size))
     return dups / n if n else 0.0
 
 
 def within_group_corr(x: Sequence[float], y: Sequence[float], group_size: int) -> Optional[float]:
     """Pearson correlation of x and y after subtracting each group's mean from both; None without variance."""
-    dx, dy = [], []
+    dx, dy = [], []  # type: ignore[var-annotated]
     for g in range(0, len(x), group_size):
-        xs, ys = x[g:g + group_size], y[g:g + group_size]
+        xs, ys = x[g : g + group_size], y[g : g + group_size]
         mx, my = _mean(xs), _mean(ys)
         dx.extend(v - mx for v in xs)
         dy.extend(v - my for v in ys)
@@ -113,8 +114,9 @@ def within_group_corr(x: Sequence[float], y: Sequence[float], group_size: int) -
     return sum(a * b for a, b in zip(dx, dy)) / math.sqrt(sxx * syy)
 
 
-def run_check(check: Check, completions: list[str], prompts: list[str],
-              columns: dict[str, list[Any]]) -> list[Optional[bool]]:
+def run_check(
+    check: Check, completions: list[str], prompts: list[str], columns: dict[str, list[Any]]
+) -> list[Optional[bool]]:
     """A check's verdicts as a list of bool/None (awaited when the check is ``async``)."""
     from rlvr.core.rewards import _run_coroutine, is_async
 
@@ -127,11 +129,18 @@ def run_check(check: Check, completions: list[str], prompts: list[str],
     return [None if v is None else bool(v) for v in out]
 
 
-def audit_metrics(completions: Sequence[str], table: torch.Tensor, reward_names: Sequence[str],
-                  weights: Sequence[float], group_size: int, rows: Sequence[Mapping[str, Any]],
-                  checks: Optional[Mapping[str, Check]] = None, prompts: Optional[Sequence[str]] = None,
-                  format_rewards: Optional[Sequence[str]] = None,
-                  reward_metrics: Optional[Mapping[str, Mapping[str, Any]]] = None) -> dict[str, float]:
+def audit_metrics(
+    completions: Sequence[str],
+    table: torch.Tensor,
+    reward_names: Sequence[str],
+    weights: Sequence[float],
+    group_size: int,
+    rows: Sequence[Mapping[str, Any]],
+    checks: Optional[Mapping[str, Check]] = None,
+    prompts: Optional[Sequence[str]] = None,
+    format_rewards: Optional[Sequence[str]] = None,
+    reward_metrics: Optional[Mapping[str, Mapping[str, Any]]] = None,
+) -> dict[str, float]:
     """One step's reward-hacking signals (see the module docstring for each metric's formula).
 
     completions: N strings in group order (rows g·G … g·G+G−1 share a prompt); table: float [N, k]
@@ -143,8 +152,10 @@ def audit_metrics(completions: Sequence[str], table: torch.Tensor, reward_names:
     """
     n, k = len(completions), len(reward_names)
     if table.shape != (n, k) or len(weights) != k:
-        raise ValueError(f"audit_metrics: table {tuple(table.shape)} does not match {n} completions × {k} rewards "
-                         f"({len(weights)} weights)")
+        raise ValueError(
+            f"audit_metrics: table {tuple(table.shape)} does not match {n} completions × {k} rewards "
+            f"({len(weights)} weights)"
+        )
     if n % group_size:
         raise ValueError(f"audit_metrics: {n} completions are not whole groups of {group_size}")
     filled = torch.nan_to_num(table.double(), nan=0.0)
@@ -160,8 +171,10 @@ def audit_metrics(completions: Sequence[str], table: torch.Tensor, reward_names:
         if corr is not None:
             out[f"{PREFIX}length_reward_corr"] = corr
 
-    is_format = [(name in format_rewards) if format_rewards is not None else bool(FORMAT_NAME.search(name))
-                 for name in reward_names]
+    is_format = [
+        (name in format_rewards) if format_rewards is not None else bool(FORMAT_NAME.search(name))
+        for name in reward_names
+    ]
     if any(is_format) and n:
         fmt = filled[:, [j for j in range(k) if is_format[j]]] @ w[[j for j in range(k) if is_format[j]]]
         out[f"{PREFIX}format_reward/mean"] = float(fmt.mean())
@@ -177,8 +190,12 @@ def audit_metrics(completions: Sequence[str], table: torch.Tensor, reward_names:
         try:
             verdicts = run_check(check, list(completions), prompt_list, columns)
         except Exception as exc:  # noqa: BLE001 - a broken check must not stop training
-            warnings.warn(f"audit check {name!r} raised {type(exc).__name__}: {exc}; its audit metrics are "
-                          "skipped this step (fix it or drop it from trainer.audit_verifiers)", RuntimeWarning)
+            warnings.warn(
+                f"audit check {name!r} raised {type(exc).__name__}: {exc}; its audit metrics are "
+                "skipped this step (fix it or drop it from trainer.audit_verifiers)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             out[key + "errors"] = 1.0
             continue
         judged = [i for i, v in enumerate(verdicts) if v is not None]
@@ -231,20 +248,33 @@ def crossed(metrics: Mapping[str, float], thresholds: Thresholds) -> list[str]:
     for key, value in sorted(metrics.items()):
         if not key.startswith(PREFIX):
             continue
-        if key.endswith("/fail_paid_as_pass_frac") and thresholds.fail_paid_as_pass > 0 \
-                and value > thresholds.fail_paid_as_pass:
-            check = key[len(PREFIX + "check/"):-len("/fail_paid_as_pass_frac")]
-            lines.append(f"{value:.0%} of completions fail the check {check!r} but are paid like passing ones "
-                         f"(> {thresholds.fail_paid_as_pass:.0%})")
+        if (
+            key.endswith("/fail_paid_as_pass_frac")
+            and thresholds.fail_paid_as_pass > 0
+            and value > thresholds.fail_paid_as_pass
+        ):
+            check = key[len(PREFIX + "check/") : -len("/fail_paid_as_pass_frac")]
+            lines.append(
+                f"{value:.0%} of completions fail the check {check!r} but are paid like passing ones "
+                f"(> {thresholds.fail_paid_as_pass:.0%})"
+            )
         elif key == f"{PREFIX}duplicate_frac" and thresholds.duplicates > 0 and value > thresholds.duplicates:
-            lines.append(f"{value:.0%} of completions duplicate another in their group "
-                         f"(> {thresholds.duplicates:.0%})")
+            lines.append(
+                f"{value:.0%} of completions duplicate another in their group (> {thresholds.duplicates:.0%})"
+            )
         elif key == f"{PREFIX}length_reward_corr" and thresholds.length_corr > 0 and value > thresholds.length_corr:
-            lines.append(f"reward follows completion length (within-group correlation {value:.2f} > "
-                         f"{thresholds.length_corr:.2f})")
-        elif ("/fail_closed" in key or key.endswith("fail_closed")) and thresholds.fail_closed >= 0 \
-                and value > thresholds.fail_closed:
-            lines.append(f"{key[len(PREFIX):]} = {value:g}: results that failed closed (> {thresholds.fail_closed:g})")
+            lines.append(
+                f"reward follows completion length (within-group correlation {value:.2f} > "
+                f"{thresholds.length_corr:.2f})"
+            )
+        elif (
+            ("/fail_closed" in key or key.endswith("fail_closed"))
+            and thresholds.fail_closed >= 0
+            and value > thresholds.fail_closed
+        ):
+            lines.append(
+                f"{key[len(PREFIX) :]} = {value:g}: results that failed closed (> {thresholds.fail_closed:g})"
+            )
     return lines
 
 
@@ -278,24 +308,35 @@ def resolve_checks(names: Optional[Sequence[str]], answer_column: Optional[str])
             entry = registry.registry().entries(kind).get(name)
             if entry is None:
                 continue
-            fields = {f.name for f in dataclasses.fields(entry.spec.config)} if dataclasses.is_dataclass(
-                entry.spec.config) else set()
+            fields = (
+                {f.name for f in dataclasses.fields(entry.spec.config)}
+                if dataclasses.is_dataclass(entry.spec.config)
+                else set()
+            )
             params = {"answer_column": answer_column} if answer_column and "answer_column" in fields else {}
             fn = registry.create(kind, name, **params)
             out[name] = fn if kind == "verifier" else _as_check(fn)
             break
         if name not in out:
             known = sorted(set(registry.names("verifier")) | set(registry.names("reward")))
-            raise ConfigError(f"trainer.audit_verifiers: {name!r} is neither a verifier nor a reward plugin; "
-                             f"choose from {', '.join(known)} (or [] to turn the checks off)")
+            raise ConfigError(
+                f"trainer.audit_verifiers: {name!r} is neither a verifier nor a reward plugin; "
+                f"choose from {', '.join(known)} (or [] to turn the checks off)"
+            )
     return out
 
 
 class Monitor:
     """The trainer's monitor: resolved checks + thresholds; call it once per step after scoring."""
 
-    def __init__(self, checks: Mapping[str, Check], group_size: int, thresholds: Thresholds,
-                 format_rewards: Optional[Sequence[str]] = None, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        checks: Mapping[str, Check],
+        group_size: int,
+        thresholds: Thresholds,
+        format_rewards: Optional[Sequence[str]] = None,
+        enabled: bool = True,
+    ) -> None:
         self.checks, self.group_size, self.thresholds = dict(checks), group_size, thresholds
         self.format_rewards = list(format_rewards) if format_rewards is not None else None
         self.enabled = enabled
@@ -305,13 +346,22 @@ class Monitor:
         """From a TrainerConfig (``trainer.audit*`` fields)."""
         enabled = bool(getattr(tc, "audit", True))
         checks = resolve_checks(getattr(tc, "audit_verifiers", None), answer_column) if enabled else {}
-        thresholds = Thresholds(tc.audit_warn_fail_paid, tc.audit_warn_duplicates, tc.audit_warn_length_corr,
-                                tc.audit_warn_fail_closed)
+        thresholds = Thresholds(
+            tc.audit_warn_fail_paid, tc.audit_warn_duplicates, tc.audit_warn_length_corr, tc.audit_warn_fail_closed
+        )
         return cls(checks, tc.num_generations, thresholds, getattr(tc, "audit_format_rewards", None), enabled)
 
-    def __call__(self, step: int, completions: Sequence[str], table: torch.Tensor, rewards: Sequence[Any],
-                 rows: Sequence[Mapping[str, Any]], prompts: Optional[Sequence[str]] = None,
-                 gather: Optional[Callable[[Any], list]] = None, warn: bool = True) -> dict[str, float]:
+    def __call__(
+        self,
+        step: int,
+        completions: Sequence[str],
+        table: torch.Tensor,
+        rewards: Sequence[Any],
+        rows: Sequence[Mapping[str, Any]],
+        prompts: Optional[Sequence[str]] = None,
+        gather: Optional[Callable[[Any], list]] = None,
+        warn: bool = True,
+    ) -> dict[str, float]:
         """``rewards``: the run's RewardFn list (name, fn, weight). Returns the ``audit/`` metrics and warns
         once (one line per crossed signal) when any crosses its threshold. ``gather`` (``Dist.gather`` under
         torchrun; call on every rank) joins every rank's share first, so the metrics are the whole batch's
@@ -321,8 +371,15 @@ class Monitor:
         extra = {r.name: c for r in rewards if (c := reward_counters(r.fn))}
         prompts = list(prompts) if prompts is not None else [""] * len(completions)
         if gather is not None:
-            parts = gather({"completions": list(completions), "table": table, "rows": [dict(r) for r in rows],
-                            "prompts": prompts, "extra": extra})
+            parts = gather(
+                {
+                    "completions": list(completions),
+                    "table": table,
+                    "rows": [dict(r) for r in rows],
+                    "prompts": prompts,
+                    "extra": extra,
+                }
+            )
             if len(parts) > 1:
                 completions = [c for p in parts for c in p["completions"]]
                 table = torch.cat([p["table"] for p in parts])
@@ -335,10 +392,25 @@ class Monitor:
                         for key, value in counters.items():
                             if isinstance(value, (int, float)) and not isinstance(value, bool):
                                 merged[key] = merged.get(key, 0.0) + float(value)
-        metrics = audit_metrics(completions, table, [r.name for r in rewards], [r.weight for r in rewards],
-                                self.group_size, rows, self.checks, prompts, self.format_rewards, extra)
+        metrics = audit_metrics(
+            completions,
+            table,
+            [r.name for r in rewards],
+            [r.weight for r in rewards],
+            self.group_size,
+            rows,
+            self.checks,
+            prompts,
+            self.format_rewards,
+            extra,
+        )
         lines = crossed(metrics, self.thresholds)
         if lines and warn:
-            warnings.warn(f"step {step}: possible reward hacking: " + "; ".join(lines)
-                          + " (see docs/reward-hacking.md; thresholds: trainer.audit_warn_*)", RuntimeWarning)
+            warnings.warn(
+                f"step {step}: possible reward hacking: "
+                + "; ".join(lines)
+                + " (see docs/reward-hacking.md; thresholds: trainer.audit_warn_*)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return metrics

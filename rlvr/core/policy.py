@@ -1,4 +1,5 @@
 """The trainable policy: a transformers causal LM, its tokenizer, and LoRA when asked for."""
+
 from __future__ import annotations
 
 import contextlib
@@ -10,8 +11,14 @@ import torch
 
 from rlvr.core.errors import ConfigError
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass
@@ -23,8 +30,9 @@ class ModelConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
-    lora_target_modules: List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                    "gate_proj", "up_proj", "down_proj"])
+    lora_target_modules: List[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
     load_in_4bit: bool = False  # QLoRA: NF4 base weights through bitsandbytes (implies lora)
     max_seq_length: int = 2048
 
@@ -103,10 +111,20 @@ def finish_policy(model: Any, tokenizer: Any, cfg: ModelConfig, name: str) -> Po
         present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
         targets = [t for t in cfg.lora_target_modules if t in present]
         if not targets:
-            raise ConfigError(f"model.lora_target_modules={list(cfg.lora_target_modules)} matches no module of "
-                              f"{name}; its linear layers are named: {sorted(present)[:40]}")
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                                 target_modules=targets, task_type="CAUSAL_LM"))
+            raise ConfigError(
+                f"model.lora_target_modules={list(cfg.lora_target_modules)} matches no module of "
+                f"{name}; its linear layers are named: {sorted(present)[:40]}"
+            )
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=targets,
+                task_type="CAUSAL_LM",
+            ),
+        )
     return Policy(model=model, tokenizer=tokenizer, name=name, is_lora=is_lora)
 
 
@@ -125,8 +143,9 @@ def eos_token_ids(policy: Policy) -> list[int]:
     return sorted(ids)
 
 
-def save_policy(policy: Policy, path: str, merged: bool = False,
-                state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
+def save_policy(
+    policy: Policy, path: str, merged: bool = False, state_dict: Optional[dict[str, torch.Tensor]] = None
+) -> None:
     """Save weights + tokenizer loadable by plain transformers (or peft for an adapter).
 
     With LoRA: the adapter alone by default (``PeftModel.from_pretrained(base, path)``), or merged into
@@ -185,7 +204,7 @@ def merged_model(model: Any) -> Any:
                 tensor = tensor.float()
                 for name in mod.active_adapters:
                     if name in mod.lora_A:
-                        tensor = tensor + mod.get_delta_weight(name).float()
+                        tensor = tensor + mod.get_delta_weight(name).float()  # type: ignore[attr-defined]
         else:
             tensor = _dense(getattr(mod, attr))
         state[key] = tensor.to(dtype)
@@ -212,8 +231,9 @@ def load_for_eval(cfg: Any, checkpoint: str = "") -> Policy:
         return registry.create("model", cfg.model.name, **params)
     path = Path(checkpoint).expanduser()
     if not path.is_dir():
-        raise PathNotFoundError(f"checkpoint={checkpoint!r}: no such directory (expected e.g. "
-                                "outputs/<date>/<time>/final)")
+        raise PathNotFoundError(
+            f"checkpoint={checkpoint!r}: no such directory (expected e.g. outputs/<date>/<time>/final)"
+        )
     if (path / "adapter_config.json").is_file():
         from peft import PeftModel
 

@@ -2,6 +2,7 @@
 
 ``rlvr report`` shows them per run and compares them across a sweep.
 """
+
 from __future__ import annotations
 
 import resource

@@ -6,6 +6,7 @@ holds every task column (``answer``, ``tests``, ...) as a list aligned with ``co
 ``list[bool | None]``; :func:`verifier_as_reward` turns it into a reward with ``pass_score`` /
 ``fail_score``. ``async def`` rewards are awaited concurrently.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -58,13 +59,16 @@ class RewardFn:
             raise ConfigError(f"reward {self.name!r}: weight must be finite, got {self.weight}")
 
 
-def verifier_as_reward(verify: Callable[..., Any], pass_score: float = 1.0, fail_score: float = 0.0) -> Callable[..., Any]:
+def verifier_as_reward(
+    verify: Callable[..., Any], pass_score: float = 1.0, fail_score: float = 0.0
+) -> Callable[..., Any]:
     """Wrap a verifier (``-> list[bool | None]``) as a reward (``-> list[float | None]``)."""
 
     def as_scores(verdicts: Sequence[bool | None]) -> list[float | None]:
         return [None if v is None else (pass_score if v else fail_score) for v in verdicts]
 
     if inspect.iscoroutinefunction(verify):
+
         async def reward_async(completions: list[str], **kwargs: Any) -> list[float | None]:
             return as_scores(await verify(completions, **kwargs))
 
@@ -76,23 +80,30 @@ def verifier_as_reward(verify: Callable[..., Any], pass_score: float = 1.0, fail
     return reward
 
 
-def _on_failure(reward: RewardFn, exc: BaseException, completions: list[str], prompts: list[str],
-                columns: dict[str, list[Any]]) -> list[float | None]:
+def _on_failure(
+    reward: RewardFn, exc: BaseException, completions: list[str], prompts: list[str], columns: dict[str, list[Any]]
+) -> list[float | None]:
     """A reward raised: stop with the plugin, row and completion named, or (on_error zero/none) warn and
     score the whole batch 0 / None."""
     if reward.on_error == "raise":
-        raise RewardError(f"reward {reward.name!r} raised {type(exc).__name__}: {exc}."
-                          f"{_first_failing(reward, completions, prompts, columns)} Fix the reward, or set "
-                          f"reward.{reward.name}.on_error=zero (or none) to score such completions and go on.") from exc
+        raise RewardError(
+            f"reward {reward.name!r} raised {type(exc).__name__}: {exc}."
+            f"{_first_failing(reward, completions, prompts, columns)} Fix the reward, or set "
+            f"reward.{reward.name}.on_error=zero (or none) to score such completions and go on."
+        ) from exc
     fallback = 0.0 if reward.on_error == "zero" else None
-    warnings.warn(f"reward {reward.name!r} raised {type(exc).__name__}: {exc}; scoring the batch {fallback} "
-                  f"(on_error={reward.on_error})", RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"reward {reward.name!r} raised {type(exc).__name__}: {exc}; scoring the batch {fallback} "
+        f"(on_error={reward.on_error})",
+        RuntimeWarning,
+        stacklevel=3,
+    )
     return [fallback] * len(completions)
 
 
 def is_async(fn: Callable[..., Any]) -> bool:
     """True for ``async def`` functions and objects with an ``async def __call__``."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    return inspect.iscoroutinefunction(fn) or (callable(fn) and inspect.iscoroutinefunction(type(fn).__call__))
 
 
 def _run_coroutine(coro: Any) -> Any:
@@ -126,31 +137,42 @@ def _first_failing(reward: RewardFn, completions: list[str], prompts: list[str],
 
 def _check(reward: RewardFn, values: Any, n: int) -> list[float | None]:
     if not isinstance(values, (list, tuple)):
-        raise RewardError(f"reward {reward.name!r} returned {type(values).__name__}; it must return a list of "
-                          f"{n} floats or None (one per completion)")
+        raise RewardError(
+            f"reward {reward.name!r} returned {type(values).__name__}; it must return a list of "
+            f"{n} floats or None (one per completion)"
+        )
     if len(values) != n:
-        raise RewardError(f"reward {reward.name!r} returned {len(values)} scores for {n} completions; "
-                          "it must return exactly one score (or None) per completion")
+        raise RewardError(
+            f"reward {reward.name!r} returned {len(values)} scores for {n} completions; "
+            "it must return exactly one score (or None) per completion"
+        )
     out: list[float | None] = []
     for i, v in enumerate(values):
         if v is None:
             out.append(None)
             continue
         if isinstance(v, (str, bytes)):
-            raise RewardError(f"reward {reward.name!r} returned the string {v!r} for completion {i}; expected a number or None")
+            raise RewardError(
+                f"reward {reward.name!r} returned the string {v!r} for completion {i}; expected a number or None"
+            )
         try:
             f = float(v)
         except (TypeError, ValueError):
-            raise RewardError(f"reward {reward.name!r} returned {v!r} for completion {i}; expected a number or None") from None
+            raise RewardError(
+                f"reward {reward.name!r} returned {v!r} for completion {i}; expected a number or None"
+            ) from None
         if not math.isfinite(f):
-            raise RewardError(f"reward {reward.name!r} returned a non-finite score {f} for completion {i}; "
-                              "return None for 'not applicable' instead")
+            raise RewardError(
+                f"reward {reward.name!r} returned a non-finite score {f} for completion {i}; "
+                "return None for 'not applicable' instead"
+            )
         out.append(f)
     return out
 
 
-def score(rewards: Sequence[RewardFn], completions: list[str], prompts: list[str],
-          columns: dict[str, list[Any]]) -> torch.Tensor:
+def score(
+    rewards: Sequence[RewardFn], completions: list[str], prompts: list[str], columns: dict[str, list[Any]]
+) -> torch.Tensor:
     """Score every completion with every reward.
 
     Returns a float32 tensor [N, k] (N completions, k rewards) with NaN where a reward returned
@@ -160,8 +182,10 @@ def score(rewards: Sequence[RewardFn], completions: list[str], prompts: list[str
     n = len(completions)
     clash = sorted({"prompts", "completions"} & set(columns))
     if clash:
-        raise DataError(f"task column(s) {clash} clash with the arguments every reward receives (completions, prompts); "
-                        "rename the column in the dataset")
+        raise DataError(
+            f"task column(s) {clash} clash with the arguments every reward receives (completions, prompts); "
+            "rename the column in the dataset"
+        )
     for key, col in columns.items():
         if len(col) != n:
             raise DataError(f"column {key!r} has {len(col)} values for {n} completions")
@@ -179,6 +203,7 @@ def score(rewards: Sequence[RewardFn], completions: list[str], prompts: list[str
         except Exception as exc:  # noqa: BLE001
             results[j] = _on_failure(r, exc, completions, prompts, columns)
     if pending:
+
         async def gather() -> list[Any]:
             return await asyncio.gather(*(coro for _, coro in pending), return_exceptions=True)
 

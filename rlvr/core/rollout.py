@@ -1,4 +1,5 @@
 """A batch of rollouts: B prompts × G completions, in group order (rows g·G … g·G+G-1 share a prompt)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -58,10 +59,14 @@ class StepBatch:
     groups: slice  # rollout: this rank's groups within the whole batch
     started: float  # rollout: time.perf_counter() at the start of the step
     generation_time: float  # rollout (then score: the slowest rank's)
-    local_rewards: torch.Tensor = field(default_factory=_empty)  # score: float32 [N, k], NaN where a reward returned None
+    local_rewards: torch.Tensor = field(
+        default_factory=_empty
+    )  # score: float32 [N, k], NaN where a reward returned None
     rewards: torch.Tensor = field(default_factory=_empty)  # score: float32 [N_all, k], whole batch
     total: torch.Tensor = field(default_factory=_empty)  # score: float32 [N_all], weighted sum (None counts as 0)
-    scored: torch.Tensor = field(default_factory=_empty)  # score: bool [N_all], at least one reward scored the completion
+    scored: torch.Tensor = field(
+        default_factory=_empty
+    )  # score: bool [N_all], at least one reward scored the completion
     lengths: torch.Tensor = field(default_factory=_empty)  # score: float32 [N_all] completion lengths, whole batch
     all_truncated: torch.Tensor = field(default_factory=_empty)  # score: bool [N_all], whole batch
     advantages: torch.Tensor = field(default_factory=_empty)  # advantages: float32 [N], this rank's rows

@@ -36,6 +36,7 @@ defaults (0.25, 0.05) weights 1, 0.25, 0.0625, then 0.05 from three such groups 
 are drawn without replacement with probability proportional to weight (Efraimidis–Spirakis keys from a
 seeded generator). The streaks and the draw counter are saved in each checkpoint, so resume is exact.
 """
+
 from __future__ import annotations
 
 import math
@@ -86,31 +87,43 @@ def concat_rollouts(parts: Sequence[Rollouts], pad_id: int) -> Rollouts:
     for p in parts:
         groups.append(p.group - (int(p.group.min()) if p.num else 0) + offsets)
         offsets += int(p.group.max()) - int(p.group.min()) + 1 if p.num else 0
-    return Rollouts(prompt_ids=torch.cat([_left_pad(p.prompt_ids, P, pad_id) for p in parts]),
-                    prompt_mask=torch.cat([_left_pad(p.prompt_mask, P, 0) for p in parts]),
-                    completion_ids=torch.cat([_right_pad(p.completion_ids, T, pad_id) for p in parts]),
-                    completion_mask=torch.cat([_right_pad(p.completion_mask, T, 0) for p in parts]),
-                    truncated=torch.cat([p.truncated for p in parts]), group=torch.cat(groups), sampling_logps=logps,
-                    prompts=[s for p in parts for s in p.prompts],
-                    completions=[s for p in parts for s in p.completions],
-                    rows=[r for p in parts for r in p.rows])
+    return Rollouts(
+        prompt_ids=torch.cat([_left_pad(p.prompt_ids, P, pad_id) for p in parts]),
+        prompt_mask=torch.cat([_left_pad(p.prompt_mask, P, 0) for p in parts]),
+        completion_ids=torch.cat([_right_pad(p.completion_ids, T, pad_id) for p in parts]),
+        completion_mask=torch.cat([_right_pad(p.completion_mask, T, 0) for p in parts]),
+        truncated=torch.cat([p.truncated for p in parts]),
+        group=torch.cat(groups),
+        sampling_logps=logps,
+        prompts=[s for p in parts for s in p.prompts],
+        completions=[s for p in parts for s in p.completions],
+        rows=[r for p in parts for r in p.rows],
+    )
 
 
 def take_groups(ro: Rollouts, groups: Sequence[int], group_size: int) -> Rollouts:
     """The rows of the given groups (indices into ``ro``'s groups, in that order), regrouped 0..K-1."""
     rows = [g * group_size + j for g in groups for j in range(group_size)]
     idx = torch.tensor(rows, dtype=torch.long)
-    return Rollouts(prompt_ids=ro.prompt_ids[idx], prompt_mask=ro.prompt_mask[idx],
-                    completion_ids=ro.completion_ids[idx], completion_mask=ro.completion_mask[idx],
-                    truncated=ro.truncated[idx], group=torch.arange(len(groups)).repeat_interleave(group_size),
-                    sampling_logps=ro.sampling_logps[idx] if ro.sampling_logps is not None else None,
-                    prompts=[ro.prompts[i] for i in rows], completions=[ro.completions[i] for i in rows],
-                    rows=[ro.rows[i] for i in rows])
+    return Rollouts(
+        prompt_ids=ro.prompt_ids[idx],
+        prompt_mask=ro.prompt_mask[idx],
+        completion_ids=ro.completion_ids[idx],
+        completion_mask=ro.completion_mask[idx],
+        truncated=ro.truncated[idx],
+        group=torch.arange(len(groups)).repeat_interleave(group_size),
+        sampling_logps=ro.sampling_logps[idx] if ro.sampling_logps is not None else None,
+        prompts=[ro.prompts[i] for i in rows],
+        completions=[ro.completions[i] for i in rows],
+        rows=[ro.rows[i] for i in rows],
+    )
 
 
 def _to_cpu(ro: Rollouts) -> Rollouts:
-    moved = {k: getattr(ro, k).cpu() for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask",
-                                               "truncated", "group")}
+    moved = {
+        k: getattr(ro, k).cpu()
+        for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "truncated", "group")
+    }
     logps = ro.sampling_logps.cpu() if ro.sampling_logps is not None else None
     return Rollouts(**moved, sampling_logps=logps, prompts=ro.prompts, completions=ro.completions, rows=ro.rows)
 
@@ -118,7 +131,7 @@ def _to_cpu(ro: Rollouts) -> Rollouts:
 # ----- curriculum -------------------------------------------------------------------------------------
 def curriculum_weight(streak: int, decay: float, min_weight: float) -> float:
     """``max(min_weight, decay ** streak)``: a prompt's sampling weight after ``streak`` all-agree groups in a row."""
-    return max(min_weight, decay ** streak)
+    return max(min_weight, decay**streak)
 
 
 class CurriculumSampler:
@@ -129,8 +142,10 @@ class CurriculumSampler:
         if not 0.0 < decay <= 1.0:
             raise ValueError(f"trainer.curriculum_decay must be in (0, 1], got {decay}")
         if not 0.0 < min_weight <= 1.0:
-            raise ValueError(f"trainer.curriculum_min_weight must be in (0, 1] (0 would never sample a prompt "
-                             f"again), got {min_weight}")
+            raise ValueError(
+                f"trainer.curriculum_min_weight must be in (0, 1] (0 would never sample a prompt "
+                f"again), got {min_weight}"
+            )
         self.n_rows, self.seed, self.decay, self.min_weight = n_rows, seed, decay, min_weight
         self.streak: dict[int, int] = {}
         self.draws = 0
@@ -149,7 +164,7 @@ class CurriculumSampler:
             self.draws += 1
             keys = [rng.random() ** (1.0 / wi) for wi in w]
             order = sorted(range(self.n_rows), key=lambda i: keys[i], reverse=True)
-            out.extend(order[:min(k - len(out), self.n_rows)])
+            out.extend(order[: min(k - len(out), self.n_rows)])
         return out
 
     def observe(self, rows: Sequence[int], informative: Sequence[bool]) -> None:
@@ -158,13 +173,20 @@ class CurriculumSampler:
             self.streak[int(i)] = 0 if info else self.streak.get(int(i), 0) + 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": "curriculum", "draws": self.draws, "streak": sorted(self.streak.items()),
-                "n_rows": self.n_rows, "seed": self.seed}
+        return {
+            "kind": "curriculum",
+            "draws": self.draws,
+            "streak": sorted(self.streak.items()),
+            "n_rows": self.n_rows,
+            "seed": self.seed,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("kind") != "curriculum":
-            raise ValueError("the checkpoint's sampler is not a curriculum sampler; resume with the run's own "
-                             "trainer.curriculum setting")
+            raise ValueError(
+                "the checkpoint's sampler is not a curriculum sampler; resume with the run's own "
+                "trainer.curriculum setting"
+            )
         self.draws, self.streak = int(state["draws"]), {int(i): int(s) for i, s in state["streak"]}
 
 
@@ -183,9 +205,19 @@ class SamplingState:
         self.prompts_consumed_total = int(state.get("prompts_consumed_total", 0))
 
 
-def select_groups(batch: StepBatch, more: Callable[[int, int], StepBatch], *, mode: str, max_rounds: int,
-                  batch_size: int, group_size: int, dist: Any, pad_id: int, state: SamplingState,
-                  sampler: Any) -> StepBatch:
+def select_groups(
+    batch: StepBatch,
+    more: Callable[[int, int], StepBatch],
+    *,
+    mode: str,
+    max_rounds: int,
+    batch_size: int,
+    group_size: int,
+    dist: Any,
+    pad_id: int,
+    state: SamplingState,
+    sampler: Any,
+) -> StepBatch:
     """The step's batch after dynamic sampling (see the module docstring); ``batch`` itself when ``mode`` is off.
 
     ``batch``: the first scored round (B groups). ``more(k, first_group)``: rollout + score of k fresh prompts
@@ -218,8 +250,17 @@ def _observe(sampler: Any, part: StepBatch, flags: torch.Tensor) -> None:
         sampler.observe(part.prompt_index, [bool(f) for f in flags])
 
 
-def _merge(parts: list[StepBatch], flags: list[torch.Tensor], rounds: int, *, batch_size: int, group_size: int,
-           dist: Any, pad_id: int, state: SamplingState) -> StepBatch:
+def _merge(
+    parts: list[StepBatch],
+    flags: list[torch.Tensor],
+    rounds: int,
+    *,
+    batch_size: int,
+    group_size: int,
+    dist: Any,
+    pad_id: int,
+    state: SamplingState,
+) -> StepBatch:
     """Keep the first B informative groups of all rounds; gather them and re-split them over the processes."""
     G, first = group_size, parts[0]
     # DISTRIBUTED: every rank's rollouts of every round, in group order (rank slices are contiguous)
@@ -229,7 +270,7 @@ def _merge(parts: list[StepBatch], flags: list[torch.Tensor], rounds: int, *, ba
     keep = [i for i in range(len(order)) if info[i]][:batch_size]
     found, short = len(keep), max(0, batch_size - len(keep))
     if 0 < len(keep) < dist.world_size:  # every process needs a group: add zero-advantage ones
-        keep = sorted(keep + [i for i in range(len(order)) if not info[i]][:dist.world_size - len(keep)])
+        keep = sorted(keep + [i for i in range(len(order)) if not info[i]][: dist.world_size - len(keep)])
     trainable = bool(keep)
     if not keep:  # nothing informative: no update; the first round's groups stay for the metrics
         keep = list(range(flags[0].numel()))
@@ -244,26 +285,40 @@ def _merge(parts: list[StepBatch], flags: list[torch.Tensor], rounds: int, *, ba
     consumed = sum(len(p.prompt_index) for p in parts)
     state.prompts_consumed_total += consumed
     mine = dist.groups(len(keep))
-    out = StepBatch(step=first.step, rollouts=take_groups(rollouts, range(len(keep))[mine], G), groups=mine,
-                    started=first.started, generation_time=sum(p.generation_time for p in parts),
-                    prompt_index=[parts[order[i][0]].prompt_index[order[i][1]] for i in keep])
+    out = StepBatch(
+        step=first.step,
+        rollouts=take_groups(rollouts, range(len(keep))[mine], G),
+        groups=mine,
+        started=first.started,
+        generation_time=sum(p.generation_time for p in parts),
+        prompt_index=[parts[order[i][0]].prompt_index[order[i][1]] for i in keep],
+    )
     out.rewards, out.lengths, out.all_truncated = pick("rewards"), pick("lengths"), pick("all_truncated")
     out.total, out.scored = pick("total"), pick("scored")
-    out.local_rewards = out.rewards[mine.start * G:mine.stop * G]
+    out.local_rewards = out.rewards[mine.start * G : mine.stop * G]
     out.trainable = trainable
     all_total = torch.cat([p.total for p in parts])
-    out.metrics.update({
-        "dynamic/groups_filtered": float(len(order) - int(info.sum())), "dynamic/refill_rounds": float(rounds),
-        "dynamic/prompts_consumed": float(consumed),
-        "dynamic/prompts_consumed_total": float(state.prompts_consumed_total),
-        "dynamic/groups_trained": float(len(keep) if trainable else 0), "dynamic/short_groups": float(short),
-        "dynamic/update_skipped": float(not trainable), "dynamic/reward_all_mean": float(all_total.mean())})
+    out.metrics.update(
+        {
+            "dynamic/groups_filtered": float(len(order) - int(info.sum())),
+            "dynamic/refill_rounds": float(rounds),
+            "dynamic/prompts_consumed": float(consumed),
+            "dynamic/prompts_consumed_total": float(state.prompts_consumed_total),
+            "dynamic/groups_trained": float(len(keep) if trainable else 0),
+            "dynamic/short_groups": float(short),
+            "dynamic/update_skipped": float(not trainable),
+            "dynamic/reward_all_mean": float(all_total.mean()),
+        }
+    )
     if short and trainable and rounds and not state.warned_short and dist.is_main:
         state.warned_short = True
-        warnings.warn(f"step {first.step}: dynamic sampling found {found} informative groups of "
-                      f"trainer.prompts_per_step={batch_size} after {rounds} refill rounds; the step trains on those "
-                      "(dynamic/short_groups counts the missing ones each step; raise trainer.dynamic_max_rounds to "
-                      "search longer). Printed once per run.", stacklevel=2)
+        warnings.warn(
+            f"step {first.step}: dynamic sampling found {found} informative groups of "
+            f"trainer.prompts_per_step={batch_size} after {rounds} refill rounds; the step trains on those "
+            "(dynamic/short_groups counts the missing ones each step; raise trainer.dynamic_max_rounds to "
+            "search longer). Printed once per run.",
+            stacklevel=2,
+        )
     return out
 
 
@@ -275,7 +330,8 @@ def validate(mode: str, max_rounds: int) -> None:
         raise ValueError(f"trainer.dynamic_max_rounds must be >= 0, got {max_rounds}")
 
 
-def make_sampler(n_rows: int, seed: int, curriculum: bool, decay: float, min_weight: float,
-                 default: Any | None = None) -> Any:
+def make_sampler(
+    n_rows: int, seed: int, curriculum: bool, decay: float, min_weight: float, default: Any | None = None
+) -> Any:
     """The curriculum sampler when ``curriculum`` is on, else ``default`` (the epoch-wise RowSampler)."""
     return CurriculumSampler(n_rows, seed, decay, min_weight) if curriculum else default

@@ -1,5 +1,6 @@
 """What a task plugin returns: training and held-out rows, how a row becomes a prompt, and which
 verifier judges held-out accuracy (``correct``; see docs/answers.md)."""
+
 from __future__ import annotations
 
 import random
@@ -41,8 +42,10 @@ class Task:
         for split, rows in (("train", self.train_rows), ("eval", self.eval_rows)):
             for i, row in enumerate(rows):
                 if col not in row:
-                    raise ColumnError(f"task {self.name!r}: {split} row {i} has no {col!r} column (columns: "
-                                      f"{sorted(row)}); set task.answer_column to the column holding the answer")
+                    raise ColumnError(
+                        f"task {self.name!r}: {split} row {i} has no {col!r} column (columns: "
+                        f"{sorted(row)}); set task.answer_column to the column holding the answer"
+                    )
         if not self.train_rows:
             raise DataError(f"task {self.name!r} has no training rows")
 
@@ -50,8 +53,10 @@ class Task:
         try:
             return self.config.prompt_template.format(**row)
         except KeyError as exc:
-            raise ColumnError(f"task {self.name!r}: prompt_template {self.config.prompt_template!r} uses column {exc}, "
-                              f"which the row does not have (columns: {sorted(row)})") from None
+            raise ColumnError(
+                f"task {self.name!r}: prompt_template {self.config.prompt_template!r} uses column {exc}, "
+                f"which the row does not have (columns: {sorted(row)})"
+            ) from None
 
     def messages(self, row: dict[str, Any]) -> list[dict[str, str]]:
         msgs = []
@@ -65,8 +70,10 @@ class Task:
         if not self.config.chat:
             return (self.config.system_prompt + "\n\n" if self.config.system_prompt else "") + self.prompt_text(row)
         if not getattr(tokenizer, "chat_template", None):
-            raise ConfigError(f"task {self.name!r} is conversational but the tokenizer has no chat template. Use an "
-                              "instruct/chat model, or set task.chat=false to feed the raw prompt text.")
+            raise ConfigError(
+                f"task {self.name!r} is conversational but the tokenizer has no chat template. Use an "
+                "instruct/chat model, or set task.chat=false to feed the raw prompt text."
+            )
         return tokenizer.apply_chat_template(self.messages(row), tokenize=False, add_generation_prompt=True)
 
 
@@ -84,7 +91,7 @@ class RowSampler:
         return order
 
     def take(self, k: int) -> list[int]:
-        out = []
+        out = []  # type: ignore[var-annotated]
         while len(out) < k:
             if self.position == self.n_rows:
                 self.epoch, self.position = self.epoch + 1, 0

@@ -17,6 +17,7 @@ A call that cannot be parsed (bad JSON, no ``name``, arguments not an object, un
 arguments) becomes a :class:`ToolCall` with ``error`` set; the environment sends the error back to the
 model as the tool's result, so a malformed call never stops a run.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,10 @@ def tool_schema(fn: Callable[..., Any]) -> dict[str, Any]:
     try:
         return get_json_schema(fn)
     except Exception as exc:  # transformers raises its own DocstringParsingException / TypeHintParsingException
-        raise ValueError(f"tool {getattr(fn, '__name__', fn)!r} cannot become a tool schema: {exc}. A tool needs a "
-                         "type hint on every argument and a Google-style docstring with an Args: section") from exc
+        raise ValueError(
+            f"tool {getattr(fn, '__name__', fn)!r} cannot become a tool schema: {exc}. A tool needs a "
+            "type hint on every argument and a Google-style docstring with an Args: section"
+        ) from exc
 
 
 def example_call(fn: Callable[..., Any]) -> str:
@@ -79,9 +82,12 @@ def rlvr_tool_prompt(tools: Sequence[Callable[..., Any]]) -> str:
     """The system-prompt text that describes ``tools`` in rlvr's tagged-JSON format (templates without tools):
     one line of JSON schema per tool and an example call of the first."""
     specs = "\n".join(json.dumps(tool_schema(t)["function"]) for t in tools)
-    return ("You have tools. To call a tool, reply with only a tool call, for example:\n" + example_call(tools[0])
-            + "\nThe result comes back in the next message. Then reply with the final answer, without a tool "
-            "call.\nTools:\n" + specs)
+    return (
+        "You have tools. To call a tool, reply with only a tool call, for example:\n"
+        + example_call(tools[0])
+        + "\nThe result comes back in the next message. Then reply with the final answer, without a tool "
+        "call.\nTools:\n" + specs
+    )
 
 
 def detect_format(chat_template: str | None) -> str:
@@ -168,8 +174,12 @@ def run_tool(call: ToolCall, tools: dict[str, Callable[..., Any]], timeout: floa
         return ToolResult(call.name, f"error: {call.error}", True, time.perf_counter() - t0)
     fn = tools.get(call.name)
     if fn is None:
-        return ToolResult(call.name, f"error: unknown tool {call.name!r}; tools: {', '.join(sorted(tools))}", True,
-                          time.perf_counter() - t0)
+        return ToolResult(
+            call.name,
+            f"error: unknown tool {call.name!r}; tools: {', '.join(sorted(tools))}",
+            True,
+            time.perf_counter() - t0,
+        )
     box: dict[str, Any] = {}
 
     def target() -> None:

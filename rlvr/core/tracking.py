@@ -11,13 +11,13 @@
 
 from __future__ import annotations
 
-from rlvr.core.errors import UnreachableError
-
 import json
 import math
 import os
 from pathlib import Path
 from typing import Any, Optional
+
+from rlvr.core.errors import UnreachableError
 
 STATE_FILE = "trackers.json"
 COMPLETION_COLUMNS = ("step", "prompt", "completion", "answer", "rewards", "advantage", "truncated")

@@ -9,6 +9,7 @@ advantages: the estimator plugin; reference: log-probs under the reference polic
 the sampling policy (μ > 1); optimise: μ passes of log-probs (chunked kernel) → loss → backward →
 optimizer; metrics. Distributed concerns (gathers, global sums) are marked ``DISTRIBUTED``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,8 +56,10 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C: the run stopped after a finished step and saved a checkpoint."""
 
     def __init__(self, checkpoint: Path, step: int) -> None:
-        super().__init__(f"interrupted after step {step}; checkpoint saved at {checkpoint}. "
-                         "Run the same command again to resume from it.")
+        super().__init__(
+            f"interrupted after step {step}; checkpoint saved at {checkpoint}. "
+            "Run the same command again to resume from it."
+        )
         self.checkpoint, self.step = checkpoint, step
 
 
@@ -73,8 +76,11 @@ def interrupt_after_step() -> Iterator[Any]:
         if state.requested:
             raise KeyboardInterrupt
         state.requested = True
-        print("\nrlvr: stopping after this step and saving a checkpoint (Ctrl-C again to stop at once)",
-              file=sys.stderr, flush=True)
+        print(
+            "\nrlvr: stopping after this step and saving a checkpoint (Ctrl-C again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     previous = signal.signal(signal.SIGINT, handle)
     try:
@@ -92,21 +98,33 @@ class ProgressBar:
         from tqdm.auto import tqdm
 
         self.tc, self.reward_names = tc, reward_names
-        self.bar = tqdm(total=tc.max_steps, initial=start, disable=not enabled, desc="rlvr train", unit="step",
-                        dynamic_ncols=True, bar_format=self.FORMAT)
+        self.bar = tqdm(
+            total=tc.max_steps,
+            initial=start,
+            disable=not enabled,
+            desc="rlvr train",
+            unit="step",
+            dynamic_ncols=True,
+            bar_format=self.FORMAT,
+        )
 
     def update(self, step: int, metrics: dict[str, Optional[float]], verbose: bool) -> None:
-        post = {"reward": _fmt(metrics["reward/mean"], ".2f"), "len": _fmt(metrics["completion_length/mean"], ".0f"),
-                "s/step": _fmt(metrics["step_time"], ".3g")}  # 0.024, 5.12, 123
+        post = {
+            "reward": _fmt(metrics["reward/mean"], ".2f"),
+            "len": _fmt(metrics["completion_length/mean"], ".0f"),
+            "s/step": _fmt(metrics["step_time"], ".3g"),
+        }  # 0.024, 5.12, 123
         if len(self.reward_names) > 1:
             post.update({n: _fmt(metrics[f"rewards/{n}/mean"], ".2f") for n in self.reward_names})
         self.bar.set_postfix(post)
         self.bar.update(1)
         if verbose and self.tc.log_steps and step % self.tc.log_steps == 0:
-            self.bar.write(f"step {step}/{self.tc.max_steps}  reward {_fmt(metrics['reward/mean'], '.3f')} ± "
-                           f"{_fmt(metrics['reward/std'], '.3f')}  len {_fmt(metrics['completion_length/mean'], '.1f')}"
-                           f"  zero-std groups {_fmt(metrics['frac_reward_zero_std'], '.2f')}  "
-                           f"{_fmt(metrics['step_time'], '.1f')} s/step")
+            self.bar.write(
+                f"step {step}/{self.tc.max_steps}  reward {_fmt(metrics['reward/mean'], '.3f')} ± "
+                f"{_fmt(metrics['reward/std'], '.3f')}  len {_fmt(metrics['completion_length/mean'], '.1f')}"
+                f"  zero-std groups {_fmt(metrics['frac_reward_zero_std'], '.2f')}  "
+                f"{_fmt(metrics['step_time'], '.1f')} s/step"
+            )
 
     def close(self) -> None:
         self.bar.close()
@@ -119,21 +137,34 @@ def _fmt(value: Optional[float], spec: str) -> str:
 def validate_trainer(tc: TrainerConfig) -> None:
     """Fail before any model loads on values that cannot work."""
     checks = [
-        (tc.num_generations >= 2, f"trainer.num_generations must be >= 2 for group-relative advantages, got {tc.num_generations}"),
+        (
+            tc.num_generations >= 2,
+            f"trainer.num_generations must be >= 2 for group-relative advantages, got {tc.num_generations}",
+        ),
         (tc.prompts_per_step >= 1, f"trainer.prompts_per_step must be >= 1, got {tc.prompts_per_step}"),
         (tc.max_steps >= 1, f"trainer.max_steps must be >= 1, got {tc.max_steps}"),
         (tc.num_iterations >= 1, f"trainer.num_iterations must be >= 1, got {tc.num_iterations}"),
         (tc.lr > 0, f"trainer.lr must be > 0, got {tc.lr}"),
         (tc.micro_batch_size >= 0, f"trainer.micro_batch_size must be >= 0, got {tc.micro_batch_size}"),
-        (tc.advantage_scaling in (None, "group", "batch", "none"),
-         f"trainer.advantage_scaling={tc.advantage_scaling!r}: choose group, batch or none"),
-        (tc.advantage_baseline in (None, "mean", "rloo"),
-         f"trainer.advantage_baseline={tc.advantage_baseline!r}: choose mean or rloo"),
-        (tc.lr_schedule in ("constant", "linear", "cosine"), f"trainer.lr_schedule={tc.lr_schedule!r}: choose constant, linear or cosine"),
+        (
+            tc.advantage_scaling in (None, "group", "batch", "none"),
+            f"trainer.advantage_scaling={tc.advantage_scaling!r}: choose group, batch or none",
+        ),
+        (
+            tc.advantage_baseline in (None, "mean", "rloo"),
+            f"trainer.advantage_baseline={tc.advantage_baseline!r}: choose mean or rloo",
+        ),
+        (
+            tc.lr_schedule in ("constant", "linear", "cosine"),
+            f"trainer.lr_schedule={tc.lr_schedule!r}: choose constant, linear or cosine",
+        ),
         (tc.max_grad_norm >= 0, f"trainer.max_grad_norm must be >= 0 (0 = no clipping), got {tc.max_grad_norm}"),
         (tc.warmup_steps >= 0, f"trainer.warmup_steps must be >= 0, got {tc.warmup_steps}"),
         (tc.distributed in distributed.STRATEGIES, f"trainer.distributed={tc.distributed!r}: choose ddp or fsdp"),
-        (tc.dist_backend in distributed.BACKENDS, f"trainer.dist_backend={tc.dist_backend!r}: choose auto, gloo or nccl"),
+        (
+            tc.dist_backend in distributed.BACKENDS,
+            f"trainer.dist_backend={tc.dist_backend!r}: choose auto, gloo or nccl",
+        ),
         (tc.eval_num_samples >= 0, f"trainer.eval_num_samples must be >= 0, got {tc.eval_num_samples}"),
     ]
     sampling.validate(tc.dynamic_sampling, tc.dynamic_max_rounds)
@@ -142,8 +173,10 @@ def validate_trainer(tc: TrainerConfig) -> None:
             raise ConfigError(message)
     n = tc.prompts_per_step * tc.num_generations
     if tc.micro_batch_size and n % tc.micro_batch_size:
-        raise ConfigError(f"trainer.micro_batch_size={tc.micro_batch_size} does not divide the batch of "
-                          f"prompts_per_step×num_generations = {n} completions")
+        raise ConfigError(
+            f"trainer.micro_batch_size={tc.micro_batch_size} does not divide the batch of "
+            f"prompts_per_step×num_generations = {n} completions"
+        )
 
 
 def lr_lambda(tc: TrainerConfig, total_updates: int) -> Callable[[int], float]:
@@ -181,8 +214,13 @@ class Trainer:
     to use instead of the config's ``reward`` list (for notebooks; no packaging needed).
     """
 
-    def __init__(self, cfg: Any, rewards: Optional[Sequence[Callable[..., Any]]] = None,
-                 run_dir: Optional[str | Path] = None, policy: Optional[Policy] = None) -> None:
+    def __init__(
+        self,
+        cfg: Any,
+        rewards: Optional[Sequence[Callable[..., Any]]] = None,
+        run_dir: Optional[str | Path] = None,
+        policy: Optional[Policy] = None,
+    ) -> None:
         self.cfg = cfg
         self.tc = trainer_config(cfg["trainer"])
         validate_trainer(self.tc)
@@ -202,41 +240,58 @@ class Trainer:
         self.engine: Engine = registry.create("engine", engine_name, **engine_params)
         self.env = episodes.build_env(cfg, self.engine)  # env=<name>: multi-turn episodes; None: single-turn
         if self.env is not None and self.tc.dynamic_sampling != "off":
-            raise ConfigError("trainer.dynamic_sampling is not supported with env=... yet (refilled episodes are not "
-                              "merged into the step): set trainer.dynamic_sampling=off")
-        loggers = [(n, registry.create("logger", plugin_name(n, p), **plugin_params(p)))
-                   for n, p in (cfg.get("logger") or {}).items()]
+            raise ConfigError(
+                "trainer.dynamic_sampling is not supported with env=... yet (refilled episodes are not "
+                "merged into the step): set trainer.dynamic_sampling=off"
+            )
+        loggers = [
+            (n, registry.create("logger", plugin_name(n, p), **plugin_params(p)))
+            for n, p in (cfg.get("logger") or {}).items()
+        ]
         self.loggers = [lg for _, lg in loggers] if self.dist.is_main else []  # rank 0 writes the logs
         self.callbacks = logger_manager(loggers if self.dist.is_main else []).hook
         self.run_dir = Path(self.dist.broadcast(str(run_dir or self._default_run_dir())))  # rank 0's, on every rank
         model_name, model_params = _select(cfg, "model")
         longest = int(self.engine.cfg.max_prompt_length) + int(self.engine.cfg.max_new_tokens)
         if policy is None and model_params.get("max_seq_length") and longest > int(model_params["max_seq_length"]):
-            raise ConfigError(f"engine.max_prompt_length + engine.max_new_tokens = {longest} exceeds "
-                              f"model.max_seq_length={model_params['max_seq_length']}: raise model.max_seq_length "
-                              "(memory grows with it) or shorten the prompts / completions")
+            raise ConfigError(
+                f"engine.max_prompt_length + engine.max_new_tokens = {longest} exceeds "
+                f"model.max_seq_length={model_params['max_seq_length']}: raise model.max_seq_length "
+                "(memory grows with it) or shorten the prompts / completions"
+            )
         torch.manual_seed(self.tc.seed)  # LoRA adapters are initialised from the global RNG: same seed, same init
         self.policy = policy or registry.create("model", model_name, **model_params)
         if self.dist.device is not None and self.dist.device.type == "cuda" and self.policy.device.type == "cpu":
-            self.policy.model.to(self.dist.device)  # the GPU (cuda:LOCAL_RANK under torchrun); device_map'd models stay
+            self.policy.model.to(
+                self.dist.device
+            )  # the GPU (cuda:LOCAL_RANK under torchrun); device_map'd models stay
         self.temperature = float(self.engine.cfg.temperature)
         self.step = 0
-        self.sampler = sampling.make_sampler(len(self.task.train_rows), self.tc.seed, self.tc.curriculum,
-                                             self.tc.curriculum_decay, self.tc.curriculum_min_weight,
-                                             default=RowSampler(len(self.task.train_rows), self.tc.seed))
+        self.sampler = sampling.make_sampler(
+            len(self.task.train_rows),
+            self.tc.seed,
+            self.tc.curriculum,
+            self.tc.curriculum_decay,
+            self.tc.curriculum_min_weight,
+            default=RowSampler(len(self.task.train_rows), self.tc.seed),
+        )
         self.sampling_state = sampling.SamplingState()  # dynamic sampling's counters (checkpointed)
         if self.tc.prompts_per_step > len(self.task.train_rows) and self.dist.is_main:
-            warnings.warn(f"trainer.prompts_per_step={self.tc.prompts_per_step} is larger than the task's "
-                          f"{len(self.task.train_rows)} training rows: a step holds the same prompt more than once "
-                          "(sampled without replacement within an epoch, epochs follow each other)", stacklevel=2)
+            warnings.warn(
+                f"trainer.prompts_per_step={self.tc.prompts_per_step} is larger than the task's "
+                f"{len(self.task.train_rows)} training rows: a step holds the same prompt more than once "
+                "(sampled without replacement within an epoch, epochs follow each other)",
+                stacklevel=2,
+            )
         self.bad_steps_in_row = 0
         self.skipped_steps = 0
         self.resume_changes: dict[str, tuple[Any, Any]] = {}  # settings a resume changed (key: (old, new))
-        if (self.dist.enabled and self.tc.distributed == "fsdp" and not self.policy.is_lora
-                and self.loss.beta > 0):
-            raise ConfigError("trainer.distributed=fsdp with full fine-tuning and loss.beta > 0 is not supported (the KL "
-                              "reference would be a second, unsharded copy of the model): use LoRA (the reference is "
-                              "the base with the adapters off) or trainer.distributed=ddp")
+        if self.dist.enabled and self.tc.distributed == "fsdp" and not self.policy.is_lora and self.loss.beta > 0:
+            raise ConfigError(
+                "trainer.distributed=fsdp with full fine-tuning and loss.beta > 0 is not supported (the KL "
+                "reference would be a second, unsharded copy of the model): use LoRA (the reference is "
+                "the base with the adapters off) or trainer.distributed=ddp"
+            )
         # DDP / FSDP2 wrapper for the training forward-backward (None in one process); Policy.model stays unwrapped
         self.parallel = distributed.wrap(self.policy.model, self.dist, self.tc.distributed)
         self._setup_optimizer()
@@ -247,17 +302,25 @@ class Trainer:
         if world == 1:
             return
         if tc.prompts_per_step < world:
-            raise ConfigError(f"trainer.prompts_per_step={tc.prompts_per_step} < {world} processes: each process "
-                              "generates whole groups, so give every process at least one prompt")
+            raise ConfigError(
+                f"trainer.prompts_per_step={tc.prompts_per_step} < {world} processes: each process "
+                "generates whole groups, so give every process at least one prompt"
+            )
         if tc.distributed == "fsdp" and tc.prompts_per_step % world:
-            raise ConfigError(f"trainer.distributed=fsdp needs trainer.prompts_per_step ({tc.prompts_per_step}) to be a "
-                              f"multiple of the {world} processes (every rank must run the same number of passes)")
+            raise ConfigError(
+                f"trainer.distributed=fsdp needs trainer.prompts_per_step ({tc.prompts_per_step}) to be a "
+                f"multiple of the {world} processes (every rank must run the same number of passes)"
+            )
         if tc.distributed == "fsdp" and tc.dynamic_sampling != "off":
-            raise ConfigError("trainer.dynamic_sampling with trainer.distributed=fsdp is not supported (a step's "
-                              "informative groups need not split evenly over the ranks): use trainer.distributed=ddp")
+            raise ConfigError(
+                "trainer.dynamic_sampling with trainer.distributed=fsdp is not supported (a step's "
+                "informative groups need not split evenly over the ranks): use trainer.distributed=ddp"
+            )
         if tc.distributed == "fsdp" and tc.save_merged:
-            raise ConfigError("trainer.save_merged=true is not supported with trainer.distributed=fsdp: merge the saved "
-                              "adapter afterwards (rlvr.core.policy.save_policy(policy, path, merged=True))")
+            raise ConfigError(
+                "trainer.save_merged=true is not supported with trainer.distributed=fsdp: merge the saved "
+                "adapter afterwards (rlvr.core.policy.save_policy(policy, path, merged=True))"
+            )
 
     def _build_rewards(self, cfg: Any, fns: Optional[Sequence[Callable[..., Any]]]) -> list[RewardFn]:
         if fns is not None:
@@ -297,9 +360,16 @@ class Trainer:
         params = [p for p in self.policy.model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("the model has no trainable parameters")
-        self.optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
-                                           weight_decay=tc.weight_decay, fused=fused_adamw_supported(params))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(tc, tc.max_steps * tc.num_iterations))
+        self.optimizer = torch.optim.AdamW(
+            params,
+            lr=tc.lr,
+            betas=(tc.adam_beta1, tc.adam_beta2),
+            weight_decay=tc.weight_decay,
+            fused=fused_adamw_supported(params),
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(tc, tc.max_steps * tc.num_iterations)
+        )
         if tc.gradient_checkpointing:
             enable_gradient_checkpointing(self.policy.model)
 
@@ -335,15 +405,22 @@ class Trainer:
         seeds = self.group_seeds(step, len(idx), first_group)[mine]  # seeded by the group index within the step
         with distributed.unsharded(self.parallel):
             if self.env is not None:  # multi-turn episodes (rlvr/core/episodes.py)
-                rollouts = self.engine.generate_episodes(self.policy, self.env, rows, self.tc.num_generations, seeds)
+                rollouts = self.engine.generate_episodes(self.policy, self.env, rows, self.tc.num_generations, seeds)  # type: ignore[attr-defined]
             else:
                 prompts = [self.task.render(r, self.policy.tokenizer) for r in rows]
                 rollouts = self.engine.generate(self.policy, prompts, self.tc.num_generations, seeds)
         self.engine.release(self.policy)  # e.g. vLLM's sleep mode: its GPU memory goes to the update
         rollouts.rows = [r for r in rows for _ in range(self.tc.num_generations)]
         extra = episodes.episode_metrics(rollouts, prefix="env/") if rollouts.episodes else {}  # this rank's episodes
-        return StepBatch(step=step, rollouts=rollouts, groups=mine, started=t0,
-                         generation_time=time.perf_counter() - t0, prompt_index=list(idx), metrics=extra)
+        return StepBatch(
+            step=step,
+            rollouts=rollouts,
+            groups=mine,
+            started=t0,
+            generation_time=time.perf_counter() - t0,
+            prompt_index=list(idx),
+            metrics=extra,
+        )
 
     def score(self, batch: StepBatch) -> None:
         """Phase 2: every reward on this rank's completions, then the whole batch's table on every rank."""
@@ -351,8 +428,14 @@ class Trainer:
         table = score(self.rewards, ro.completions, ro.prompts, ro.columns())
         batch.local_rewards = table
         # DISTRIBUTED: gather the whole batch (one process: its own) for batch-wide advantages and metrics
-        parts = self.dist.gather({"rewards": table, "lengths": ro.completion_mask.sum(1).float(),
-                                  "truncated": ro.truncated, "generation_time": batch.generation_time})
+        parts = self.dist.gather(
+            {
+                "rewards": table,
+                "lengths": ro.completion_mask.sum(1).float(),
+                "truncated": ro.truncated,
+                "generation_time": batch.generation_time,
+            }
+        )
         batch.rewards = torch.cat([p["rewards"] for p in parts])
         batch.lengths = torch.cat([p["lengths"] for p in parts])
         batch.all_truncated = torch.cat([p["truncated"] for p in parts])
@@ -363,6 +446,7 @@ class Trainer:
     def select_groups(self, batch: StepBatch) -> StepBatch:
         """Phase 2b: dynamic sampling keeps the informative groups and refills the step with fresh prompts
         (rlvr/core/sampling.py); the curriculum hears each group's outcome. The batch as it is when off."""
+
         def more(k: int, first_group: int) -> StepBatch:
             part = self.rollout(batch.step, k, first_group)
             self.score(part)
@@ -370,16 +454,24 @@ class Trainer:
 
         pad_id = self.policy.tokenizer.pad_token_id
         tc = self.tc
-        return sampling.select_groups(batch, more, mode=tc.dynamic_sampling, max_rounds=tc.dynamic_max_rounds,
-                                      batch_size=tc.prompts_per_step, group_size=tc.num_generations, dist=self.dist,
-                                      pad_id=0 if pad_id is None else int(pad_id), state=self.sampling_state,
-                                      sampler=self.sampler)
+        return sampling.select_groups(
+            batch,
+            more,
+            mode=tc.dynamic_sampling,
+            max_rounds=tc.dynamic_max_rounds,
+            batch_size=tc.prompts_per_step,
+            group_size=tc.num_generations,
+            dist=self.dist,
+            pad_id=0 if pad_id is None else int(pad_id),
+            state=self.sampling_state,
+            sampler=self.sampler,
+        )
 
     def compute_advantages(self, batch: StepBatch) -> None:
         """Phase 3: the advantage estimator on the whole batch; this rank keeps its groups' share."""
         G = self.tc.num_generations
         adv = self.advantage(batch.total, G)
-        batch.advantages = adv[batch.groups.start * G:batch.groups.stop * G]
+        batch.advantages = adv[batch.groups.start * G : batch.groups.stop * G]
 
     def reference_logprobs(self, batch: StepBatch) -> None:
         """Phase 4: reference log-probs (beta > 0), old log-probs (μ > 1), the step's loss normalisers."""
@@ -423,9 +515,12 @@ class Trainer:
             update.grad_norm = float(norm)
             self.optimizer.step()
             self.scheduler.step()
-        self._count_bad_step(batch.step, update.skipped, "non-finite loss or gradient",
-                             "had a non-finite loss or gradient; lower trainer.lr, check the rewards, or raise "
-                             "trainer.max_bad_steps")
+        self._count_bad_step(
+            batch.step,
+            update.skipped,
+            "non-finite loss or gradient",
+            "had a non-finite loss or gradient; lower trainer.lr, check the rewards, or raise trainer.max_bad_steps",
+        )
         return update
 
     def micro_batch_loss(self, batch: StepBatch, sl: slice) -> tuple[torch.Tensor, dict[str, float]]:
@@ -437,23 +532,35 @@ class Trainer:
         is_cfg = self.engine.importance_sampling
         sampling = batch.rollouts.sampling_logps
         if is_cfg is not None and is_cfg.enabled and sampling is not None:  # × a capped ratio trainer/engine
-            w = importance_weights(old if old is not None else logps.detach(), sampling[sl].to(logps.device),
-                                   batch.mask[sl], is_cfg)
+            w = importance_weights(
+                old if old is not None else logps.detach(), sampling[sl].to(logps.device), batch.mask[sl], is_cfg
+            )
             logps, metrics = scale_gradient(logps, w), importance_metrics(w, batch.mask[sl])
         value, loss_metrics = self.loss(
-            logps, old, batch.ref_logps[sl] if batch.ref_logps is not None else None, batch.advantages[sl].to(
-                self.policy.device), batch.mask[sl], batch.truncated[sl], num_sequences=batch.num_sequences,
-            num_tokens=batch.num_tokens, entropies=entropies)
+            logps,
+            old,
+            batch.ref_logps[sl] if batch.ref_logps is not None else None,
+            batch.advantages[sl].to(self.policy.device),
+            batch.mask[sl],
+            batch.truncated[sl],
+            num_sequences=batch.num_sequences,
+            num_tokens=batch.num_tokens,
+            entropies=entropies,
+        )
         return value, {**loss_metrics, **metrics}
 
     def skip_unscored(self, batch: StepBatch) -> Update:
         """No update for a step in which no completion was scored (every reward returned None)."""
         batch.advantages = torch.zeros(batch.rollouts.num)
         names = ", ".join(r.name for r in self.rewards)
-        self._count_bad_step(batch.step, True, f"no completion was scored (every reward returned None: {names})",
-                             f"had no scored completion: every reward ({names}) returned None for every completion; "
-                             f"check that {names} can score this task's completions (`rlvr show RUN_DIR` shows what "
-                             "the model writes), or raise trainer.max_bad_steps")
+        self._count_bad_step(
+            batch.step,
+            True,
+            f"no completion was scored (every reward returned None: {names})",
+            f"had no scored completion: every reward ({names}) returned None for every completion; "
+            f"check that {names} can score this task's completions (`rlvr show RUN_DIR` shows what "
+            "the model writes), or raise trainer.max_bad_steps",
+        )
         return Update(skipped=True)
 
     def _count_bad_step(self, step: int, bad: bool, what: str, in_a_row: str) -> None:
@@ -463,8 +570,11 @@ class Trainer:
             return
         self.bad_steps_in_row += 1
         self.skipped_steps += 1
-        warnings.warn(f"step {step}: {what}; the update was skipped ({self.bad_steps_in_row} in a row, "
-                      f"{self.skipped_steps} in total)", stacklevel=2)
+        warnings.warn(
+            f"step {step}: {what}; the update was skipped ({self.bad_steps_in_row} in a row, "
+            f"{self.skipped_steps} in total)",
+            stacklevel=2,
+        )
         if self.bad_steps_in_row >= self.tc.max_bad_steps:
             raise TrainingError(f"{self.bad_steps_in_row} steps in a row {in_a_row}")
 
@@ -479,10 +589,14 @@ class Trainer:
             "reward/std": (float(total.std()) if total.numel() > 1 else 0.0) if scored else None,
             "frac_reward_zero_std": zero_std_fraction(total, tc.num_generations),
             "frac_scored": float(batch.scored.float().mean()),
-            "loss": loss_sum / tc.num_iterations, "grad_norm": update.grad_norm, "lr": float(self.scheduler.get_last_lr()[0]),
-            "completion_length/mean": float(batch.lengths.mean()), "completion_length/max": float(batch.lengths.max()),
+            "loss": loss_sum / tc.num_iterations,
+            "grad_norm": update.grad_norm,
+            "lr": float(self.scheduler.get_last_lr()[0]),
+            "completion_length/mean": float(batch.lengths.mean()),
+            "completion_length/max": float(batch.lengths.max()),
             "completion_length/clipped_ratio": float(batch.all_truncated.float().mean()),
-            "step_time": time.perf_counter() - batch.started, "generation_time": batch.generation_time,
+            "step_time": time.perf_counter() - batch.started,
+            "generation_time": batch.generation_time,
             "tokens_per_s": float(batch.lengths.sum()) / max(batch.generation_time, 1e-9),
             "skipped_steps": float(self.skipped_steps),
         }
@@ -494,12 +608,22 @@ class Trainer:
         metrics.update(sums)
         metrics.update(batch.metrics)
         ro = batch.rollouts  # the reward-hacking monitor (audit/...): every rank's share gathered, rank 0 warns
-        metrics.update(self.monitor(batch.step, ro.completions, batch.local_rewards, self.rewards, ro.rows, ro.prompts,
-                                    gather=self.dist.gather, warn=self.dist.is_main))
+        metrics.update(
+            self.monitor(
+                batch.step,
+                ro.completions,
+                batch.local_rewards,
+                self.rewards,
+                ro.rows,
+                ro.prompts,
+                gather=self.dist.gather,
+                warn=self.dist.is_main,
+            )
+        )
         metrics.update(resources.peak_memory())  # memory/peak_rss_mib (+ GPU): rlvr report's peak memory
         metrics = {k: v if v is None or math.isfinite(v) else None for k, v in metrics.items()}  # JSON: null
         samples = self.dist.gather(self._samples(batch.rollouts, batch.local_rewards, batch.advantages))
-        self._last_samples = [s for part in samples for s in part][:tc.log_completions]
+        self._last_samples = [s for part in samples for s in part][: tc.log_completions]
         return metrics
 
     def logprobs(self, model: Any, ro: Rollouts, sl: slice, with_entropy: bool = False) -> Any:
@@ -507,8 +631,12 @@ class Trainer:
         comp_attn = ro.completion_mask if ro.attention_mask is None else ro.attention_mask  # env tokens: attended
         attn = torch.cat([ro.prompt_mask[sl], comp_attn[sl]], dim=1).to(self.policy.device)
         ctx = offload_activations(self.policy.model, enabled=self.tc.offload_activations and torch.is_grad_enabled())
-        kw = {"temperature": self.temperature, "chunk_tokens": self.tc.logprob_chunk_tokens, "return_entropy": with_entropy,
-              "pack": self.tc.pack_completions}
+        kw: dict[str, Any] = {
+            "temperature": self.temperature,
+            "chunk_tokens": self.tc.logprob_chunk_tokens,
+            "return_entropy": with_entropy,
+            "pack": self.tc.pack_completions,
+        }
         with ctx:
             if self.parallel is not None and model is self.policy.model:  # DDP / FSDP2 act through the wrapper
                 return self.parallel(ids, attn, ro.prompt_ids.shape[1], group_size=self.tc.num_generations, **kw)
@@ -523,22 +651,35 @@ class Trainer:
         k = min(self.tc.log_completions, ro.num)
         out = []
         for i in range(k):
-            out.append({"prompt": ro.prompts[i], "completion": ro.completions[i],
-                        "answer": str(ro.rows[i].get(self.task.config.answer_column, "")),
-                        "row": json_row(ro.rows[i]),  # the task columns, so that `rlvr audit` can re-score
-                        "rewards": {r.name: (None if math.isnan(float(table[i, j])) else float(table[i, j]))
-                                    for j, r in enumerate(self.rewards)},
-                        "advantage": float(adv[i]), "truncated": bool(ro.truncated[i])})
+            out.append(
+                {
+                    "prompt": ro.prompts[i],
+                    "completion": ro.completions[i],
+                    "answer": str(ro.rows[i].get(self.task.config.answer_column, "")),
+                    "row": json_row(ro.rows[i]),  # the task columns, so that `rlvr audit` can re-score
+                    "rewards": {
+                        r.name: (None if math.isnan(float(table[i, j])) else float(table[i, j]))
+                        for j, r in enumerate(self.rewards)
+                    },
+                    "advantage": float(adv[i]),
+                    "truncated": bool(ro.truncated[i]),
+                }
+            )
             if ro.episodes:  # multi-turn: the whole trajectory (messages, tool calls and results, stop reason)
                 out[-1]["episode"] = ro.episodes[i]
         return out
 
     # ----- state --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "sampler": self.sampler.state_dict(), "sampling": self.sampling_state.state_dict(),
-                "bad_steps_in_row": self.bad_steps_in_row,
-                "skipped_steps": self.skipped_steps, "config": _to_dict(self.cfg)}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "sampling": self.sampling_state.state_dict(),
+            "bad_steps_in_row": self.bad_steps_in_row,
+            "skipped_steps": self.skipped_steps,
+            "config": _to_dict(self.cfg),
+        }
 
     def save(self) -> Path:
         """Checkpoint: rank 0 writes it (DDP: every rank holds the same weights); with FSDP2 every rank writes
@@ -546,8 +687,9 @@ class Trainer:
         keep = max(1, self.tc.keep_checkpoints)
         if self.parallel is not None and distributed.is_fsdp(self.parallel):
             state = {k: v for k, v in self.state_dict().items() if k != "optimizer"}
-            return distributed.save_sharded_checkpoint(self.dist, self.run_dir, self.step, self.parallel,
-                                                       self.optimizer, state, keep)
+            return distributed.save_sharded_checkpoint(
+                self.dist, self.run_dir, self.step, self.parallel, self.optimizer, state, keep
+            )
         path = Path(self.run_dir) / "checkpoints" / f"{ckpt_io.PREFIX}{self.step}"
         if self.dist.is_main:
             path = ckpt_io.save_checkpoint(self.run_dir, self.step, self.policy, self.state_dict(), keep=keep)
@@ -558,7 +700,9 @@ class Trainer:
         """The trained model, loadable by transformers / peft (LoRA: the adapter; ``trainer.save_merged``: also
         ``merged/``). With FSDP2 the shards are gathered to rank 0 first."""
         parallel = self.parallel
-        state = distributed.full_state_dict(parallel) if parallel is not None and distributed.is_fsdp(parallel) else None
+        state = (
+            distributed.full_state_dict(parallel) if parallel is not None and distributed.is_fsdp(parallel) else None
+        )
         if self.dist.is_main:
             save_policy(self.policy, str(path), state_dict=state)
             if self.tc.save_merged and self.policy.is_lora:
@@ -596,7 +740,8 @@ class Trainer:
             raise ResumeConfigError(
                 f"cannot resume from {path}: the config differs from the checkpoint's in keys that a resumed run "
                 f"cannot change ({listed}). Run the same command as before to resume, or start a new run: "
-                "trainer.resume=none (overwrites this run directory's checkpoints) or a new hydra.run.dir")
+                "trainer.resume=none (overwrites this run directory's checkpoints) or a new hydra.run.dir"
+            )
         self.resume_changes = changes
         if changes and self.dist.is_main:
             listed = "; ".join(f"{k}: {old!r} → {new!r}" for k, (old, new) in changes.items())
@@ -671,17 +816,26 @@ class Trainer:
         self.policy.model.eval()
         with distributed.unsharded(self.parallel):  # every rank evaluates the same rows
             if self.env is not None:
-                out = episodes.evaluate_env(self.policy, self.task, self.env, self.engine, limit=limit,
-                                            seed=self.tc.seed)
+                out = episodes.evaluate_env(
+                    self.policy, self.task, self.env, self.engine, limit=limit, seed=self.tc.seed
+                )
             else:
-                out = evaluate(self.policy, self.task, self.engine,
-                               num_samples=num_samples or self.tc.eval_num_samples, limit=limit, seed=self.tc.seed)
+                out = evaluate(
+                    self.policy,
+                    self.task,
+                    self.engine,
+                    num_samples=num_samples or self.tc.eval_num_samples,
+                    limit=limit,
+                    seed=self.tc.seed,
+                )
         if was:
             self.policy.model.train()
         return out
 
 
-def train(cfg: Any, rewards: Optional[Sequence[Callable[..., Any]]] = None, run_dir: Optional[str | Path] = None) -> Trainer:
+def train(
+    cfg: Any, rewards: Optional[Sequence[Callable[..., Any]]] = None, run_dir: Optional[str | Path] = None
+) -> Trainer:
     """Build a Trainer from a config and run it; returns the trainer (its ``run_dir`` holds the outputs)."""
     trainer = Trainer(cfg, rewards=rewards, run_dir=run_dir)
     trainer.train()

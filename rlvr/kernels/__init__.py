@@ -7,6 +7,7 @@
 The model-level helpers built on them (a causal LM's completion log-probs, the shared-prompt forward,
 checkpointing and offload) live in :mod:`rlvr.modeling`.
 """
+
 from rlvr.kernels.logprobs import reference_token_logprobs, token_logprobs, triton_available
 
 __all__ = ["token_logprobs", "reference_token_logprobs", "triton_available"]

@@ -29,6 +29,7 @@ Two ways of getting the gradient, picked automatically:
 On CUDA, when Triton imports, the same function runs a Triton kernel (:mod:`rlvr.kernels.triton_logprobs`)
 that never materialises logits in forward at all; everywhere else this PyTorch version runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,16 +50,30 @@ def _compute_dtype(hidden: Tensor, weight: Tensor) -> torch.dtype:
     return torch.float64 if torch.float64 in (hidden.dtype, weight.dtype) else torch.float32
 
 
-def _check_inputs(hidden: Tensor, weight: Tensor, target_ids: Tensor, bias: Optional[Tensor],
-                  temperature: float, chunk_tokens: int, softcap: Optional[float], chunk_vocab: int = 1) -> None:
+def _check_inputs(
+    hidden: Tensor,
+    weight: Tensor,
+    target_ids: Tensor,
+    bias: Optional[Tensor],
+    temperature: float,
+    chunk_tokens: int,
+    softcap: Optional[float],
+    chunk_vocab: int = 1,
+) -> None:
     if not hidden.is_floating_point() or not weight.is_floating_point():
-        raise TypeError(f"token_logprobs: hidden and weight must be floating point, got {hidden.dtype} and {weight.dtype}")
+        raise TypeError(
+            f"token_logprobs: hidden and weight must be floating point, got {hidden.dtype} and {weight.dtype}"
+        )
     if weight.dim() != 2:
         raise ValueError(f"token_logprobs: weight must be [V, H], got shape {tuple(weight.shape)}")
     if hidden.shape[-1] != weight.shape[1]:
-        raise ValueError(f"token_logprobs: hidden size {hidden.shape[-1]} does not match weight [V, H] = {tuple(weight.shape)}")
+        raise ValueError(
+            f"token_logprobs: hidden size {hidden.shape[-1]} does not match weight [V, H] = {tuple(weight.shape)}"
+        )
     if tuple(target_ids.shape) != tuple(hidden.shape[:-1]):
-        raise ValueError(f"token_logprobs: target_ids shape {tuple(target_ids.shape)} must equal hidden.shape[:-1] = {tuple(hidden.shape[:-1])}")
+        raise ValueError(
+            f"token_logprobs: target_ids shape {tuple(target_ids.shape)} must equal hidden.shape[:-1] = {tuple(hidden.shape[:-1])}"
+        )
     if target_ids.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"token_logprobs: target_ids must be an integer tensor, got {target_ids.dtype}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
@@ -66,18 +81,23 @@ def _check_inputs(hidden: Tensor, weight: Tensor, target_ids: Tensor, bias: Opti
     if not temperature > 0:
         raise ValueError(f"token_logprobs: temperature must be > 0, got {temperature}")
     if int(chunk_tokens) < 1 or int(chunk_vocab) < 1:
-        raise ValueError(f"token_logprobs: chunk_tokens and chunk_vocab must be >= 1, got {chunk_tokens}, {chunk_vocab}")
+        raise ValueError(
+            f"token_logprobs: chunk_tokens and chunk_vocab must be >= 1, got {chunk_tokens}, {chunk_vocab}"
+        )
     if softcap is not None and not softcap > 0:
         raise ValueError(f"token_logprobs: softcap must be > 0 or None, got {softcap}")
     if hidden.device != weight.device or hidden.device != target_ids.device:
-        raise ValueError(f"token_logprobs: hidden ({hidden.device}), weight ({weight.device}) and target_ids ({target_ids.device}) must share a device")
+        raise ValueError(
+            f"token_logprobs: hidden ({hidden.device}), weight ({weight.device}) and target_ids ({target_ids.device}) must share a device"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
 # per-chunk building blocks (shared by forward, backward and the reference)
 # ----------------------------------------------------------------------------------------------
-def _chunk_logits(h: Tensor, w: Tensor, b: Optional[Tensor], logit_scale: float,
-                  softcap: Optional[float], temperature: float) -> Tensor:
+def _chunk_logits(
+    h: Tensor, w: Tensor, b: Optional[Tensor], logit_scale: float, softcap: Optional[float], temperature: float
+) -> Tensor:
     """z = softcap*tanh(((h @ w.T + b) * logit_scale) / softcap) / temperature, new [C, V] tensor.
 
     ``h`` and ``w`` are already in the compute dtype; the result is in that dtype.
@@ -92,8 +112,9 @@ def _chunk_logits(h: Tensor, w: Tensor, b: Optional[Tensor], logit_scale: float,
     return z
 
 
-def _dz_da_inplace(grad: Tensor, z: Tensor, logit_scale: float, softcap: Optional[float],
-                   temperature: float) -> Tensor:
+def _dz_da_inplace(
+    grad: Tensor, z: Tensor, logit_scale: float, softcap: Optional[float], temperature: float
+) -> Tensor:
     """Turn d/dz into d/d(h @ w.T + b) in place: times (1 - tanh^2) / temperature * logit_scale."""
     if softcap is not None:
         # c = z * temperature = softcap * tanh(.): d c / d(a/softcap * softcap) = 1 - (c / softcap)^2
@@ -106,8 +127,16 @@ def _dz_da_inplace(grad: Tensor, z: Tensor, logit_scale: float, softcap: Optiona
     return grad
 
 
-def _grad_z_tile(z: Tensor, lse: Tensor, local_t: Tensor, hit: Tensor, g_lp: Optional[Tensor],
-                 g_ent: Optional[Tensor], mu: Optional[Tensor], keep_z: bool) -> Tensor:
+def _grad_z_tile(
+    z: Tensor,
+    lse: Tensor,
+    local_t: Tensor,
+    hit: Tensor,
+    g_lp: Optional[Tensor],
+    g_ent: Optional[Tensor],
+    mu: Optional[Tensor],
+    keep_z: bool,
+) -> Tensor:
     """d(sum_i g_lp_i*logp_i + g_ent_i*entropy_i)/dz for one [C, Vt] tile of logits ``z``.
 
     With ``p = exp(z - lse)`` and ``mu = sum_v p z = lse - entropy``::
@@ -121,10 +150,10 @@ def _grad_z_tile(z: Tensor, lse: Tensor, local_t: Tensor, hit: Tensor, g_lp: Opt
     """
     if g_ent is None:
         p = z.sub(lse[:, None]) if keep_z else z.sub_(lse[:, None])
-        p.exp_().mul_(g_lp.neg()[:, None])
+        p.exp_().mul_(g_lp.neg()[:, None])  # type: ignore[union-attr]
     else:
         p = z.sub(lse[:, None]).exp_()
-        coef = z.sub(mu[:, None]) if keep_z else z.sub_(mu[:, None])
+        coef = z.sub(mu[:, None]) if keep_z else z.sub_(mu[:, None])  # type: ignore[index]
         coef.mul_(g_ent[:, None])
         if g_lp is not None:
             coef.add_(g_lp[:, None])
@@ -152,9 +181,20 @@ class _TokenLogprobs(torch.autograd.Function):
     """Chunks of ``chunk`` token rows x ``chunk_vocab`` vocabulary columns; online log-sum-exp."""
 
     @staticmethod
-    def forward(ctx, hidden2d: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
-                temperature: float, chunk: int, want_entropy: bool, softcap: Optional[float],
-                logit_scale: float, chunk_vocab: int, grad_needed: Tuple[bool, bool, bool]):
+    def forward(
+        ctx,
+        hidden2d: Tensor,
+        weight: Tensor,
+        bias: Optional[Tensor],
+        targets: Tensor,
+        temperature: float,
+        chunk: int,
+        want_entropy: bool,
+        softcap: Optional[float],
+        logit_scale: float,
+        chunk_vocab: int,
+        grad_needed: Tuple[bool, bool, bool],
+    ):
         cd = _compute_dtype(hidden2d, weight)
         M, H = hidden2d.shape
         V = weight.shape[0]
@@ -170,8 +210,9 @@ class _TokenLogprobs(torch.autograd.Function):
         precompute = need_h and not need_w and not need_b and not want_entropy
         if precompute:
             rows = max(1, (chunk * min(chunk_vocab, V)) // V)
-            dh_unit = _precompute_forward(hidden2d, weight, bias, targets, valid, temperature, rows, softcap,
-                                          logit_scale, logp, lse, cd)
+            dh_unit = _precompute_forward(
+                hidden2d, weight, bias, targets, valid, temperature, rows, softcap, logit_scale, logp, lse, cd
+            )
             ctx.save_for_backward(dh_unit)
         else:
             tiles = _vocab_tiles(V, chunk_vocab)
@@ -184,8 +225,14 @@ class _TokenLogprobs(torch.autograd.Function):
                 sz = torch.zeros(e - s, dtype=cd, device=dev) if want_entropy else None
                 tz = torch.zeros(e - s, dtype=cd, device=dev)
                 for v0, v1 in tiles:
-                    z = _chunk_logits(h, weight[v0:v1].to(cd), None if bias is None else bias[v0:v1].to(cd),
-                                      logit_scale, softcap, temperature)
+                    z = _chunk_logits(
+                        h,
+                        weight[v0:v1].to(cd),
+                        None if bias is None else bias[v0:v1].to(cd),
+                        logit_scale,
+                        softcap,
+                        temperature,
+                    )
                     local_t, hit = _tile_targets(t, ok, v0, v1)
                     tz += torch.where(hit, z.gather(1, local_t[:, None]).squeeze(1), torch.zeros_like(tz))
                     m_new = torch.maximum(m, z.amax(dim=1))
@@ -193,7 +240,7 @@ class _TokenLogprobs(torch.autograd.Function):
                     if want_entropy:
                         ez = z.sub(m_new[:, None]).exp_()
                         ssum.mul_(alpha).add_(ez.sum(dim=1))
-                        sz.mul_(alpha).add_(ez.mul_(z).sum(dim=1))
+                        sz.mul_(alpha).add_(ez.mul_(z).sum(dim=1))  # type: ignore[union-attr]
                         del ez
                     else:
                         ssum.mul_(alpha).add_(z.sub_(m_new[:, None]).exp_().sum(dim=1))
@@ -203,10 +250,19 @@ class _TokenLogprobs(torch.autograd.Function):
                 lse[s:e] = lse_c
                 logp[s:e] = torch.where(ok, tz - lse_c, torch.zeros_like(tz))
                 if want_entropy:
-                    ent[s:e] = lse_c - sz / ssum
+                    ent[s:e] = lse_c - sz / ssum  # type: ignore[arg-type,index]
             ctx.save_for_backward(hidden2d, weight, bias, targets, lse, ent)
-        ctx.meta = (temperature, chunk, want_entropy, softcap, logit_scale, chunk_vocab, precompute,
-                    hidden2d.dtype, weight.dtype)
+        ctx.meta = (
+            temperature,
+            chunk,
+            want_entropy,
+            softcap,
+            logit_scale,
+            chunk_vocab,
+            precompute,
+            hidden2d.dtype,
+            weight.dtype,
+        )
         return logp, (ent if ent is not None else lse.new_zeros(0))
 
     @staticmethod
@@ -243,11 +299,20 @@ class _TokenLogprobs(torch.autograd.Function):
             t, ok = targets[s:e], valid[s:e]
             for v0, v1 in tiles:
                 w = weight[v0:v1].to(cd)
-                z = _chunk_logits(h, w, None if bias is None else bias[v0:v1].to(cd), logit_scale, softcap, temperature)
+                z = _chunk_logits(
+                    h, w, None if bias is None else bias[v0:v1].to(cd), logit_scale, softcap, temperature
+                )
                 local_t, hit = _tile_targets(t, ok, v0, v1)
-                gz = _grad_z_tile(z, lse[s:e], local_t, hit, None if g_lp is None else g_lp[s:e],
-                                  None if g_ent is None else g_ent[s:e], None if mu is None else mu[s:e],
-                                  keep_z=softcap is not None)
+                gz = _grad_z_tile(
+                    z,
+                    lse[s:e],
+                    local_t,
+                    hit,
+                    None if g_lp is None else g_lp[s:e],
+                    None if g_ent is None else g_ent[s:e],
+                    None if mu is None else mu[s:e],
+                    keep_z=softcap is not None,
+                )
                 _dz_da_inplace(gz, z, logit_scale, softcap, temperature)
                 del z
                 if dh is not None:
@@ -257,14 +322,27 @@ class _TokenLogprobs(torch.autograd.Function):
                 if db is not None:
                     db[v0:v1] += gz.sum(dim=0)
                 del gz
-        return (dh.to(h_dtype) if dh is not None else None,
-                dw.to(w_dtype) if dw is not None else None,
-                db.to(bias.dtype) if db is not None else None) + nothing[3:]
+        return (
+            dh.to(h_dtype) if dh is not None else None,
+            dw.to(w_dtype) if dw is not None else None,
+            db.to(bias.dtype) if db is not None else None,
+        ) + nothing[3:]
 
 
-def _precompute_forward(hidden2d: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor, valid: Tensor,
-                        temperature: float, rows: int, softcap: Optional[float], logit_scale: float,
-                        logp: Tensor, lse: Tensor, cd: torch.dtype) -> Tensor:
+def _precompute_forward(
+    hidden2d: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    targets: Tensor,
+    valid: Tensor,
+    temperature: float,
+    rows: int,
+    softcap: Optional[float],
+    logit_scale: float,
+    logp: Tensor,
+    lse: Tensor,
+    cd: torch.dtype,
+) -> Tensor:
     """Fill ``logp``/``lse`` and return ``d logp_i / d h_i`` ([M, H], compute dtype), full-vocab rows."""
     M, H = hidden2d.shape
     w = weight.to(cd)
@@ -326,10 +404,20 @@ def _pick_backend(backend: str, hidden: Tensor) -> str:
 # ----------------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------------
-def token_logprobs(hidden: Tensor, weight: Tensor, target_ids: Tensor, temperature: float = 1.0,
-                   bias: Optional[Tensor] = None, chunk_tokens: int = 1024, return_entropy: bool = False,
-                   softcap: Optional[float] = None, logit_scale: float = 1.0, *, chunk_vocab: int = 8192,
-                   backend: str = "auto") -> Union[Tensor, Tuple[Tensor, Tensor]]:
+def token_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    target_ids: Tensor,
+    temperature: float = 1.0,
+    bias: Optional[Tensor] = None,
+    chunk_tokens: int = 1024,
+    return_entropy: bool = False,
+    softcap: Optional[float] = None,
+    logit_scale: float = 1.0,
+    *,
+    chunk_vocab: int = 8192,
+    backend: str = "auto",
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Log-probabilities of ``target_ids`` under the LM head, without materialising the logits.
 
     Formula (per token ``i``; see the module docstring)::
@@ -366,10 +454,15 @@ def token_logprobs(hidden: Tensor, weight: Tensor, target_ids: Tensor, temperatu
     hidden2d = hidden.reshape(-1, H)
     targets = target_ids.reshape(-1)
     if bool((targets >= weight.shape[0]).any()):
-        raise ValueError(f"token_logprobs: target id {int(targets.max())} out of range for a vocabulary of {weight.shape[0]}")
+        raise ValueError(
+            f"token_logprobs: target id {int(targets.max())} out of range for a vocabulary of {weight.shape[0]}"
+        )
     grad_on = torch.is_grad_enabled()
-    grad_needed = (grad_on and hidden.requires_grad, grad_on and weight.requires_grad,
-                   grad_on and bias is not None and bias.requires_grad)
+    grad_needed = (
+        grad_on and hidden.requires_grad,
+        grad_on and weight.requires_grad,
+        grad_on and bias is not None and bias.requires_grad,
+    )
     softcap = float(softcap) if softcap is not None else None
     args = (float(temperature), int(chunk_tokens), bool(return_entropy), softcap, float(logit_scale))
     if _pick_backend(backend, hidden) == "triton":
@@ -384,10 +477,16 @@ def token_logprobs(hidden: Tensor, weight: Tensor, target_ids: Tensor, temperatu
     return logp
 
 
-def reference_token_logprobs(hidden: Tensor, weight: Tensor, target_ids: Tensor, temperature: float = 1.0,
-                             bias: Optional[Tensor] = None, return_entropy: bool = False,
-                             softcap: Optional[float] = None, logit_scale: float = 1.0,
-                             ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+def reference_token_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    target_ids: Tensor,
+    temperature: float = 1.0,
+    bias: Optional[Tensor] = None,
+    return_entropy: bool = False,
+    softcap: Optional[float] = None,
+    logit_scale: float = 1.0,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """The naive computation :func:`token_logprobs` must match: full ``[..., V]`` logits in the
     compute dtype (float32, or float64), ``log_softmax`` and ``gather`` (what TRL does). For tests
     and benchmarks only: memory ``O(tokens * V)``."""

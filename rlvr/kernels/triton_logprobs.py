@@ -19,6 +19,7 @@ that is how the tests check them without a GPU). Loop bounds (the hidden size, t
 share of a program) are compile-time constants: one compilation per model shape, and the
 interpreter of older Triton releases (3.6 with NumPy >= 2.3) cannot loop to a runtime bound.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -39,18 +40,43 @@ def _tanh(x):
 
 
 @triton.jit
-def _logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, rmask, cmask, K: tl.constexpr, stride_hm, stride_hk, stride_wv,
-                 stride_wk, logit_scale, softcap, HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, PRECISION: tl.constexpr,
-                 BM: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr):
+def _logits_tile(
+    h_ptr,
+    w_ptr,
+    b_ptr,
+    rows,
+    cols,
+    rmask,
+    cmask,
+    K: tl.constexpr,
+    stride_hm,
+    stride_hk,
+    stride_wv,
+    stride_wk,
+    logit_scale,
+    softcap,
+    HAS_BIAS: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BM: tl.constexpr,
+    BV: tl.constexpr,
+    BK: tl.constexpr,
+):
     """c = softcap*tanh((h[rows] @ W[cols].T + b[cols]) * logit_scale / softcap), float32 [BM, BV] (before temperature)."""
     acc = tl.zeros([BM, BV], dtype=tl.float32)
     for k0 in range(0, K, BK):
         ks = k0 + tl.arange(0, BK)
         kmask = ks < K
-        a = tl.load(h_ptr + rows[:, None] * stride_hm + ks[None, :] * stride_hk,
-                    mask=rmask[:, None] & kmask[None, :], other=0.0)
-        b = tl.load(w_ptr + cols[None, :] * stride_wv + ks[:, None] * stride_wk,
-                    mask=cmask[None, :] & kmask[:, None], other=0.0)
+        a = tl.load(
+            h_ptr + rows[:, None] * stride_hm + ks[None, :] * stride_hk,
+            mask=rmask[:, None] & kmask[None, :],
+            other=0.0,
+        )
+        b = tl.load(
+            w_ptr + cols[None, :] * stride_wv + ks[:, None] * stride_wk,
+            mask=cmask[None, :] & kmask[:, None],
+            other=0.0,
+        )
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
@@ -61,11 +87,34 @@ def _logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, rmask, cmask, K: tl.constexpr,
 
 
 @triton.jit
-def _fwd_kernel(h_ptr, w_ptr, b_ptr, t_ptr, m_out, s_out, sz_out, tz_out,
-                M, V, K: tl.constexpr, stride_hm, stride_hk, stride_wv, stride_wk, v_per_split: tl.constexpr,
-                inv_temp, logit_scale, softcap,
-                HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, ENTROPY: tl.constexpr, PRECISION: tl.constexpr,
-                BM: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr):
+def _fwd_kernel(
+    h_ptr,
+    w_ptr,
+    b_ptr,
+    t_ptr,
+    m_out,
+    s_out,
+    sz_out,
+    tz_out,
+    M,
+    V,
+    K: tl.constexpr,
+    stride_hm,
+    stride_hk,
+    stride_wv,
+    stride_wk,
+    v_per_split: tl.constexpr,
+    inv_temp,
+    logit_scale,
+    softcap,
+    HAS_BIAS: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    ENTROPY: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BM: tl.constexpr,
+    BV: tl.constexpr,
+    BK: tl.constexpr,
+):
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
@@ -80,8 +129,31 @@ def _fwd_kernel(h_ptr, w_ptr, b_ptr, t_ptr, m_out, s_out, sz_out, tz_out,
     for v0 in range(0, v_per_split, BV):  # plain loop bounds; columns past v_hi are masked
         cols = v_lo + v0 + tl.arange(0, BV)
         cmask = cols < v_hi
-        z = _logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, rmask, cmask, K, stride_hm, stride_hk, stride_wv, stride_wk,
-                         logit_scale, softcap, HAS_BIAS, SOFTCAP, PRECISION, BM, BV, BK) * inv_temp
+        z = (
+            _logits_tile(
+                h_ptr,
+                w_ptr,
+                b_ptr,
+                rows,
+                cols,
+                rmask,
+                cmask,
+                K,
+                stride_hm,
+                stride_hk,
+                stride_wv,
+                stride_wk,
+                logit_scale,
+                softcap,
+                HAS_BIAS,
+                SOFTCAP,
+                PRECISION,
+                BM,
+                BV,
+                BK,
+            )
+            * inv_temp
+        )
         z = tl.where(cmask[None, :], z, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(z, 1))
         alpha = tl.exp(m_i - m_new)
@@ -100,11 +172,37 @@ def _fwd_kernel(h_ptr, w_ptr, b_ptr, t_ptr, m_out, s_out, sz_out, tz_out,
 
 
 @triton.jit
-def _grad_logits_kernel(h_ptr, w_ptr, b_ptr, t_ptr, lse_ptr, mu_ptr, glp_ptr, gent_ptr, g_ptr,
-                        M, V, K: tl.constexpr, stride_hm, stride_hk, stride_wv, stride_wk, stride_gm, stride_gv,
-                        inv_temp, logit_scale, softcap,
-                        HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, HAS_GLP: tl.constexpr, HAS_GENT: tl.constexpr,
-                        PRECISION: tl.constexpr, BM: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr):
+def _grad_logits_kernel(
+    h_ptr,
+    w_ptr,
+    b_ptr,
+    t_ptr,
+    lse_ptr,
+    mu_ptr,
+    glp_ptr,
+    gent_ptr,
+    g_ptr,
+    M,
+    V,
+    K: tl.constexpr,
+    stride_hm,
+    stride_hk,
+    stride_wv,
+    stride_wk,
+    stride_gm,
+    stride_gv,
+    inv_temp,
+    logit_scale,
+    softcap,
+    HAS_BIAS: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    HAS_GLP: tl.constexpr,
+    HAS_GENT: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BM: tl.constexpr,
+    BV: tl.constexpr,
+    BK: tl.constexpr,
+):
     """G[i, v] = d(sum_i glp_i*logp_i + gent_i*ent_i) / d(h_i W_v + b_v) for one token chunk."""
     pid_m = tl.program_id(0)
     pid_v = tl.program_id(1)
@@ -112,8 +210,28 @@ def _grad_logits_kernel(h_ptr, w_ptr, b_ptr, t_ptr, lse_ptr, mu_ptr, glp_ptr, ge
     cols = pid_v * BV + tl.arange(0, BV)
     rmask = rows < M
     cmask = cols < V
-    c = _logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, rmask, cmask, K, stride_hm, stride_hk, stride_wv, stride_wk,
-                     logit_scale, softcap, HAS_BIAS, SOFTCAP, PRECISION, BM, BV, BK)
+    c = _logits_tile(
+        h_ptr,
+        w_ptr,
+        b_ptr,
+        rows,
+        cols,
+        rmask,
+        cmask,
+        K,
+        stride_hm,
+        stride_hk,
+        stride_wv,
+        stride_wk,
+        logit_scale,
+        softcap,
+        HAS_BIAS,
+        SOFTCAP,
+        PRECISION,
+        BM,
+        BV,
+        BK,
+    )
     z = c * inv_temp
     lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
     p = tl.exp(z - lse[:, None])
@@ -134,8 +252,11 @@ def _grad_logits_kernel(h_ptr, w_ptr, b_ptr, t_ptr, lse_ptr, mu_ptr, glp_ptr, ge
         th = c / softcap
         g = g * (1.0 - th * th)
     g = g * (inv_temp * logit_scale)
-    tl.store(g_ptr + rows[:, None] * stride_gm + cols[None, :] * stride_gv, g.to(g_ptr.dtype.element_ty),
-             mask=rmask[:, None] & cmask[None, :])
+    tl.store(
+        g_ptr + rows[:, None] * stride_gm + cols[None, :] * stride_gv,
+        g.to(g_ptr.dtype.element_ty),
+        mask=rmask[:, None] & cmask[None, :],
+    )
 
 
 _DW_TILE = 8192  # vocabulary rows of dW per float32 partial product in backward
@@ -166,8 +287,16 @@ def _mm_f32(a: Tensor, b: Tensor) -> Tensor:
         return (a @ b).float()
 
 
-def _forward(h: Tensor, w: Tensor, b: Optional[Tensor], t: Tensor, inv_temp: float, softcap: Optional[float],
-             logit_scale: float, want_entropy: bool) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+def _forward(
+    h: Tensor,
+    w: Tensor,
+    b: Optional[Tensor],
+    t: Tensor,
+    inv_temp: float,
+    softcap: Optional[float],
+    logit_scale: float,
+    want_entropy: bool,
+) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
     M, K = h.shape
     V = w.shape[0]
     interp = _interpreting()
@@ -181,16 +310,41 @@ def _forward(h: Tensor, w: Tensor, b: Optional[Tensor], t: Tensor, inv_temp: flo
     v_per = triton.cdiv(triton.cdiv(V, nsplit), BV) * BV
     nsplit = triton.cdiv(V, v_per)
     f32 = dict(dtype=torch.float32, device=h.device)
-    m_p = torch.empty(nsplit, M, **f32)
-    s_p = torch.empty(nsplit, M, **f32)
-    tz_p = torch.empty(nsplit, M, **f32)
-    sz_p = torch.empty(nsplit, M, **f32) if want_entropy else s_p
+    m_p = torch.empty(nsplit, M, **f32)  # type: ignore[call-overload]
+    s_p = torch.empty(nsplit, M, **f32)  # type: ignore[call-overload]
+    tz_p = torch.empty(nsplit, M, **f32)  # type: ignore[call-overload]
+    sz_p = torch.empty(nsplit, M, **f32) if want_entropy else s_p  # type: ignore[call-overload]
     prec = "ieee" if w.dtype == torch.float32 else "tf32"
     kw = {} if interp else dict(num_warps=nw, num_stages=3)
     _fwd_kernel[(row_blocks, nsplit)](
-        h, w, b if b is not None else w, t, m_p, s_p, sz_p, tz_p, M, V, K, h.stride(0), h.stride(1), w.stride(0),
-        w.stride(1), v_per, inv_temp, logit_scale, softcap or 1.0, HAS_BIAS=b is not None, SOFTCAP=softcap is not None,
-        ENTROPY=want_entropy, PRECISION=prec, BM=BM, BV=BV, BK=BK, **kw)
+        h,
+        w,
+        b if b is not None else w,
+        t,
+        m_p,
+        s_p,
+        sz_p,
+        tz_p,
+        M,
+        V,
+        K,
+        h.stride(0),
+        h.stride(1),
+        w.stride(0),
+        w.stride(1),
+        v_per,
+        inv_temp,
+        logit_scale,
+        softcap or 1.0,
+        HAS_BIAS=b is not None,
+        SOFTCAP=softcap is not None,
+        ENTROPY=want_entropy,
+        PRECISION=prec,
+        BM=BM,
+        BV=BV,
+        BK=BK,
+        **kw,
+    )
     m = m_p.amax(0)
     scale = torch.exp(m_p - m)
     S = (s_p * scale).sum(0)
@@ -203,9 +357,19 @@ def _forward(h: Tensor, w: Tensor, b: Optional[Tensor], t: Tensor, inv_temp: flo
     return logp, lse, None, None
 
 
-def _grad_logits(h: Tensor, w: Tensor, b: Optional[Tensor], t: Tensor, lse: Tensor, mu: Optional[Tensor],
-                 glp: Optional[Tensor], gent: Optional[Tensor], inv_temp: float, softcap: Optional[float],
-                 logit_scale: float) -> Tensor:
+def _grad_logits(
+    h: Tensor,
+    w: Tensor,
+    b: Optional[Tensor],
+    t: Tensor,
+    lse: Tensor,
+    mu: Optional[Tensor],
+    glp: Optional[Tensor],
+    gent: Optional[Tensor],
+    inv_temp: float,
+    softcap: Optional[float],
+    logit_scale: float,
+) -> Tensor:
     M, K = h.shape
     V = w.shape[0]
     interp = _interpreting()
@@ -214,11 +378,37 @@ def _grad_logits(h: Tensor, w: Tensor, b: Optional[Tensor], t: Tensor, lse: Tens
     prec = "ieee" if w.dtype == torch.float32 else "tf32"
     kw = {} if interp else dict(num_warps=nw, num_stages=3)
     _grad_logits_kernel[(triton.cdiv(M, BM), triton.cdiv(V, BV))](
-        h, w, b if b is not None else w, t, lse, mu if mu is not None else lse, glp if glp is not None else lse,
-        gent if gent is not None else lse, G, M, V, K, h.stride(0), h.stride(1), w.stride(0), w.stride(1),
-        G.stride(0), G.stride(1), inv_temp, logit_scale, softcap or 1.0, HAS_BIAS=b is not None,
-        SOFTCAP=softcap is not None, HAS_GLP=glp is not None, HAS_GENT=gent is not None, PRECISION=prec,
-        BM=BM, BV=BV, BK=BK, **kw)
+        h,
+        w,
+        b if b is not None else w,
+        t,
+        lse,
+        mu if mu is not None else lse,
+        glp if glp is not None else lse,
+        gent if gent is not None else lse,
+        G,
+        M,
+        V,
+        K,
+        h.stride(0),
+        h.stride(1),
+        w.stride(0),
+        w.stride(1),
+        G.stride(0),
+        G.stride(1),
+        inv_temp,
+        logit_scale,
+        softcap or 1.0,
+        HAS_BIAS=b is not None,
+        SOFTCAP=softcap is not None,
+        HAS_GLP=glp is not None,
+        HAS_GENT=gent is not None,
+        PRECISION=prec,
+        BM=BM,
+        BV=BV,
+        BK=BK,
+        **kw,
+    )
     return G
 
 
@@ -256,28 +446,56 @@ class _TritonTokenLogprobs(torch.autograd.Function):
         db = torch.zeros(w.shape[0], dtype=torch.float32, device=w.device) if need_b else None
         for s in range(0, M, chunk):
             e = min(s + chunk, M)
-            G = _grad_logits(h[s:e], w, b, t[s:e], lse[s:e], None if mu is None else mu[s:e],
-                             None if g_lp is None else g_lp[s:e], None if g_ent is None else g_ent[s:e],
-                             1.0 / temperature, softcap, logit_scale)
+            G = _grad_logits(
+                h[s:e],
+                w,
+                b,
+                t[s:e],
+                lse[s:e],
+                None if mu is None else mu[s:e],
+                None if g_lp is None else g_lp[s:e],
+                None if g_ent is None else g_ent[s:e],
+                1.0 / temperature,
+                softcap,
+                logit_scale,
+            )
             if dh is not None:
                 torch.mm(G, w, out=dh[s:e])
             if dw is not None:  # float32 partial products one vocabulary tile at a time (small temporaries)
                 for v0 in range(0, G.shape[1], _DW_TILE):
-                    dw[v0:v0 + _DW_TILE] += _mm_f32(G[:, v0:v0 + _DW_TILE].t(), h[s:e])
+                    dw[v0 : v0 + _DW_TILE] += _mm_f32(G[:, v0 : v0 + _DW_TILE].t(), h[s:e])
             if db is not None:
                 db += G.sum(0, dtype=torch.float32)
             del G
-        return (dh.to(h_dtype) if dh is not None else None, dw.to(w_dtype) if dw is not None else None,
-                db.to(b.dtype) if db is not None else None, None, None, None, None, None, None)
+        return (
+            dh.to(h_dtype) if dh is not None else None,
+            dw.to(w_dtype) if dw is not None else None,
+            db.to(b.dtype) if db is not None else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
-def triton_token_logprobs(hidden2d: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor, temperature: float,
-                          chunk_tokens: int, return_entropy: bool, softcap: Optional[float], logit_scale: float
-                          ) -> Tuple[Tensor, Tensor]:
+def triton_token_logprobs(
+    hidden2d: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    targets: Tensor,
+    temperature: float,
+    chunk_tokens: int,
+    return_entropy: bool,
+    softcap: Optional[float],
+    logit_scale: float,
+) -> Tuple[Tensor, Tensor]:
     """Triton path of :func:`rlvr.kernels.token_logprobs` on flattened inputs.
 
     ``hidden2d`` [M, H], ``weight`` [V, H], ``bias`` [V] or None, ``targets`` [M] (negative =
     ignored). Returns float32 ``(logp [M], entropy [M] or an empty tensor)``; differentiable.
     """
-    return _TritonTokenLogprobs.apply(hidden2d, weight, bias, targets, temperature, chunk_tokens, return_entropy,
-                                      softcap, logit_scale)
+    return _TritonTokenLogprobs.apply(
+        hidden2d, weight, bias, targets, temperature, chunk_tokens, return_entropy, softcap, logit_scale
+    )

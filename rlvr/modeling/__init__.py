@@ -8,10 +8,26 @@
 * :func:`enable_gradient_checkpointing` / :class:`offload_activations` — the
   ``trainer.gradient_checkpointing`` / ``trainer.offload_activations`` switches.
 """
-from rlvr.modeling.causal_lm import (base_model, completion_logprobs, decoder_of, lm_head_params, lora_head_weight,
-                                     position_ids_from_mask)
+
+from rlvr.modeling.causal_lm import (
+    base_model,
+    completion_logprobs,
+    decoder_of,
+    lm_head_params,
+    lora_head_weight,
+    position_ids_from_mask,
+)
 from rlvr.modeling.memory import enable_gradient_checkpointing, offload_activations
 from rlvr.modeling.shared_prompt import grouped_completion_logprobs
 
-__all__ = ["completion_logprobs", "grouped_completion_logprobs", "base_model", "decoder_of", "lm_head_params",
-           "lora_head_weight", "position_ids_from_mask", "enable_gradient_checkpointing", "offload_activations"]
+__all__ = [
+    "completion_logprobs",
+    "grouped_completion_logprobs",
+    "base_model",
+    "decoder_of",
+    "lm_head_params",
+    "lora_head_weight",
+    "position_ids_from_mask",
+    "enable_gradient_checkpointing",
+    "offload_activations",
+]

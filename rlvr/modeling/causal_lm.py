@@ -9,6 +9,7 @@ reads Gemma's ``final_logit_softcapping``, Cohere's ``logit_scale`` and Granite'
 ``logits_scaling`` from the config, and gives tied embeddings their gradient through autograd
 (the head weight *is* the embedding parameter).
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Tuple, Union
@@ -40,8 +41,10 @@ def decoder_of(model: Any) -> torch.nn.Module:
             cand = getattr(base, name, None)
             if isinstance(cand, torch.nn.Module):
                 return cand
-        raise TypeError(f"completion_logprobs: cannot find the decoder of {type(base).__name__} "
-                        "(no get_decoder() and no .model/.transformer attribute)")
+        raise TypeError(
+            f"completion_logprobs: cannot find the decoder of {type(base).__name__} "
+            "(no get_decoder() and no .model/.transformer attribute)"
+        )
     return dec
 
 
@@ -67,7 +70,9 @@ def lm_head_params(model: Any) -> Tuple[Tensor, Optional[Tensor], Optional[float
     base = base_model(model)
     head = base.get_output_embeddings()
     if head is None:
-        raise TypeError(f"completion_logprobs: {type(base).__name__} has no output embeddings (get_output_embeddings() is None)")
+        raise TypeError(
+            f"completion_logprobs: {type(base).__name__} has no output embeddings (get_output_embeddings() is None)"
+        )
     # peft modules_to_save: the trainable copy of the head for the active adapter
     mts = getattr(head, "modules_to_save", None)
     if mts is not None and hasattr(head, "original_module"):
@@ -99,10 +104,18 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return pos.masked_fill_(attention_mask == 0, 1)
 
 
-def completion_logprobs(model: Any, input_ids: Tensor, attention_mask: Optional[Tensor], prompt_length: int,
-                        temperature: float = 1.0, chunk_tokens: int = 1024, return_entropy: bool = False, *,
-                        position_ids: Optional[Tensor] = None, backend: str = "auto",
-                        ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+def completion_logprobs(
+    model: Any,
+    input_ids: Tensor,
+    attention_mask: Optional[Tensor],
+    prompt_length: int,
+    temperature: float = 1.0,
+    chunk_tokens: int = 1024,
+    return_entropy: bool = False,
+    *,
+    position_ids: Optional[Tensor] = None,
+    backend: str = "auto",
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Per-token log-probs of the completion part of ``input_ids`` under ``model``.
 
     Args:
@@ -129,18 +142,32 @@ def completion_logprobs(model: Any, input_ids: Tensor, attention_mask: Optional[
     L = input_ids.shape[1]
     P = int(prompt_length)
     if not 1 <= P < L:
-        raise ValueError(f"completion_logprobs: prompt_length must satisfy 1 <= P < {L} (= input_ids.shape[1]), got {P}")
+        raise ValueError(
+            f"completion_logprobs: prompt_length must satisfy 1 <= P < {L} (= input_ids.shape[1]), got {P}"
+        )
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if tuple(attention_mask.shape) != tuple(input_ids.shape):
-        raise ValueError(f"completion_logprobs: attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        raise ValueError(
+            f"completion_logprobs: attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+        )
     if position_ids is None:
         position_ids = position_ids_from_mask(attention_mask)
     decoder = decoder_of(model)
     out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    hidden = hidden[:, P - 1:L - 1]  # position j predicts token j + 1
+    hidden = hidden[:, P - 1 : L - 1]  # position j predicts token j + 1
     targets = input_ids[:, P:]
     weight, bias, softcap, scale = lm_head_params(model)
-    return token_logprobs(hidden, weight, targets, temperature=temperature, bias=bias, chunk_tokens=chunk_tokens,
-                          return_entropy=return_entropy, softcap=softcap, logit_scale=scale, backend=backend)
+    return token_logprobs(
+        hidden,
+        weight,
+        targets,
+        temperature=temperature,
+        bias=bias,
+        chunk_tokens=chunk_tokens,
+        return_entropy=return_entropy,
+        softcap=softcap,
+        logit_scale=scale,
+        backend=backend,
+    )

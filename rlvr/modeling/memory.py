@@ -28,11 +28,11 @@ Unlike ``torch.autograd.graph.save_on_cpu`` the hook leaves parameters and buffe
 copies a tensor saved several times (rotary cos/sin, masks) only once, and copies device to host
 without blocking the CPU. On CPU tensors it does nothing (there is nowhere cheaper to put them).
 """
+
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Optional, Tuple
-
 import weakref
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import torch
 
@@ -81,8 +81,14 @@ class offload_activations(torch.autograd.graph.saved_tensors_hooks):
     Attributes ``count`` and ``bytes`` report how many tensors (and bytes) were moved.
     """
 
-    def __init__(self, model: Any = None, enabled: bool = True, min_bytes: int = 1 << 20,
-                 pin_memory: Optional[bool] = None, offload_cpu: bool = False):
+    def __init__(
+        self,
+        model: Any = None,
+        enabled: bool = True,
+        min_bytes: int = 1 << 20,
+        pin_memory: Optional[bool] = None,
+        offload_cpu: bool = False,
+    ):
         self.enabled = enabled
         self.min_bytes = int(min_bytes)
         self.pin = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
@@ -136,7 +142,7 @@ class offload_activations(torch.autograd.graph.saved_tensors_hooks):
             return host.to(device, non_blocking=host.is_pinned())
         return packed
 
-    def __enter__(self) -> "offload_activations":
+    def __enter__(self) -> "offload_activations":  # type: ignore[override]
         super().__enter__()
         return self
 

@@ -14,6 +14,7 @@ The buckets' results are written back into ``[N, T]`` in the original row order,
 (masked by every loss). Values and gradients equal the padded forward's up to float rounding (tested);
 when every row has the same length this is the padded forward, unchanged.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -22,8 +23,8 @@ from typing import Any, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from rlvr.modeling.causal_lm import completion_logprobs, decoder_of, lm_head_params, position_ids_from_mask
 from rlvr.kernels.logprobs import token_logprobs
+from rlvr.modeling.causal_lm import completion_logprobs, decoder_of, lm_head_params, position_ids_from_mask
 
 Tensor = torch.Tensor
 
@@ -40,8 +41,11 @@ def completion_widths(completion_mask: Tensor) -> Tensor:
     ``completion_mask``: ``[N, T]`` (nonzero = token); returns long ``[N]``. The last token, not the count:
     a multi-turn mask may have holes (environment tokens inside a completion)."""
     cols = torch.arange(1, completion_mask.shape[1] + 1, device=completion_mask.device)
-    return ((completion_mask != 0).long() * cols).amax(dim=1) if completion_mask.numel() else \
-        torch.zeros(completion_mask.shape[0], dtype=torch.long)
+    return (
+        ((completion_mask != 0).long() * cols).amax(dim=1)
+        if completion_mask.numel()
+        else torch.zeros(completion_mask.shape[0], dtype=torch.long)
+    )
 
 
 def length_buckets(widths: Sequence[int], overhead: int = BUCKET_OVERHEAD_TOKENS) -> list[list[int]]:
@@ -68,7 +72,7 @@ def length_buckets(widths: Sequence[int], overhead: int = BUCKET_OVERHEAD_TOKENS
     out, j = [], m
     while j > 0:
         i = cut[j]
-        out.append(sorted(order[bounds[i]:bounds[j]]))
+        out.append(sorted(order[bounds[i] : bounds[j]]))
         j = i
     return out[::-1]
 
@@ -83,10 +87,18 @@ def _first_column(mask: Tensor) -> int:
     return int(cols[0]) if cols.numel() else 0
 
 
-def packed_completion_logprobs(model: Any, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
-                               group_size: int = 0, temperature: float = 1.0, chunk_tokens: int = 1024,
-                               return_entropy: bool = False, backend: str = "auto",
-                               overhead: int = BUCKET_OVERHEAD_TOKENS) -> Union[Tensor, tuple[Tensor, Tensor]]:
+def packed_completion_logprobs(
+    model: Any,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    prompt_length: int,
+    group_size: int = 0,
+    temperature: float = 1.0,
+    chunk_tokens: int = 1024,
+    return_entropy: bool = False,
+    backend: str = "auto",
+    overhead: int = BUCKET_OVERHEAD_TOKENS,
+) -> Union[Tensor, tuple[Tensor, Tensor]]:
     """:func:`rlvr.kernels.completion_logprobs` of ``[prompt | completion]`` rows, padding skipped.
 
     Args:
@@ -104,12 +116,16 @@ def packed_completion_logprobs(model: Any, input_ids: Tensor, attention_mask: Te
 
     P = int(prompt_length)
     T = input_ids.shape[1] - P
-    kw = {"temperature": temperature, "chunk_tokens": chunk_tokens, "return_entropy": return_entropy,
-          "backend": backend}
+    kw = {
+        "temperature": temperature,
+        "chunk_tokens": chunk_tokens,
+        "return_entropy": return_entropy,
+        "backend": backend,
+    }
     widths = completion_widths(attention_mask[:, P:]).clamp(min=1)
     buckets = length_buckets(widths.tolist(), overhead)
     if len(buckets) == 1 and int(widths.max()) == T:  # nothing to skip: the padded forward as it was
-        return grouped_completion_logprobs(model, input_ids, attention_mask, P, group_size, **kw)
+        return grouped_completion_logprobs(model, input_ids, attention_mask, P, group_size, **kw)  # type: ignore[arg-type]
     shared = bool(group_size) and shared_prompt_applies(model, input_ids[:, :P], group_size, attention_mask[:, :P])
     if shared:
         parts = _shared_buckets(model, input_ids, attention_mask, P, group_size, buckets, widths, kw)
@@ -119,8 +135,15 @@ def packed_completion_logprobs(model: Any, input_ids: Tensor, attention_mask: Te
             r = torch.tensor(rows, device=input_ids.device)
             w = int(widths[r].max())
             start = _first_column(attention_mask[r, :P])
-            parts.append(completion_logprobs(model, input_ids[r, start:P + w], attention_mask[r, start:P + w],
-                                             P - start, **kw))
+            parts.append(
+                completion_logprobs(
+                    model,
+                    input_ids[r, start : P + w],
+                    attention_mask[r, start : P + w],
+                    P - start,
+                    **kw,  # type: ignore[arg-type]
+                )
+            )
     order = torch.tensor([i for rows in buckets for i in rows], device=input_ids.device)
     back = torch.argsort(order)  # row i of the result is row back[i] of the concatenated buckets
 
@@ -132,8 +155,16 @@ def packed_completion_logprobs(model: Any, input_ids: Tensor, attention_mask: Te
     return assemble(parts)
 
 
-def _shared_buckets(model: Any, input_ids: Tensor, attention_mask: Tensor, P: int, G: int, buckets: list[list[int]],
-                    widths: Tensor, kw: dict[str, Any]) -> list[Any]:
+def _shared_buckets(
+    model: Any,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    P: int,
+    G: int,
+    buckets: list[list[int]],
+    widths: Tensor,
+    kw: dict[str, Any],
+) -> list[Any]:
     """The buckets' log-probs with each group's prompt run once (for all buckets) and its KV selected per row."""
     from transformers import DynamicCache
 
@@ -143,22 +174,32 @@ def _shared_buckets(model: Any, input_ids: Tensor, attention_mask: Tensor, P: in
     p_ids, p_mask = input_ids[::G, start:P], p_mask[:, start:]
     decoder = decoder_of(model)
     prompt_cache = DynamicCache()
-    out = decoder(input_ids=p_ids, attention_mask=p_mask, position_ids=position_ids_from_mask(p_mask), use_cache=True,
-                  **_cache_kw(decoder, prompt_cache))
+    out = decoder(
+        input_ids=p_ids,
+        attention_mask=p_mask,
+        position_ids=position_ids_from_mask(p_mask),
+        use_cache=True,
+        **_cache_kw(decoder, prompt_cache),
+    )
     last = out.last_hidden_state[:, -1:]  # [B, 1, H]: predicts each completion's first token
-    kv = [(layer.keys, layer.values) for layer in prompt_cache.layers]
+    kv = [(layer.keys, layer.values) for layer in prompt_cache.layers]  # type: ignore[union-attr]
     weight, bias, softcap, scale = lm_head_params(model)
     parts = []
     for rows in buckets:
         r = torch.tensor(rows, device=device)
         g = torch.div(r, G, rounding_mode="floor")  # each row's group (its prompt's index)
         w = int(widths[r].max())
-        cache = DynamicCache(ddp_cache_data=[(k.index_select(0, g), v.index_select(0, g)) for k, v in kv])
-        comp_ids = input_ids[r, P:P + w]
-        full_mask = torch.cat([p_mask.index_select(0, g), attention_mask[r, P:P + w].to(p_mask.dtype)], dim=1)
-        positions = position_ids_from_mask(full_mask)[:, P - start:]
-        out = decoder(input_ids=comp_ids, attention_mask=full_mask, position_ids=positions, use_cache=True,
-                      **_cache_kw(decoder, cache))
+        cache = DynamicCache(ddp_cache_data=[(k.index_select(0, g), v.index_select(0, g)) for k, v in kv])  # type: ignore[union-attr]
+        comp_ids = input_ids[r, P : P + w]
+        full_mask = torch.cat([p_mask.index_select(0, g), attention_mask[r, P : P + w].to(p_mask.dtype)], dim=1)
+        positions = position_ids_from_mask(full_mask)[:, P - start :]
+        out = decoder(
+            input_ids=comp_ids,
+            attention_mask=full_mask,
+            position_ids=positions,
+            use_cache=True,
+            **_cache_kw(decoder, cache),
+        )
         hidden = torch.cat([last.index_select(0, g), out.last_hidden_state[:, :-1]], dim=1)
         parts.append(token_logprobs(hidden, weight, comp_ids, bias=bias, softcap=softcap, logit_scale=scale, **kw))
     return parts

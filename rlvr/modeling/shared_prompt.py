@@ -12,6 +12,7 @@ It needs the KV cache in the training forward, so it does not combine with gradi
 checkpointing (transformers turns the cache off there); :func:`shared_prompt_applies` says when
 it can be used and :func:`grouped_completion_logprobs` picks the shared or the plain path.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -19,15 +20,17 @@ from typing import Any, Optional, Tuple, Union
 
 import torch
 
-from rlvr.modeling.causal_lm import completion_logprobs, decoder_of, lm_head_params, position_ids_from_mask
 from rlvr.kernels.logprobs import token_logprobs
+from rlvr.modeling.causal_lm import completion_logprobs, decoder_of, lm_head_params, position_ids_from_mask
 
 Tensor = torch.Tensor
 
 __all__ = ["shared_prompt_logprobs", "shared_prompt_applies", "grouped_completion_logprobs"]
 
 
-def shared_prompt_applies(model: Any, prompt_ids: Tensor, group_size: int, prompt_mask: Optional[Tensor] = None) -> bool:
+def shared_prompt_applies(
+    model: Any, prompt_ids: Tensor, group_size: int, prompt_mask: Optional[Tensor] = None
+) -> bool:
     """True when the rows come in groups of ``group_size`` identical prompts (ids and, when given, masks) and
     the model keeps a KV cache in training (no gradient checkpointing)."""
     n = prompt_ids.shape[0]
@@ -44,10 +47,18 @@ def shared_prompt_applies(model: Any, prompt_ids: Tensor, group_size: int, promp
     return True
 
 
-def shared_prompt_logprobs(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
-                           completion_mask: Tensor, group_size: int, temperature: float = 1.0,
-                           chunk_tokens: int = 1024, return_entropy: bool = False, backend: str = "auto",
-                           ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+def shared_prompt_logprobs(
+    model: Any,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    completion_ids: Tensor,
+    completion_mask: Tensor,
+    group_size: int,
+    temperature: float = 1.0,
+    chunk_tokens: int = 1024,
+    return_entropy: bool = False,
+    backend: str = "auto",
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Per-token log-probs of the completions, the prompt of each group run once.
 
     Args:
@@ -79,19 +90,36 @@ def shared_prompt_logprobs(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, 
     out = decoder(input_ids=p_ids, attention_mask=p_mask, position_ids=positions[::G, :P], use_cache=True, **kw)
     last = out.last_hidden_state[:, -1:].repeat_interleave(G, dim=0)  # predicts each completion's first token
     for layer in cache.layers:
-        layer.keys = layer.keys.repeat_interleave(G, dim=0)
-        layer.values = layer.values.repeat_interleave(G, dim=0)
-    out = decoder(input_ids=completion_ids, attention_mask=full_mask, position_ids=positions[:, P:], use_cache=True,
-                  **kw)
+        layer.keys = layer.keys.repeat_interleave(G, dim=0)  # type: ignore[union-attr]
+        layer.values = layer.values.repeat_interleave(G, dim=0)  # type: ignore[union-attr]
+    out = decoder(
+        input_ids=completion_ids, attention_mask=full_mask, position_ids=positions[:, P:], use_cache=True, **kw
+    )
     hidden = torch.cat([last, out.last_hidden_state[:, :-1]], dim=1)
     weight, bias, softcap, scale = lm_head_params(model)
-    return token_logprobs(hidden, weight, completion_ids, temperature=temperature, bias=bias, chunk_tokens=chunk_tokens,
-                          return_entropy=return_entropy, softcap=softcap, logit_scale=scale, backend=backend)
+    return token_logprobs(
+        hidden,
+        weight,
+        completion_ids,
+        temperature=temperature,
+        bias=bias,
+        chunk_tokens=chunk_tokens,
+        return_entropy=return_entropy,
+        softcap=softcap,
+        logit_scale=scale,
+        backend=backend,
+    )
 
 
-def grouped_completion_logprobs(model: Any, input_ids: Tensor, attention_mask: Tensor, prompt_length: int,
-                                group_size: int = 0, pack: bool = False,
-                                **kwargs: Any) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+def grouped_completion_logprobs(
+    model: Any,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    prompt_length: int,
+    group_size: int = 0,
+    pack: bool = False,
+    **kwargs: Any,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """:func:`rlvr.kernels.completion_logprobs` of ``[prompt | completion]`` rows, through
     :func:`shared_prompt_logprobs` when the rows come in groups of ``group_size`` identical prompts
     (and the model keeps a KV cache in training); the same values either way, up to float rounding.
@@ -103,6 +131,13 @@ def grouped_completion_logprobs(model: Any, input_ids: Tensor, attention_mask: T
 
         return packed_completion_logprobs(model, input_ids, attention_mask, P, group_size, **kwargs)
     if group_size and shared_prompt_applies(model, input_ids[:, :P], group_size, attention_mask[:, :P]):
-        return shared_prompt_logprobs(model, input_ids[:, :P], attention_mask[:, :P], input_ids[:, P:],
-                                      attention_mask[:, P:], group_size, **kwargs)
+        return shared_prompt_logprobs(
+            model,
+            input_ids[:, :P],
+            attention_mask[:, :P],
+            input_ids[:, P:],
+            attention_mask[:, P:],
+            group_size,
+            **kwargs,
+        )
     return completion_logprobs(model, input_ids, attention_mask, P, **kwargs)

@@ -5,6 +5,7 @@ beyond that, so that the policy learns to answer briefly. Install this package a
 ``rlvr plugins`` lists it; ``rlvr train reward=[arithmetic,brevity] reward.brevity.max_words=20``
 uses it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,5 +40,11 @@ def make_brevity(cfg: BrevityConfig):
 
 @hookimpl
 def rlvr_rewards() -> list[PluginSpec]:
-    return [PluginSpec(name="brevity", factory=make_brevity, config=BrevityConfig,
-                       description="short answers score more (example third-party plugin)")]
+    return [
+        PluginSpec(
+            name="brevity",
+            factory=make_brevity,
+            config=BrevityConfig,
+            description="short answers score more (example third-party plugin)",
+        )
+    ]

@@ -11,6 +11,7 @@ All four are :func:`rlvr.core.advantages.group_advantages` with different defaul
 
 Each takes ``baseline`` (mean | rloo), ``scaling`` (group | batch | none) and ``eps`` to override.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -80,6 +81,10 @@ def rlvr_advantages() -> list[PluginSpec]:
         PluginSpec("grpo", _factory("grpo"), GroupAdvantageConfig, "(r − group mean) / group std (GRPO)"),
         PluginSpec("dr_grpo", _factory("dr_grpo"), DrGRPOConfig, "r − group mean, no std (Dr. GRPO)"),
         PluginSpec("rloo", _factory("rloo"), RLOOConfig, "r − mean of the other G−1 rewards (RLOO)"),
-        PluginSpec("reinforce_pp", _factory("reinforce_pp"), ReinforcePPConfig,
-                   "(r − group mean) / batch std (REINFORCE++-baseline)"),
+        PluginSpec(
+            "reinforce_pp",
+            _factory("reinforce_pp"),
+            ReinforcePPConfig,
+            "(r − group mean) / batch std (REINFORCE++-baseline)",
+        ),
     ]

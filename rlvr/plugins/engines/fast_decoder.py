@@ -6,6 +6,7 @@ embedding / projection modules, and none of the per-step work of transformers' g
 the projections run through oneDNN with pre-packed weights, q/k/v and gate/up fused into one matrix
 each; LoRA adapters are folded into the packed copy. docs/performance.md has the measurements.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence
@@ -24,8 +25,11 @@ FAST_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 def onednn_linear_available() -> bool:
     """Whether PyTorch's oneDNN packed-linear ops exist (CPU builds with MKL-DNN)."""
     try:
-        return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise") \
+        return (
+            bool(torch.backends.mkldnn.is_available())
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        )
     except (AttributeError, RuntimeError):
         return False
 
@@ -52,8 +56,7 @@ class Projection:
     Otherwise the modules themselves are called (no copy; works for any linear layer type).
     """
 
-    def __init__(self, modules: Sequence[torch.nn.Module], packed: bool,
-                 dtype: Optional[torch.dtype] = None) -> None:
+    def __init__(self, modules: Sequence[torch.nn.Module], packed: bool, dtype: Optional[torch.dtype] = None) -> None:
         self.modules = list(modules)
         self.dtype = dtype  # packed copy in this dtype (bfloat16: AVX512-BF16 matmuls); None = the weights' own
         self.sizes: Optional[list[int]] = None
@@ -72,8 +75,9 @@ class Projection:
                 w = w.to(self.dtype)
             self.weight = torch.ops.mkldnn._reorder_linear_weight(w, 16)
             if any(b is not None for b in biases):
-                self.bias = torch.cat([b.detach() if b is not None else w.new_zeros(wt.shape[0])
-                                       for b, wt in zip(biases, weights)]).to(w.dtype)
+                self.bias = torch.cat(
+                    [b.detach() if b is not None else w.new_zeros(wt.shape[0]) for b, wt in zip(biases, weights)]
+                ).to(w.dtype)
             self.sizes = [wt.shape[0] for wt in weights]
         self._parts = []
         return self
@@ -81,13 +85,15 @@ class Projection:
     def __call__(self, x: torch.Tensor) -> Any:
         if self.weight is not None:
             if x.dtype != self.weight.dtype:  # bfloat16 matmul, float32 residual stream
-                return self._cast(torch.ops.mkldnn._linear_pointwise(x.to(self.weight.dtype), self.weight, self.bias,
-                                                                     "none", [], "").to(x.dtype))
+                return self._cast(
+                    torch.ops.mkldnn._linear_pointwise(
+                        x.to(self.weight.dtype), self.weight, self.bias, "none", [], ""
+                    ).to(x.dtype)
+                )
             y = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
             return y.split(self.sizes, dim=-1) if len(self.sizes) > 1 else y  # type: ignore[arg-type]
         outs = [m(x) for m in self.modules]
         return tuple(outs) if len(outs) > 1 else outs[0]
-
 
     def _cast(self, y: torch.Tensor) -> Any:
         return y.split(self.sizes, dim=-1) if len(self.sizes) > 1 else y  # type: ignore[arg-type]
@@ -117,8 +123,9 @@ def fast_decoder_reason(model: Any, total_length: int) -> Optional[str]:
         return f"model_type {model_type!r} is not one of {FAST_MODEL_TYPES}"
     if getattr(cfg, "use_sliding_window", True) and (getattr(cfg, "sliding_window", None) or 1 << 30) < total_length:
         return "sliding-window attention shorter than prompt + completion"
-    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])) and \
-            getattr(cfg, "use_sliding_window", False):
+    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])) and getattr(
+        cfg, "use_sliding_window", False
+    ):
         return "layers with sliding-window attention"
     try:
         inner = decoder_of(model)
@@ -144,8 +151,11 @@ class _Layer:
         mlp = layer.mlp
         self.mlp: Optional[Callable] = None
         if all(hasattr(mlp, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")):
-            self.gate_up, self.down, self.act = Projection([mlp.gate_proj, mlp.up_proj], packed, dtype), \
-                Projection([mlp.down_proj], packed, dtype), mlp.act_fn
+            self.gate_up, self.down, self.act = (
+                Projection([mlp.gate_proj, mlp.up_proj], packed, dtype),
+                Projection([mlp.down_proj], packed, dtype),
+                mlp.act_fn,
+            )
         else:
             self.mlp = mlp
 
@@ -254,6 +264,7 @@ class FastDecoder:
                 gate, up = lay.gate_up(x)
                 h = h + lay.down(lay.act(gate) * up)
         return self.logits(self.norm(h)[:, 0])
+
 
 def should_compact(rows: int, active: int) -> bool:
     """Whether to drop the finished rows from a decode batch of ``rows`` rows, ``active`` of them unfinished.

@@ -16,6 +16,7 @@ Two decode loops, picked by ``engine.decoder`` (docs/performance.md has the meas
 Both give the same tokens and log-probs (tested), and ``sampling_logps`` equal the trainer's
 teacher-forced log-probs of the same tokens within float tolerance.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -24,13 +25,12 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from rlvr.core.errors import ConfigError
 from rlvr import PluginSpec, hookimpl
+from rlvr.core.errors import ConfigError
 from rlvr.core.importance import ImportanceSamplingConfig
 from rlvr.core.policy import Policy, eos_token_ids
 from rlvr.core.rollout import Rollouts
-from rlvr.plugins.engines.fast_decoder import (FastDecoder, fast_decoder_reason, onednn_linear_available,
-                                               should_compact)
+from rlvr.plugins.engines.fast_decoder import FastDecoder, fast_decoder_reason, onednn_linear_available, should_compact
 from rlvr.plugins.engines.sampling import SamplingConfig, filter_logits, sample_inverse_cdf, validate_sampling
 
 DECODERS = ("auto", "fast", "transformers")
@@ -54,7 +54,9 @@ def validate(cfg: HFEngineConfig) -> None:
     if cfg.decode_dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"engine.decode_dtype={cfg.decode_dtype!r}: choose float32 or bfloat16")
     if cfg.decode_dtype == "bfloat16" and cfg.decoder == "transformers":
-        raise ConfigError("engine.decode_dtype=bfloat16 runs in the fast decoder only; use engine.decoder=auto or fast")
+        raise ConfigError(
+            "engine.decode_dtype=bfloat16 runs in the fast decoder only; use engine.decoder=auto or fast"
+        )
 
 
 def cache_argument(model: Any) -> str:
@@ -69,8 +71,11 @@ class HFEngine:
         self.cfg = cfg
         # float32 decode samples from the trainer's own distribution: no correction; bfloat16 matmuls sample from a
         # slightly different one, which the trainer reweights (token-level truncated importance sampling)
-        self.importance_sampling = None if cfg.decode_dtype == "float32" else ImportanceSamplingConfig(
-            mode="token_truncate", cap=cfg.importance_sampling_cap)
+        self.importance_sampling = (
+            None
+            if cfg.decode_dtype == "float32"
+            else ImportanceSamplingConfig(mode="token_truncate", cap=cfg.importance_sampling_cap)
+        )
         self._fast: Optional[FastDecoder] = None
         self.last_decoder = ""  # which loop the last generate() used: "fast" or "transformers"
         self.decode_rows = 0  # rows × decode steps the last generate() ran (fewer with compact_finished)
@@ -84,7 +89,7 @@ class HFEngine:
         enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
         ids, mask = enc["input_ids"], enc["attention_mask"]
         if ids.shape[1] > self.cfg.max_prompt_length:  # keep the end of over-long prompts (left truncation)
-            ids, mask = ids[:, -self.cfg.max_prompt_length:], mask[:, -self.cfg.max_prompt_length:]
+            ids, mask = ids[:, -self.cfg.max_prompt_length :], mask[:, -self.cfg.max_prompt_length :]
         return ids, mask
 
     def use_packed(self, policy: Policy) -> bool:
@@ -93,8 +98,10 @@ class HFEngine:
         ok = policy.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and onednn_linear_available()
         if choice in ("on", "True"):
             if not ok:
-                raise ConfigError("engine.packed_weights=on needs float32/bfloat16 weights on the CPU and a PyTorch "
-                                  "with oneDNN (torch.backends.mkldnn); use packed_weights=auto")
+                raise ConfigError(
+                    "engine.packed_weights=on needs float32/bfloat16 weights on the CPU and a PyTorch "
+                    "with oneDNN (torch.backends.mkldnn); use packed_weights=auto"
+                )
             return True
         return ok and choice == "auto"
 
@@ -110,14 +117,23 @@ class HFEngine:
         packed = self.use_packed(policy)
         dtype = None if self.cfg.decode_dtype == "float32" else torch.bfloat16
         if dtype is not None and not packed:
-            raise ValueError("engine.decode_dtype=bfloat16 needs the packed decode weights (CPU, a PyTorch with "
-                             "oneDNN, engine.packed_weights=auto/on); use engine.decode_dtype=float32 here")
+            raise ValueError(
+                "engine.decode_dtype=bfloat16 needs the packed decode weights (CPU, a PyTorch with "
+                "oneDNN, engine.packed_weights=auto/on); use engine.decode_dtype=float32 here"
+            )
         self._fast = FastDecoder(policy.model, packed=packed, dtype=dtype)
         return self._fast
 
     @torch.no_grad()
-    def generate(self, policy: Policy, prompts: Sequence[str], num_generations: int, seeds: Sequence[int],
-                 greedy: bool = False, max_new_tokens: Optional[int] = None) -> Rollouts:
+    def generate(
+        self,
+        policy: Policy,
+        prompts: Sequence[str],
+        num_generations: int,
+        seeds: Sequence[int],
+        greedy: bool = False,
+        max_new_tokens: Optional[int] = None,
+    ) -> Rollouts:
         """Sample ``num_generations`` completions for each prompt.
 
         ``seeds[b]`` seeds prompt b's group. Returns Rollouts with N = len(prompts) · num_generations
@@ -140,8 +156,14 @@ class HFEngine:
             cache = DynamicCache()
             cache_kw = {cache_argument(model): cache}
             pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-            out = model(input_ids=ids, attention_mask=prompt_mask, position_ids=pos, use_cache=True, logits_to_keep=1,
-                        **cache_kw)
+            out = model(
+                input_ids=ids,
+                attention_mask=prompt_mask,
+                position_ids=pos,
+                use_cache=True,
+                logits_to_keep=1,
+                **cache_kw,
+            )
             logits = out.logits[:, -1, :].float().repeat_interleave(G, dim=0)
             del out
             next_pos = pos[:, -1].repeat_interleave(G, dim=0) + 1  # [N]
@@ -159,8 +181,13 @@ class HFEngine:
                 full_mask[:, :P] = prompt_mask.repeat_interleave(G, dim=0)
 
                 def forward(tokens: torch.Tensor, positions: torch.Tensor, t: int) -> torch.Tensor:
-                    o = model(input_ids=tokens[:, None], attention_mask=full_mask[:, : P + t + 1],
-                              position_ids=positions[:, None], use_cache=True, **cache_kw)
+                    o = model(
+                        input_ids=tokens[:, None],
+                        attention_mask=full_mask[:, : P + t + 1],
+                        position_ids=positions[:, None],
+                        use_cache=True,
+                        **cache_kw,
+                    )
                     return o.logits[:, -1, :].float()
 
             tokens, logps, lengths, done = self._decode(policy, logits, next_pos, forward, seeds, G, max_new, greedy)
@@ -172,14 +199,24 @@ class HFEngine:
         tokens, logps = tokens[:, :T], logps[:, :T]
         comp_mask = (torch.arange(T, device=device)[None, :] < lengths[:, None]).long()
         pad_id = policy.tokenizer.pad_token_id
-        texts = policy.tokenizer.batch_decode(tokens.masked_fill(comp_mask == 0, pad_id).cpu(), skip_special_tokens=True)
-        return Rollouts(prompt_ids=ids.repeat_interleave(G, dim=0), prompt_mask=prompt_mask.repeat_interleave(G, dim=0),
-                        completion_ids=tokens, completion_mask=comp_mask, truncated=(~done).cpu(),
-                        group=torch.arange(B).repeat_interleave(G), sampling_logps=logps * comp_mask,
-                        prompts=[p for p in prompts for _ in range(G)], completions=texts)
+        texts = policy.tokenizer.batch_decode(
+            tokens.masked_fill(comp_mask == 0, pad_id).cpu(), skip_special_tokens=True
+        )
+        return Rollouts(
+            prompt_ids=ids.repeat_interleave(G, dim=0),
+            prompt_mask=prompt_mask.repeat_interleave(G, dim=0),
+            completion_ids=tokens,
+            completion_mask=comp_mask,
+            truncated=(~done).cpu(),
+            group=torch.arange(B).repeat_interleave(G),
+            sampling_logps=logps * comp_mask,
+            prompts=[p for p in prompts for _ in range(G)],
+            completions=texts,
+        )
 
-    def sample(self, logits: torch.Tensor, gens: Sequence[torch.Generator], greedy: bool
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, logits: torch.Tensor, gens: Sequence[torch.Generator], greedy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One token per row (one generator per row): (tokens long [n], log-probs float32 [n] under
         ``softmax(logits / temperature)``, before filtering, as in :meth:`generate`)."""
         cfg = self.cfg
@@ -193,20 +230,47 @@ class HFEngine:
             nxt = sample_inverse_cdf(probs, torch.cat([torch.rand(1, generator=g) for g in gens]).to(logits.device))
         return nxt, logp_all.gather(-1, nxt[:, None]).squeeze(-1)
 
-    def generate_episodes(self, policy: Policy, env: Any, rows: Sequence[dict[str, Any]], num_generations: int,
-                          seeds: Sequence[int], greedy: bool = False, session: str = "kv",
-                          stats: Any = None) -> Rollouts:
+    def generate_episodes(
+        self,
+        policy: Policy,
+        env: Any,
+        rows: Sequence[dict[str, Any]],
+        num_generations: int,
+        seeds: Sequence[int],
+        greedy: bool = False,
+        session: str = "kv",
+        stats: Any = None,
+    ) -> Rollouts:
         """Multi-turn episodes (``env=<name>``): every active episode decodes together, each episode's KV cache
         is extended with the environment's tokens (``session="reprefill"``: the naive re-prefill, for
         comparison). ``engine.max_new_tokens`` limits each assistant turn. See :mod:`rlvr.core.episodes`."""
         from rlvr.core.episodes import run_episodes
 
-        return run_episodes(policy, env, rows, num_generations, seeds, self.sample, self.cfg.max_new_tokens,
-                            self.cfg.max_prompt_length, greedy=greedy, session=session, stats=stats)
+        return run_episodes(
+            policy,
+            env,
+            rows,
+            num_generations,
+            seeds,
+            self.sample,
+            self.cfg.max_new_tokens,
+            self.cfg.max_prompt_length,
+            greedy=greedy,
+            session=session,
+            stats=stats,
+        )
 
-    def _decode(self, policy: Policy, logits: torch.Tensor, next_pos: torch.Tensor,
-                forward: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], seeds: Sequence[int], G: int,
-                max_new: int, greedy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _decode(
+        self,
+        policy: Policy,
+        logits: torch.Tensor,
+        next_pos: torch.Tensor,
+        forward: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+        seeds: Sequence[int],
+        G: int,
+        max_new: int,
+        greedy: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The sampling loop shared by both decoders; ``forward(tokens, positions, t)`` -> next logits.
 
         With the fast decoder, finished rows leave the decode batch (:func:`should_compact`): ``rows`` lists the
@@ -231,8 +295,9 @@ class HFEngine:
             if greedy:
                 nxt = scaled.argmax(-1)
             else:
-                probs = (filter_logits(scaled, cfg.top_k, cfg.top_p, cfg.min_p).softmax(-1) if filtering
-                         else logp_all.exp())
+                probs = (
+                    filter_logits(scaled, cfg.top_k, cfg.top_p, cfg.min_p).softmax(-1) if filtering else logp_all.exp()
+                )
                 uniform = torch.cat([torch.rand(G, generator=g) for g in gens]).to(device)
                 nxt = sample_inverse_cdf(probs, uniform[rows] if rows.numel() < N else uniform)
             was_done = done[rows]

@@ -1,5 +1,6 @@
 """Sampling shared by the engines: the settings every engine has, top-k / top-p / min-p filtering, and
 inverse-CDF sampling from per-group random numbers."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

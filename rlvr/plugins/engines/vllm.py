@@ -24,6 +24,7 @@ tests skip when vLLM is not installed. User documentation: ``docs/vllm.md``.
 * vLLM's side effects on the process: it seeds the global RNGs and sets the float32 matmul precision (both
   put back after every vLLM call), and it initialises a one-rank ``torch.distributed`` process group.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,16 +40,25 @@ from rlvr.core.importance import ImportanceSamplingConfig
 from rlvr.core.policy import Policy, eos_token_ids
 from rlvr.core.rollout import Rollouts
 from rlvr.plugins.engines.sampling import SamplingConfig, validate_sampling
-from rlvr.plugins.engines.vllm_utils import engine_dtype, preserved_global_state, request_seeds, \
-    rollouts_from_outputs, sampling_kwargs, truncates_support, weights_for_vllm
+from rlvr.plugins.engines.vllm_utils import (
+    engine_dtype,
+    preserved_global_state,
+    request_seeds,
+    rollouts_from_outputs,
+    sampling_kwargs,
+    truncates_support,
+    weights_for_vllm,
+)
 
 INSTALL_HINT = "pip install 'rlvr[vllm]'"
 MULTIPROCESSING_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 # where vLLM's nn.Module sits in an in-process engine: the worker wrapper's worker (vLLM 0.33, V1 and V2 model
 # runners); TRL's shorter path relies on the wrapper forwarding attribute look-ups to its worker
-MODEL_PATHS = ("model_executor.driver_worker.worker.model_runner.model",
-               "model_executor.driver_worker.model_runner.model")
+MODEL_PATHS = (
+    "model_executor.driver_worker.worker.model_runner.model",
+    "model_executor.driver_worker.model_runner.model",
+)
 
 
 @dataclass
@@ -80,11 +90,15 @@ def validate(cfg: VLLMEngineConfig) -> None:
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"engine.dtype={cfg.dtype!r}: choose one of {', '.join(DTYPES)}")
     if cfg.max_num_seqs < 1 or cfg.max_model_len < 0 or cfg.max_num_batched_tokens < 0:
-        raise ConfigError("engine.max_num_seqs must be >= 1, engine.max_model_len and engine.max_num_batched_tokens "
-                          f">= 0, got {cfg.max_num_seqs}, {cfg.max_model_len}, {cfg.max_num_batched_tokens}")
+        raise ConfigError(
+            "engine.max_num_seqs must be >= 1, engine.max_model_len and engine.max_num_batched_tokens "
+            f">= 0, got {cfg.max_num_seqs}, {cfg.max_model_len}, {cfg.max_num_batched_tokens}"
+        )
     if 0 < cfg.max_num_batched_tokens < cfg.max_num_seqs:
-        raise ConfigError(f"engine.max_num_batched_tokens={cfg.max_num_batched_tokens} is below engine.max_num_seqs="
-                          f"{cfg.max_num_seqs} (vLLM rejects it): raise the first or lower the second")
+        raise ConfigError(
+            f"engine.max_num_batched_tokens={cfg.max_num_batched_tokens} is below engine.max_num_seqs="
+            f"{cfg.max_num_seqs} (vLLM rejects it): raise the first or lower the second"
+        )
     if cfg.tensor_parallel_size != 1:
         raise ConfigError(
             f"engine.tensor_parallel_size={cfg.tensor_parallel_size} is not supported: engine=vllm runs one vLLM per "
@@ -92,14 +106,16 @@ def validate(cfg: VLLMEngineConfig) -> None:
             "directly; with tensor parallelism vLLM's workers hold the shards in other processes (or, under "
             "torchrun, the ranks sharing an engine would have to send it the same prompts). Use "
             "engine.tensor_parallel_size=1 with a model that fits one GPU (LoRA / a smaller engine.dtype help), "
-            "or engine=hf")
+            "or engine=hf"
+        )
     importance_config(cfg)  # validates mode, cap and floor
 
 
 def importance_config(cfg: VLLMEngineConfig) -> ImportanceSamplingConfig:
     """The trainer-side IS correction this engine asks for (``engine.importance_sampling*``)."""
-    return ImportanceSamplingConfig(mode=cfg.importance_sampling, cap=cfg.importance_sampling_cap,
-                                    floor=cfg.importance_sampling_floor)
+    return ImportanceSamplingConfig(
+        mode=cfg.importance_sampling, cap=cfg.importance_sampling_cap, floor=cfg.importance_sampling_floor
+    )
 
 
 def require_vllm() -> Any:
@@ -122,9 +138,11 @@ def in_process_engine_env() -> None:
     ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` before the ``LLM`` is built, overriding an inherited value."""
     inherited = os.environ.get(MULTIPROCESSING_ENV)
     if inherited not in (None, "0"):
-        warnings.warn(f"engine=vllm: {MULTIPROCESSING_ENV}={inherited} from the environment is overridden with 0 "
-                      "(the trainer pushes weights into vLLM's model, which must live in this process)",
-                      stacklevel=3)
+        warnings.warn(
+            f"engine=vllm: {MULTIPROCESSING_ENV}={inherited} from the environment is overridden with 0 "
+            "(the trainer pushes weights into vLLM's model, which must live in this process)",
+            stacklevel=3,
+        )
     os.environ[MULTIPROCESSING_ENV] = "0"
 
 
@@ -140,7 +158,8 @@ class VLLMEngine:
                 "kept tokens while the trainer's are the full softmax of logits / temperature, so the importance "
                 "ratio is biased low by the probability mass the truncation drops (and clipping sees the biased "
                 "ratio). Sample with top_p=1, top_k=0, min_p=0, or set engine.importance_sampling=off",
-                stacklevel=2)
+                stacklevel=2,
+            )
         self.llm: Any = None
         self.dtype: Optional[str] = None  # vLLM's dtype, once started
         self._model: Any = None  # vLLM's nn.Module (in-process engine)
@@ -160,14 +179,20 @@ class VLLMEngine:
         if not path:
             raise MissingValueError("engine=vllm: set engine.model_path to the model's directory or Hub id")
         on_cuda = torch.cuda.is_available()
-        dtype = engine_dtype(cfg.dtype, next(model.parameters()).dtype, on_cuda,
-                             on_cuda and torch.cuda.is_bf16_supported())
+        dtype = engine_dtype(
+            cfg.dtype, next(model.parameters()).dtype, on_cuda, on_cuda and torch.cuda.is_bf16_supported()
+        )
         kwargs: dict[str, Any] = dict(
-            model=path, dtype=dtype, gpu_memory_utilization=cfg.gpu_memory_utilization,
+            model=path,
+            dtype=dtype,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
             max_model_len=cfg.max_model_len or cfg.max_prompt_length + cfg.max_new_tokens,
             max_num_seqs=cfg.max_num_seqs,
-            enable_sleep_mode=cfg.enable_sleep_mode, enable_prefix_caching=cfg.enable_prefix_caching,
-            enforce_eager=cfg.enforce_eager, tensor_parallel_size=1, seed=cfg.seed,
+            enable_sleep_mode=cfg.enable_sleep_mode,
+            enable_prefix_caching=cfg.enable_prefix_caching,
+            enforce_eager=cfg.enforce_eager,
+            tensor_parallel_size=1,
+            seed=cfg.seed,
             logprobs_mode="processed_logprobs",
         )
         if cfg.max_num_batched_tokens:
@@ -193,7 +218,8 @@ class VLLMEngine:
                 f"(looked for llm.llm_engine.{' and llm.llm_engine.'.join(MODEL_PATHS)}; "
                 f"{MULTIPROCESSING_ENV}={os.environ.get(MULTIPROCESSING_ENV)}), so weights cannot be pushed into it. "
                 "This engine needs vLLM's in-process engine core with one GPU per engine (vllm>=0.33 as pinned by "
-                f"{INSTALL_HINT}); use engine=hf otherwise")
+                f"{INSTALL_HINT}); use engine=hf otherwise"
+            )
         self.llm, self._model, self.dtype = llm, model, str(kwargs["dtype"])
         # vLLM loaded `path`, which may not be the policy's current weights: the first sync pushes all of them
         self._weights_resident, self._pushed_version = True, None
@@ -263,11 +289,18 @@ class VLLMEngine:
     def encode_prompts(self, policy: Policy, prompts: Sequence[str]) -> list[list[int]]:
         tok = policy.tokenizer
         ids = tok(list(prompts), add_special_tokens=False)["input_ids"]
-        return [list(x)[-self.cfg.max_prompt_length:] for x in ids]
+        return [list(x)[-self.cfg.max_prompt_length :] for x in ids]
 
     @torch.no_grad()
-    def generate(self, policy: Policy, prompts: Sequence[str], num_generations: int, seeds: Sequence[int],
-                 greedy: bool = False, max_new_tokens: Optional[int] = None) -> Rollouts:
+    def generate(
+        self,
+        policy: Policy,
+        prompts: Sequence[str],
+        num_generations: int,
+        seeds: Sequence[int],
+        greedy: bool = False,
+        max_new_tokens: Optional[int] = None,
+    ) -> Rollouts:
         """Same contract as ``engine=hf``; ``seeds[b]`` seeds prompt b's group (spread by
         :func:`request_seeds` so that no two samples of the call share vLLM's per-sample seed)."""
         self.sync_weights(policy)  # starts vLLM on first use
@@ -278,14 +311,22 @@ class VLLMEngine:
         G, max_new = num_generations, max_new_tokens or self.cfg.max_new_tokens
         eos = eos_token_ids(policy)
         prompt_ids = self.encode_prompts(policy, prompts)
-        params = [SamplingParams(**sampling_kwargs(self.cfg, G, max_new, s, greedy, eos))
-                  for s in request_seeds(seeds, G)]
+        params = [
+            SamplingParams(**sampling_kwargs(self.cfg, G, max_new, s, greedy, eos)) for s in request_seeds(seeds, G)
+        ]
         with preserved_global_state():
-            outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], sampling_params=params,
-                                        use_tqdm=False)
+            outputs = self.llm.generate(
+                [{"prompt_token_ids": ids} for ids in prompt_ids], sampling_params=params, use_tqdm=False
+            )
         tok = policy.tokenizer
-        ro = rollouts_from_outputs(prompt_ids, [o.outputs for o in outputs], prompts, tok.pad_token_id, eos,
-                                   decode=lambda t: tok.batch_decode(t, skip_special_tokens=True))
+        ro = rollouts_from_outputs(
+            prompt_ids,
+            [o.outputs for o in outputs],
+            prompts,
+            tok.pad_token_id,
+            eos,
+            decode=lambda t: tok.batch_decode(t, skip_special_tokens=True),
+        )
         device = policy.device
         for name in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "sampling_logps"):
             setattr(ro, name, getattr(ro, name).to(device))
@@ -294,5 +335,11 @@ class VLLMEngine:
 
 @hookimpl
 def rlvr_engines() -> list[PluginSpec]:
-    return [PluginSpec("vllm", VLLMEngine, VLLMEngineConfig,
-                       "colocated vLLM (GPU, rlvr[vllm]): weights synced each step, sleep mode, IS correction")]
+    return [
+        PluginSpec(
+            "vllm",
+            VLLMEngine,
+            VLLMEngineConfig,
+            "colocated vLLM (GPU, rlvr[vllm]): weights synced each step, sleep mode, IS correction",
+        )
+    ]

@@ -2,6 +2,7 @@
 
 Kept pure (plain tensors, dicts and duck-typed output objects) so they are tested on the CPU.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,8 +13,8 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from rlvr.core.rollout import Rollouts
 from rlvr.core.errors import ConfigError
+from rlvr.core.rollout import Rollouts
 
 INT64_MAX = 2**63 - 1
 PEFT_PREFIX = "base_model.model."
@@ -30,7 +31,7 @@ def vllm_weight_name(name: str) -> Optional[str]:
     if ".lora_" in name or name.startswith("lora_") or ".original_module." in name:
         return None
     if name.startswith(PEFT_PREFIX):
-        name = name[len(PEFT_PREFIX):]
+        name = name[len(PEFT_PREFIX) :]
     for part in WRAPPER_PARTS:
         name = name.replace(part, "")
     name = name.replace(".base_layer.", ".")
@@ -43,8 +44,9 @@ def _adapter_owner(name: str) -> str:
     return name.split(".base_layer.")[0]
 
 
-def weights_for_vllm(model: Any, changed_only: bool = False,
-                     dtype: Optional[torch.dtype] = None) -> Iterator[tuple[str, torch.Tensor]]:
+def weights_for_vllm(
+    model: Any, changed_only: bool = False, dtype: Optional[torch.dtype] = None
+) -> Iterator[tuple[str, torch.Tensor]]:
     """``(vllm_name, tensor)`` pairs to push into vLLM, one at a time (a generator: the caller streams them).
 
     Full fine-tuning: every parameter (``changed_only``: only the trainable ones). LoRA: each adapted
@@ -67,8 +69,10 @@ def weights_for_vllm(model: Any, changed_only: bool = False,
             owner = modules.get(_adapter_owner(name))
             folded = effective_linear_weight(owner) if owner is not None else None
             if folded is None:
-                raise TypeError(f"cannot fold the adapter of {_adapter_owner(name)} ({type(owner).__name__}) into "
-                                "its weight for vLLM (DoRA and quantised layers are not supported)")
+                raise TypeError(
+                    f"cannot fold the adapter of {_adapter_owner(name)} ({type(owner).__name__}) into "
+                    "its weight for vLLM (DoRA and quantised layers are not supported)"
+                )
             tensor = folded[0] if name.endswith(".weight") else folded[1]
             del folded  # the generator must not keep the previous layer's folded weight alive
         elif changed_only and not param.requires_grad:
@@ -81,8 +85,14 @@ def weights_for_vllm(model: Any, changed_only: bool = False,
         del out  # from here on only the consumer holds it
 
 
-def sampling_kwargs(cfg: Any, num_generations: int, max_new_tokens: int, seed: Optional[int], greedy: bool,
-                    stop_token_ids: Sequence[int]) -> dict[str, Any]:
+def sampling_kwargs(
+    cfg: Any,
+    num_generations: int,
+    max_new_tokens: int,
+    seed: Optional[int],
+    greedy: bool,
+    stop_token_ids: Sequence[int],
+) -> dict[str, Any]:
     """Keyword arguments of ``vllm.SamplingParams`` for one prompt's group, from an engine config.
 
     ``logprobs=0`` returns the sampled token's log-prob (under ``logprobs_mode="processed_logprobs"``: after
@@ -195,9 +205,14 @@ def _token_logprob(entry: Any, token: int) -> float:
     return float(getattr(value, "logprob", value))
 
 
-def rollouts_from_outputs(prompt_ids: Sequence[Sequence[int]], completions: Sequence[Sequence[Any]],
-                          prompts: Sequence[str], pad_id: int, eos_ids: Sequence[int],
-                          decode: Any = None) -> Rollouts:
+def rollouts_from_outputs(
+    prompt_ids: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[Any]],
+    prompts: Sequence[str],
+    pad_id: int,
+    eos_ids: Sequence[int],
+    decode: Any = None,
+) -> Rollouts:
     """Rollouts (group order) from B prompts' token ids and each prompt's G completions.
 
     ``completions[b]`` are the outputs of prompt b (``RequestOutput.outputs``). Prompts are left-padded,
@@ -208,8 +223,9 @@ def rollouts_from_outputs(prompt_ids: Sequence[Sequence[int]], completions: Sequ
     B = len(prompt_ids)
     groups = [len(c) for c in completions]
     if len(completions) != B or len(set(groups)) > 1:
-        raise ValueError(f"rollouts_from_outputs: expected {B} prompts with the same number of completions, "
-                         f"got {groups}")
+        raise ValueError(
+            f"rollouts_from_outputs: expected {B} prompts with the same number of completions, got {groups}"
+        )
     G = groups[0] if groups else 0
     N = B * G
     P = max((len(p) for p in prompt_ids), default=0)
@@ -225,8 +241,8 @@ def rollouts_from_outputs(prompt_ids: Sequence[Sequence[int]], completions: Sequ
     for i, c in enumerate(rows):
         p = list(prompt_ids[i // G])
         if p:
-            prompt[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
-            prompt_mask[i, P - len(p):] = 1
+            prompt[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+            prompt_mask[i, P - len(p) :] = 1
         ids = [int(t) for t in c.token_ids]
         n = len(ids)
         if n:
@@ -237,7 +253,14 @@ def rollouts_from_outputs(prompt_ids: Sequence[Sequence[int]], completions: Sequ
         reason = getattr(c, "finish_reason", None)
         truncated[i] = reason == "length" or (reason is None and (n == 0 or ids[-1] not in eos))
     texts = decode(tokens.masked_fill(mask == 0, pad_id)) if decode is not None else ["" for _ in range(N)]
-    return Rollouts(prompt_ids=prompt, prompt_mask=prompt_mask, completion_ids=tokens, completion_mask=mask,
-                    truncated=truncated, group=torch.arange(B).repeat_interleave(G),
-                    sampling_logps=logps.masked_fill(mask == 0, 0.0), prompts=[p for p in prompts for _ in range(G)],
-                    completions=list(texts))
+    return Rollouts(
+        prompt_ids=prompt,
+        prompt_mask=prompt_mask,
+        completion_ids=tokens,
+        completion_mask=mask,
+        truncated=truncated,
+        group=torch.arange(B).repeat_interleave(G),
+        sampling_logps=logps.masked_fill(mask == 0, 0.0),
+        prompts=[p for p in prompts for _ in range(G)],
+        completions=list(texts),
+    )

@@ -13,6 +13,7 @@ Rewards (read the ``episode`` column, i.e. the whole trajectory):
   (bad JSON, unknown tool, bad arguments); 0.2 = ``<tool_call>`` written without a parseable call
   inside; 0.0 = no attempt. Taken over the whole episode (the best turn).
 """
+
 from __future__ import annotations
 
 import ast
@@ -27,10 +28,18 @@ from rlvr.core.episodes import final_answer
 from rlvr.core.rewards import RewardConfig
 from rlvr.core.task import Task, TaskConfig, last_number, same_number
 
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.USub: operator.neg, ast.UAdd: operator.pos,
-        ast.Pow: operator.pow}
-MAX_ABS = 10 ** 15
+_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+    ast.Pow: operator.pow,
+}
+MAX_ABS = 10**15
 
 
 def _eval(node: ast.AST) -> float:
@@ -40,7 +49,7 @@ def _eval(node: ast.AST) -> float:
         return node.value
     if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
         left, right = _eval(node.left), _eval(node.right)
-        if isinstance(node.op, ast.Pow) and (abs(right) > 16 or abs(left) > 10 ** 6):
+        if isinstance(node.op, ast.Pow) and (abs(right) > 16 or abs(left) > 10**6):
             raise ValueError("exponent too large")
         value = _OPS[type(node.op)](left, right)
         if abs(value) > MAX_ABS:
@@ -104,18 +113,29 @@ def load_multiply3(cfg: Multiply3Config) -> Task:
     rng = random.Random(cfg.seed)
     eval_rows = multiply_rows(cfg.eval_size, random.Random(cfg.seed + 1_000_003), cfg.prompt_template)
     held = {(r["a"], r["b"]) for r in eval_rows}
-    train = [r for r in multiply_rows(cfg.train_size + cfg.eval_size, rng, cfg.prompt_template)
-             if (r["a"], r["b"]) not in held][:cfg.train_size]
-    return Task("multiply3", train, eval_rows, cfg,
-                is_correct=lambda completion, row: same_number(last_number(completion), row["answer"]))
+    train = [
+        r
+        for r in multiply_rows(cfg.train_size + cfg.eval_size, rng, cfg.prompt_template)
+        if (r["a"], r["b"]) not in held
+    ][: cfg.train_size]
+    return Task(
+        "multiply3",
+        train,
+        eval_rows,
+        cfg,
+        is_correct=lambda completion, row: same_number(last_number(completion), row["answer"]),
+    )
 
 
 def calculator_correct_reward(cfg: RewardConfig) -> Any:
-    def calculator_correct(completions: list[str], episode: list[Any] | None = None, answer: Any = None,
-                           **kw: Any) -> list[float | None]:
+    def calculator_correct(
+        completions: list[str], episode: list[Any] | None = None, answer: Any = None, **kw: Any
+    ) -> list[float | None]:
         if episode is None or answer is None:
-            raise ValueError("calculator_correct scores multi-turn episodes: use it with env=calculator (the "
-                             "'episode' column) and a task with an 'answer' column, e.g. task=multiply3")
+            raise ValueError(
+                "calculator_correct scores multi-turn episodes: use it with env=calculator (the "
+                "'episode' column) and a task with an 'answer' column, e.g. task=multiply3"
+            )
         out: list[float | None] = []
         for ep, ans in zip(episode, answer):
             text = final_answer(ep)
@@ -162,7 +182,17 @@ def rlvr_tasks() -> list[PluginSpec]:
 
 @hookimpl
 def rlvr_rewards() -> list[PluginSpec]:
-    return [PluginSpec("calculator_correct", calculator_correct_reward, RewardConfig,
-                       "1 when the episode's final answer is the product (env=calculator)"),
-            PluginSpec("tool_use", tool_use_reward, RewardConfig,
-                       "partial credit for well-formed tool calls that run (multi-turn envs)")]
+    return [
+        PluginSpec(
+            "calculator_correct",
+            calculator_correct_reward,
+            RewardConfig,
+            "1 when the episode's final answer is the product (env=calculator)",
+        ),
+        PluginSpec(
+            "tool_use",
+            tool_use_reward,
+            RewardConfig,
+            "partial credit for well-formed tool calls that run (multi-turn envs)",
+        ),
+    ]

@@ -7,6 +7,7 @@ replies ``higher``, ``lower`` or ends the episode when it is right. A message wi
 ``guess_solved`` = 1 + (max_turns − turns) / max_turns when solved (fewer turns score more), else 0;
 ``guess_valid`` = the fraction of turns that gave an in-range number (a format signal).
 """
+
 from __future__ import annotations
 
 import random
@@ -34,8 +35,14 @@ class GuessEnv:
         self.tools: list[Any] = []
 
     def reset(self, row: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        state = {"target": int(row["answer"]), "low": int(row["low"]), "high": int(row["high"]), "guesses": [],
-                 "solved": False, "max_turns": int(self.cfg.max_turns)}
+        state = {
+            "target": int(row["answer"]),
+            "low": int(row["low"]),
+            "high": int(row["high"]),
+            "guesses": [],
+            "solved": False,
+            "max_turns": int(self.cfg.max_turns),
+        }
         return [{"role": "user", "content": str(row["question"])}], state
 
     def step(self, state: dict[str, Any], message: str) -> tuple[list[dict[str, Any]], bool, dict[str, Any]]:
@@ -55,8 +62,10 @@ class GuessEnv:
 
 @dataclass
 class GuessTaskConfig(TaskConfig):
-    prompt_template: str = ("I am thinking of a whole number from {low} to {high}. Guess it. After each guess I say "
-                            "higher or lower. Answer with just the number.")
+    prompt_template: str = (
+        "I am thinking of a whole number from {low} to {high}. Guess it. After each guess I say "
+        "higher or lower. Answer with just the number."
+    )
     low: int = 1
     high: int = 20
     train_size: int = 500
@@ -73,8 +82,12 @@ def load_guess(cfg: GuessTaskConfig) -> Task:
             out.append(row)
         return out
 
-    return Task("guess", rows(cfg.train_size, random.Random(cfg.seed)), rows(cfg.eval_size,
-                random.Random(cfg.seed + 1_000_003)), cfg)
+    return Task(
+        "guess",
+        rows(cfg.train_size, random.Random(cfg.seed)),
+        rows(cfg.eval_size, random.Random(cfg.seed + 1_000_003)),
+        cfg,
+    )
 
 
 def guess_solved_reward(cfg: RewardConfig) -> Any:
@@ -119,7 +132,17 @@ def rlvr_tasks() -> list[PluginSpec]:
 
 @hookimpl
 def rlvr_rewards() -> list[PluginSpec]:
-    return [PluginSpec("guess_solved", guess_solved_reward, RewardConfig,
-                       "env=guess: 1 + bonus for fewer turns when solved, else 0"),
-            PluginSpec("guess_valid", guess_valid_reward, RewardConfig,
-                       "env=guess: fraction of turns with an in-range numeric guess")]
+    return [
+        PluginSpec(
+            "guess_solved",
+            guess_solved_reward,
+            RewardConfig,
+            "env=guess: 1 + bonus for fewer turns when solved, else 0",
+        ),
+        PluginSpec(
+            "guess_valid",
+            guess_valid_reward,
+            RewardConfig,
+            "env=guess: fraction of turns with an in-range numeric guess",
+        ),
+    ]

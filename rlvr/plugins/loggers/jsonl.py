@@ -1,4 +1,5 @@
 """``logger=[jsonl]``: ``metrics.jsonl`` (one line per step) and ``completions.jsonl`` (samples per step)."""
+
 from __future__ import annotations
 
 import json
@@ -55,4 +56,6 @@ class JsonlLogger:
 
 @hookimpl
 def rlvr_loggers() -> list[PluginSpec]:
-    return [PluginSpec("jsonl", JsonlLogger, JsonlLoggerConfig, "metrics.jsonl and completions.jsonl in the run directory")]
+    return [
+        PluginSpec("jsonl", JsonlLogger, JsonlLoggerConfig, "metrics.jsonl and completions.jsonl in the run directory")
+    ]

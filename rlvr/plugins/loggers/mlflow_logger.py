@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from rlvr import PluginSpec, hookimpl
-from rlvr.core.tracking import COMPLETION_COLUMNS, TrackerState, check_reachable, completion_rows, flatten, scalars
 from rlvr.core.errors import MissingDependencyError
+from rlvr.core.tracking import COMPLETION_COLUMNS, TrackerState, check_reachable, completion_rows, flatten, scalars
 
 PARAM_VALUE_MAX = 6000  # MLflow's limit on a parameter value
 BAD_KEY_CHARS = re.compile(r"[^\w\-. /]")

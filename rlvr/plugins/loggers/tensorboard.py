@@ -7,6 +7,7 @@ completions of each step are a text entry (``completions``). On resume, events a
 checkpoint's step are dropped (``purge_step``), so no step appears twice. Needs the
 ``tensorboard`` package (``pip install 'rlvr[report]'``).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlvr.core.errors import MissingDependencyError
 from rlvr import PluginSpec, hookimpl
+from rlvr.core.errors import MissingDependencyError
 
 
 @dataclass
@@ -30,8 +31,9 @@ def _summary_writer() -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise MissingDependencyError("logger=tensorboard needs the tensorboard package: pip install 'rlvr[report]' "
-                                     "(or pip install tensorboard)") from None
+        raise MissingDependencyError(
+            "logger=tensorboard needs the tensorboard package: pip install 'rlvr[report]' (or pip install tensorboard)"
+        ) from None
     return SummaryWriter
 
 
@@ -61,14 +63,19 @@ class TensorBoardLogger:
                 self.writer.add_scalar(key, float(value), step)
         if self.cfg.log_completions and samples:
             names = list(samples[0].get("rewards") or {})
-            rows = ["| prompt | completion | answer | " + " | ".join(names) + " | advantage |",
-                    "|---|---|---|" + "---|" * len(names) + "---|"]
+            rows = [
+                "| prompt | completion | answer | " + " | ".join(names) + " | advantage |",
+                "|---|---|---|" + "---|" * len(names) + "---|",
+            ]
             for s in samples:
                 prompt = str(s.get("prompt", "")).strip().splitlines()
                 rewards = s.get("rewards") or {}
-                rows.append(f"| {_cell(prompt[-1] if prompt else '')} | {_cell(s.get('completion', ''))} | "
-                            f"{_cell(s.get('answer', ''))} | " + " | ".join(_cell(rewards.get(n)) for n in names)
-                            + f" | {float(s.get('advantage', 0.0)):+.3f} |")
+                rows.append(
+                    f"| {_cell(prompt[-1] if prompt else '')} | {_cell(s.get('completion', ''))} | "
+                    f"{_cell(s.get('answer', ''))} | "
+                    + " | ".join(_cell(rewards.get(n)) for n in names)
+                    + f" | {float(s.get('advantage', 0.0)):+.3f} |"
+                )
             self.writer.add_text("completions", "\n".join(rows), step)
         self.writer.flush()  # a crash loses nothing already logged
 
@@ -80,5 +87,11 @@ class TensorBoardLogger:
 
 @hookimpl
 def rlvr_loggers() -> list[PluginSpec]:
-    return [PluginSpec("tensorboard", TensorBoardLogger, TensorBoardLoggerConfig,
-                       "TensorBoard scalars (the metrics.jsonl metrics) and sampled completions")]
+    return [
+        PluginSpec(
+            "tensorboard",
+            TensorBoardLogger,
+            TensorBoardLoggerConfig,
+            "TensorBoard scalars (the metrics.jsonl metrics) and sampled completions",
+        )
+    ]

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from rlvr import PluginSpec, hookimpl
-from rlvr.core.tracking import COMPLETION_COLUMNS, TrackerState, check_reachable, completion_rows, scalars
 from rlvr.core.errors import ConfigError, MissingDependencyError
+from rlvr.core.tracking import COMPLETION_COLUMNS, TrackerState, check_reachable, completion_rows, scalars
 
 
 @dataclass

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from rlvr import PluginSpec, hookimpl
-from rlvr.core.tracking import COMPLETION_COLUMNS, TrackerState, check_reachable, completion_rows, scalars
 from rlvr.core.errors import ConfigError, MissingDependencyError
+from rlvr.core.tracking import COMPLETION_COLUMNS, TrackerState, check_reachable, completion_rows, scalars
 
 MODES = ("", "online", "offline", "disabled")
 

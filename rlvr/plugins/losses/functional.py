@@ -12,20 +12,26 @@ Every function computes in the dtype of its inputs (the loss objects upcast half
 float32 first; the gradient checks use float64) and returns tensors on their device. None of them reads
 global state.
 """
+
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
 from torch import Tensor
+
 from rlvr.core.errors import ConfigError
 
 AGGREGATIONS: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo", "dapo")
 IMPORTANCE_SAMPLING_LEVELS: tuple[str, ...] = ("token", "sequence")
 
 
-def effective_mask(mask: Tensor, truncated: Optional[Tensor] = None, mask_truncated_completions: bool = False,
-                   dtype: torch.dtype = torch.float32) -> Tensor:
+def effective_mask(
+    mask: Tensor,
+    truncated: Optional[Tensor] = None,
+    mask_truncated_completions: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """The loss mask M: ``mask`` as ``dtype``, with the rows of truncated completions zeroed when asked.
 
     ``M[i, t] = mask[i, t] * (1 - truncated[i])`` if ``mask_truncated_completions`` else ``mask[i, t]``.
@@ -77,8 +83,9 @@ def broadcast_advantages(advantages: Tensor, like: Tensor) -> Tensor:
     return adv.unsqueeze(-1) if adv.dim() == 1 else adv
 
 
-def clipped_surrogate(ratio: Tensor, advantages: Tensor, epsilon_low: float, epsilon_high: float,
-                      delta: Optional[float] = None) -> Tensor:
+def clipped_surrogate(
+    ratio: Tensor, advantages: Tensor, epsilon_low: float, epsilon_high: float, delta: Optional[float] = None
+) -> Tensor:
     """Per-token PPO clipped surrogate loss, with optional two-sided clipping.
 
     ``loss = -min(r~ * A, clamp(r, 1 - epsilon_low, 1 + epsilon_high) * A)`` where ``r~ = min(r, delta)`` when
@@ -107,8 +114,15 @@ def k3_kl(logps: Tensor, ref_logps: Tensor) -> Tensor:
     return torch.exp(diff) - diff - 1.0
 
 
-def aggregate(per_token_loss: Tensor, mask: Tensor, mode: str, *, num_sequences: Optional[int] = None,
-              num_tokens: Optional[float] = None, max_completion_length: Optional[int] = None) -> Tensor:
+def aggregate(
+    per_token_loss: Tensor,
+    mask: Tensor,
+    mode: str,
+    *,
+    num_sequences: Optional[int] = None,
+    num_tokens: Optional[float] = None,
+    max_completion_length: Optional[int] = None,
+) -> Tensor:
     """Reduce per-token losses ℓ [N, T] to this micro-batch's share of the optimizer step's loss.
 
     ``num_sequences`` / ``num_tokens`` are the step totals (all micro-batches, all processes) of completions
@@ -144,15 +158,19 @@ def aggregate(per_token_loss: Tensor, mask: Tensor, mode: str, *, num_sequences:
             raise ConfigError("dr_grpo aggregation needs a positive max_completion_length")
         return weighted.sum() / (max(seqs, 1.0) * float(max_completion_length))
     if mode == "dapo":
-        tokens = mask.sum() if num_tokens is None else torch.as_tensor(float(num_tokens), dtype=mask.dtype,
-                                                                         device=mask.device)
+        tokens = (
+            mask.sum()
+            if num_tokens is None
+            else torch.as_tensor(float(num_tokens), dtype=mask.dtype, device=mask.device)
+        )
         return weighted.sum() / tokens.clamp(min=1.0)
     raise ConfigError(f"unknown aggregation {mode!r}; choose one of {AGGREGATIONS}")
 
 
 @torch.no_grad()
-def clip_fractions(ratio: Tensor, advantages: Tensor, mask: Tensor, epsilon_low: float,
-                   epsilon_high: float) -> dict[str, float]:
+def clip_fractions(
+    ratio: Tensor, advantages: Tensor, mask: Tensor, epsilon_low: float, epsilon_high: float
+) -> dict[str, float]:
     """Fractions of active tokens whose gradient the clipping removed (masked means over M).
 
     - ``clip_ratio/low_mean``:    r < 1 - epsilon_low and A < 0

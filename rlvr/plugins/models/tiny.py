@@ -1,4 +1,5 @@
 """``model=tiny``: a random small Llama with a byte-level tokenizer, built offline in a second (for tests)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,9 +39,14 @@ def byte_tokenizer() -> "object":
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                  pad_token="<|endoftext|>", unk_token="<|endoftext|>",
-                                  additional_special_tokens=specials)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        additional_special_tokens=specials,
+    )
     tok.chat_template = CHATML_TEMPLATE
     return tok
 
@@ -49,11 +55,19 @@ def load_tiny(cfg: TinyModelConfig) -> Policy:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = byte_tokenizer()
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                         num_key_value_heads=cfg.num_kv_heads, max_position_embeddings=cfg.max_seq_length,
-                         tie_word_embeddings=cfg.tie_word_embeddings, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_seq_length,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = LlamaForCausalLM(config).to(torch_dtype(cfg.dtype))

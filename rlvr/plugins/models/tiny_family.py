@@ -10,6 +10,7 @@ checkpoints have them (``tie_word_embeddings`` overrides). The byte-level tokeni
 ``model.load_in_4bit=true`` (QLoRA) saves the random model to a temporary directory and loads it
 back through ``model=hf``'s 4-bit path, so it exercises exactly what a hub model goes through.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from rlvr.core.errors import ConfigError
 from rlvr import PluginSpec, hookimpl
+from rlvr.core.errors import ConfigError
 from rlvr.core.policy import ModelConfig, Policy, finish_policy, torch_dtype
 from rlvr.plugins.models.tiny import TinyModelConfig, byte_tokenizer
 
@@ -41,17 +42,27 @@ class Family:
 
 def _gemma3_extra(cfg: "TinyFamilyConfig") -> dict[str, Any]:
     head_dim = cfg.hidden_size // cfg.num_heads
-    return {"head_dim": head_dim, "query_pre_attn_scalar": head_dim, "sliding_window": 8,
-            "layer_types": ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(cfg.num_layers)],
-            "final_logit_softcapping": cfg.final_logit_softcapping, "attn_logit_softcapping": None,
-            "hidden_activation": "gelu_pytorch_tanh"}
+    return {
+        "head_dim": head_dim,
+        "query_pre_attn_scalar": head_dim,
+        "sliding_window": 8,
+        "layer_types": ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(cfg.num_layers)],
+        "final_logit_softcapping": cfg.final_logit_softcapping,
+        "attn_logit_softcapping": None,
+        "hidden_activation": "gelu_pytorch_tanh",
+    }
 
 
 FAMILIES: dict[str, Family] = {
     "llama": Family("LlamaForCausalLM", "LlamaConfig", True, ATTENTION_MLP),  # Llama 3.2 1B/3B tie; 3.1 8B does not
     "qwen2": Family("Qwen2ForCausalLM", "Qwen2Config", True, ATTENTION_MLP),  # Qwen2.5 0.5B-3B tie; 7B+ do not
-    "qwen3": Family("Qwen3ForCausalLM", "Qwen3Config", True, ATTENTION_MLP,
-                    lambda cfg: {"head_dim": cfg.hidden_size // cfg.num_heads}),  # Qwen3-4B ties; 8B does not
+    "qwen3": Family(
+        "Qwen3ForCausalLM",
+        "Qwen3Config",
+        True,
+        ATTENTION_MLP,
+        lambda cfg: {"head_dim": cfg.hidden_size // cfg.num_heads},
+    ),  # Qwen3-4B ties; 8B does not
     "gemma3": Family("Gemma3ForCausalLM", "Gemma3TextConfig", True, ATTENTION_MLP, _gemma3_extra),
     "phi3": Family("Phi3ForCausalLM", "Phi3Config", False, PHI3_LINEARS),  # Phi-4 uses the Phi-3 architecture
     "mistral": Family("MistralForCausalLM", "MistralConfig", False, ATTENTION_MLP, lambda cfg: {"sliding_window": 8}),
@@ -70,14 +81,25 @@ def build_model(cfg: TinyFamilyConfig, tokenizer: Any) -> torch.nn.Module:
     import transformers
 
     if cfg.family not in FAMILIES:
-        raise ConfigError(f"model.family={cfg.family!r} is not a family tiny_family knows; choose one of {sorted(FAMILIES)}")
+        raise ConfigError(
+            f"model.family={cfg.family!r} is not a family tiny_family knows; choose one of {sorted(FAMILIES)}"
+        )
     fam = FAMILIES[cfg.family]
     tied = fam.tied if cfg.tie_word_embeddings is None else bool(cfg.tie_word_embeddings)
     config = getattr(transformers, fam.config_class)(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-        max_position_embeddings=cfg.max_seq_length, tie_word_embeddings=tied, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **fam.extra(cfg))
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_seq_length,
+        tie_word_embeddings=tied,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **fam.extra(cfg),
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = getattr(transformers, fam.model_class)(config).to(torch_dtype(cfg.dtype))
@@ -107,5 +129,11 @@ def load_tiny_family(cfg: TinyFamilyConfig) -> Policy:
 
 @hookimpl
 def rlvr_models() -> list[PluginSpec]:
-    return [PluginSpec("tiny_family", load_tiny_family, TinyFamilyConfig,
-                       "random small model of a family (llama, qwen2, qwen3, gemma3, phi3, mistral), for tests")]
+    return [
+        PluginSpec(
+            "tiny_family",
+            load_tiny_family,
+            TinyFamilyConfig,
+            "random small model of a family (llama, qwen2, qwen3, gemma3, phi3, mistral), for tests",
+        )
+    ]

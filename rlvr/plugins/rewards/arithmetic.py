@@ -4,14 +4,15 @@ score = (+found if a number appears in the completion else -found)
       + (+correct if the last number equals the answer else -correct)
 With the defaults: right answer +4, wrong number -2, no number at all -4.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
 from rlvr import PluginSpec, hookimpl
-from rlvr.core.rewards import RewardConfig
 from rlvr.core.answers import last_number, same_number
+from rlvr.core.rewards import RewardConfig
 
 
 @dataclass
@@ -20,7 +21,9 @@ class ArithmeticRewardConfig(RewardConfig):
     correct: float = 3.0
 
 
-def arithmetic_scores(completions: list[str], answer: list[Any], found: float = 1.0, correct: float = 3.0) -> list[float]:
+def arithmetic_scores(
+    completions: list[str], answer: list[Any], found: float = 1.0, correct: float = 3.0
+) -> list[float]:
     out = []
     for text, ref in zip(completions, answer):
         n = last_number(text)
@@ -37,5 +40,8 @@ def make_arithmetic_reward(cfg: ArithmeticRewardConfig):
 
 @hookimpl
 def rlvr_rewards() -> list[PluginSpec]:
-    return [PluginSpec("arithmetic", make_arithmetic_reward, ArithmeticRewardConfig,
-                       "number found ±1, number correct ±3, summed")]
+    return [
+        PluginSpec(
+            "arithmetic", make_arithmetic_reward, ArithmeticRewardConfig, "number found ±1, number correct ±3, summed"
+        )
+    ]

@@ -10,6 +10,7 @@
 
 Both read answers through :mod:`rlvr.core.answers`, like ``math_answer`` and evaluation.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,8 +18,8 @@ from typing import Any, Callable, Optional
 
 from rlvr import PluginSpec, hookimpl
 from rlvr.core import answers
-from rlvr.core.rewards import VerifierConfig
 from rlvr.core.errors import ColumnError
+from rlvr.core.rewards import VerifierConfig
 
 
 @dataclass
@@ -36,8 +37,9 @@ class ExactMatchConfig(VerifierConfig):
 
 def _column(name: str, column: str, columns: dict[str, list[Any]]) -> list[Any]:
     if column not in columns:
-        raise ColumnError(f"{name} needs the task column {column!r} (set answer_column); "
-                       f"columns given: {sorted(columns)}")
+        raise ColumnError(
+            f"{name} needs the task column {column!r} (set answer_column); columns given: {sorted(columns)}"
+        )
     return columns[column]
 
 
@@ -91,8 +93,13 @@ def make_exact_match(cfg: ExactMatchConfig) -> Callable[..., list[Optional[bool]
 @hookimpl
 def rlvr_verifiers() -> list[PluginSpec]:
     return [
-        PluginSpec("numeric", make_numeric, NumericConfig,
-                   "final number (marker, else last number) equals the reference"),
-        PluginSpec("exact_match", make_exact_match, ExactMatchConfig,
-                   "answer text equals the reference after normalisation (case, spaces, punctuation)"),
+        PluginSpec(
+            "numeric", make_numeric, NumericConfig, "final number (marker, else last number) equals the reference"
+        ),
+        PluginSpec(
+            "exact_match",
+            make_exact_match,
+            ExactMatchConfig,
+            "answer text equals the reference after normalisation (case, spaces, punctuation)",
+        ),
     ]

@@ -10,6 +10,7 @@ The four tags are configurable. When the chat template already ends the prompt w
 reasoning tag, set ``reasoning_start_in_prompt: true``: the completion then need not repeat it
 (``format_exact``) and it is not counted (``format_approx``).
 """
+
 from __future__ import annotations
 
 import re
@@ -44,8 +45,11 @@ def layout_regex(cfg: FormatTagsConfig) -> re.Pattern[str]:
     """The whole-completion layout: [reasoning_start] reasoning reasoning_end … solution_start answer solution_end."""
     start = re.escape(cfg.reasoning_start)
     start = f"(?:{start})?" if cfg.reasoning_start_in_prompt else start
-    return re.compile(rf"^\s*{start}.+?{re.escape(cfg.reasoning_end)}.*?"
-                      rf"{re.escape(cfg.solution_start)}(.+?){re.escape(cfg.solution_end)}\s*\Z", re.DOTALL)
+    return re.compile(
+        rf"^\s*{start}.+?{re.escape(cfg.reasoning_end)}.*?"
+        rf"{re.escape(cfg.solution_start)}(.+?){re.escape(cfg.solution_end)}\s*\Z",
+        re.DOTALL,
+    )
 
 
 def make_exact(cfg: FormatExactConfig) -> Callable[..., list[float]]:
@@ -67,7 +71,9 @@ def make_approx(cfg: FormatApproxConfig) -> Callable[..., list[float]]:
         tags.insert(0, cfg.reasoning_start)
 
     def format_approx(completions: list[str], **_: Any) -> list[float]:
-        return [sum(cfg.present_once if text.count(tag) == 1 else cfg.otherwise for tag in tags) for text in completions]
+        return [
+            sum(cfg.present_once if text.count(tag) == 1 else cfg.otherwise for tag in tags) for text in completions
+        ]
 
     return format_approx
 
@@ -75,8 +81,16 @@ def make_approx(cfg: FormatApproxConfig) -> Callable[..., list[float]]:
 @hookimpl
 def rlvr_rewards() -> list[PluginSpec]:
     return [
-        PluginSpec("format_exact", make_exact, FormatExactConfig,
-                   "+3.0 when the whole completion is <start_working_out>…<end_working_out><SOLUTION>…</SOLUTION>"),
-        PluginSpec("format_approx", make_approx, FormatApproxConfig,
-                   "+0.5 per template tag present exactly once, -1.0 otherwise"),
+        PluginSpec(
+            "format_exact",
+            make_exact,
+            FormatExactConfig,
+            "+3.0 when the whole completion is <start_working_out>…<end_working_out><SOLUTION>…</SOLUTION>",
+        ),
+        PluginSpec(
+            "format_approx",
+            make_approx,
+            FormatApproxConfig,
+            "+0.5 per template tag present exactly once, -1.0 otherwise",
+        ),
     ]

@@ -18,6 +18,7 @@ a newline, so a multi-line reasoning block never earns the format rewards.
 
 The ``answer`` column may be the full GSM8K solution (``… #### 72``) or the bare final answer.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,8 +26,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from rlvr import PluginSpec, hookimpl
-from rlvr.core.rewards import RewardConfig
 from rlvr.core.answers import against_reference, clean_answer, extract_xml_answer, is_integer_text, parse_number
+from rlvr.core.rewards import RewardConfig
 
 TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
 _NO_TAG = r"(?:(?!</?reasoning>|</?answer>).)"  # any character that does not start a tag
@@ -119,10 +120,22 @@ def rlvr_rewards() -> list[PluginSpec]:
     return [
         PluginSpec("gsm8k_correct", make_correct, GSM8KCorrectConfig, "2.0 when <answer> equals the reference"),
         PluginSpec("gsm8k_int", make_int, GSM8KScoreConfig, "0.5 when <answer> holds an integer"),
-        PluginSpec("gsm8k_strict_format", make_strict, GSM8KScoreConfig,
-                   "0.5 for exactly <reasoning>\\n…\\n</reasoning>\\n<answer>\\n…\\n</answer>"),
-        PluginSpec("gsm8k_soft_format", make_soft, GSM8KScoreConfig,
-                   "0.5 for <reasoning>…</reasoning> then <answer>…</answer>, any whitespace"),
-        PluginSpec("gsm8k_xmlcount", make_xmlcount, GSM8KXmlCountConfig,
-                   "0.125 per tag present once, -0.001 per character after </answer>"),
+        PluginSpec(
+            "gsm8k_strict_format",
+            make_strict,
+            GSM8KScoreConfig,
+            "0.5 for exactly <reasoning>\\n…\\n</reasoning>\\n<answer>\\n…\\n</answer>",
+        ),
+        PluginSpec(
+            "gsm8k_soft_format",
+            make_soft,
+            GSM8KScoreConfig,
+            "0.5 for <reasoning>…</reasoning> then <answer>…</answer>, any whitespace",
+        ),
+        PluginSpec(
+            "gsm8k_xmlcount",
+            make_xmlcount,
+            GSM8KXmlCountConfig,
+            "0.125 per tag present once, -0.001 per character after </answer>",
+        ),
     ]

@@ -33,6 +33,7 @@ After each call the reward function's ``last_metrics`` dict holds counters (``re
 ``retries``, ``gave_up``, ``context_too_long``, ``low_score_mass``, ``unparseable``), which the
 trainer's monitor logs as ``audit/llm_judge/<counter>``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -52,21 +53,28 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
-from rlvr.core.errors import ColumnError, ConfigError
 from rlvr import PluginSpec, hookimpl
+from rlvr.core.errors import ColumnError, ConfigError
 from rlvr.core.rewards import RewardConfig
 
 DEFAULT_SYSTEM = "You are a strict, fair grader. You reply with a single integer score and nothing else."
-DEFAULT_RUBRIC = ("Score the assistant's reply. Start at {max_score}. Subtract 5 if it is wrong or does not answer "
-                  "the request. Subtract 3 if it sounds robotic. Subtract 2 if it is rude. Never go below {min_score}.")
-DEFAULT_TEMPLATE = ("{rubric}\n\nRequest:\n{prompt}\n\nReply to grade:\n{completion}\n\n"
-                    "Answer with only the score, an integer from {min_score} to {max_score}.")
+DEFAULT_RUBRIC = (
+    "Score the assistant's reply. Start at {max_score}. Subtract 5 if it is wrong or does not answer "
+    "the request. Subtract 3 if it sounds robotic. Subtract 2 if it is rude. Never go below {min_score}."
+)
+DEFAULT_TEMPLATE = (
+    "{rubric}\n\nRequest:\n{prompt}\n\nReply to grade:\n{completion}\n\n"
+    "Answer with only the score, an integer from {min_score} to {max_score}."
+)
 BACKENDS = ("local", "openai")
 OVERFLOW_CHOICES = ("none", "truncate", "raise")
 BACKOFF_CAP_S = 10.0  # the longest wait between two retries
 TRUNCATION_MARK = " [...truncated for the judge]"
-_CONTEXT_ERROR = re.compile(r"context_length_exceeded|context length|context size|context window|maximum context|"
-                            r"prompt is too long|too many tokens", re.IGNORECASE)
+_CONTEXT_ERROR = re.compile(
+    r"context_length_exceeded|context length|context size|context window|maximum context|"
+    r"prompt is too long|too many tokens",
+    re.IGNORECASE,
+)
 
 
 @dataclass
@@ -104,9 +112,11 @@ class LLMJudgeConfig(RewardConfig):
 
 class _Fields(dict):  # str.format_map helper with a clear error for unknown fields
     def __missing__(self, key: str) -> Any:
-        raise ColumnError(f"llm_judge template uses {{{key}}}, which is neither a built-in field (rubric, prompt, "
-                          f"completion, min_score, max_score) nor a task column; columns given: "
-                          f"{sorted(k for k in self if k not in ('rubric', 'prompt', 'completion'))}")
+        raise ColumnError(
+            f"llm_judge template uses {{{key}}}, which is neither a built-in field (rubric, prompt, "
+            f"completion, min_score, max_score) nor a task column; columns given: "
+            f"{sorted(k for k in self if k not in ('rubric', 'prompt', 'completion'))}"
+        )
 
 
 def judge_messages(cfg: LLMJudgeConfig, prompt: str, completion: str, row: dict[str, Any]) -> list[dict[str, str]]:
@@ -189,17 +199,21 @@ class LocalJudge:
         dists: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
         step = max(1, self.cfg.batch_size)
         for start in range(0, len(seqs), step):
-            chunk = seqs[start:start + step]
+            chunk = seqs[start : start + step]
             width = max(len(s) for _, _, s in chunk)
             input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for r, (_, _, s) in enumerate(chunk):  # left padding: the last position is the next-token one
-                input_ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
-                mask[r, width - len(s):] = 1
+                input_ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+                mask[r, width - len(s) :] = 1
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.inference_mode():
-                out = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                 position_ids=positions.to(device), use_cache=False)
+                out = self.model(
+                    input_ids=input_ids.to(device),
+                    attention_mask=mask.to(device),
+                    position_ids=positions.to(device),
+                    use_cache=False,
+                )
             logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu()
             for r, (i, p, _) in enumerate(chunk):
                 dists[(i, p)] = logprobs[r]
@@ -209,7 +223,11 @@ class LocalJudge:
             for s, ids in self.ids.items():
                 logp = sum(float(dists[(i, ids[:k])][ids[k]]) for k in range(len(ids)))
                 # a score that is a prefix of another ("1" of "10") must also stop here
-                cont = {other[len(ids)] for other in self.ids.values() if len(other) > len(ids) and other[:len(ids)] == ids}
+                cont = {
+                    other[len(ids)]
+                    for other in self.ids.values()
+                    if len(other) > len(ids) and other[: len(ids)] == ids
+                }
                 if cont:
                     p_cont = float(sum(math.exp(float(dists[(i, ids)][t])) for t in cont))
                     logp += math.log(max(1e-12, 1.0 - p_cont))
@@ -229,6 +247,7 @@ class LocalJudge:
 
 # ----------------------------------------------------------------------------- openai backend
 
+
 class JudgeRequestError(RuntimeError):
     """The judge endpoint failed (after retries when the failure was transient)."""
 
@@ -241,8 +260,9 @@ def _top(entry: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def reply_score(choice: dict[str, Any], scores: list[int], use_logprobs: bool = True,
-                min_mass: float = 0.0) -> tuple[Optional[float], str]:
+def reply_score(
+    choice: dict[str, Any], scores: list[int], use_logprobs: bool = True, min_mass: float = 0.0
+) -> tuple[Optional[float], str]:
     """The score of one chat-completion choice and how it was read: ``logprobs`` (expected score at the
     first position where the judge wrote a number), ``text`` (first integer of the reply, clamped),
     ``low_score_mass`` (the valid scores carry less than ``min_mass`` there: None) or ``unparseable`` (None).
@@ -262,11 +282,11 @@ def reply_score(choice: dict[str, Any], scores: list[int], use_logprobs: bool = 
             p = first.get(text, 0.0)
             longer = [t for t in valid if t != text and t.startswith(text)]
             if p and longer and chosen == text and second is not None:  # "1" then maybe "0": split by the next token
-                p *= max(0.0, 1.0 - sum(second.get(t[len(text):], 0.0) for t in longer))
+                p *= max(0.0, 1.0 - sum(second.get(t[len(text) :], 0.0) for t in longer))
             elif p and longer and chosen != text:  # an alternative "1": "1" or "10"? unknown, so left out
                 p = 0.0
             for head in [h for h in first if h and h != text and text.startswith(h) and chosen == h and second]:
-                p += first[head] * second.get(text[len(head):], 0.0)
+                p += first[head] * second.get(text[len(head) :], 0.0)
             if p > 0:
                 probs[s] = p
         value = expected_score(probs, min_mass)
@@ -278,8 +298,9 @@ def reply_score(choice: dict[str, Any], scores: list[int], use_logprobs: bool = 
     return float(min(max(int(m.group()), scores[0]), scores[-1])), "text"
 
 
-def score_from_reply(choice: dict[str, Any], scores: list[int], use_logprobs: bool = True,
-                     min_mass: float = 0.0) -> Optional[float]:
+def score_from_reply(
+    choice: dict[str, Any], scores: list[int], use_logprobs: bool = True, min_mass: float = 0.0
+) -> Optional[float]:
     """The score of one chat-completion choice (see :func:`reply_score`), or None."""
     return reply_score(choice, scores, use_logprobs, min_mass)[0]
 
@@ -304,11 +325,13 @@ class OpenAIJudge:
 
     def __init__(self, cfg: LLMJudgeConfig):
         if cfg.max_concurrency < 1 or cfg.timeout_s <= 0 or cfg.max_retries < 0 or cfg.retry_window_s < 0:
-            raise ConfigError("llm_judge: max_concurrency >= 1, timeout_s > 0, max_retries >= 0 and "
-                             "retry_window_s >= 0 are required")
+            raise ConfigError(
+                "llm_judge: max_concurrency >= 1, timeout_s > 0, max_retries >= 0 and retry_window_s >= 0 are required"
+            )
         if cfg.on_context_overflow not in OVERFLOW_CHOICES:
-            raise ConfigError(f"llm_judge: on_context_overflow={cfg.on_context_overflow!r}; "
-                             f"choose one of {OVERFLOW_CHOICES}")
+            raise ConfigError(
+                f"llm_judge: on_context_overflow={cfg.on_context_overflow!r}; choose one of {OVERFLOW_CHOICES}"
+            )
         self.cfg = cfg
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         self.scores = list(range(cfg.min_score, cfg.max_score + 1))
@@ -323,8 +346,12 @@ class OpenAIJudge:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _payload(self, messages: list[dict[str, str]]) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.cfg.api_model, "messages": messages, "max_tokens": self.cfg.max_tokens,
-                                "temperature": self.cfg.temperature}
+        body: dict[str, Any] = {
+            "model": self.cfg.api_model,
+            "messages": messages,
+            "max_tokens": self.cfg.max_tokens,
+            "temperature": self.cfg.temperature,
+        }
         if self.cfg.use_logprobs:
             body.update(logprobs=True, top_logprobs=self.cfg.top_logprobs)
         return body
@@ -355,8 +382,9 @@ class OpenAIJudge:
         except json.JSONDecodeError as exc:
             raise _Retryable(f"the reply is not JSON ({exc})", kind="bad JSON") from None
 
-    async def _request(self, messages: list[dict[str, str]], sem: asyncio.Semaphore,
-                       pool: ThreadPoolExecutor) -> Optional[float]:
+    async def _request(
+        self, messages: list[dict[str, str]], sem: asyncio.Semaphore, pool: ThreadPoolExecutor
+    ) -> Optional[float]:
         """One judge request with retries on transient failures (at most ``max_retries`` retries, and none
         started ``retry_window_s`` after the first attempt). Raises _ContextTooLong / JudgeRequestError."""
         loop = asyncio.get_running_loop()
@@ -379,15 +407,21 @@ class OpenAIJudge:
                     raise JudgeRequestError(
                         f"llm_judge: {self.url} failed {attempt + 1} times over {elapsed:.0f} s; last error: {exc}. "
                         f"Is the judge server up? (retries: max_retries={self.cfg.max_retries}, "
-                        f"retry_window_s={self.cfg.retry_window_s:g})") from None
+                        f"retry_window_s={self.cfg.retry_window_s:g})"
+                    ) from None
                 self.stats["retries"] += 1
                 self.retry_kinds[exc.kind] += 1
-                delay = min(BACKOFF_CAP_S, self.cfg.backoff_s * 2 ** attempt) * (0.5 + random.random() / 2)
+                delay = min(BACKOFF_CAP_S, self.cfg.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
                 attempt += 1
                 await asyncio.sleep(max(delay, exc.retry_after or 0.0))
 
-    async def _ask(self, messages: list[dict[str, str]], sem: asyncio.Semaphore, pool: ThreadPoolExecutor,
-                   shrink: Optional[Shrink] = None) -> Optional[float]:
+    async def _ask(
+        self,
+        messages: list[dict[str, str]],
+        sem: asyncio.Semaphore,
+        pool: ThreadPoolExecutor,
+        shrink: Optional[Shrink] = None,
+    ) -> Optional[float]:
         key = self._key(messages)
         if key in self.cache:
             self.cache.move_to_end(key)
@@ -401,12 +435,15 @@ class OpenAIJudge:
             self.cache.popitem(last=False)
         return value
 
-    async def _overflow(self, exc: _ContextTooLong, shrink: Optional[Shrink], sem: asyncio.Semaphore,
-                        pool: ThreadPoolExecutor) -> Optional[float]:
+    async def _overflow(
+        self, exc: _ContextTooLong, shrink: Optional[Shrink], sem: asyncio.Semaphore, pool: ThreadPoolExecutor
+    ) -> Optional[float]:
         """A request over the judge's context: None for this row, or (truncate) the completion cut shorter."""
         if self.cfg.on_context_overflow == "raise":
-            raise JudgeRequestError(f"llm_judge: {self.url}: the judge request is longer than the judge's context "
-                                    f"({exc}); set on_context_overflow=none or truncate to score such rows") from None
+            raise JudgeRequestError(
+                f"llm_judge: {self.url}: the judge request is longer than the judge's context "
+                f"({exc}); set on_context_overflow=none or truncate to score such rows"
+            ) from None
         if self.cfg.on_context_overflow == "truncate" and shrink is not None:
             for fraction in (0.5, 0.25, 0.125, 0.0625):
                 try:
@@ -429,8 +466,9 @@ class OpenAIJudge:
         if parts:
             warnings.warn(f"llm_judge ({self.url}): " + "; ".join(parts), RuntimeWarning, stacklevel=2)
 
-    async def __call__(self, messages: list[list[dict[str, str]]],
-                       shrinks: Optional[list[Shrink]] = None) -> list[Optional[float]]:
+    async def __call__(
+        self, messages: list[list[dict[str, str]]], shrinks: Optional[list[Shrink]] = None
+    ) -> list[Optional[float]]:
         self.stats, self.retry_kinds = collections.Counter(), collections.Counter()
         sem = asyncio.Semaphore(self.cfg.max_concurrency)
         keys = [self._key(m) for m in messages]
@@ -486,11 +524,13 @@ def make_llm_judge(cfg: LLMJudgeConfig) -> Callable[..., Any]:
         judge = OpenAIJudge(cfg)
 
         def shrinker(prompt: str, completion: str, row: dict[str, Any]) -> Shrink:
-            return lambda fraction: judge_messages(cfg, prompt, completion[:int(len(completion) * fraction)]
-                                                   + TRUNCATION_MARK, row)
+            return lambda fraction: judge_messages(
+                cfg, prompt, completion[: int(len(completion) * fraction)] + TRUNCATION_MARK, row
+            )
 
-        async def llm_judge_async(completions: list[str], prompts: Optional[list[str]] = None,
-                                  **columns: Any) -> list[Optional[float]]:
+        async def llm_judge_async(
+            completions: list[str], prompts: Optional[list[str]] = None, **columns: Any
+        ) -> list[Optional[float]]:
             prompts = list(prompts) if prompts is not None else [""] * len(completions)
             shrinks = [shrinker(p, c, r) for p, c, r in zip(prompts, completions, _rows(len(completions), columns))]
             try:
@@ -503,8 +543,9 @@ def make_llm_judge(cfg: LLMJudgeConfig) -> Callable[..., Any]:
 
     local = LocalJudge(cfg, load_judge_model(cfg.model, dict(cfg.model_params)))
 
-    def llm_judge(completions: list[str], prompts: Optional[list[str]] = None,
-                  **columns: Any) -> list[Optional[float]]:
+    def llm_judge(
+        completions: list[str], prompts: Optional[list[str]] = None, **columns: Any
+    ) -> list[Optional[float]]:
         values = finish(local(all_messages(completions, prompts, columns)))
         llm_judge.last_metrics = _counters(local.stats)  # type: ignore[attr-defined]
         return values
@@ -515,6 +556,12 @@ def make_llm_judge(cfg: LLMJudgeConfig) -> Callable[..., Any]:
 
 @hookimpl
 def rlvr_rewards() -> list[PluginSpec]:
-    return [PluginSpec("llm_judge", make_llm_judge, LLMJudgeConfig,
-                       "a judge model scores the completion against a rubric (local transformers model or "
-                       "an OpenAI-compatible endpoint)")]
+    return [
+        PluginSpec(
+            "llm_judge",
+            make_llm_judge,
+            LLMJudgeConfig,
+            "a judge model scores the completion against a rubric (local transformers model or "
+            "an OpenAI-compatible endpoint)",
+        )
+    ]

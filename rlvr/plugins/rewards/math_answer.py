@@ -10,6 +10,7 @@ prompt verbatim are ignored. See docs/answers.md.
 
 Verdicts: True / False; None where the row has no reference answer (not applicable).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,8 +18,8 @@ from typing import Any, Callable, Optional
 
 from rlvr import PluginSpec, hookimpl
 from rlvr.core import answers
-from rlvr.core.rewards import VerifierConfig, verifier_as_reward
 from rlvr.core.errors import ColumnError, ConfigError
+from rlvr.core.rewards import VerifierConfig, verifier_as_reward
 
 
 @dataclass
@@ -39,19 +40,35 @@ class MathAnswerConfig(VerifierConfig):
 def make_math_answer(cfg: MathAnswerConfig) -> Callable[..., list[Optional[bool]]]:
     """Build the verifier ``fn(completions, prompts=None, **columns) -> list[bool | None]``."""
     if cfg.decimal_comma not in answers.DECIMAL_COMMA_CHOICES:
-        raise ConfigError(f"math_answer: decimal_comma={cfg.decimal_comma!r}; choose one of "
-                         f"{answers.DECIMAL_COMMA_CHOICES} (see docs/answers.md)")
+        raise ConfigError(
+            f"math_answer: decimal_comma={cfg.decimal_comma!r}; choose one of "
+            f"{answers.DECIMAL_COMMA_CHOICES} (see docs/answers.md)"
+        )
 
-    def math_answer(completions: list[str], prompts: Optional[list[str]] = None,
-                    **columns: Any) -> list[Optional[bool]]:
+    def math_answer(
+        completions: list[str], prompts: Optional[list[str]] = None, **columns: Any
+    ) -> list[Optional[bool]]:
         if cfg.answer_column not in columns:
-            raise ColumnError(f"math_answer needs the task column {cfg.answer_column!r} (set answer_column); "
-                           f"columns given: {sorted(columns)}")
+            raise ColumnError(
+                f"math_answer needs the task column {cfg.answer_column!r} (set answer_column); "
+                f"columns given: {sorted(columns)}"
+            )
         echo = prompts if (cfg.ignore_prompt_echo and prompts) else [None] * len(completions)
-        return [answers.judge(text or "", ref, prompt=p, last_number=cfg.last_number, free_form=cfg.free_form,
-                              rel_tol=cfg.rel_tol, abs_tol=cfg.abs_tol, use_math_verify=cfg.math_verify,
-                              timeout_seconds=cfg.timeout_seconds, decimal_comma=cfg.decimal_comma)
-                for text, ref, p in zip(completions, columns[cfg.answer_column], echo)]
+        return [
+            answers.judge(
+                text or "",
+                ref,
+                prompt=p,
+                last_number=cfg.last_number,
+                free_form=cfg.free_form,
+                rel_tol=cfg.rel_tol,
+                abs_tol=cfg.abs_tol,
+                use_math_verify=cfg.math_verify,
+                timeout_seconds=cfg.timeout_seconds,
+                decimal_comma=cfg.decimal_comma,
+            )
+            for text, ref, p in zip(completions, columns[cfg.answer_column], echo)
+        ]
 
     return math_answer
 
@@ -60,8 +77,10 @@ def make_math_answer_reward(cfg: MathAnswerConfig) -> Callable[..., list[Optiona
     return verifier_as_reward(make_math_answer(cfg), cfg.pass_score, cfg.fail_score)
 
 
-DESCRIPTION = ("final answer (tags / boxed / #### / 'the answer is' / last LaTeX / last number) equals the reference: "
-               "exact numbers, else Math-Verify")
+DESCRIPTION = (
+    "final answer (tags / boxed / #### / 'the answer is' / last LaTeX / last number) equals the reference: "
+    "exact numbers, else Math-Verify"
+)
 
 
 @hookimpl
@@ -71,5 +90,6 @@ def rlvr_verifiers() -> list[PluginSpec]:
 
 @hookimpl
 def rlvr_rewards() -> list[PluginSpec]:
-    return [PluginSpec("math_answer", make_math_answer_reward, MathAnswerConfig,
-                       DESCRIPTION + "; pass_score / fail_score")]
+    return [
+        PluginSpec("math_answer", make_math_answer_reward, MathAnswerConfig, DESCRIPTION + "; pass_score / fail_score")
+    ]

@@ -17,6 +17,7 @@ All scores and both ratio bands are configurable. The answer is read between ``a
 ``answer_end`` when they are set (e.g. ``<SOLUTION>`` / ``</SOLUTION>``), else with the shared
 final-answer extraction (``\\boxed{}``, ``<answer>``, ``<SOLUTION>``, ``####``, "the answer is").
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,9 +25,8 @@ from fractions import Fraction
 from typing import Any, Callable, Optional
 
 from rlvr import PluginSpec, hookimpl
+from rlvr.core.answers import against_reference, clean_answer, extract_final_answer, last_tagged, parse_number
 from rlvr.core.rewards import RewardConfig
-from rlvr.core.answers import (against_reference, clean_answer, extract_final_answer, last_tagged,
-                                           parse_number)
 
 
 @dataclass
@@ -60,8 +60,11 @@ def proximity_score(guess: Optional[str], reference: str, cfg: ProximityConfig) 
     if guess == reference:
         return cfg.exact
     g, r = parse_number(guess), parse_number(reference)
-    if guess.strip() == reference.strip() or clean_answer(guess) == clean_answer(reference) or (
-            g is not None and r is not None and g == r):
+    if (
+        guess.strip() == reference.strip()
+        or clean_answer(guess) == clean_answer(reference)
+        or (g is not None and r is not None and g == r)
+    ):
         return cfg.stripped
     if g is None:
         return cfg.unparseable
@@ -77,14 +80,25 @@ def proximity_score(guess: Optional[str], reference: str, cfg: ProximityConfig) 
 
 def make_proximity(cfg: ProximityConfig) -> Callable[..., list[Optional[float]]]:
     def proximity(completions: list[str], **columns: Any) -> list[Optional[float]]:
-        return against_reference("proximity", completions, columns, cfg.answer_column,
-                                 lambda text, ref: proximity_score(extract(text, cfg), ref, cfg))
+        return against_reference(
+            "proximity",
+            completions,
+            columns,
+            cfg.answer_column,
+            lambda text, ref: proximity_score(extract(text, cfg), ref, cfg),
+        )
 
     return proximity
 
 
 @hookimpl
 def rlvr_rewards() -> list[PluginSpec]:
-    return [PluginSpec("proximity", make_proximity, ProximityConfig,
-                       "closer numbers score more: exact +5, stripped +3.5, ±10% +2, ±20% +1.5, wrong -2.5, "
-                       "not a number -4.5, no answer -2")]
+    return [
+        PluginSpec(
+            "proximity",
+            make_proximity,
+            ProximityConfig,
+            "closer numbers score more: exact +5, stripped +3.5, ±10% +2, ±20% +1.5, wrong -2.5, "
+            "not a number -4.5, no answer -2",
+        )
+    ]

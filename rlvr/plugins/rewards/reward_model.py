@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from rlvr import PluginSpec, hookimpl
-from rlvr.core.rewards import RewardConfig
 from rlvr.core.errors import ColumnError, ConfigError, LoadError
+from rlvr.core.rewards import RewardConfig
 
 NORMALIZE = ("none", "running", "fixed")
 _MODELS: dict[tuple, tuple[Any, Any]] = {}

@@ -23,14 +23,15 @@ signature       the last ``signature_lines`` lines hold a phone number / e-mail 
 e-mail (columns ``sender_name``): greets the sender by name, thanks them, stays under 120 words,
 sounds human, signs off with a signature block.
 """
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional
 
-from rlvr.core.errors import ColumnError, ConfigError, ConfigTypeError
 from rlvr import PluginSpec, hookimpl
+from rlvr.core.errors import ColumnError, ConfigError, ConfigTypeError
 from rlvr.core.rewards import RewardConfig
 
 KINDS = ("contains", "exact", "length", "name_present", "signature")
@@ -43,7 +44,8 @@ ADDRESS_RE = re.compile(
     r"Way|Court|Ct|Place|Pl|Square|Sq|Terrace|Parkway|Pkwy|Highway|Hwy|Close|Crescent)\b\.?"
     r"|\b[A-Z]{1,2}\d[A-Z\d]?\s*\d[A-Z]{2}\b"  # UK postcode
     r"|\b[A-Z][a-z]+,?\s+[A-Z]{2}\s+\d{5}(?:-\d{4})?\b",  # US "City, ST 12345"
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 _PART_RES = {"phone": PHONE_RE, "email": EMAIL_RE, "address": ADDRESS_RE}
 
 
@@ -83,12 +85,20 @@ class RubricConfig(RewardConfig):
 def _email_rubric() -> List[Criterion]:
     return [
         Criterion(kind="name_present", name="greets the sender by name", column="sender_name", weight=1.0),
-        Criterion(kind="contains", name="thanks them", keywords=["thank", "thanks", "grateful", "appreciate"],
-                  weight=0.5),
-        Criterion(kind="contains", name="sounds human", keywords=["as an ai", "language model", "i am unable to"],
-                  negate=True, weight=0.0, fail=-3.0),
-        Criterion(kind="length", name="at most 120 words", max_words=120, weight=0.5, fail=-0.5,
-                  penalty_per_unit=0.01),
+        Criterion(
+            kind="contains", name="thanks them", keywords=["thank", "thanks", "grateful", "appreciate"], weight=0.5
+        ),
+        Criterion(
+            kind="contains",
+            name="sounds human",
+            keywords=["as an ai", "language model", "i am unable to"],
+            negate=True,
+            weight=0.0,
+            fail=-3.0,
+        ),
+        Criterion(
+            kind="length", name="at most 120 words", max_words=120, weight=0.5, fail=-0.5, penalty_per_unit=0.01
+        ),
         Criterion(kind="signature", name="signature block", require=list(SIGNATURE_PARTS), mode="any", weight=1.0),
     ]
 
@@ -142,7 +152,7 @@ def criterion_value(c: Criterion, text: str, columns: dict[str, list[Any]], i: i
         found = re.search(pattern, text, 0 if c.case_sensitive else re.IGNORECASE)
         return c.weight if found else c.fail
     if c.kind == "signature":
-        tail = "\n".join(text.rstrip().splitlines()[-c.signature_lines:])
+        tail = "\n".join(text.rstrip().splitlines()[-c.signature_lines :])
         hits = [bool(_PART_RES[p].search(tail)) for p in c.require]
         passed = (all(hits) if c.mode == "all" else any(hits)) if hits else False
         return c.weight if passed else c.fail
@@ -170,7 +180,9 @@ def validate(criteria: List[Criterion]) -> None:
         if c.kind in ("exact", "name_present") and not c.column:
             raise ConfigError(f"rubric criterion {what}: kind {c.kind!r} needs column (the task column to read)")
         if c.kind == "length" and not (c.max_chars or c.max_words or c.min_chars or c.min_words):
-            raise ConfigError(f"rubric criterion {what}: kind 'length' needs max_chars, max_words, min_chars or min_words")
+            raise ConfigError(
+                f"rubric criterion {what}: kind 'length' needs max_chars, max_words, min_chars or min_words"
+            )
         bad = [p for p in c.require if p not in SIGNATURE_PARTS]
         if c.kind == "signature" and (bad or not c.require):
             raise ConfigError(f"rubric criterion {what}: require must list some of {SIGNATURE_PARTS}, got {c.require}")
@@ -179,7 +191,9 @@ def validate(criteria: List[Criterion]) -> None:
 def make_rubric(cfg: RubricConfig) -> Callable[..., list[Optional[float]]]:
     criteria = [_as_criterion(c) for c in cfg.criteria]
     if not criteria:
-        raise ConfigError("reward rubric has no criteria: give reward.rubric.criteria=[{kind: contains, keywords: [...]}, ...]")
+        raise ConfigError(
+            "reward rubric has no criteria: give reward.rubric.criteria=[{kind: contains, keywords: [...]}, ...]"
+        )
     validate(criteria)
     scale = sum(c.weight for c in criteria if c.weight > 0) if cfg.normalize else 1.0
     scale = scale or 1.0
@@ -198,8 +212,16 @@ def make_rubric(cfg: RubricConfig) -> Callable[..., list[Optional[float]]]:
 @hookimpl
 def rlvr_rewards() -> list[PluginSpec]:
     return [
-        PluginSpec("rubric", make_rubric, RubricConfig,
-                   "weighted criteria from config: keywords, exact match, length, name present, signature block"),
-        PluginSpec("rubric_email", make_rubric, EmailRubricConfig,
-                   "example rubric for replying to an inbound e-mail (name, thanks, human tone, length, signature)"),
+        PluginSpec(
+            "rubric",
+            make_rubric,
+            RubricConfig,
+            "weighted criteria from config: keywords, exact match, length, name present, signature block",
+        ),
+        PluginSpec(
+            "rubric_email",
+            make_rubric,
+            EmailRubricConfig,
+            "example rubric for replying to an inbound e-mail (name, thanks, human tone, length, signature)",
+        ),
     ]

@@ -6,6 +6,7 @@ split, so the held-out questions never appear in training. A held-out split smal
 ``max_operand`` (up to ``eval_extra_max_operand``, default 19). When the space is very large, a
 seeded sample of it is used instead.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -13,8 +14,8 @@ import random
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from rlvr.core.errors import ConfigError
 from rlvr import PluginSpec, hookimpl
+from rlvr.core.errors import ConfigError
 from rlvr.core.task import Task, TaskConfig
 
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
@@ -66,8 +67,7 @@ def extra_eval_rows(cfg: ArithmeticConfig, k: int) -> list[dict]:
     if k <= 0 or cfg.eval_extra_max_operand <= cfg.max_operand:
         return []
     wide = range(cfg.min_operand, cfg.eval_extra_max_operand + 1)
-    triples = [(a, op, b) for a, op, b in itertools.product(wide, cfg.operations, wide)
-               if max(a, b) > cfg.max_operand]
+    triples = [(a, op, b) for a, op, b in itertools.product(wide, cfg.operations, wide) if max(a, b) > cfg.max_operand]
     random.Random(cfg.seed + 1).shuffle(triples)
     return [{"question": f"{a} {op} {b}", "answer": str(OPS[op](a, b))} for a, op, b in triples[:k]]
 
@@ -79,4 +79,6 @@ def make_arithmetic(cfg: ArithmeticConfig) -> Task:
 
 @hookimpl
 def rlvr_tasks() -> list[PluginSpec]:
-    return [PluginSpec("arithmetic", make_arithmetic, ArithmeticConfig, "synthetic a+b questions with a held-out split")]
+    return [
+        PluginSpec("arithmetic", make_arithmetic, ArithmeticConfig, "synthetic a+b questions with a held-out split")
+    ]

@@ -5,6 +5,7 @@ dataset ``openai/gsm8k`` through ``datasets`` when it is in the local cache (no 
 copy in ``$RLVR_GSM8K_DIR`` or ``../shared/data/gsm8k``, else a download of the Hub dataset. Each row
 gets ``answer`` = the final number (the text after ``####``) and ``solution`` = the full reference solution.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ from rlvr.core.hfdata import hub_rows
 from rlvr.core.task import Task
 from rlvr.plugins.tasks.jsonl import JsonlTaskConfig, read_jsonl, split_rows
 
-SYSTEM_PROMPT = ("Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>")
+SYSTEM_PROMPT = "Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>"
 
 
 @dataclass
@@ -51,9 +52,11 @@ def make_gsm8k(cfg: GSM8KConfig) -> Task:
     if hub is not None:
         train, held = normalise(hub["train"], cfg.hub_id), normalise(hub["test"], cfg.hub_id)
     elif d is None:
-        raise PathNotFoundError(f"task=gsm8k: {cfg.hub_id} is neither in the datasets cache nor downloadable (is "
-                                f"`datasets` installed? are you online?) and $RLVR_GSM8K_DIR names no local copy: set "
-                                "task.data_dir to a folder with train.jsonl/test.jsonl")
+        raise PathNotFoundError(
+            f"task=gsm8k: {cfg.hub_id} is neither in the datasets cache nor downloadable (is "
+            f"`datasets` installed? are you online?) and $RLVR_GSM8K_DIR names no local copy: set "
+            "task.data_dir to a folder with train.jsonl/test.jsonl"
+        )
     else:
         train = normalise(read_jsonl(d / "train.jsonl"), str(d / "train.jsonl"))
         test_file = d / "test.jsonl"

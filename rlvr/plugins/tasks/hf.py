@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from rlvr import PluginSpec, hookimpl
+from rlvr.core.errors import DataError
 from rlvr.core.hfdata import load_split
 from rlvr.core.task import Task, TaskConfig, last_number, same_number
-from rlvr.core.errors import DataError
 
 
 @dataclass

@@ -1,4 +1,5 @@
 """``task=jsonl``: any local JSON-lines file (one object per line) with a question and an answer column."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from rlvr.core.errors import DataError, MissingValueError, PathNotFoundError
 from rlvr import PluginSpec, hookimpl
+from rlvr.core.errors import DataError, MissingValueError, PathNotFoundError
 from rlvr.core.task import Task, TaskConfig
 
 
@@ -36,7 +37,9 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{p}:{lineno}: not valid JSON ({exc.msg}); the file must hold one JSON object per line") from None
+                raise DataError(
+                    f"{p}:{lineno}: not valid JSON ({exc.msg}); the file must hold one JSON object per line"
+                ) from None
             if not isinstance(row, dict):
                 raise DataError(f"{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
             rows.append(row)
@@ -45,7 +48,9 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def split_rows(rows: list[dict], eval_rows: Optional[list[dict]], cfg: JsonlTaskConfig) -> tuple[list[dict], list[dict]]:
+def split_rows(
+    rows: list[dict], eval_rows: Optional[list[dict]], cfg: JsonlTaskConfig
+) -> tuple[list[dict], list[dict]]:
     if eval_rows is None:
         rows = list(rows)
         random.Random(cfg.seed).shuffle(rows)

@@ -16,6 +16,7 @@ Modules: ``suite`` (tests and code blocks), ``transform`` (assert rewriting), ``
 (decoding and comparing), ``channel`` (result socket), ``sandbox`` / ``supervisor`` / ``cgroups``
 (processes and limits), ``harness`` (runs inside the sandbox).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from rlvr import PluginSpec, hookimpl
+from rlvr.core.errors import ColumnError
 from rlvr.core.rewards import VerifierConfig, verifier_as_reward
 
 from .channel import ResultChannel
@@ -44,11 +46,27 @@ from .sandbox import (
 from .suite import TestSuite, extract_code, parse_tests, same_output
 from .transform import TestsNotSupported, transform
 from .verdict import check_passes, duplicate_count, unplain_count
-from rlvr.core.errors import ColumnError
 
-__all__ = ["CodeExecConfig", "CodeExecutor", "RunResult", "SANDBOX_MODES", "Sandbox", "SandboxError", "TestReport",
-           "TestSuite", "TestsNotSupported", "extract_code", "parse_tests", "processes_of_uid", "run_tests",
-           "same_output", "sweep_shared_tmp", "transform", "uid_block", "_uid_base"]
+__all__ = [
+    "CodeExecConfig",
+    "CodeExecutor",
+    "RunResult",
+    "SANDBOX_MODES",
+    "Sandbox",
+    "SandboxError",
+    "TestReport",
+    "TestSuite",
+    "TestsNotSupported",
+    "extract_code",
+    "parse_tests",
+    "processes_of_uid",
+    "run_tests",
+    "same_output",
+    "sweep_shared_tmp",
+    "transform",
+    "uid_block",
+    "_uid_base",
+]
 
 
 @dataclass
@@ -100,8 +118,15 @@ def run_tests(code: str, suite: TestSuite, sandbox: Sandbox) -> TestReport:
     if suite.kind == "assert":
         program = suite.program
         slot_counts = [c.slots for c in program.checks]
-        plan = marshal.dumps({"timeout": float(cfg.timeout_s), "steps": program.steps, "slots": slot_counts,
-                              "max_bytes": int(cfg.max_result_bytes)}, 4)
+        plan = marshal.dumps(
+            {
+                "timeout": float(cfg.timeout_s),
+                "steps": program.steps,
+                "slots": slot_counts,
+                "max_bytes": int(cfg.max_result_bytes),
+            },
+            4,
+        )
         units = len(program.steps) + len(program.checks) + 1
         wall = min(cfg.total_timeout_s, cfg.timeout_s * units) + cfg.startup_grace_s
         path, harness = compiled(sandbox.python, HARNESS)
@@ -115,24 +140,52 @@ def run_tests(code: str, suite: TestSuite, sandbox: Sandbox) -> TestReport:
         log = channel.log
         total = suite.count
         if log.violation:
-            return TestReport(0, total, f"failed closed: {log.violation}", violation=log.violation,
-                              unplain=unplain_count(log.executions))
+            return TestReport(
+                0,
+                total,
+                f"failed closed: {log.violation}",
+                violation=log.violation,
+                unplain=unplain_count(log.executions),
+            )
         passed = sum(check_passes(check, log.executions.get(i, [])) for i, check in enumerate(program.checks))
-        detail = ("timed out" if res.timed_out else "output over the cap" if res.output_capped
-                  else f"the solution failed to load ({log.load_error})" if log.load_error else "")
-        return TestReport(passed, total, detail, unplain=unplain_count(log.executions),
-                          duplicates=duplicate_count(program.checks, log.executions))
+        detail = (
+            "timed out"
+            if res.timed_out
+            else "output over the cap"
+            if res.output_capped
+            else f"the solution failed to load ({log.load_error})"
+            if log.load_error
+            else ""
+        )
+        return TestReport(
+            passed,
+            total,
+            detail,
+            unplain=unplain_count(log.executions),
+            duplicates=duplicate_count(program.checks, log.executions),
+        )
     passed = 0
     details = []
     files = {"solution.py": code.encode("utf-8", errors="replace")}
     for i, (stdin, expected) in enumerate(suite.cases):
         res = sandbox.run("solution.py", [], files, stdin.encode(), cfg.timeout_s + cfg.startup_grace_s)
-        ok = (not res.timed_out and not res.output_capped and res.returncode == 0
-              and same_output(res.stdout.decode(errors="replace"), expected))
+        ok = (
+            not res.timed_out
+            and not res.output_capped
+            and res.returncode == 0
+            and same_output(res.stdout.decode(errors="replace"), expected)
+        )
         passed += ok
         if not ok and len(details) < 3:
-            why = ("timed out" if res.timed_out else "output over the cap" if res.output_capped
-                   else f"exit {res.returncode}" if res.returncode else "wrong output")
+            why = (
+                "timed out"
+                if res.timed_out
+                else "output over the cap"
+                if res.output_capped
+                else f"exit {res.returncode}"
+                if res.returncode
+                else "wrong output"
+            )
             details.append(f"case {i}: {why}")
     return TestReport(passed, len(suite.cases), "; ".join(details))
 
@@ -162,8 +215,10 @@ class CodeExecutor:
 
     def reports(self, completions: list[str], columns: dict[str, list[Any]]) -> list[Optional[TestReport]]:
         if self.cfg.tests_column not in columns:
-            raise ColumnError(f"code_exec needs the task column {self.cfg.tests_column!r} (set tests_column); "
-                           f"columns given: {sorted(columns)}")
+            raise ColumnError(
+                f"code_exec needs the task column {self.cfg.tests_column!r} (set tests_column); "
+                f"columns given: {sorted(columns)}"
+            )
         jobs: list[Callable[[], Optional[TestReport]]] = []
         for i, (text, tests) in enumerate(zip(completions, columns[self.cfg.tests_column])):
             try:
@@ -184,9 +239,11 @@ class CodeExecutor:
         (a forked child or another process wrote, tampering, ...), values that were not plain
         built-ins, and top-level asserts reported more than once."""
         reports = [r for r in self.last_reports if r is not None]
-        return {"violations": sum(bool(r.violation) for r in reports),
-                "unplain_values": sum(r.unplain for r in reports),
-                "duplicate_reports": sum(r.duplicates for r in reports)}
+        return {
+            "violations": sum(bool(r.violation) for r in reports),
+            "unplain_values": sum(r.unplain for r in reports),
+            "duplicate_reports": sum(r.duplicates for r in reports),
+        }
 
     def _job(self, text: str, suite: Optional[TestSuite]) -> Callable[[], Optional[TestReport]]:
         def job() -> Optional[TestReport]:
@@ -216,8 +273,10 @@ def make_code_exec_reward(cfg: CodeExecConfig) -> Callable[..., list[Optional[fl
     executor = CodeExecutor(cfg)
 
     def code_exec(completions: list[str], **columns: Any) -> list[Optional[float]]:
-        return [None if r is None else cfg.fail_score + r.fraction * (cfg.pass_score - cfg.fail_score)
-                for r in executor.reports(completions, columns)]
+        return [
+            None if r is None else cfg.fail_score + r.fraction * (cfg.pass_score - cfg.fail_score)
+            for r in executor.reports(completions, columns)
+        ]
 
     code_exec.executor = executor  # type: ignore[attr-defined]
     return code_exec
@@ -234,4 +293,3 @@ def rlvr_verifiers() -> list[PluginSpec]:
 @hookimpl
 def rlvr_rewards() -> list[PluginSpec]:
     return [PluginSpec("code_exec", make_code_exec_reward, CodeExecConfig, DESCRIPTION + "; score = fraction passed")]
-

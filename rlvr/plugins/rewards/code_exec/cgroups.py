@@ -6,6 +6,7 @@ memory of all of them together (files in a tmpfs count too), ``pids.max`` their 
 machine does not let this process create cgroups (not root, no delegation, controllers missing),
 :func:`probe` says why and code_exec falls back to per-process rlimits (see docs/sandbox.md).
 """
+
 from __future__ import annotations
 
 import atexit

@@ -14,6 +14,7 @@ writers. Rules (any break is a *violation*: every test of the run fails):
 - frames are ``4-byte length + JSON``, within ``max_bytes`` in all; a malformed frame, a second
   hello, anything after "done", or a tamper report is a violation.
 """
+
 from __future__ import annotations
 
 import json
@@ -97,19 +98,22 @@ class ResultChannel:
             pid = None
             for level, kind, payload in anc:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(payload) >= _UCRED.size:
-                    pid = _UCRED.unpack(payload[:_UCRED.size])[0]
+                    pid = _UCRED.unpack(payload[: _UCRED.size])[0]
             if pid is None or pid <= 0:
                 self.violate("a result arrived without the sender's credentials")
                 return False
             if self.harness_pid is None:
                 self._pin(pid)
             elif pid != self.harness_pid:
-                self.violate(f"a result came from process {pid}, not from the harness ({self.harness_pid}): "
-                             "a forked child or another process wrote to the channel")
+                self.violate(
+                    f"a result came from process {pid}, not from the harness ({self.harness_pid}): "
+                    "a forked child or another process wrote to the channel"
+                )
                 return False
             elif self.harness_gone:
-                self.violate(f"a result carrying the harness's pid {pid} arrived after the harness had exited "
-                             "(pid reuse)")
+                self.violate(
+                    f"a result carrying the harness's pid {pid} arrived after the harness had exited (pid reuse)"
+                )
                 return False
             self.received += len(data)
             if self.received > self.max_bytes:
@@ -151,8 +155,8 @@ class ResultChannel:
                 return False
             if len(self.buf) < 4 + n:
                 return True
-            frame = bytes(self.buf[4:4 + n])
-            del self.buf[:4 + n]
+            frame = bytes(self.buf[4 : 4 + n])
+            del self.buf[: 4 + n]
             try:
                 msg = json.loads(frame, parse_constant=_reject_constant)
             except (ValueError, RecursionError):
@@ -184,8 +188,12 @@ class ResultChannel:
                 self.violate(f"a result for check {index} with {len(slots)} values")
                 return False
             for s in slots:
-                if not (isinstance(s, list) and len(s) == 2 and s[0] in ("v", "e", "u")
-                        and (s[0] == "v" or isinstance(s[1], str))):
+                if not (
+                    isinstance(s, list)
+                    and len(s) == 2
+                    and s[0] in ("v", "e", "u")
+                    and (s[0] == "v" or isinstance(s[1], str))
+                ):
                     self.violate(f"a malformed value in the result for check {index}")
                     return False
             log.executions.setdefault(index, []).append(slots)

@@ -26,6 +26,7 @@ imported, and the hello it sends then tells the trainer which pid the harness ha
 acknowledges it (after pinning the process with a pidfd) before the harness goes on. What the
 solution can still do from inside this process is described in docs/sandbox.md ("residual risks").
 """
+
 import _signal as signal  # the C modules: no enum / re imports on every run
 import _socket
 import builtins
@@ -60,8 +61,13 @@ def _main() -> None:  # noqa: C901 - one closure on purpose: the references it c
     _join, _str_encode, _hex = str.join, str.encode, bytes.hex
     _items, _append, _pop = dict.items, list.append, list.pop
     _tname = type.__dict__["__name__"].__get__
-    _is_list, _is_tuple, _is_dict, _is_set, _is_fset = builtins.list, builtins.tuple, builtins.dict, builtins.set, \
-        builtins.frozenset
+    _is_list, _is_tuple, _is_dict, _is_set, _is_fset = (
+        builtins.list,
+        builtins.tuple,
+        builtins.dict,
+        builtins.set,
+        builtins.frozenset,
+    )
     _int, _float, _str, _bool, _bytes = builtins.int, builtins.float, builtins.str, builtins.bool, builtins.bytes
     _base_exc = builtins.BaseException
     _inf = float("inf")
@@ -92,8 +98,15 @@ def _main() -> None:  # noqa: C901 - one closure on purpose: the references it c
             except ValueError:  # more digits than str() allows
                 raise Unplain("int too large") from None
         elif t is _float:
-            out = ('{"f":"nan"}' if v != v else '{"f":"inf"}' if v == _inf else '{"f":"-inf"}' if v == -_inf
-                   else _repr_float(v))
+            out = (
+                '{"f":"nan"}'
+                if v != v
+                else '{"f":"inf"}'
+                if v == _inf
+                else '{"f":"-inf"}'
+                if v == -_inf
+                else _repr_float(v)
+            )
         elif t is _str:
             out = encode_basestring_ascii(v)
         elif t is _bytes:
@@ -106,8 +119,11 @@ def _main() -> None:  # noqa: C901 - one closure on purpose: the references it c
                 for x in v:  # exact built-in containers: their own iterators
                     _append(parts, enc(x, depth + 1, budget))
                 body = "[" + _join(",", parts) + "]"
-                out = body if t is _is_list else ('{"t":' if t is _is_tuple else '{"s":' if t is _is_set
-                                                  else '{"fs":') + body + "}"
+                out = (
+                    body
+                    if t is _is_list
+                    else ('{"t":' if t is _is_tuple else '{"s":' if t is _is_set else '{"fs":') + body + "}"
+                )
             elif t is _is_dict:
                 parts = []
                 for k, x in _items(v):
@@ -155,8 +171,12 @@ def _main() -> None:  # noqa: C901 - one closure on purpose: the references it c
             why = "a trace or profile function is set"
         elif scope.get("_rlvr_end") is not rlvr_end or scope.get("_rlvr_begin") is not rlvr_begin:
             why = "the harness functions were replaced"
-        elif _type(values) is not _is_list or _type(index) is not _int or not 0 <= index < _len(slot_counts) \
-                or _len(values) != slot_counts[index]:
+        elif (
+            _type(values) is not _is_list
+            or _type(index) is not _int
+            or not 0 <= index < _len(slot_counts)
+            or _len(values) != slot_counts[index]
+        ):
             why = "malformed check values"
         if why:
             if not state["tampered"]:
@@ -202,8 +222,9 @@ def _main() -> None:  # noqa: C901 - one closure on purpose: the references it c
 
     # -- the tests: their own namespace, seeded with the solution's names ---------------------
     scope = dict(solution)
-    scope.update({"__name__": "__rlvr_tests__", "_rlvr_begin": rlvr_begin, "_rlvr_end": rlvr_end,
-                  "_rlvr_fail": rlvr_fail})
+    scope.update(
+        {"__name__": "__rlvr_tests__", "_rlvr_begin": rlvr_begin, "_rlvr_end": rlvr_end, "_rlvr_fail": rlvr_fail}
+    )
     for k, step in enumerate(steps):
         status = '""'
         _setitimer(_REAL, timeout)

@@ -8,6 +8,7 @@ system, a size-capped tmpfs as the only writable place). Afterwards every proces
 killed and reaped, and in rlimit mode what the run's uid left in /tmp, /var/tmp and /dev/shm is
 deleted. See docs/sandbox.md for what holds in each mode.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -29,9 +30,10 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from rlvr.core.errors import ConfigError
+
 from . import cgroups as cg
 from .channel import ResultChannel
-from rlvr.core.errors import ConfigError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SUPERVISOR = os.path.join(HERE, "supervisor.py")
@@ -44,8 +46,9 @@ BWRAP_EXTRA_PROCESSES = 2  # bubblewrap itself and its init in the new pid names
 
 _COMPILED: dict[tuple[str, str], tuple[str, bytes]] = {}
 _COMPILE_LOCK = threading.Lock()
-_COMPILE_SCRIPT = ("import py_compile, sys\n"
-                   "py_compile.compile(sys.argv[1], cfile=sys.argv[2], dfile=sys.argv[3], doraise=True)\n")
+_COMPILE_SCRIPT = (
+    "import py_compile, sys\npy_compile.compile(sys.argv[1], cfile=sys.argv[2], dfile=sys.argv[3], doraise=True)\n"
+)
 
 
 def compiled(python: str, source: str) -> tuple[str, bytes]:
@@ -58,8 +61,12 @@ def compiled(python: str, source: str) -> tuple[str, bytes]:
             directory = tempfile.mkdtemp(prefix="rlvr-code-exec-")
             atexit.register(shutil.rmtree, directory, True)
             target = os.path.join(directory, os.path.basename(source) + "c")
-            out = subprocess.run([python, "-I", "-S", "-c", _COMPILE_SCRIPT, source, target, os.path.basename(source)],
-                                 capture_output=True, timeout=60, check=False)
+            out = subprocess.run(
+                [python, "-I", "-S", "-c", _COMPILE_SCRIPT, source, target, os.path.basename(source)],
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
             if out.returncode == 0 and os.path.exists(target):
                 with open(target, "rb") as f:
                     _COMPILED[key] = (target, f.read())
@@ -102,8 +109,10 @@ def _lock_dir() -> str:
             continue
         if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022:
             return d
-    raise SandboxError("code_exec: no private directory for the sandbox uid locks (tried /run/rlvr-sandbox and "
-                       f"{tempfile.gettempdir()}); make /run writable for this user or set TMPDIR")
+    raise SandboxError(
+        "code_exec: no private directory for the sandbox uid locks (tried /run/rlvr-sandbox and "
+        f"{tempfile.gettempdir()}); make /run writable for this user or set TMPDIR"
+    )
 
 
 def uid_block(start: Optional[int] = None) -> int:
@@ -215,6 +224,7 @@ def sweep_shared_tmp(uid: int, dirs: tuple[str, ...] = SHARED_TMP_DIRS) -> list[
 
 # ----------------------------------------------------------------------------- the sandbox
 
+
 class Sandbox:
     """Runs Python programs under the limits of a code_exec config (see ``CodeExecConfig``)."""
 
@@ -230,16 +240,21 @@ class Sandbox:
         self.root_dir = tempfile.gettempdir()
         if self.drop and not _others_can_use(self.root_dir, probe_uid):
             if not _others_can_use("/tmp", probe_uid):
-                raise SandboxError(f"code_exec: neither {self.root_dir} nor /tmp can be reached by the sandbox uid; "
-                                   "point TMPDIR at a world-traversable directory")
+                raise SandboxError(
+                    f"code_exec: neither {self.root_dir} nor /tmp can be reached by the sandbox uid; "
+                    "point TMPDIR at a world-traversable directory"
+                )
             self.root_dir = "/tmp"
         self.cgroups: Optional[cg.Cgroups] = None
         self.bwrap: Optional[str] = None
         self.reason = ""
         if cfg.sandbox in ("auto", "bwrap"):
             path = shutil.which("bwrap")
-            ok, why = (False, "bwrap is not on PATH (Debian/Ubuntu: apt-get install bubblewrap)") if path is None \
+            ok, why = (
+                (False, "bwrap is not on PATH (Debian/Ubuntu: apt-get install bubblewrap)")
+                if path is None
                 else self._probe(path)
+            )
             if ok:
                 self.bwrap = path
             elif cfg.sandbox == "bwrap":
@@ -252,37 +267,68 @@ class Sandbox:
             extra = BWRAP_EXTRA_PROCESSES if self.bwrap else 0
             self.cgroups, self.cgroup_reason = cg.probe(cfg.memory_mb << 20, cfg.max_processes + extra)
         if self.mode == "rlimit" and not self.drop:
-            warnings.warn("code_exec runs untrusted code without bubblewrap and not as root: it runs as this user, "
-                          "so it can read and write this user's files, use the network and signal this user's "
-                          "processes. "
-                          f"Install bubblewrap (apt-get install bubblewrap). {self.reason}".strip(), stacklevel=2)
+            warnings.warn(
+                "code_exec runs untrusted code without bubblewrap and not as root: it runs as this user, "
+                "so it can read and write this user's files, use the network and signal this user's "
+                "processes. "
+                f"Install bubblewrap (apt-get install bubblewrap). {self.reason}".strip(),
+                stacklevel=2,
+            )
 
     # -- set-up ---------------------------------------------------------------------------
     def _interpreter(self, uid: Optional[int]) -> str:
-        candidates = [self.cfg.python] if self.cfg.python else [
-            sys.executable, "/usr/bin/python3", "/usr/local/bin/python3", shutil.which("python3") or ""]
+        candidates = (
+            [self.cfg.python]
+            if self.cfg.python
+            else [sys.executable, "/usr/bin/python3", "/usr/local/bin/python3", shutil.which("python3") or ""]
+        )
         for c in candidates:
             if c and os.path.exists(c) and _others_can_use(c, uid):
                 return c
         who = f"uid {uid}" if uid is not None else "this user"
-        raise SandboxError(f"code_exec: no Python interpreter that {who} can run among {candidates}; set "
-                           "reward.code_exec.python to one outside private directories, or drop_root=false")
+        raise SandboxError(
+            f"code_exec: no Python interpreter that {who} can run among {candidates}; set "
+            "reward.code_exec.python to one outside private directories, or drop_root=false"
+        )
 
     def _prefixes(self) -> list[str]:
         if self.python not in _PREFIXES:
-            out = subprocess.run([self.python, "-I", "-S", "-c",
-                                  "import sys, json; print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, "
-                                  "sys.base_exec_prefix]))"], capture_output=True, text=True, timeout=30)
+            out = subprocess.run(
+                [
+                    self.python,
+                    "-I",
+                    "-S",
+                    "-c",
+                    "import sys, json; print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, "
+                    "sys.base_exec_prefix]))",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             prefixes = json.loads(out.stdout) if out.returncode == 0 else []
-            paths = {os.path.dirname(os.path.abspath(self.python)), os.path.dirname(os.path.realpath(self.python)),
-                     *prefixes}
+            paths = {
+                os.path.dirname(os.path.abspath(self.python)),
+                os.path.dirname(os.path.realpath(self.python)),
+                *prefixes,
+            }
             _PREFIXES[self.python] = sorted(p for p in paths if p and os.path.isdir(p))
         return _PREFIXES[self.python]
 
     def _bwrap_args(self, bwrap: str, workdir: str, files: list[str]) -> list[str]:
         disk = str(self.cfg.max_disk_mb << 20)
-        args = [bwrap, "--die-with-parent", "--new-session", "--unshare-all", "--unshare-user", "--disable-userns",
-                "--hostname", "sandbox", "--cap-drop", "ALL"]
+        args = [
+            bwrap,
+            "--die-with-parent",
+            "--new-session",
+            "--unshare-all",
+            "--unshare-user",
+            "--disable-userns",
+            "--hostname",
+            "sandbox",
+            "--cap-drop",
+            "ALL",
+        ]
         for p in ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"):
             if os.path.islink(p):
                 args += ["--symlink", os.readlink(p), p]
@@ -293,12 +339,34 @@ class Sandbox:
         for p in self._prefixes():
             if not p.startswith("/usr/") and p != "/usr":
                 args += ["--ro-bind", p, p]
-        args += ["--proc", "/proc", "--dev", "/dev", "--size", disk, "--tmpfs", "/dev/shm",
-                 "--size", disk, "--tmpfs", "/sandbox"]
+        args += [
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--size",
+            disk,
+            "--tmpfs",
+            "/dev/shm",
+            "--size",
+            disk,
+            "--tmpfs",
+            "/sandbox",
+        ]
         for name in files:
             args += ["--ro-bind", os.path.join(workdir, name), f"/sandbox/{name}"]
-        args += ["--dir", "/sandbox/tmp", "--symlink", "/sandbox/tmp", "/tmp", "--remount-ro", "/",
-                 "--chdir", "/sandbox", "--clearenv"]
+        args += [
+            "--dir",
+            "/sandbox/tmp",
+            "--symlink",
+            "/sandbox/tmp",
+            "/tmp",
+            "--remount-ro",
+            "/",
+            "--chdir",
+            "/sandbox",
+            "--clearenv",
+        ]
         for k, v in self._env("/sandbox", "/tmp").items():
             args += ["--setenv", k, v]
         return args + ["--"]
@@ -319,8 +387,15 @@ class Sandbox:
 
     @staticmethod
     def _env(home: str, tmp: str) -> dict[str, str]:
-        return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": tmp, "LANG": "C.UTF-8",
-                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8", "PYTHONHASHSEED": "0"}
+        return {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": home,
+            "TMPDIR": tmp,
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONIOENCODING": "utf-8",
+            "PYTHONHASHSEED": "0",
+        }
 
     def _make_workdir(self, files: dict[str, bytes], uid: Optional[int]) -> str:
         work = tempfile.mkdtemp(prefix="rlvr-sandbox-", dir=self.root_dir)
@@ -337,15 +412,30 @@ class Sandbox:
 
     def _limits(self, uid: Optional[int], wall: float) -> dict[str, int]:
         extra = BWRAP_EXTRA_PROCESSES if self.bwrap else 0
-        nproc = self.cfg.max_processes + extra if uid is not None \
+        nproc = (
+            self.cfg.max_processes + extra
+            if uid is not None
             else _user_task_count(os.getuid()) + self.cfg.max_processes + extra
-        return {"RLIMIT_CPU": int(math.ceil(wall)) + 1, "RLIMIT_AS": self.cfg.memory_mb << 20, "RLIMIT_NPROC": nproc,
-                "RLIMIT_FSIZE": self.cfg.max_file_mb << 20, "RLIMIT_NOFILE": self.cfg.max_open_files,
-                "RLIMIT_CORE": 0}
+        )
+        return {
+            "RLIMIT_CPU": int(math.ceil(wall)) + 1,
+            "RLIMIT_AS": self.cfg.memory_mb << 20,
+            "RLIMIT_NPROC": nproc,
+            "RLIMIT_FSIZE": self.cfg.max_file_mb << 20,
+            "RLIMIT_NOFILE": self.cfg.max_open_files,
+            "RLIMIT_CORE": 0,
+        }
 
     # -- running --------------------------------------------------------------------------
-    def run(self, script: str, args: list[str], files: dict[str, bytes], stdin: bytes, wall: float,
-            channel: Optional[ResultChannel] = None) -> RunResult:
+    def run(
+        self,
+        script: str,
+        args: list[str],
+        files: dict[str, bytes],
+        stdin: bytes,
+        wall: float,
+        channel: Optional[ResultChannel] = None,
+    ) -> RunResult:
         """Run ``python script [channel fd] *args`` in a fresh sandbox directory holding ``files``."""
         slot = None
         if self.drop or self.cgroups is not None:
@@ -363,13 +453,23 @@ class Sandbox:
             fd = channel.child_fd() if channel is not None else -1
             inner = [self.python, "-I", "-B", os.path.join(inner_dir, script), *([str(fd)] if fd >= 0 else []), *args]
             cmd = (self._bwrap_args(self.bwrap, work, sorted(files)) if self.bwrap else []) + inner
-            plan = {"uid": uid, "limits": self._limits(uid, wall), "close": [fd] if fd >= 0 else [],
-                    "cgroups": self.cgroups.slot(slot) if self.cgroups is not None and slot is not None else []}
+            plan = {
+                "uid": uid,
+                "limits": self._limits(uid, wall),
+                "close": [fd] if fd >= 0 else [],
+                "cgroups": self.cgroups.slot(slot) if self.cgroups is not None and slot is not None else [],
+            }
             supervisor = compiled(self.python, SUPERVISOR)[0]
-            proc = subprocess.Popen([self.python, "-I", "-S", supervisor, marshal.dumps(plan, 4).hex()] + cmd,
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    pass_fds=(fd,) if fd >= 0 else (), cwd=work,
-                                    env=self._env(work, os.path.join(work, "tmp")), start_new_session=True)
+            proc = subprocess.Popen(
+                [self.python, "-I", "-S", supervisor, marshal.dumps(plan, 4).hex()] + cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(fd,) if fd >= 0 else (),
+                cwd=work,
+                env=self._env(work, os.path.join(work, "tmp")),
+                start_new_session=True,
+            )
             if channel is not None:
                 channel.close_child_end()
             return _communicate(proc, stdin, channel, time.monotonic() + wall, self.cfg.max_output_bytes)
@@ -392,9 +492,22 @@ class Sandbox:
         for _ in range(5):
             if not processes_of_uid(uid):
                 return
-            subprocess.run([self.python, "-I", "-S", "-c", "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\n"
-                            "except OSError:\n    pass"], user=uid, group=uid, extra_groups=[],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+            subprocess.run(
+                [
+                    self.python,
+                    "-I",
+                    "-S",
+                    "-c",
+                    "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError:\n    pass",
+                ],
+                user=uid,
+                group=uid,
+                extra_groups=[],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=30,
+            )
             time.sleep(0.02)
 
 
@@ -435,8 +548,9 @@ def _remove_tree(path: str) -> None:
     shutil.rmtree(path, onerror=retry)
 
 
-def _communicate(proc: subprocess.Popen[bytes], stdin: bytes, channel: Optional[ResultChannel], deadline: float,
-                 cap: int) -> RunResult:
+def _communicate(
+    proc: subprocess.Popen[bytes], stdin: bytes, channel: Optional[ResultChannel], deadline: float, cap: int
+) -> RunResult:
     """Feed stdin, collect stdout/stderr (each capped) and the result channel until the process ends,
     the deadline passes, the output goes over the cap or the channel sees a protocol violation."""
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
@@ -475,7 +589,7 @@ def _communicate(proc: subprocess.Popen[bytes], stdin: bytes, channel: Optional[
                 fd = key.fd
                 if fd == stdin_fd:
                     try:
-                        sent += os.write(fd, view[sent:sent + 65536])
+                        sent += os.write(fd, view[sent : sent + 65536])
                     except OSError:
                         sent = len(view)
                     if sent >= len(view):
@@ -498,7 +612,7 @@ def _communicate(proc: subprocess.Popen[bytes], stdin: bytes, channel: Optional[
                     sel.unregister(fd)
                     continue
                 buf = bufs[fd]
-                buf += data[:max(0, cap - len(buf))]
+                buf += data[: max(0, cap - len(buf))]
                 if len(buf) >= cap:
                     capped = True
             if capped or (channel is not None and channel.log.violation):
@@ -512,5 +626,6 @@ def _communicate(proc: subprocess.Popen[bytes], stdin: bytes, channel: Optional[
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             timed_out = True
-    return RunResult(proc.poll(), bytes(bufs[proc.stdout.fileno()]), bytes(bufs[proc.stderr.fileno()]), timed_out,
-                     capped)
+    return RunResult(
+        proc.poll(), bytes(bufs[proc.stdout.fileno()]), bytes(bufs[proc.stderr.fileno()]), timed_out, capped
+    )

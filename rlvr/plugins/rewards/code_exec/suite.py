@@ -1,5 +1,6 @@
 """Reading a row's tests: the completion's code block, assert tests (rewritten, see ``transform.py``)
 and stdin → stdout tests."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .transform import Program, transform
 from rlvr.core.errors import DataError
+
+from .transform import Program, transform
 
 _FENCE_RE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 PYTHON_TAGS = ("", "python", "py", "python3")
@@ -94,6 +96,7 @@ def _text(v: Any) -> str:
 
 def same_output(actual: str, expected: str) -> bool:
     """Line-by-line equality ignoring trailing whitespace on each line and trailing blank lines."""
+
     def norm(s: str) -> list[str]:
         out = [line.rstrip() for line in s.replace("\r\n", "\n").split("\n")]
         while out and not out[-1]:

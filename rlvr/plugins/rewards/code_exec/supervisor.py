@@ -14,6 +14,7 @@ Run by the trainer (as the trainer's user) as ``python -I -S supervisor.py PLAN 
   until none is left, reaping them all (no zombies); exits with the program's status (124 when
   it was stopped before it ended).
 """
+
 import _signal as signal  # the C modules: no enum / re / json imports on every run
 import ctypes
 import marshal

@@ -18,6 +18,7 @@ reached" markers), asserts lexically inside a ``try`` whose handler catches ``As
 (their outcome depends on the assert raising), and test code that uses the reserved ``_rlvr_``
 prefix.
 """
+
 from __future__ import annotations
 
 import ast
@@ -25,6 +26,7 @@ import builtins
 import copy
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
+
 from rlvr.core.errors import DataError
 
 RESERVED = "_rlvr_"
@@ -40,6 +42,7 @@ class TestsNotSupported(ValueError):
 
 
 # ----------------------------------------------------------------------------- predicates
+
 
 @dataclass(frozen=True)
 class Lit:
@@ -145,8 +148,26 @@ class Program:
 
 # ----------------------------------------------------------------------------- constants
 
-_CONST_CALLS = {"set", "frozenset", "tuple", "list", "dict", "sorted", "float", "int", "str", "bool", "abs", "len",
-                "min", "max", "sum", "round", "range", "complex"}
+_CONST_CALLS = {
+    "set",
+    "frozenset",
+    "tuple",
+    "list",
+    "dict",
+    "sorted",
+    "float",
+    "int",
+    "str",
+    "bool",
+    "abs",
+    "len",
+    "min",
+    "max",
+    "sum",
+    "round",
+    "range",
+    "complex",
+}
 
 
 class _NotConst(Exception):
@@ -170,6 +191,7 @@ def const_value(node: ast.AST, shadowed: frozenset[str] = frozenset(), names: Op
     ``names`` bound once to a constant at the top level of the tests (see ``_named_constants``).
     Raises ``_NotConst`` for anything else.
     """
+
     def ev(n: ast.AST) -> Any:
         if isinstance(n, ast.Constant):
             return n.value
@@ -179,8 +201,9 @@ def const_value(node: ast.AST, shadowed: frozenset[str] = frozenset(), names: Op
             if any(isinstance(e, ast.Starred) for e in n.elts):
                 raise _NotConst
             items = [ev(e) for e in n.elts]
-            return _size_ok(list(items) if isinstance(n, ast.List) else tuple(items) if isinstance(n, ast.Tuple)
-                            else set(items))
+            return _size_ok(
+                list(items) if isinstance(n, ast.List) else tuple(items) if isinstance(n, ast.Tuple) else set(items)
+            )
         if isinstance(n, ast.Dict):
             if any(k is None for k in n.keys):
                 raise _NotConst
@@ -195,31 +218,55 @@ def const_value(node: ast.AST, shadowed: frozenset[str] = frozenset(), names: Op
         if isinstance(n, ast.BinOp):
             a, b = ev(n.left), ev(n.right)
             if isinstance(n.op, ast.Pow):
-                if not (isinstance(a, (int, float)) and isinstance(b, (int, float))) or abs(b) > 4096 \
-                        or (isinstance(a, int) and isinstance(b, int) and abs(a) > 1
-                            and b * abs(a).bit_length() > MAX_CONST_BITS):
+                if (
+                    not (isinstance(a, (int, float)) and isinstance(b, (int, float)))
+                    or abs(b) > 4096
+                    or (
+                        isinstance(a, int)
+                        and isinstance(b, int)
+                        and abs(a) > 1
+                        and b * abs(a).bit_length() > MAX_CONST_BITS
+                    )
+                ):
                     raise _NotConst
             elif isinstance(n.op, ast.Mult):
                 for x, y in ((a, b), (b, a)):
-                    if isinstance(x, (str, bytes, list, tuple)) and isinstance(y, int) \
-                            and len(x) * y > MAX_CONST_ITEMS:
+                    if (
+                        isinstance(x, (str, bytes, list, tuple))
+                        and isinstance(y, int)
+                        and len(x) * y > MAX_CONST_ITEMS
+                    ):
                         raise _NotConst
             elif isinstance(n.op, ast.LShift):
                 if not isinstance(b, int) or b > MAX_CONST_BITS:
                     raise _NotConst
-            ops = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b, ast.Div: lambda: a / b,
-                   ast.FloorDiv: lambda: a // b, ast.Mod: lambda: a % b, ast.Pow: lambda: a ** b,
-                   ast.LShift: lambda: a << b, ast.RShift: lambda: a >> b, ast.BitOr: lambda: a | b,
-                   ast.BitAnd: lambda: a & b, ast.BitXor: lambda: a ^ b}
+            ops = {
+                ast.Add: lambda: a + b,
+                ast.Sub: lambda: a - b,
+                ast.Mult: lambda: a * b,
+                ast.Div: lambda: a / b,
+                ast.FloorDiv: lambda: a // b,
+                ast.Mod: lambda: a % b,
+                ast.Pow: lambda: a**b,
+                ast.LShift: lambda: a << b,
+                ast.RShift: lambda: a >> b,
+                ast.BitOr: lambda: a | b,
+                ast.BitAnd: lambda: a & b,
+                ast.BitXor: lambda: a ^ b,
+            }
             if type(n.op) not in ops or isinstance(a, str) and isinstance(n.op, ast.Mod):
                 raise _NotConst
             try:
                 return _size_ok(ops[type(n.op)]())
             except (ArithmeticError, TypeError, ValueError):
                 raise _NotConst from None
-        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in _CONST_CALLS \
-                and n.func.id not in shadowed \
-                and all(k.arg == "reverse" and n.func.id == "sorted" for k in n.keywords):
+        if (
+            isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Name)
+            and n.func.id in _CONST_CALLS
+            and n.func.id not in shadowed
+            and all(k.arg == "reverse" and n.func.id == "sorted" for k in n.keywords)
+        ):
             if any(isinstance(a, ast.Starred) for a in n.args):
                 raise _NotConst
             args = [ev(a) for a in n.args]
@@ -271,9 +318,16 @@ class _Builder:
         ok, value = self.const(node)
         if ok:
             return Lit(value)
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "abs"
-                and "abs" not in self.shadowed and len(node.args) == 1 and not node.keywords
-                and isinstance(node.args[0], ast.BinOp) and isinstance(node.args[0].op, ast.Sub)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "abs"
+            and "abs" not in self.shadowed
+            and len(node.args) == 1
+            and not node.keywords
+            and isinstance(node.args[0], ast.BinOp)
+            and isinstance(node.args[0].op, ast.Sub)
+        ):
             return AbsDiff(self.operand(node.args[0].left), self.operand(node.args[0].right))
         return self.slot(node)
 
@@ -285,8 +339,11 @@ class _Builder:
             return BoolOp("and" if isinstance(node.op, ast.And) else "or", tuple(self.pred(v) for v in node.values))
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
             inner = node.operand
-            if isinstance(inner, (ast.Compare, ast.BoolOp)) or (isinstance(inner, ast.UnaryOp)
-                                                                and isinstance(inner.op, ast.Not)) or _isclose(inner):
+            if (
+                isinstance(inner, (ast.Compare, ast.BoolOp))
+                or (isinstance(inner, ast.UnaryOp) and isinstance(inner.op, ast.Not))
+                or _isclose(inner)
+            ):
                 return Not(self.pred(inner))
             return Falsy(self.slot(inner))
         if isinstance(node, ast.Compare):
@@ -302,19 +359,24 @@ class _Builder:
         consts = [self.const(n) for n in nodes]
         # identity between two values computed in the sandbox: the sandbox itself says ``a is b``
         # (identity cannot be faked by an object), sent as a bool that must be exactly True
-        identity_pairs = [i for i, op in enumerate(ops) if op in ("Is", "IsNot")
-                          and not consts[i][0] and not consts[i + 1][0]]
+        identity_pairs = [
+            i for i, op in enumerate(ops) if op in ("Is", "IsNot") and not consts[i][0] and not consts[i + 1][0]
+        ]
         identity_sides = {j for i in identity_pairs for j in (i, i + 1)}
         for i, n in enumerate(nodes):
-            operands[i] = (Lit(consts[i][1]) if consts[i][0] else self.slot(n) if i in identity_sides
-                           else self.operand(n))
+            operands[i] = (
+                Lit(consts[i][1]) if consts[i][0] else self.slot(n) if i in identity_sides else self.operand(n)
+            )
         preds: list[Pred] = []
         for i, op in enumerate(ops):
             if i in identity_pairs:
                 a, b = operands[i], operands[i + 1]
                 assert isinstance(a, Slot) and isinstance(b, Slot)
-                test = ast.Compare(left=_slot_ref(a.index), ops=[ast.Is() if op == "Is" else ast.IsNot()],
-                                   comparators=[_slot_ref(b.index)])
+                test = ast.Compare(
+                    left=_slot_ref(a.index),
+                    ops=[ast.Is() if op == "Is" else ast.IsNot()],
+                    comparators=[_slot_ref(b.index)],
+                )
                 preds.append(Truth(self.slot(test), deps=(a.index, b.index)))
             else:
                 preds.append(Compare((operands[i], operands[i + 1]), (op,)))  # type: ignore[arg-type]
@@ -335,8 +397,13 @@ class _Builder:
 
 
 def _isclose(node: ast.AST) -> bool:
-    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "isclose"
-            and isinstance(node.func.value, ast.Name) and node.func.value.id == "math")
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "isclose"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "math"
+    )
 
 
 def _slot_ref(index: int) -> ast.expr:
@@ -345,11 +412,14 @@ def _slot_ref(index: int) -> ast.expr:
 
 def _shown(node: ast.Assert, shadowed: frozenset[str], names: dict[str, Any]) -> str:
     """The assert's source with its constant operands replaced by ``<expected>`` (for reports)."""
+
     class Hide(ast.NodeTransformer):
         def visit_Compare(self, n: ast.Compare) -> ast.AST:
             parts = [n.left, *n.comparators]
-            hidden = [ast.Name(id="<expected>", ctx=ast.Load()) if _is_const(p, shadowed, names)[0] else self.visit(p)
-                      for p in parts]
+            hidden = [
+                ast.Name(id="<expected>", ctx=ast.Load()) if _is_const(p, shadowed, names)[0] else self.visit(p)
+                for p in parts
+            ]
             return ast.Compare(left=hidden[0], ops=n.ops, comparators=hidden[1:])
 
     try:
@@ -364,14 +434,16 @@ def _copy(node: ast.expr) -> ast.expr:
 
 # ----------------------------------------------------------------------------- the rewrite
 
+
 def _catches_assertion_error(handler: ast.ExceptHandler) -> bool:
     names = {"AssertionError", "Exception", "BaseException"}
     t = handler.type
     if t is None:
         return True
     elts = t.elts if isinstance(t, ast.Tuple) else [t]
-    return any(isinstance(e, ast.Name) and e.id in names or isinstance(e, ast.Attribute) and e.attr in names
-               for e in elts)
+    return any(
+        isinstance(e, ast.Name) and e.id in names or isinstance(e, ast.Attribute) and e.attr in names for e in elts
+    )
 
 
 class _Rewriter(ast.NodeTransformer):
@@ -417,7 +489,8 @@ class _Rewriter(ast.NodeTransformer):
             raise TestsNotSupported(
                 f"code_exec tests: the assert at {where} is inside a try whose handler catches AssertionError, so its "
                 "outcome depends on the assert raising inside the sandbox; code_exec decides verdicts outside the "
-                "sandbox and cannot judge it. Move the assert out of the try block.")
+                "sandbox and cannot judge it. Move the assert out of the try block."
+            )
         builder = _Builder(self.shadowed, self.names)
         pred = builder.pred(node.test)
         if isinstance(pred, Const) and not pred.value:
@@ -425,7 +498,8 @@ class _Rewriter(ast.NodeTransformer):
                 f"code_exec tests: `{ast.unparse(node)[:80]}` at {where} is always false (a 'must not be reached' "
                 "marker, e.g. after a call expected to raise). code_exec cannot judge it outside the sandbox; write "
                 "the check as a comparison instead, e.g. `assert raises_value_error(lambda: f(-1)) == True` with "
-                "the helper defined in the tests.")
+                "the helper defined in the tests."
+            )
         index = len(self.program.checks)
         shown = _shown(node, self.shadowed, self.names)
         self.program.checks.append(Check(pred, len(builder.slots), node.lineno, shown, once=self.repeats == 0))
@@ -434,20 +508,37 @@ class _Rewriter(ast.NodeTransformer):
 
 def _emit(index: int, slots: list[ast.expr], where: ast.AST) -> list[ast.stmt]:
     """``_rlvr_v = _rlvr_begin(i, n)``; one ``try: _rlvr_v[k] = <slot>`` per slot; ``_rlvr_end(i, _rlvr_v)``."""
+
     def name(n: str, store: bool = False) -> ast.Name:
         return ast.Name(id=n, ctx=ast.Store() if store else ast.Load())
 
-    body: list[ast.stmt] = [ast.Assign(targets=[name(VALUES, True)],
-                                       value=ast.Call(func=name(BEGIN), args=[ast.Constant(index),
-                                                                              ast.Constant(len(slots))], keywords=[]))]
+    body: list[ast.stmt] = [
+        ast.Assign(
+            targets=[name(VALUES, True)],
+            value=ast.Call(func=name(BEGIN), args=[ast.Constant(index), ast.Constant(len(slots))], keywords=[]),
+        )
+    ]
     for k, expr in enumerate(slots):
         target = ast.Subscript(value=name(VALUES), slice=ast.Constant(k), ctx=ast.Store())
         failed = ast.Subscript(value=name(VALUES), slice=ast.Constant(k), ctx=ast.Store())
-        body.append(ast.Try(
-            body=[ast.Assign(targets=[target], value=expr)],
-            handlers=[ast.ExceptHandler(type=name("BaseException"), name="_rlvr_e", body=[
-                ast.Assign(targets=[failed], value=ast.Call(func=name(FAIL), args=[name("_rlvr_e")], keywords=[]))])],
-            orelse=[], finalbody=[]))
+        body.append(
+            ast.Try(
+                body=[ast.Assign(targets=[target], value=expr)],
+                handlers=[
+                    ast.ExceptHandler(
+                        type=name("BaseException"),
+                        name="_rlvr_e",
+                        body=[
+                            ast.Assign(
+                                targets=[failed], value=ast.Call(func=name(FAIL), args=[name("_rlvr_e")], keywords=[])
+                            )
+                        ],
+                    )
+                ],
+                orelse=[],
+                finalbody=[],
+            )
+        )
     body.append(ast.Expr(value=ast.Call(func=name(END), args=[ast.Constant(index), name(VALUES)], keywords=[])))
     for s in body:
         ast.copy_location(s, where)
@@ -473,9 +564,17 @@ def _bound_names(tree: ast.AST) -> set[str]:
 
 def _uses_reserved(tree: ast.AST) -> Optional[int]:
     for n in ast.walk(tree):
-        ident = (n.id if isinstance(n, ast.Name) else n.attr if isinstance(n, ast.Attribute)
-                 else n.arg if isinstance(n, ast.arg) else n.name if isinstance(n, (ast.FunctionDef, ast.ClassDef,
-                                                                                     ast.AsyncFunctionDef)) else None)
+        ident = (
+            n.id
+            if isinstance(n, ast.Name)
+            else n.attr
+            if isinstance(n, ast.Attribute)
+            else n.arg
+            if isinstance(n, ast.arg)
+            else n.name
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+            else None
+        )
         if isinstance(ident, str) and ident.startswith(RESERVED):
             return getattr(n, "lineno", 0)
     return None
@@ -493,8 +592,14 @@ def _operand_nodes(expr: ast.expr, shadowed: frozenset[str]) -> list[ast.expr]:
         out = []
         for n in [expr.left, *expr.comparators]:
             out.append(n)
-            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "abs" and len(n.args) == 1 \
-                    and isinstance(n.args[0], ast.BinOp) and isinstance(n.args[0].op, ast.Sub):
+            if (
+                isinstance(n, ast.Call)
+                and isinstance(n.func, ast.Name)
+                and n.func.id == "abs"
+                and len(n.args) == 1
+                and isinstance(n.args[0], ast.BinOp)
+                and isinstance(n.args[0].op, ast.Sub)
+            ):
                 out += [n.args[0].left, n.args[0].right]
         return out
     if _isclose(expr) and "math" not in shadowed and isinstance(expr, ast.Call):
@@ -528,8 +633,13 @@ def _named_constants(trees: list[ast.Module], shadowed: frozenset[str]) -> tuple
     candidates: dict[str, tuple[Any, int, tuple[int, int]]] = {}
     for t, tree in enumerate(trees):
         for stmt in tree.body:
-            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name) \
-                    and binds.get(stmt.targets[0].id) == 1 and not stmt.targets[0].id.startswith("__"):
+            if (
+                isinstance(stmt, ast.Assign)
+                and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0], ast.Name)
+                and binds.get(stmt.targets[0].id) == 1
+                and not stmt.targets[0].id.startswith("__")
+            ):
                 ok, value = _is_const(stmt.value, shadowed)
                 if ok:
                     candidates[stmt.targets[0].id] = (value, id(stmt), (t, stmt.lineno))
@@ -542,8 +652,12 @@ def _named_constants(trees: list[ast.Module], shadowed: frozenset[str]) -> tuple
                 operands.update(id(o) for o in _operand_nodes(n.test, shadowed) if isinstance(o, ast.Name))
     for t, tree in enumerate(trees):
         for n in ast.walk(tree):
-            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in candidates \
-                    and (id(n) not in operands or (t, n.lineno) <= candidates[n.id][2]):
+            if (
+                isinstance(n, ast.Name)
+                and isinstance(n.ctx, ast.Load)
+                and n.id in candidates
+                and (id(n) not in operands or (t, n.lineno) <= candidates[n.id][2])
+            ):
                 del candidates[n.id]
     return {k: v[0] for k, v in candidates.items()}, {v[1] for v in candidates.values()}
 
@@ -564,10 +678,15 @@ def transform(sources: list[str]) -> Program:
             raise DataError(f"tests are not valid Python ({where}line {exc.lineno}): {exc.msg}") from None
         line = _uses_reserved(tree)
         if line is not None:
-            raise TestsNotSupported(f"code_exec tests ({where}line {line}) use a name starting with {RESERVED!r}, "
-                                    "which the harness reserves; rename it")
-        if not any(isinstance(n, ast.Assert) for n in ast.walk(tree)) and len(tree.body) == 1 \
-                and isinstance(tree.body[0], ast.Expr):
+            raise TestsNotSupported(
+                f"code_exec tests ({where}line {line}) use a name starting with {RESERVED!r}, "
+                "which the harness reserves; rename it"
+            )
+        if (
+            not any(isinstance(n, ast.Assert) for n in ast.walk(tree))
+            and len(tree.body) == 1
+            and isinstance(tree.body[0], ast.Expr)
+        ):
             tree.body = [ast.copy_location(ast.Assert(test=tree.body[0].value, msg=None), tree.body[0])]
         trees.append((where, tree))
     shadowed = frozenset(set().union(*(_bound_names(t) for _, t in trees)) & (_CONST_CALLS | {"math"}))
@@ -583,4 +702,3 @@ def transform(sources: list[str]) -> Program:
             module = ast.Module(body=new if isinstance(new, list) else [new], type_ignores=[])
             program.steps.append(ast.unparse(ast.fix_missing_locations(module)) + "\n")
     return program
-

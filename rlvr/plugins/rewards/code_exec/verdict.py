@@ -9,6 +9,7 @@ Evaluation is three-valued: True, False, or None (an operand raised or was not p
 is a failure wherever it appears (``not`` does not turn it into a pass). A check passes when it
 was executed at least once and every execution passed.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,7 +39,7 @@ def decode(value: Any, depth: int = 0) -> Any:
     if t is list:
         return [decode(v, depth + 1) for v in value]
     if t is dict and len(value) == 1:
-        (tag, body), = value.items()
+        ((tag, body),) = value.items()
         if tag == "t" and type(body) is list:
             return tuple(decode(v, depth + 1) for v in body)
         if tag in ("s", "fs") and type(body) is list:
@@ -97,9 +98,16 @@ def _same(a: Any, b: Any) -> bool:
 
 
 _OPS: dict[str, Callable[[Any, Any], Any]] = {
-    "Eq": operator.eq, "NotEq": operator.ne, "Lt": operator.lt, "LtE": operator.le, "Gt": operator.gt,
-    "GtE": operator.ge, "In": lambda a, b: a in b, "NotIn": lambda a, b: a not in b,
-    "Is": lambda a, b: _same(a, b), "IsNot": lambda a, b: not _same(a, b),
+    "Eq": operator.eq,
+    "NotEq": operator.ne,
+    "Lt": operator.lt,
+    "LtE": operator.le,
+    "Gt": operator.gt,
+    "GtE": operator.ge,
+    "In": lambda a, b: a in b,
+    "NotIn": lambda a, b: a not in b,
+    "Is": lambda a, b: _same(a, b),
+    "IsNot": lambda a, b: not _same(a, b),
 }
 
 
