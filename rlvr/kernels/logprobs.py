@@ -250,7 +250,7 @@ class _TokenLogprobs(torch.autograd.Function):
                 lse[s:e] = lse_c
                 logp[s:e] = torch.where(ok, tz - lse_c, torch.zeros_like(tz))
                 if want_entropy:
-                    ent[s:e] = lse_c - sz / ssum  # type: ignore[arg-type,index]
+                    ent[s:e] = lse_c - sz / ssum  # type: ignore[arg-type,index,operator]
             ctx.save_for_backward(hidden2d, weight, bias, targets, lse, ent)
         ctx.meta = (
             temperature,
