@@ -344,3 +344,21 @@ def test_ctrl_c_saves_a_checkpoint_after_the_step_and_the_same_command_resumes(t
     assert "Run the same command again to resume" in err
     assert (tmp_path / "run" / "checkpoints" / f"checkpoint-{step}" / "COMPLETE").is_file()
     assert not math.isnan(step)
+
+
+def test_a_one_row_dataset_says_the_row_is_held_out_and_how_to_change_it(tmp_path):
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps({"question": "Capital of France?", "answer": "Paris"}) + "\n")
+    proc = run_cli("train", *TINY, "task=jsonl", f"task.train_path={data}", f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode == 1
+    assert "1 row(s) and at least one is held out for evaluation" in proc.stderr
+    assert "task.eval_path=FILE" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_small_dataset_warns_which_rows_are_held_out(tmp_path):
+    from rlvr.plugins.tasks.jsonl import JsonlTaskConfig, split_rows
+
+    rows = [{"question": f"q{i}", "answer": str(i)} for i in range(5)]
+    with pytest.warns(UserWarning, match="1 of the dataset's 5 rows are held out for evaluation"):
+        train, held = split_rows(rows, None, JsonlTaskConfig(train_path="x"))
+    assert len(train) == 4 and len(held) == 1

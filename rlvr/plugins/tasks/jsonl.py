@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -55,6 +56,18 @@ def split_rows(
         rows = list(rows)
         random.Random(cfg.seed).shuffle(rows)
         n_eval = max(1, int(len(rows) * cfg.eval_fraction))
+        if n_eval >= len(rows):
+            raise DataError(
+                f"the dataset has {len(rows)} row(s) and at least one is held out for evaluation "
+                f"(task.eval_fraction={cfg.eval_fraction}), which leaves none to train on: add rows, or give the "
+                "held-out rows in their own file with task.eval_path=FILE (then every training row trains)"
+            )
+        if len(rows) < 20:
+            warnings.warn(
+                f"{n_eval} of the dataset's {len(rows)} rows are held out for evaluation (task.eval_fraction="
+                f"{cfg.eval_fraction}, at least one) and not trained on; give task.eval_path=FILE to train on every row",
+                stacklevel=2,
+            )
         rows, eval_rows = rows[n_eval:], rows[:n_eval]
     if cfg.max_train_rows:
         rows = rows[: cfg.max_train_rows]
