@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rlvr.core.errors import ConfigError
 from rlvr.core.tools import FORMATS, parse_tool_calls, run_tool
 
 
@@ -23,13 +24,13 @@ class EnvConfig:
 def validate_env_config(cfg: EnvConfig) -> None:
     """Fail before any model loads on limits that cannot work."""
     if cfg.max_turns < 1:
-        raise ValueError(f"env.max_turns must be >= 1, got {cfg.max_turns}")
+        raise ConfigError(f"env.max_turns must be >= 1, got {cfg.max_turns}")
     if cfg.max_tokens < 2:
-        raise ValueError(f"env.max_tokens must be >= 2, got {cfg.max_tokens}")
+        raise ConfigError(f"env.max_tokens must be >= 2, got {cfg.max_tokens}")
     if cfg.tool_timeout <= 0:
-        raise ValueError(f"env.tool_timeout must be > 0 seconds, got {cfg.tool_timeout}")
+        raise ConfigError(f"env.tool_timeout must be > 0 seconds, got {cfg.tool_timeout}")
     if cfg.tool_format not in FORMATS:
-        raise ValueError(f"env.tool_format={cfg.tool_format!r}: choose one of {', '.join(FORMATS)}")
+        raise ConfigError(f"env.tool_format={cfg.tool_format!r}: choose one of {', '.join(FORMATS)}")
 
 
 class ToolEnv:

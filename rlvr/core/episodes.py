@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from rlvr.core.errors import ConfigError
 from rlvr.core.policy import Policy, eos_token_ids
 from rlvr.core.rollout import Rollouts
 from rlvr.core.tools import detect_format, rlvr_tool_prompt, tool_schema
@@ -527,10 +528,10 @@ def build_env(cfg: Any, engine: Any) -> Any:
         return None
     name = node.get("name") if hasattr(node, "get") else None
     if not name:
-        raise ValueError("config node 'env' has no 'name'; pick an environment with env=<name> (see `rlvr plugins`)")
+        raise ConfigError("config node 'env' has no 'name'; pick an environment with env=<name> (see `rlvr plugins`)")
     env = registry.create("env", str(name), **plugin_params(node))
     if not callable(getattr(engine, "generate_episodes", None)):
-        raise ValueError(
+        raise ConfigError(
             f"env={name} needs an engine that runs multi-turn episodes (generate_episodes); "
             f"{type(engine).__name__} does not: use engine=hf"
         )

@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 
+from rlvr.core.errors import ConfigError
 from rlvr.core.rollout import Rollouts, StepBatch
 
 MODES = ("off", "refill", "skip")
@@ -140,9 +141,9 @@ class CurriculumSampler:
 
     def __init__(self, n_rows: int, seed: int, decay: float = 0.25, min_weight: float = 0.05) -> None:
         if not 0.0 < decay <= 1.0:
-            raise ValueError(f"trainer.curriculum_decay must be in (0, 1], got {decay}")
+            raise ConfigError(f"trainer.curriculum_decay must be in (0, 1], got {decay}")
         if not 0.0 < min_weight <= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"trainer.curriculum_min_weight must be in (0, 1] (0 would never sample a prompt "
                 f"again), got {min_weight}"
             )
@@ -183,7 +184,7 @@ class CurriculumSampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("kind") != "curriculum":
-            raise ValueError(
+            raise ConfigError(
                 "the checkpoint's sampler is not a curriculum sampler; resume with the run's own "
                 "trainer.curriculum setting"
             )
@@ -325,9 +326,9 @@ def _merge(
 def validate(mode: str, max_rounds: int) -> None:
     """Fail early on a bad ``trainer.dynamic_sampling`` / ``trainer.dynamic_max_rounds``."""
     if mode not in MODES:
-        raise ValueError(f"trainer.dynamic_sampling={mode!r}: choose off, refill or skip")
+        raise ConfigError(f"trainer.dynamic_sampling={mode!r}: choose off, refill or skip")
     if max_rounds < 0:
-        raise ValueError(f"trainer.dynamic_max_rounds must be >= 0, got {max_rounds}")
+        raise ConfigError(f"trainer.dynamic_max_rounds must be >= 0, got {max_rounds}")
 
 
 def make_sampler(
