@@ -248,8 +248,7 @@ class Trainer:
             (n, registry.create("logger", plugin_name(n, p), **plugin_params(p)))
             for n, p in (cfg.get("logger") or {}).items()
         ]
-        self.loggers = [lg for _, lg in loggers] if self.dist.is_main else []  # rank 0 writes the logs
-        self.callbacks = logger_manager(loggers if self.dist.is_main else []).hook
+        self.callbacks = logger_manager(loggers if self.dist.is_main else []).hook  # rank 0 writes the logs
         self.run_dir = Path(self.dist.broadcast(str(run_dir or self._default_run_dir())))  # rank 0's, on every rank
         model_name, model_params = _select(cfg, "model")
         longest = int(self.engine.cfg.max_prompt_length) + int(self.engine.cfg.max_new_tokens)
