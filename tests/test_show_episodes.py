@@ -172,4 +172,4 @@ def test_sweep_report_overlays_episode_curves(cli, env_run, tmp_path):  # noqa: 
     assert code == 0, err
     pngs = {p.stem for p in (sweep / "report").glob("*.png")}
     assert {"episodes", "tools"} <= pngs, sorted(pngs)
-    assert "turns per episode" in (sweep / "report" / "report.html").read_text()
+    assert "Multi-turn runs: turns and tool calls per episode" in (sweep / "report" / "report.html").read_text()

@@ -21,6 +21,10 @@ tests skip when vLLM is not installed. User documentation: ``docs/vllm.md``.
   after temperature, and renormalised over the top-k / top-p / min-p support when those are on). The trainer
   multiplies each token's loss by a capped ratio between its own log-probs and these
   (:mod:`rlvr.core.importance`); with a truncated support that ratio is biased low, and the engine warns.
+* Multi-turn episodes (``env=...``, :meth:`VLLMEngine.generate_episodes`): token in, token out, one batched
+  ``generate`` per turn whose requests are each episode's token ids so far (the prefix cache holds the history),
+  ``n = 1`` and a seed per episode and turn (:func:`episode_request_seeds`); the turn rules are shared with
+  ``engine=hf`` (:mod:`rlvr.core.token_episodes`).
 * vLLM's side effects on the process: it seeds the global RNGs and sets the float32 matmul precision (both
   put back after every vLLM call), and it initialises a one-rank ``torch.distributed`` process group.
 """
