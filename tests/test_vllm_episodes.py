@@ -4,8 +4,8 @@ The stand-in (``TinyLLM``) honours the API surface ``VLLMEngine.generate_episode
 token-id prompts (``{"prompt_token_ids": [...]}``, what ``vllm.inputs.TokensPrompt`` is) and one
 ``SamplingParams`` per request (``n``, ``max_tokens``, ``seed``, ``stop_token_ids``, ``temperature``...); each
 completion holds the sampled ``token_ids`` (the stop token included, as vLLM returns it), their log-probs and a
-finish reason. Its next-token logits are the tiny policy's on the request's token ids (a full forward per token,
-no cache), so a request that carried anything but the exact trajectory would give other log-probs. Not tested
+finish reason. Its next-token logits are the tiny policy's on the request's token ids (prefilled afresh for every
+request, then decoded with that request's own KV cache), so a request that carried anything but the exact trajectory would give other log-probs. Not tested
 on live vLLM.
 """
 
@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 import rlvr
 from rlvr.core.episodes import EpisodeStats, ScriptedSampler, run_episodes
+from rlvr.plugins.engines.hf import cache_argument
 from rlvr.plugins.engines.vllm import VLLMEngine, VLLMEngineConfig
 from rlvr.plugins.engines.vllm_utils import INT64_MAX, episode_request_seeds
 from tests.test_vllm import TRAINER_TINY, FakeLLM, Logprob, fake_vllm  # noqa: F401 - the stand-in vllm fixture
@@ -49,9 +51,13 @@ class TinyLLM(FakeLLM):
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         queue = self.script.get(seed // self.turns) if self.script is not None else None
         ids, lps, reason = [], [], "length"
+        cache = DynamicCache()  # a fresh cache per request: the logits depend on the request's token ids only
+        feed = list(prompt)
         for _ in range(sp["max_tokens"]):
             with torch.no_grad():
-                logits = self.policy.model(input_ids=torch.tensor([list(prompt) + ids])).logits[0, -1].double()
+                kw = {cache_argument(self.policy.model): cache}
+                out = self.policy.model(input_ids=torch.tensor([feed]), use_cache=True, **kw)
+            logits = out.logits[0, -1].double()
             t = sp["temperature"]
             lp = torch.log_softmax(logits / t if t > 0 else logits, -1)
             if queue is not None:
@@ -64,6 +70,7 @@ class TinyLLM(FakeLLM):
                 if float(torch.rand(1, generator=gen)) < self.eos_rate:
                     tok = EOT
             ids.append(tok)
+            feed = [tok]
             lps.append({tok: Logprob(float(lp[tok]))})
             if tok in sp["stop_token_ids"]:
                 reason = "stop"
