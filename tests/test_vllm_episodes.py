@@ -5,8 +5,8 @@ token-id prompts (``{"prompt_token_ids": [...]}``, what ``vllm.inputs.TokensProm
 ``SamplingParams`` per request (``n``, ``max_tokens``, ``seed``, ``stop_token_ids``, ``temperature``...); each
 completion holds the sampled ``token_ids`` (the stop token included, as vLLM returns it), their log-probs and a
 finish reason. Its next-token logits are the tiny policy's on the request's token ids (prefilled afresh for every
-request, then decoded with that request's own KV cache), so a request that carried anything but the exact trajectory would give other log-probs. Not tested
-on live vLLM.
+request, then decoded with that request's own KV cache), so a request that carried anything but the exact
+trajectory would give other log-probs. Not tested on live vLLM.
 """
 
 from __future__ import annotations

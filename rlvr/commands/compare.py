@@ -389,7 +389,9 @@ CAPTIONS = {
     "accuracy": "Held-out accuracy, measured every trainer.eval_steps steps, one line per run.",
     "completion_length": "Mean completion length in tokens, one line per run.",
     "audit": "Reward-hacking monitor: each audit/… metric, one line per run.",
-    "episodes": "Multi-turn runs: turns and tool calls per episode, seconds generating vs in the environment per step.",
+    "episodes": (
+        "Multi-turn runs: turns and tool calls per episode, seconds generating vs in the environment per step."
+    ),
     "tools": "Multi-turn runs: tool error rate (failed calls / calls) and tool-use rate, one line per run.",
 }
 SWEEP_CSS = CSS + ".chip{display:inline-block;width:.8em;height:.8em;border-radius:2px;margin-right:.4em}"

@@ -29,7 +29,15 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from rlvr.commands.show import HIT_MAX_TOKENS, check_run_dir, clean, episode_lines, prompt_question, read_records
+from rlvr.commands.show import (
+    HIT_MAX_TOKENS,
+    check_run_dir,
+    clean,
+    episode_lines,
+    plural,
+    prompt_question,
+    read_records,
+)
 from rlvr.core.errors import DataError, MissingDependencyError
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
@@ -494,15 +502,20 @@ def _episodes_html(samples: list[dict[str, Any]], step: int) -> str:
         stop = str(ep.get("stop", "?")) + (" (truncated)" if ep.get("truncated") else "")
         head = (
             f"#{i} · answer <b>{html.escape(clean(s.get('answer', '')))}</b> · stop {html.escape(clean(stop))} · "
-            f"{_fnum(ep.get('turns'))} turns · {_fnum(ep.get('tool_calls'))} tool calls, "
-            f"{_fnum(ep.get('tool_errors'))} errors · {rewards} · advantage {_fnum(s.get('advantage'))}"
+            f"{plural(int(ep.get('turns', 0) or 0), 'turn')} · "
+            f"{plural(int(ep.get('tool_calls', 0) or 0), 'tool call')}, "
+            f"{plural(int(ep.get('tool_errors', 0) or 0), 'error')} · {rewards} · "
+            f"advantage {_fnum(s.get('advantage'))}"
         )
-        rows = "".join(
-            f"<tr><td class='{'neg' if label in ('tool error', 'bad call') else ''}'>{html.escape(label)}</td>"
-            f"<td><pre>{html.escape(clean(text))}</pre></td></tr>"
-            for label, text in episode_lines(ep)
-        )
-        parts.append(f"<p>{head}</p><table>{rows}</table>")
+        rows = []
+        for label, text in episode_lines(ep):
+            body = f"<pre>{html.escape(clean(text))}</pre>"
+            if label == "system":  # the tool descriptions: folded
+                first = html.escape(clean(text.splitlines()[0] if text else ""))
+                body = f"<details><summary>{first}</summary>{body}</details>"
+            cls = "neg" if label in ("tool error", "bad call") else ""
+            rows.append(f"<tr><td class='{cls}'>{html.escape(label)}</td><td>{body}</td></tr>")
+        parts.append(f"<p>{head}</p><table>{''.join(rows)}</table>")
     return "".join(parts)
 
 

@@ -201,7 +201,7 @@ def episode_lines(episode: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
@@ -219,8 +219,8 @@ def render_episodes(samples: list[dict[str, Any]], width: int = 120, max_lines: 
             f"#{i}",
             f"answer {clean(s.get('answer', ''))}",
             f"stop {clean(stop)}",
-            _plural(int(ep.get("turns", 0) or 0), "turn"),
-            f"{_plural(calls, 'tool call')}, {_plural(errors, 'error')}",
+            plural(int(ep.get("turns", 0) or 0), "turn"),
+            f"{plural(calls, 'tool call')}, {plural(errors, 'error')}",
         ]
         head += [f"{clean(k)} {_fmt(v)}" for k, v in (s.get("rewards") or {}).items()]
         head.append(f"adv {_fmt(s.get('advantage'))}")

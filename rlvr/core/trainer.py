@@ -404,7 +404,7 @@ class Trainer:
         seeds = self.group_seeds(step, len(idx), first_group)[mine]  # seeded by the group index within the step
         with distributed.unsharded(self.parallel):
             if self.env is not None:  # multi-turn episodes (rlvr/core/episodes.py)
-                ep_stats = episodes.EpisodeStats()  # seconds generating vs in the environment (tools included)
+                ep_stats = episodes.EpisodeStats()
                 run_episodes = self.engine.generate_episodes  # type: ignore[attr-defined]
                 rollouts = run_episodes(self.policy, self.env, rows, self.tc.num_generations, seeds, stats=ep_stats)
             else:
@@ -413,7 +413,7 @@ class Trainer:
         self.engine.release(self.policy)  # e.g. vLLM's sleep mode: its GPU memory goes to the update
         rollouts.rows = [r for r in rows for _ in range(self.tc.num_generations)]
         extra = episodes.episode_metrics(rollouts, prefix="env/") if rollouts.episodes else {}  # this rank's episodes
-        if rollouts.episodes:
+        if self.env is not None:  # the rollout's time: the engine generating vs the environment (tools included)
             extra.update({"env/generation_seconds": ep_stats.generation, "env/env_seconds": ep_stats.env})
         return StepBatch(
             step=step,
