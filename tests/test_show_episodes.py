@@ -173,3 +173,26 @@ def test_sweep_report_overlays_episode_curves(cli, env_run, tmp_path):  # noqa: 
     pngs = {p.stem for p in (sweep / "report").glob("*.png")}
     assert {"episodes", "tools"} <= pngs, sorted(pngs)
     assert "Multi-turn runs: turns and tool calls per episode" in (sweep / "report" / "report.html").read_text()
+
+
+def test_environment_feedback_and_cut_turns_are_labelled():
+    from rlvr.commands.show import episode_lines
+
+    episode = {  # the guess game: user-role feedback after the first turn; the last turn cut by max_turns
+        "messages": [
+            {"role": "user", "content": "Guess 1-20"},
+            {"role": "assistant", "content": "10"},
+            {"role": "user", "content": "Higher."},
+            {"role": "assistant", "content": "15"},
+            {"role": "assistant", "content": "1", "truncated": True},
+        ],
+        "stop": "max_new_tokens",
+        "infos": [{"valid": True}, {"valid": True}],
+    }
+    assert episode_lines(episode) == [
+        ("user", "Guess 1-20"),
+        ("assistant", "10"),
+        ("env", "Higher."),
+        ("assistant", "15"),
+        ("assistant", "1 [cut: max_new_tokens]"),
+    ]
