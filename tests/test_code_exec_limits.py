@@ -101,14 +101,7 @@ def test_memory_of_the_whole_run_is_capped(mode):
         "rlimit",
         pytest.param(
             "bwrap",
-            marks=[
-                pytest.mark.skipif(bool(BWRAP_MISSING), reason=f"bubblewrap sandbox unavailable: {BWRAP_MISSING}"),
-                pytest.mark.xfail(
-                    reason="known issue: in a full-suite run (after the other sandbox tests) the bubblewrap probe of "
-                    'this configuration fails with "Can\'t make symlink at /tmp: File exists"; it passes alone',
-                    strict=False,
-                ),
-            ],
+            marks=pytest.mark.skipif(bool(BWRAP_MISSING), reason=f"bubblewrap sandbox unavailable: {BWRAP_MISSING}"),
         ),
     ],
 )
@@ -119,6 +112,24 @@ def test_process_count_of_the_whole_run_is_capped(mode):
     assert started <= 7  # the program itself is one of the 8
     if mode == "rlimit":  # (bubblewrap's cgroup namespace shows the run's cgroup as "/")
         assert "rlvr-sandbox-" in run(sb, "print(open('/proc/self/cgroup').read())")
+
+
+@pytest.mark.skipif(bool(BWRAP_MISSING), reason=f"bubblewrap sandbox unavailable: {BWRAP_MISSING}")
+@pytest.mark.filterwarnings("ignore:code_exec runs untrusted code")
+def test_bwrap_runs_an_interpreter_that_lives_under_tmp(tmp_path):
+    """A checkout (and its virtualenv) under /tmp: the interpreter is bound there, so /tmp is a tmpfs of its own
+    (it used to fail: "Can't make symlink at /tmp: File exists"); /tmp is still private and writable."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    assert str(venv).startswith("/tmp/")
+    marker = tmp_path / "host-secret.txt"
+    marker.write_text("host")
+    sb = Sandbox(CodeExecConfig(sandbox="bwrap", drop_root=False, python=str(venv / "bin" / "python")))
+    out = run(
+        sb,
+        f"import os; open('/tmp/x', 'w').write('ok'); print(open('/tmp/x').read(), os.path.exists({str(marker)!r}))",
+    )
+    assert out.split() == ["ok", "False"]
 
 
 @pytest.mark.skipif(bool(BWRAP_MISSING), reason=f"bubblewrap sandbox unavailable: {BWRAP_MISSING}")

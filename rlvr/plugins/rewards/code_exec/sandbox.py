@@ -316,7 +316,11 @@ class Sandbox:
         return _PREFIXES[self.python]
 
     def _bwrap_args(self, bwrap: str, workdir: str, files: list[str]) -> list[str]:
-        disk = str(self.cfg.max_disk_mb << 20)
+        prefixes = [p for p in self._prefixes() if not p.startswith("/usr/") and p != "/usr"]
+        # an interpreter under /tmp (e.g. a checkout in /tmp) is bound there, so /tmp cannot be the symlink to
+        # /sandbox/tmp: it is then a tmpfs of its own, and the disk cap is split between the two
+        tmp_tmpfs = any(p == "/tmp" or p.startswith("/tmp/") for p in prefixes)
+        disk = str((self.cfg.max_disk_mb << 20) // (2 if tmp_tmpfs else 1))
         args = [
             bwrap,
             "--die-with-parent",
@@ -336,9 +340,10 @@ class Sandbox:
                 args += ["--ro-bind", p, p]
         for p in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/alternatives"):
             args += ["--ro-bind-try", p, p]
-        for p in self._prefixes():
-            if not p.startswith("/usr/") and p != "/usr":
-                args += ["--ro-bind", p, p]
+        if tmp_tmpfs:
+            args += ["--size", disk, "--tmpfs", "/tmp"]
+        for p in prefixes:
+            args += ["--ro-bind", p, p]
         args += [
             "--proc",
             "/proc",
@@ -355,12 +360,9 @@ class Sandbox:
         ]
         for name in files:
             args += ["--ro-bind", os.path.join(workdir, name), f"/sandbox/{name}"]
+        if not tmp_tmpfs:
+            args += ["--dir", "/sandbox/tmp", "--symlink", "/sandbox/tmp", "/tmp"]
         args += [
-            "--dir",
-            "/sandbox/tmp",
-            "--symlink",
-            "/sandbox/tmp",
-            "/tmp",
             "--remount-ro",
             "/",
             "--chdir",
