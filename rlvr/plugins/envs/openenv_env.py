@@ -73,7 +73,9 @@ def resolve_environment(env_id: str) -> type:
     makes it (``<pkg>.server`` exports exactly one ``Environment`` subclass), or a module exporting one."""
     base = _openenv().Environment
     if not env_id:
-        raise ConfigError("env=openenv needs env.id: an installed OpenEnv package (e.g. env.id=wordle_env) or pkg.module:Class")
+        raise ConfigError(
+            "env=openenv needs env.id: an installed OpenEnv package (e.g. env.id=wordle_env) or pkg.module:Class"
+        )
     try:
         if ":" in env_id:
             cls = _import(env_id)
@@ -89,12 +91,16 @@ def resolve_environment(env_id: str) -> type:
                     raise  # the module exists but one of its own imports is missing
     except ModuleNotFoundError as exc:
         raise ConfigError(f"env.id={env_id!r}: cannot import it ({exc}); install the environment's package") from None
+    if not modules:
+        raise ConfigError(f"env.id={env_id!r}: no module of that name; install the environment's package")
     for mod in modules:
         names = getattr(mod, "__all__", None) or [n for n in vars(mod) if not n.startswith("_")]
         found = {
             getattr(mod, n)
             for n in names
-            if isinstance(getattr(mod, n, None), type) and issubclass(getattr(mod, n), base) and getattr(mod, n) is not base
+            if isinstance(getattr(mod, n, None), type)
+            and issubclass(getattr(mod, n), base)
+            and getattr(mod, n) is not base
         }
         if len(found) == 1:
             return found.pop()
@@ -146,8 +152,12 @@ def action_fields(cls: type) -> tuple[dict[str, Any], list[str]]:
 def action_prompt(cls: type) -> str:
     """A system prompt telling the model how to write an action of model ``cls``."""
     props, required = action_fields(cls)
-    lines = [f"- {k} ({v.get('type', 'any')}{', required' if k in required else ''}): {v.get('description', '')}".rstrip(": ")
-             for k, v in props.items()]
+    lines = [
+        f"- {k} ({v.get('type', 'any')}{', required' if k in required else ''}): {v.get('description', '')}".rstrip(
+            ": "
+        )
+        for k, v in props.items()
+    ]
     example = json.dumps({k: f"<{k}>" for k in required})
     text = "Each turn, reply with one action: a JSON object " + example + " with the fields\n" + "\n".join(lines)
     if len(required) == 1:
@@ -276,10 +286,14 @@ class OpenEnvAdapter:
             return [{"role": "user", "content": f"error: {exc}"}], False, {"valid": False, "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - the environment refused the action: the model is told, the run goes on
             why = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
-            return [{"role": "user", "content": f"error: the environment refused the action: {why}"}], False, {
-                "valid": False,
-                "error": why,
-            }
+            return (
+                [{"role": "user", "content": f"error: the environment refused the action: {why}"}],
+                False,
+                {
+                    "valid": False,
+                    "error": why,
+                },
+            )
         reward = 0.0 if obs.reward is None else float(obs.reward)
         if not math.isfinite(reward):
             raise ValueError(f"{self.env_cls.__name__}.step returned reward={obs.reward!r}; rewards must be finite")
@@ -346,7 +360,9 @@ def load_openenv_task(cfg: OpenEnvTaskConfig) -> Task:
 
 @hookimpl
 def rlvr_envs() -> list[PluginSpec]:
-    return [PluginSpec("openenv", OpenEnvAdapter, OpenEnvConfig, "an OpenEnv environment, in process (env.id=<package>)")]
+    return [
+        PluginSpec("openenv", OpenEnvAdapter, OpenEnvConfig, "an OpenEnv environment, in process (env.id=<package>)")
+    ]
 
 
 @hookimpl
@@ -357,6 +373,10 @@ def rlvr_tasks() -> list[PluginSpec]:
 @hookimpl
 def rlvr_rewards() -> list[PluginSpec]:
     return [
-        PluginSpec("openenv_reward", openenv_reward_fn, RewardConfig, "env=openenv: the sum of the env's step rewards"),
-        PluginSpec("openenv_valid", openenv_valid_fn, RewardConfig, "env=openenv: fraction of turns with a valid action"),
+        PluginSpec(
+            "openenv_reward", openenv_reward_fn, RewardConfig, "env=openenv: the sum of the env's step rewards"
+        ),
+        PluginSpec(
+            "openenv_valid", openenv_valid_fn, RewardConfig, "env=openenv: fraction of turns with a valid action"
+        ),
     ]
