@@ -546,14 +546,26 @@ def final_answer(episode: dict[str, Any]) -> str | None:
     return str(said[-1]["content"]) if said else None
 
 
-def episode_metrics(rollouts: Rollouts, correct: Sequence[bool] | None = None, prefix: str = "") -> dict[str, float]:
+def counts(episode: dict[str, Any]) -> dict[str, Any]:
+    """The part of an episode summary that :func:`episode_metrics` reads (small: gathered across processes)."""
+    if "tool_used" in episode:  # already counts
+        return episode
+    used = any(i.get("tool_calls", 0) > i.get("tool_errors", 0) for i in episode["infos"])
+    keys = ("turns", "tool_calls", "tool_errors", "truncated", "tool_seconds")
+    return {**{k: episode[k] for k in keys}, "tool_used": used}
+
+
+def episode_metrics(
+    episodes: Rollouts | Sequence[dict[str, Any]], correct: Sequence[bool] | None = None, prefix: str = ""
+) -> dict[str, float]:
     """Per-batch episode statistics: turns, tool calls, tool-error rate, tool-use rate (episodes with at least one
-    call that ran without error), truncation, and accuracy when ``correct`` is given."""
-    eps = rollouts.episodes
+    call that ran without error), truncation, and accuracy when ``correct`` is given. ``episodes``: a Rollouts,
+    or episode summaries (or their :func:`counts`)."""
+    eps = [counts(e) for e in (episodes.episodes if isinstance(episodes, Rollouts) else episodes)]
     n = max(len(eps), 1)
     calls = sum(e["tool_calls"] for e in eps)
     errors = sum(e["tool_errors"] for e in eps)
-    used = sum(any(i.get("tool_calls", 0) > i.get("tool_errors", 0) for i in e["infos"]) for e in eps)
+    used = sum(e["tool_used"] for e in eps)
     out = {
         f"{prefix}turns/mean": sum(e["turns"] for e in eps) / n,
         f"{prefix}tool_calls/mean": calls / n,
