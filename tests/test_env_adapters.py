@@ -111,6 +111,8 @@ def test_scripted_episodes_solved_beats_wrong_and_the_reward_is_the_envs(tiny):
     assert wrong["stop"] == "max_turns" and wrong["turns"] == 4 and ro.truncated[1]
     (reward, valid) = scores(ro, "openenv_reward", "openenv_valid")
     assert reward == [1.0, 0.0] and valid == [1.0, 1.0]
+    per_turn = rlvr.create("reward", "openenv_reward", per_turn=True)(ro.completions, episode=ro.episodes)
+    assert per_turn == [[0.0, 1.0], [0.0] * 4]  # each turn's own env reward; they sum to the episode's
     # the environment's tokens are not trained on: the observation turns have completion_mask 0
     assert int(ro.completion_mask[0].sum()) < int(ro.attention_mask[0].sum())
 
@@ -220,7 +222,8 @@ def test_held_out_evaluation_without_is_correct_reports_no_accuracy(tiny):
 def test_training_with_an_openenv_environment(tmp_path):
     """In process (rlvr.compose + Trainer, as `rlvr train` composes it); the CLI runs in the verifiers test below."""
     over = [*TINY, "env=openenv", "env.id=wordle_env", "env.observation_key=prompt", "+env.args.max_attempts=4"]
-    over += ["task=openenv", "reward=[openenv_reward,openenv_valid]", "trainer.max_steps=1", "logger=[jsonl]"]
+    over += ["task=openenv", "reward=[openenv_reward,openenv_valid]", "reward.openenv_reward.per_turn=true"]
+    over += ["trainer.max_steps=1", "logger=[jsonl]"]
     metrics = rlvr.Trainer(rlvr.compose(over), run_dir=tmp_path).train()
     assert "rewards/openenv_reward/mean" in metrics and "env/turns/mean" in metrics
     line = json.loads((tmp_path / "completions.jsonl").read_text().splitlines()[0])

@@ -15,7 +15,8 @@ class, no HTTP server, no Docker) and maps it onto rlvr's ``reset(row) / step(st
   model) or that the environment raises on comes back as a user message ``error: ...``; the environment is not
   stepped, the turn counts, the run goes on.
 * Rewards: ``openenv_reward`` = the sum of the rewards the environment returned on its steps (as
-  verifiers' OpenEnv taskset sums them); ``openenv_valid`` = the fraction of turns whose action the environment
+  verifiers' OpenEnv taskset sums them), or with ``per_turn=true`` each turn's own (rlvr's per-turn rewards: the
+  tokens of a turn are credited with the rewards from that turn on); ``openenv_valid`` = the fraction of turns whose action the environment
   accepted. Both read the episode's ``state``, which only the adapter writes (the model's text is never parsed
   for a score).
 
@@ -268,7 +269,9 @@ class OpenEnvAdapter:
         obs = env.reset(seed=row_seed(row, self.cfg.seed_column), **kwargs)
         uid = uuid.uuid4().hex
         self._live[uid] = env
-        state = EpisodeState(adapter="openenv", id=uid, rewards=[], reward=0.0, turns=0, valid=0, done=bool(obs.done))
+        state = EpisodeState(
+            adapter="openenv", id=uid, rewards=[], turn_rewards=[], reward=0.0, turns=0, valid=0, done=bool(obs.done)
+        )
         weakref.finalize(state, self._release, uid)
         messages = [{"role": "user", "content": observation_text(obs, self.cfg.observation_key)}]
         if self.system_prompt:
@@ -280,6 +283,7 @@ class OpenEnvAdapter:
         if env is None or state["done"]:
             raise RuntimeError("OpenEnvAdapter.step on an episode that already ended (or another adapter's state)")
         state["turns"] += 1
+        state["turn_rewards"].append(0.0)  # this turn's env reward (0 when the action is refused)
         try:
             obs = env.step(parse_action(message, self.action_cls))
         except ActionError as exc:
@@ -299,6 +303,7 @@ class OpenEnvAdapter:
             raise ValueError(f"{self.env_cls.__name__}.step returned reward={obs.reward!r}; rewards must be finite")
         state["valid"] += 1
         state["rewards"].append(reward)
+        state["turn_rewards"][-1] = reward
         state["reward"] = float(sum(state["rewards"]))
         info = {"valid": True, "reward": reward}
         if obs.done:
@@ -315,15 +320,26 @@ def _adapter_state(ep: Any, reward: str) -> dict[str, Any]:
     return state
 
 
-def openenv_reward_fn(cfg: RewardConfig) -> Any:
-    def openenv_reward(completions: list[str], episode: list[Any] | None = None, **kw: Any) -> list[float | None]:
-        """The sum of the rewards the environment returned on the episode's steps."""
+@dataclass
+class OpenEnvRewardConfig(RewardConfig):
+    per_turn: bool = False  # one score per assistant turn (the env's reward for that turn's action) instead of the sum
+
+
+def openenv_reward_fn(cfg: OpenEnvRewardConfig) -> Any:
+    def openenv_reward(completions: list[str], episode: list[Any] | None = None, **kw: Any) -> list[Any]:
+        """The sum of the rewards the environment returned on the episode's steps; with ``per_turn``, the list of
+        them per assistant turn (0 for a refused action and for a turn a limit cut, which the env never saw)."""
         if episode is None:
             raise ValueError("openenv_reward scores multi-turn episodes: use it with env=openenv")
-        out: list[float | None] = []
+        out: list[Any] = []
         for ep in episode:
-            rewards = _adapter_state(ep, "openenv_reward")["rewards"]
-            out.append(float(sum(float(r) for r in rewards)))
+            state = _adapter_state(ep, "openenv_reward")
+            if cfg.per_turn:
+                turns = int(ep.get("turns", 0))
+                per = [float(r) for r in state["turn_rewards"]][:turns]
+                out.append(per + [0.0] * (turns - len(per)))
+            else:
+                out.append(float(sum(float(r) for r in state["rewards"])))
         return out
 
     return openenv_reward
@@ -374,7 +390,7 @@ def rlvr_tasks() -> list[PluginSpec]:
 def rlvr_rewards() -> list[PluginSpec]:
     return [
         PluginSpec(
-            "openenv_reward", openenv_reward_fn, RewardConfig, "env=openenv: the sum of the env's step rewards"
+            "openenv_reward", openenv_reward_fn, OpenEnvRewardConfig, "env=openenv: the sum of the env's step rewards"
         ),
         PluginSpec(
             "openenv_valid", openenv_valid_fn, RewardConfig, "env=openenv: fraction of turns with a valid action"
