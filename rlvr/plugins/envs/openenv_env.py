@@ -29,6 +29,7 @@ seed: the G episodes of a group share the first prompt, rendered once).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
@@ -143,6 +144,7 @@ def action_class(env_cls: type, override: str = "") -> type:
     return cls
 
 
+@functools.lru_cache(maxsize=64)
 def action_fields(cls: type) -> tuple[dict[str, Any], list[str]]:
     """(JSON-schema properties, required names) of an Action model, without the trainer's ``metadata`` field."""
     schema = cls.model_json_schema()  # type: ignore[attr-defined]
