@@ -77,6 +77,8 @@ def test_the_installed_package_resolves_to_its_environment_and_action():
         rlvr.create("env", "openenv", id="no_such_openenv_pkg")
     with pytest.raises(ConfigError, match="env.id"):
         rlvr.create("env", "openenv")
+    with pytest.raises(ConfigError, match="NoSuchClass"):
+        rlvr.create("env", "openenv", id="wordle_env.server:NoSuchClass")
     with pytest.raises(ConfigError, match="not an OpenEnv Environment"):
         rlvr.create("env", "openenv", id="wordle_env.models:WordleAction")
 

@@ -93,6 +93,8 @@ def resolve_environment(env_id: str) -> type:
                     raise  # the module exists but one of its own imports is missing
     except ModuleNotFoundError as exc:
         raise ConfigError(f"env.id={env_id!r}: cannot import it ({exc}); install the environment's package") from None
+    except AttributeError as exc:
+        raise ConfigError(f"env.id={env_id!r}: {exc}") from None
     if not modules:
         raise ConfigError(f"env.id={env_id!r}: no module of that name; install the environment's package")
     for mod in modules:
