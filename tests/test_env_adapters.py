@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import rlvr
+from rlvr.core.contracts import check
 from rlvr.core.episodes import ScriptedSampler, evaluate_env, run_episodes
 from rlvr.core.errors import ConfigError
 from tests.conftest import TINY, run_cli
@@ -71,6 +72,7 @@ def test_the_installed_package_resolves_to_its_environment_and_action():
     assert resolve_environment("wordle_env") is WordleEnvironment
     assert resolve_environment("wordle_env.server.wordle_env_environment:WordleEnvironment") is WordleEnvironment
     env = wordle()
+    assert check("env", env, "openenv") is env  # the Env contract (tests/test_architecture.py skips it: no package)
     assert env.action_cls is WordleAction and env.tools == []
     assert '"guess"' in env.system_prompt and "five-letter" in env.system_prompt
     with pytest.raises(ConfigError, match="install the environment's package"):
@@ -249,6 +251,7 @@ def test_vf_hotcold_is_a_verifiers_environment_and_its_tasks_become_rows():
     env = vf.load_environment(vf.resolve_env_config({"taskset": {"id": "vf-hotcold"}}))  # verifiers' own loader
     assert isinstance(env, HotColdEnv)
     task = rlvr.create("task", "verifiers", id="vf-hotcold", train_size=5, eval_size=2, args={"high": 8})
+    assert check("task", task, "verifiers") is task and check("env", rlvr.create("env", "verifiers"), "v") is not None
     assert len(task.train_rows) == 5 and len(task.eval_rows) == 2
     row = task.train_rows[0]
     assert row["vf_taskset"] == "vf-hotcold" and 1 <= row["vf_task"]["target"] <= 8 and "1 to 8" in row["question"]
