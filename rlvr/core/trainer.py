@@ -399,12 +399,20 @@ class Trainer:
         seeds = self.group_seeds(step, len(idx), first_group)[mine]  # seeded by the group index within the step
         with distributed.unsharded(self.parallel):
             if self.env is not None:  # multi-turn episodes (rlvr/core/episodes.py)
-                rollouts = self.engine.generate_episodes(self.policy, self.env, rows, self.tc.num_generations, seeds)  # type: ignore[attr-defined]
+                ep_stats = episodes.EpisodeStats()
+                run_episodes = self.engine.generate_episodes  # type: ignore[attr-defined]
+                rollouts = run_episodes(self.policy, self.env, rows, self.tc.num_generations, seeds, stats=ep_stats)
             else:
                 prompts = [self.task.render(r, self.policy.tokenizer) for r in rows]
                 rollouts = self.engine.generate(self.policy, prompts, self.tc.num_generations, seeds)
         self.engine.release(self.policy)  # e.g. vLLM's sleep mode: its GPU memory goes to the update
         rollouts.rows = [r for r in rows for _ in range(self.tc.num_generations)]
+        # the rollout's time (this rank's): the engine generating vs the environment, tools included
+        timing = (
+            {"env/generation_seconds": ep_stats.generation, "env/env_seconds": ep_stats.env}
+            if self.env is not None
+            else {}
+        )
         return StepBatch(
             step=step,
             rollouts=rollouts,
@@ -412,6 +420,7 @@ class Trainer:
             started=t0,
             generation_time=time.perf_counter() - t0,
             prompt_index=list(idx),
+            metrics=timing,
         )
 
     def score(self, batch: StepBatch) -> None:
