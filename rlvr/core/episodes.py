@@ -651,11 +651,16 @@ def evaluate_env(
         chunk = rows[start : start + batch_prompts]
         seeds = [seed * 1_000_003 + start + i for i in range(len(chunk))]
         ro = engine.generate_episodes(policy, env, chunk, 1, seeds, greedy=True)
-        ok = [(fa := final_answer(e)) is not None and task.is_correct(fa, r) for e, r in zip(ro.episodes, chunk)]
+        ok = (  # a task without is_correct (env=openenv: the env's reward is the score) reports no accuracy
+            None
+            if task.is_correct is None
+            else [(fa := final_answer(e)) is not None and task.is_correct(fa, r) for e, r in zip(ro.episodes, chunk)]
+        )
         for k, v in episode_metrics(ro, ok, "eval/").items():
             sums[k] = sums.get(k, 0.0) + v * (len(chunk) if k != "eval/tool_seconds" else 1)
     out = {k: (v / max(len(rows), 1) if k != "eval/tool_seconds" else v) for k, v in sums.items()}
-    out["eval/greedy_accuracy"] = out.get("eval/accuracy", 0.0)
+    if "eval/accuracy" in out:
+        out["eval/greedy_accuracy"] = out["eval/accuracy"]
     out["eval/num_prompts"] = float(len(rows))
     return out
 
