@@ -154,6 +154,7 @@ NEEDS = {
     ("loss", "dr_grpo"): {"max_completion_length": 8},
     ("reward", "rubric"): {"criteria": [{"kind": "contains", "keywords": ["x"]}]},
     ("task", "gsm8k"): {"data_dir": str(GSM8K_DIR)} if GSM8K_DIR.is_dir() else None,
+    ("task", "gsm8k_python"): {"data_dir": str(GSM8K_DIR), "max_train_rows": 8} if GSM8K_DIR.is_dir() else None,
 }
 
 
