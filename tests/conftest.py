@@ -39,3 +39,18 @@ def run_cli(
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     return list(TINY)
+
+
+def end_turns_often(trainer, p: float = 0.3) -> None:
+    """Make ``trainer``'s engine end a turn on a share ``p`` of its tokens: the random tiny model rarely samples its
+    end-of-turn token, so multi-turn episodes need this. Drawn from each episode's own generator (deterministic)."""
+    import torch
+
+    orig, eos = trainer.engine.sample, trainer.policy.tokenizer.eos_token_id
+
+    def sample(logits, gens, greedy):
+        tok, lp = orig(logits, gens, greedy)
+        flip = torch.tensor([float(torch.rand(1, generator=g)) < p for g in gens])
+        return torch.where(flip, torch.full_like(tok, eos), tok), lp
+
+    trainer.engine.sample = sample

@@ -196,3 +196,66 @@ def test_slurm_environment_becomes_torchrun_environment(monkeypatch):
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+EPISODE_SCRIPT = f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+import rlvr
+from tests.conftest import end_turns_often
+
+t = rlvr.Trainer(rlvr.compose(sys.argv[2:]), run_dir=sys.argv[1])
+end_turns_often(t)
+t.train()
+"""
+
+
+def test_two_processes_with_episodes_per_turn_rewards_and_dynamic_sampling_equal_one_process(tmp_path):
+    """env=guess (multi-turn episodes), a per-turn reward and dynamic sampling: 2 processes run, refill and train
+    exactly what 1 process does (episodes are seeded per group; per-turn scores are gathered with the table)."""
+    script = tmp_path / "episodes.py"
+    script.write_text(EPISODE_SCRIPT)
+    over = [
+        "model=tiny",
+        "model.lora=true",
+        "env=guess",
+        "env.max_turns=3",
+        "task=guess",
+        "reward=[guess_valid]",
+        "reward.guess_valid.per_turn=true",
+        "trainer.max_steps=3",
+        "trainer.prompts_per_step=4",
+        "trainer.num_generations=2",
+        "trainer.micro_batch_size=2",
+        "trainer.lr=1e-2",
+        "trainer.warmup_steps=0",
+        "trainer.dynamic_sampling=refill",
+        "engine.max_new_tokens=6",
+        "trainer.eval_steps=0",
+        "trainer.progress=false",
+        "trainer.threads=1",
+        "logger=[jsonl]",
+    ]
+    one, two = tmp_path / "one", tmp_path / "two"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(one), *over], cwd=REPO, capture_output=True, text=True, env=env, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1"]
+    cmd += ["--master-port", str(free_port()), str(script), str(two), *over]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (m1, c1, w1), (m2, c2, w2) = outputs(one), outputs(two)
+    assert c1 == c2  # prompts, whole episodes, each reward, advantages
+    assert [sorted(k for k in m if "seconds" not in k) for m in m1] == [
+        sorted(k for k in m if "seconds" not in k) for m in m2
+    ]
+    for a, b in zip(m1, m2):
+        for k in a:
+            if "seconds" not in k:
+                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (a["step"], k)
+    assert any(m["env/turns/mean"] > 1 for m in m1)  # multi-turn episodes
+    assert sum(m["dynamic/groups_filtered"] for m in m1) >= 1  # dynamic sampling dropped something
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) <= 1e-5
+    assert max(float(w1[k].abs().max()) for k in w1 if "lora_B" in k) > 1e-3  # the adapters did move

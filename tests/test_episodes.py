@@ -12,6 +12,7 @@ import rlvr
 from rlvr.core.environment import EnvConfig, ToolEnv
 from rlvr.core.episodes import EpisodeStats, render, run_episodes
 from rlvr.modeling.shared_prompt import grouped_completion_logprobs
+from tests.conftest import end_turns_often
 
 CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "123*456"}}</tool_call>'
 
@@ -279,14 +280,7 @@ def test_resume_killed_mid_episode_is_bit_identical(tmp_path):
 
     def trainer(d):
         t = rlvr.Trainer(rlvr.compose(over), run_dir=d)
-        orig, eos = t.engine.sample, t.policy.tokenizer.eos_token_id
-
-        def eos_often(logits, gens, greedy):  # the random tiny model rarely ends a turn: end 30 % of tokens,
-            tok, lp = orig(logits, gens, greedy)  # drawn from each episode's own generator (deterministic)
-            flip = torch.tensor([float(torch.rand(1, generator=g)) < 0.3 for g in gens])
-            return torch.where(flip, torch.full_like(tok, eos), tok), lp
-
-        t.engine.sample = eos_often
+        end_turns_often(t)
         return t
 
     trainer(tmp_path / "a").train()
@@ -304,7 +298,7 @@ def test_resume_killed_mid_episode_is_bit_identical(tmp_path):
     assert_same_weights(tmp_path / "a" / "final", tmp_path / "b" / "final")
 
     def rows(d):
-        keep = lambda k: "time" not in k and not k.endswith("per_s")
+        keep = lambda k: not any(w in k for w in ("time", "seconds", "memory/")) and not k.endswith("per_s")
         return [
             {k: v for k, v in json.loads(x).items() if keep(k)}
             for x in (d / "metrics.jsonl").read_text().split("\n")

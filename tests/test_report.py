@@ -73,6 +73,7 @@ def test_show_prints_the_latest_completions_as_a_table(cli, run_dir):
         assert col in header
     assert all(len(line) <= 100 for line in lines)
     assert "What is" in out and "<|im_start|>" not in out  # the question, without the chat markup
+    assert not re.search(r"^  (assistant|tool call|tool error) +\|", out, re.M)  # single-turn: no episode view
     samples = [json.loads(x) for x in (run_dir / "completions.jsonl").read_text().splitlines() if '"step": 4' in x]
     assert f"{samples[0]['advantage']:+.2f}" in out
     code, out, _ = cli("show", str(run_dir), "--last", "2")

@@ -5,7 +5,9 @@ A sweep directory is what ``rlvr train -m`` writes (``multirun/<date>/<time>/`` 
 ``.hydra/overrides.yaml`` in the run directory (or, for runs without one, from the ``config.json`` values that
 differ). The page holds one table (a row per run: its overrides, final and best reward, held-out accuracy,
 training steps/s, peak memory) and the curves of every run overlaid by step: reward, held-out accuracy,
-completion length and each ``audit/`` metric (the reward-hacking monitor). Plots need matplotlib.
+completion length, each ``audit/`` metric (the reward-hacking monitor) and, for multi-turn runs (``env=...``),
+turns and tool calls per episode, generation vs environment seconds and the tool error / use rates. Plots need
+matplotlib.
 """
 
 from __future__ import annotations
@@ -358,6 +360,21 @@ def make_sweep_plots(runs: list[RunSummary], out: Path, colors: list[str]) -> di
         ),
         ("completion_length", [("completion_length/mean", "completion length (mean, tokens)")], {}),
         ("audit", [(k, k[len("audit/") :]) for k in sorted({k for r in runs for k in audit_keys(r.metrics)})], {}),
+        (  # multi-turn runs (env=...) only
+            "episodes",
+            [
+                ("env/turns/mean", "turns per episode"),
+                ("env/tool_calls/mean", "tool calls per episode"),
+                ("env/generation_seconds", "seconds generating per step"),
+                ("env/env_seconds", "seconds in the environment per step"),
+            ],
+            {},
+        ),
+        (
+            "tools",
+            [("env/tool_error_rate", "tool error rate (%)"), ("env/tool_use_rate", "tool-use rate (%)")],
+            {"percent": True},
+        ),
     ]
     for stem, keys, kw in groups:
         panels = [(title, overlay(k)) for k, title in keys]
@@ -372,6 +389,10 @@ CAPTIONS = {
     "accuracy": "Held-out accuracy, measured every trainer.eval_steps steps, one line per run.",
     "completion_length": "Mean completion length in tokens, one line per run.",
     "audit": "Reward-hacking monitor: each audit/… metric, one line per run.",
+    "episodes": (
+        "Multi-turn runs: turns and tool calls per episode, seconds generating vs in the environment per step."
+    ),
+    "tools": "Multi-turn runs: tool error rate (failed calls / calls) and tool-use rate, one line per run.",
 }
 SWEEP_CSS = CSS + ".chip{display:inline-block;width:.8em;height:.8em;border-radius:2px;margin-right:.4em}"
 

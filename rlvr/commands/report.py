@@ -11,7 +11,10 @@ Reads ``metrics.jsonl`` and ``completions.jsonl`` (jsonl logger) and ``config.js
 - ``loss.png``: loss and gradient norm
 - ``step_time.png``: seconds per step and the part spent generating
 - ``audit.png`` (``audit_2.png``, ...): one panel per ``audit/...`` metric (the reward-hacking monitor), 6 per file
-- ``report.html``: all of the above (embedded, no external files) and sample completions
+- multi-turn runs (``env=...``) only: ``episodes.png`` (turns and tool calls per episode), ``tools.png`` (tool error
+  rate, tool-use rate, episodes cut by a limit) and ``env_time.png`` (seconds per step generating vs in the
+  environment: ``env/generation_seconds``, ``env/env_seconds``, ``env/tool_seconds``)
+- ``report.html``: all of the above (embedded, no external files) and sample completions (episodes turn by turn)
 
 Step axes show whole numbers only. A sweep or several runs side by side: ``rlvr.commands.compare``.
 matplotlib is needed (``pip install 'rlvr[report]'``).
@@ -26,7 +29,15 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from rlvr.commands.show import HIT_MAX_TOKENS, check_run_dir, clean, prompt_question, read_records
+from rlvr.commands.show import (
+    HIT_MAX_TOKENS,
+    check_run_dir,
+    clean,
+    episode_lines,
+    plural,
+    prompt_question,
+    read_records,
+)
 from rlvr.core.errors import DataError, MissingDependencyError
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
@@ -196,6 +207,47 @@ def _lines_plot(
     _legend(ax, handles, labels)
     return _save(fig, path)
 
+
+# multi-turn runs (env=...): (file stem, [(metric, label)], title, y label, percent); train and held-out curves
+EPISODE_PLOTS: list[tuple[str, list[tuple[str, str]], str, str, bool]] = [
+    (
+        "episodes",
+        [
+            ("env/turns/mean", "turns (training)"),
+            ("env/tool_calls/mean", "tool calls (training)"),
+            ("eval/turns/mean", "turns (held-out)"),
+            ("eval/tool_calls/mean", "tool calls (held-out)"),
+        ],
+        "turns and tool calls per episode",
+        "per episode (mean)",
+        False,
+    ),
+    (
+        "tools",
+        [
+            ("env/tool_error_rate", "tool errors (training)"),
+            ("env/tool_use_rate", "tool use (training)"),
+            ("env/episode_truncated", "cut by a limit (training)"),
+            ("eval/tool_error_rate", "tool errors (held-out)"),
+            ("eval/tool_use_rate", "tool use (held-out)"),
+        ],
+        "tool calls and limits",
+        "%",
+        True,
+    ),
+    (
+        "env_time",
+        [
+            ("env/generation_seconds", "generating (the model)"),
+            ("env/env_seconds", "environment (tool calls included)"),
+            ("env/tool_seconds", "tool calls (summed over episodes)"),
+        ],
+        "time per step: generating vs in the environment",
+        "seconds",
+        False,
+    ),
+]
+EPISODE_SUMMARY = [k for _, keys, *_ in EPISODE_PLOTS for k, _ in keys if k.startswith("env/")]
 
 Series = tuple[str, list[float], list[float], str]  # (legend label, steps, values, colour)
 AUDIT_PREFIX = "audit/"
@@ -367,6 +419,10 @@ def make_plots(metrics: list[dict[str, Any]], out: Path) -> dict[str, Path]:
         )
         if made:
             plots[name] = made
+    for name, keys, title, ylabel, percent in EPISODE_PLOTS:  # multi-turn runs only: absent keys draw nothing
+        made = _lines_plot(plt, metrics, keys, title, ylabel, out / f"{name}.png", percent=percent, full_scale=percent)
+        if made:
+            plots[name] = made
     if "loss" in plots and _series(metrics, "grad_norm")[0]:
         plots["loss"] = _loss_plot(plt, metrics, out / "loss.png")
     audit = [
@@ -422,6 +478,7 @@ def _summary_rows(metrics: list[dict[str, Any]]) -> list[tuple[str, str, str, st
         + [f"rewards/{r}/mean" for r in reward_names(metrics)]
         + sorted({key for m in metrics for key in m if key.startswith("eval/") and "num_prompts" not in key})
         + ["completion_length/mean", "kl", "step_time", "memory/peak_rss_mib", "memory/peak_gpu_reserved_mib"]
+        + EPISODE_SUMMARY
         + audit_keys(metrics)
     )
     for key in keys:
@@ -435,10 +492,39 @@ def _summary_rows(metrics: list[dict[str, Any]]) -> list[tuple[str, str, str, st
     return rows
 
 
+def _episodes_html(samples: list[dict[str, Any]], step: int) -> str:
+    """Multi-turn samples: per episode a head line (answer, stop reason, turns, tool calls, rewards, advantage) and
+    a table of its messages and tool calls, one row each (labels as ``rlvr show``'s)."""
+    parts = [f"<h3>step {step}</h3>"]
+    for i, s in enumerate(samples):
+        ep = s["episode"]
+        rewards = " · ".join(f"{html.escape(clean(k))} {_fnum(v)}" for k, v in (s.get("rewards") or {}).items())
+        stop = str(ep.get("stop", "?")) + (" (truncated)" if ep.get("truncated") else "")
+        head = (
+            f"#{i} · answer <b>{html.escape(clean(s.get('answer', '')))}</b> · stop {html.escape(clean(stop))} · "
+            f"{plural(int(ep.get('turns', 0) or 0), 'turn')} · "
+            f"{plural(int(ep.get('tool_calls', 0) or 0), 'tool call')}, "
+            f"{plural(int(ep.get('tool_errors', 0) or 0), 'error')} · {rewards} · "
+            f"advantage {_fnum(s.get('advantage'))}"
+        )
+        rows = []
+        for label, text in episode_lines(ep):
+            body = f"<pre>{html.escape(clean(text))}</pre>"
+            if label == "system":  # the tool descriptions: folded
+                first = html.escape(clean(text.splitlines()[0] if text else ""))
+                body = f"<details><summary>{first}</summary>{body}</details>"
+            cls = "neg" if label in ("tool error", "bad call") else ""
+            rows.append(f"<tr><td class='{cls}'>{html.escape(label)}</td><td>{body}</td></tr>")
+        parts.append(f"<p>{head}</p><table>{''.join(rows)}</table>")
+    return "".join(parts)
+
+
 def _samples_html(records: list[dict[str, Any]], step: int) -> str:
     samples = [r for r in records if int(r.get("step", 0)) == step]
     if not samples:
         return ""
+    if any(isinstance(r.get("episode"), dict) for r in samples):
+        return _episodes_html([r for r in samples if isinstance(r.get("episode"), dict)], step)
     names: list[str] = []
     for s in samples:
         names.extend(k for k in (s.get("rewards") or {}) if k not in names)
@@ -497,6 +583,15 @@ def write_html(
         "clip_ratio": "Share of completion tokens whose probability ratio was clipped.",
         "loss": "Loss and gradient norm.",
         "step_time": "Seconds per training step, and the part spent generating completions.",
+        "episodes": "Turns and tool calls per episode (env=...): the mean over the step's episodes.",
+        "tools": (
+            "Tool error rate (failed calls / calls), tool-use rate (episodes with at least one call that ran) and "
+            "the share of episodes a limit cut (env.max_turns, env.max_tokens, engine.max_new_tokens)."
+        ),
+        "env_time": (
+            "Seconds per step generating vs in the environment (env.step: tool calls, feedback, tokenising "
+            "its replies); tool calls: their time summed over the step's episodes."
+        ),
     }
     audit_caption = (
         "Reward-hacking monitor: every audit/… metric the run logged, one panel each (signals such as "

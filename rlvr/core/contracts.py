@@ -172,6 +172,17 @@ class AdvantageEstimator(Protocol):
 
 
 @runtime_checkable
+class TurnAdvantageEstimator(Protocol):
+    """An estimator that can also credit each turn of a multi-turn episode (rewards that return per-turn scores).
+
+    ``turn_scores``: float32 [N, K] (each turn's weighted score, 0 past an episode's end); returns float32
+    [N, K]. See :func:`rlvr.core.advantages.turn_advantages`.
+    """
+
+    def turn_advantages(self, turn_scores: Tensor, group_size: int) -> Tensor: ...
+
+
+@runtime_checkable
 class EnvSettings(Protocol):
     """The episode limits the rollout phase reads of an environment's config (``env.*``)."""
 

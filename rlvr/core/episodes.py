@@ -267,6 +267,80 @@ class EpisodeStats:
     env: float = 0.0
 
 
+@dataclass
+class EpisodeStart:
+    """What an engine's episode loop starts from (:func:`start_episodes`): the episodes (group order: episode
+    b·G + j is row b's j-th), their rendered first prompts and token ids, and the turn rules' inputs."""
+
+    episodes: list[Episode]
+    prompts: list[str]  # B rendered first prompts (tool descriptions included)
+    prompt_ids: torch.Tensor  # long [B, P], padded as the tokenizer pads
+    prompt_mask: torch.Tensor  # long [B, P], 1 on real tokens
+    fmt: str  # the tool-call format
+    schemas: list[dict[str, Any]] | None  # the template's tools= (None: rlvr format, tools in the system prompt)
+    eos: list[int]  # end-of-turn token ids
+    end_strings: list[str]  # their text
+    pad_id: int
+    max_turns: int
+    max_tokens: int
+
+    def prompt_tokens(self, e: int, num_generations: int) -> list[int]:
+        """Episode ``e``'s first prompt as token ids (without padding)."""
+        b = e // num_generations
+        return self.prompt_ids[b][self.prompt_mask[b] == 1].tolist()
+
+
+def start_episodes(
+    policy: Policy,
+    env: Any,
+    rows: Sequence[dict[str, Any]],
+    num_generations: int,
+    max_prompt_length: int,
+    stats: EpisodeStats,
+) -> EpisodeStart:
+    """Reset the environment for ``len(rows)`` · G episodes and tokenise the first prompts (every engine's first
+    step). A first prompt longer than ``max_prompt_length`` is refused: cutting it would drop the tools."""
+    tok, G = policy.tokenizer, num_generations
+    fmt, schemas = tool_setup(env, tok)
+    eos = eos_token_ids(policy)
+    end_strings = [tok.decode([e], skip_special_tokens=False) for e in eos]
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+    t0 = time.perf_counter()
+    starts = []
+    for row in rows:
+        messages, state = env.reset(row)
+        starts.append((with_tool_prompt(list(messages), env, fmt), state))
+    stats.env += time.perf_counter() - t0
+    prompts = [render(tok, m, schemas, add_generation_prompt=True) for m, _ in starts]
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    p_ids, p_mask = enc["input_ids"], enc["attention_mask"]
+    if p_ids.shape[1] > max_prompt_length:  # cutting it would drop the system prompt (the tools): refuse
+        raise ValueError(
+            f"an episode's first prompt has {p_ids.shape[1]} tokens (tool descriptions included), more "
+            f"than engine.max_prompt_length={max_prompt_length}: raise engine.max_prompt_length"
+        )
+    episodes: list[Episode] = []
+    for b, row in enumerate(rows):
+        for j in range(G):
+            m, s = starts[b] if j == 0 else (list(starts[b][0]), env.reset(row)[1])
+            if isinstance(s, dict):
+                s.setdefault("tool_format", fmt)
+            episodes.append(Episode(row=row, messages=[dict(x) for x in m], state=s))
+    return EpisodeStart(
+        episodes,
+        prompts,
+        p_ids,
+        p_mask,
+        fmt,
+        schemas,
+        eos,
+        end_strings,
+        pad_id,
+        int(env.cfg.max_turns),
+        int(env.cfg.max_tokens),
+    )
+
+
 def run_episodes(
     policy: Policy,
     env: Any,
@@ -289,32 +363,10 @@ def run_episodes(
     tok, model, G = policy.tokenizer, policy.model, num_generations
     device = policy.device
     stats = stats if stats is not None else EpisodeStats()
-    fmt, schemas = tool_setup(env, tok)
-    eos = eos_token_ids(policy)
-    end_strings = [tok.decode([e], skip_special_tokens=False) for e in eos]
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
-    max_turns, max_tokens = int(env.cfg.max_turns), int(env.cfg.max_tokens)
-    t0 = time.perf_counter()
-    starts = []
-    for row in rows:
-        messages, state = env.reset(row)
-        starts.append((with_tool_prompt(list(messages), env, fmt), state))
-    stats.env += time.perf_counter() - t0
-    prompts = [render(tok, m, schemas, add_generation_prompt=True) for m, _ in starts]
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    p_ids, p_mask = enc["input_ids"], enc["attention_mask"]
-    if p_ids.shape[1] > max_prompt_length:  # cutting it would drop the system prompt (the tools): refuse
-        raise ValueError(
-            f"an episode's first prompt has {p_ids.shape[1]} tokens (tool descriptions included), more "
-            f"than engine.max_prompt_length={max_prompt_length}: raise engine.max_prompt_length"
-        )
-    episodes: list[Episode] = []
-    for b, row in enumerate(rows):
-        for j in range(G):
-            m, s = starts[b] if j == 0 else (list(starts[b][0]), env.reset(row)[1])
-            if isinstance(s, dict):
-                s.setdefault("tool_format", fmt)
-            episodes.append(Episode(row=row, messages=[dict(x) for x in m], state=s))
+    st = start_episodes(policy, env, rows, G, max_prompt_length, stats)
+    episodes, p_ids, p_mask, prompts, pad_id = st.episodes, st.prompt_ids, st.prompt_mask, st.prompts, st.pad_id
+    schemas, end_strings, fmt, eos = st.schemas, st.end_strings, st.fmt, st.eos
+    max_turns, max_tokens = st.max_turns, st.max_tokens
     gens = [
         torch.Generator(device="cpu").manual_seed(int(seeds[b]) * 1000 + j) for b in range(len(rows)) for j in range(G)
     ]
@@ -409,20 +461,28 @@ def _decode_turn(
             break
         feed = torch.where(running, tokens, torch.full_like(tokens, pad_id)).to(sess.mask.device)
         logits = sess.step(feed, running.to(sess.mask.device))
-    out = []
-    for i, e in enumerate(active):
-        ep = episodes[e]
-        if count[i] > 0 or budget[i] <= 0:
-            ep.turns += 1 if count[i] > 0 else 0
-        if finished[i]:
-            out.append(e)
-        else:  # no end of turn: the per-turn or the episode token limit cut it
-            ep.stop = "max_new_tokens" if budget[i] >= max_new_tokens else "max_tokens"
-            ep.truncated = True
-            if count[i] > 0:  # kept for logs and reports; rewards see stop != env_done
-                text = sess_decode(ep.tokens[len(ep.tokens) - count[i] :])
-                ep.messages.append({"role": "assistant", "content": text, "truncated": True})
-    return out
+    return [
+        e
+        for i, e in enumerate(active)
+        if end_turn(episodes[e], count[i], finished[i], budget[i], max_new_tokens, sess_decode)
+    ]
+
+
+def end_turn(
+    ep: Episode, count: int, finished: bool, budget: int, max_new_tokens: int, decode: Callable[[list[int]], str]
+) -> bool:
+    """Book-keeping after an assistant turn whose ``count`` sampled tokens are already appended to ``ep``
+    (``budget``: the most it was allowed). True when the turn ended with an end-of-turn token (the env answers
+    next); otherwise the per-turn or the episode token limit cut it and the episode stops, truncated."""
+    if count > 0:
+        ep.turns += 1
+    if finished:
+        return True
+    ep.stop = "max_new_tokens" if budget >= max_new_tokens else "max_tokens"
+    ep.truncated = True
+    if count > 0:  # kept for logs and reports; rewards see stop != env_done
+        ep.messages.append({"role": "assistant", "content": decode(ep.tokens[-count:]), "truncated": True})
+    return False
 
 
 def _env_turn(
@@ -546,14 +606,26 @@ def final_answer(episode: dict[str, Any]) -> str | None:
     return str(said[-1]["content"]) if said else None
 
 
-def episode_metrics(rollouts: Rollouts, correct: Sequence[bool] | None = None, prefix: str = "") -> dict[str, float]:
+def counts(episode: dict[str, Any]) -> dict[str, Any]:
+    """The part of an episode summary that :func:`episode_metrics` reads (small: gathered across processes)."""
+    if "tool_used" in episode:  # already counts
+        return episode
+    used = any(i.get("tool_calls", 0) > i.get("tool_errors", 0) for i in episode["infos"])
+    keys = ("turns", "tool_calls", "tool_errors", "truncated", "tool_seconds")
+    return {**{k: episode[k] for k in keys}, "tool_used": used}
+
+
+def episode_metrics(
+    episodes: Rollouts | Sequence[dict[str, Any]], correct: Sequence[bool] | None = None, prefix: str = ""
+) -> dict[str, float]:
     """Per-batch episode statistics: turns, tool calls, tool-error rate, tool-use rate (episodes with at least one
-    call that ran without error), truncation, and accuracy when ``correct`` is given."""
-    eps = rollouts.episodes
+    call that ran without error), truncation, and accuracy when ``correct`` is given. ``episodes``: a Rollouts,
+    or episode summaries (or their :func:`counts`)."""
+    eps = [counts(e) for e in (episodes.episodes if isinstance(episodes, Rollouts) else episodes)]
     n = max(len(eps), 1)
     calls = sum(e["tool_calls"] for e in eps)
     errors = sum(e["tool_errors"] for e in eps)
-    used = sum(any(i.get("tool_calls", 0) > i.get("tool_errors", 0) for i in e["infos"]) for e in eps)
+    used = sum(e["tool_used"] for e in eps)
     out = {
         f"{prefix}turns/mean": sum(e["turns"] for e in eps) / n,
         f"{prefix}tool_calls/mean": calls / n,

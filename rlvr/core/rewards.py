@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from rlvr.core.advantages import outcome_turn_scores
 from rlvr.core.errors import ConfigError, DataError, RunError
 
 ON_ERROR_CHOICES = ("raise", "zero", "none")
@@ -135,7 +136,25 @@ def _first_failing(reward: RewardFn, completions: list[str], prompts: list[str],
     return ""
 
 
-def _check(reward: RewardFn, values: Any, n: int) -> list[float | None]:
+def _number(reward: RewardFn, v: Any, where: str) -> float:
+    if isinstance(v, (str, bytes)):
+        raise RewardError(f"reward {reward.name!r} returned the string {v!r} for {where}; expected a number or None")
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise RewardError(f"reward {reward.name!r} returned {v!r} for {where}; expected a number or None") from None
+    if not math.isfinite(f):
+        raise RewardError(
+            f"reward {reward.name!r} returned a non-finite score {f} for {where}; "
+            "return None for 'not applicable' instead"
+        )
+    return f
+
+
+Score = float | None | list[float]  # one completion's score; a list: one per assistant turn (episodes only)
+
+
+def _check(reward: RewardFn, values: Any, n: int, turns: Sequence[int] | None = None) -> list[Score]:
     if not isinstance(values, (list, tuple)):
         raise RewardError(
             f"reward {reward.name!r} returned {type(values).__name__}; it must return a list of "
@@ -146,28 +165,33 @@ def _check(reward: RewardFn, values: Any, n: int) -> list[float | None]:
             f"reward {reward.name!r} returned {len(values)} scores for {n} completions; "
             "it must return exactly one score (or None) per completion"
         )
-    out: list[float | None] = []
+    out: list[Score] = []
     for i, v in enumerate(values):
         if v is None:
             out.append(None)
-            continue
-        if isinstance(v, (str, bytes)):
-            raise RewardError(
-                f"reward {reward.name!r} returned the string {v!r} for completion {i}; expected a number or None"
-            )
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            raise RewardError(
-                f"reward {reward.name!r} returned {v!r} for completion {i}; expected a number or None"
-            ) from None
-        if not math.isfinite(f):
-            raise RewardError(
-                f"reward {reward.name!r} returned a non-finite score {f} for completion {i}; "
-                "return None for 'not applicable' instead"
-            )
-        out.append(f)
+        elif isinstance(v, (list, tuple)):  # per-turn scores of a multi-turn episode
+            if turns is None:
+                raise RewardError(
+                    f"reward {reward.name!r} returned a list for completion {i}: per-turn scores exist only for "
+                    "multi-turn episodes (env=...); return one number (or None) per completion"
+                )
+            if len(v) != turns[i]:
+                raise RewardError(
+                    f"reward {reward.name!r} returned {len(v)} per-turn scores for episode {i}, which has "
+                    f"{turns[i]} assistant turns (episode['turns']); return one score per turn, or one number"
+                )
+            out.append([_number(reward, x, f"turn {t} of episode {i}") for t, x in enumerate(v)])
+        else:
+            out.append(_number(reward, v, f"completion {i}"))
     return out
+
+
+@dataclass
+class Scores:
+    """What :func:`score_all` returns."""
+
+    table: torch.Tensor  # float32 [N, k]: each reward's score (per-turn lists summed), NaN where None
+    turn_scores: torch.Tensor | None  # float32 [N, K]: weighted score of each turn; None without per-turn lists
 
 
 def score(
@@ -178,6 +202,23 @@ def score(
     Returns a float32 tensor [N, k] (N completions, k rewards) with NaN where a reward returned
     None. Columns must be lists of length N. A reward that raises is reported with its name, the
     row and the completion, unless its ``on_error`` is ``zero`` or ``none``.
+    """
+    return score_all(rewards, completions, prompts, columns).table
+
+
+def score_all(
+    rewards: Sequence[RewardFn],
+    completions: list[str],
+    prompts: list[str],
+    columns: dict[str, list[Any]],
+    turns: Sequence[int] | None = None,
+) -> Scores:
+    """:func:`score`, and for multi-turn episodes (``turns``: each episode's assistant turns) per-turn scores.
+
+    A reward may return, for an episode, a list of one score per assistant turn instead of a number. Its
+    table entry is then the list's sum (the episode's return), and ``turn_scores[i, t]`` is
+    ``Σ_j w_j · s_j[i, t]`` where a reward that returned a number (or None: 0) puts it on the episode's last
+    turn. ``turn_scores`` is None when no reward returned a list (outcome rewards: nothing changes).
     """
     n = len(completions)
     clash = sorted({"prompts", "completions"} & set(columns))
@@ -190,18 +231,18 @@ def score(
         if len(col) != n:
             raise DataError(f"column {key!r} has {len(col)} values for {n} completions")
     kwargs = {"prompts": prompts, **columns}
-    results: list[list[float | None] | None] = [None] * len(rewards)
+    results: list[list[Score] | None] = [None] * len(rewards)
     pending: list[tuple[int, Any]] = []
     for j, r in enumerate(rewards):
         try:
             if is_async(r.fn):
                 pending.append((j, r.fn(completions, **kwargs)))
             else:
-                results[j] = _check(r, r.fn(completions, **kwargs), n)
+                results[j] = _check(r, r.fn(completions, **kwargs), n, turns)
         except RewardError:
             raise
         except Exception as exc:  # noqa: BLE001
-            results[j] = _on_failure(r, exc, completions, prompts, columns)
+            results[j] = list(_on_failure(r, exc, completions, prompts, columns))
     if pending:
 
         async def gather() -> list[Any]:
@@ -213,16 +254,45 @@ def score(
             if isinstance(out, RewardError):
                 raise out
             if isinstance(out, BaseException):
-                results[j] = _on_failure(r, out, completions, prompts, columns)
+                results[j] = list(_on_failure(r, out, completions, prompts, columns))
             else:
-                results[j] = _check(r, out, n)
+                results[j] = _check(r, out, n, turns)
     table = torch.full((n, len(rewards)), float("nan"), dtype=torch.float32)
+    per_turn = False
     for j, vals in enumerate(results):
         assert vals is not None
         for i, v in enumerate(vals):
-            if v is not None:
+            if isinstance(v, list):
+                per_turn = True
+                table[i, j] = sum(v)
+            elif v is not None:
                 table[i, j] = v
-    return table
+    if not per_turn or turns is None:
+        return Scores(table, None)
+    turn_scores = torch.zeros((n, max(max(turns), 1)), dtype=torch.float32)
+    for j, vals in enumerate(results):
+        w = float(rewards[j].weight)
+        for i, v in enumerate(vals or []):
+            if isinstance(v, list):
+                turn_scores[i, : len(v)] += w * torch.tensor(v, dtype=torch.float32)
+            elif v is not None:
+                turn_scores[i, max(turns[i] - 1, 0)] += w * v
+    return Scores(table, turn_scores)
+
+
+def whole_batch_turn_scores(parts: Sequence[dict[str, Any]], weights: Sequence[float]) -> torch.Tensor:
+    """The whole batch's per-turn scores, float32 [N_all, K], from every process's part (its ``rewards`` table,
+    its episodes' ``turns`` and its ``turn_scores`` or None). A part without per-turn lists puts each episode's
+    weighted total on its last turn (as :func:`score_all` does for a reward that returned a number)."""
+    blocks = []
+    for p in parts:
+        ts = p["turn_scores"]
+        if ts is None:
+            turns = p["turns"] or [1] * p["rewards"].shape[0]
+            ts = outcome_turn_scores(weighted_total(p["rewards"], weights), list(turns))
+        blocks.append(ts)
+    K = max(b.shape[1] for b in blocks)
+    return torch.cat([torch.nn.functional.pad(b, (0, K - b.shape[1])) for b in blocks])
 
 
 def weighted_total(table: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:

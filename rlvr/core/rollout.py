@@ -69,7 +69,10 @@ class StepBatch:
     )  # score: bool [N_all], at least one reward scored the completion
     lengths: torch.Tensor = field(default_factory=_empty)  # score: float32 [N_all] completion lengths, whole batch
     all_truncated: torch.Tensor = field(default_factory=_empty)  # score: bool [N_all], whole batch
+    turn_scores: torch.Tensor = field(default_factory=_empty)  # score: float32 [N_all, K] per-turn rewards (or empty)
+    episodes: list[dict[str, Any]] = field(default_factory=list)  # score: whole batch's episode counts (env=...)
     advantages: torch.Tensor = field(default_factory=_empty)  # advantages: float32 [N], this rank's rows
+    token_advantages: torch.Tensor = field(default_factory=_empty)  # advantages: float32 [N, T] with per-turn rewards
     mask: torch.Tensor = field(default_factory=_empty)  # reference: float32 [N, T] on the policy's device
     truncated: torch.Tensor = field(default_factory=_empty)  # reference: bool [N] on the policy's device
     slices: list[slice] = field(default_factory=list)  # reference: the micro-batches

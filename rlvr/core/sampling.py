@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 
+from rlvr.core.advantages import outcome_turn_scores
 from rlvr.core.errors import ConfigError
 from rlvr.core.rollout import Rollouts, StepBatch
 
@@ -84,6 +85,11 @@ def concat_rollouts(parts: Sequence[Rollouts], pad_id: int) -> Rollouts:
     logps = None
     if all(p.sampling_logps is not None for p in parts):
         logps = torch.cat([_right_pad(p.sampling_logps, T, 0.0) for p in parts])  # type: ignore[arg-type]
+    attention = None  # multi-turn episodes: 1 on every completion token (sampled and inserted)
+    if any(p.attention_mask is not None for p in parts):
+        attention = torch.cat(
+            [_right_pad(p.completion_mask if p.attention_mask is None else p.attention_mask, T, 0) for p in parts]
+        )
     offsets, groups = 0, []
     for p in parts:
         groups.append(p.group - (int(p.group.min()) if p.num else 0) + offsets)
@@ -99,6 +105,8 @@ def concat_rollouts(parts: Sequence[Rollouts], pad_id: int) -> Rollouts:
         prompts=[s for p in parts for s in p.prompts],
         completions=[s for p in parts for s in p.completions],
         rows=[r for p in parts for r in p.rows],
+        attention_mask=attention,
+        episodes=[e for p in parts for e in p.episodes],
     )
 
 
@@ -117,6 +125,8 @@ def take_groups(ro: Rollouts, groups: Sequence[int], group_size: int) -> Rollout
         prompts=[ro.prompts[i] for i in rows],
         completions=[ro.completions[i] for i in rows],
         rows=[ro.rows[i] for i in rows],
+        attention_mask=ro.attention_mask[idx] if ro.attention_mask is not None else None,
+        episodes=[ro.episodes[i] for i in rows] if ro.episodes else [],
     )
 
 
@@ -126,7 +136,25 @@ def _to_cpu(ro: Rollouts) -> Rollouts:
         for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "truncated", "group")
     }
     logps = ro.sampling_logps.cpu() if ro.sampling_logps is not None else None
-    return Rollouts(**moved, sampling_logps=logps, prompts=ro.prompts, completions=ro.completions, rows=ro.rows)
+    attention = ro.attention_mask.cpu() if ro.attention_mask is not None else None
+    return Rollouts(
+        **moved,
+        sampling_logps=logps,
+        prompts=ro.prompts,
+        completions=ro.completions,
+        rows=ro.rows,
+        attention_mask=attention,
+        episodes=ro.episodes,
+    )
+
+
+def _turn_scores(part: StepBatch) -> torch.Tensor:
+    """A round's per-turn scores [N_all, K] (outcome placement when no reward returned per-turn lists)."""
+    return (
+        part.turn_scores
+        if part.turn_scores.numel()
+        else outcome_turn_scores(part.total, [e["turns"] for e in part.episodes])
+    )
 
 
 # ----- curriculum -------------------------------------------------------------------------------------
@@ -296,6 +324,12 @@ def _merge(
     )
     out.rewards, out.lengths, out.all_truncated = pick("rewards"), pick("lengths"), pick("all_truncated")
     out.total, out.scored = pick("total"), pick("scored")
+    out.episodes = [parts[p].episodes[r] for p, r in zip(src, rows.tolist())] if first.episodes else []
+    if any(p.turn_scores.numel() for p in parts):  # per-turn rewards: the kept rows, padded to the most turns
+        blocks = [_turn_scores(p) for p in parts]
+        K = max(b.shape[1] for b in blocks)
+        padded = [torch.nn.functional.pad(b, (0, K - b.shape[1])) for b in blocks]
+        out.turn_scores = torch.stack([padded[p][r] for p, r in zip(src, rows.tolist())])
     out.local_rewards = out.rewards[mine.start * G : mine.stop * G]
     out.trainable = trainable
     all_total = torch.cat([p.total for p in parts])

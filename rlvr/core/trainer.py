@@ -28,16 +28,16 @@ import torch
 
 from rlvr.core import checkpoint as ckpt_io
 from rlvr.core import distributed, episodes, registry, resources, sampling
-from rlvr.core.advantages import zero_std_fraction
+from rlvr.core.advantages import token_advantages, token_turns, zero_std_fraction
 from rlvr.core.callbacks import logger_manager
 from rlvr.core.config import TrainerConfig, plugin_name, plugin_params, trainer_config
-from rlvr.core.contracts import AdvantageEstimator, Engine, Loss
+from rlvr.core.contracts import AdvantageEstimator, Engine, Loss, TurnAdvantageEstimator
 from rlvr.core.errors import ConfigError, RunError
 from rlvr.core.importance import importance_metrics, importance_weights, scale_gradient
 from rlvr.core.monitor import Monitor, json_row
 from rlvr.core.optim import fused_adamw_supported
 from rlvr.core.policy import Policy, save_policy
-from rlvr.core.rewards import RewardFn, score, weighted_total
+from rlvr.core.rewards import RewardFn, score_all, weighted_total, whole_batch_turn_scores
 from rlvr.core.rollout import Rollouts, StepBatch, Update
 from rlvr.core.task import RowSampler, Task
 from rlvr.modeling.memory import enable_gradient_checkpointing, offload_activations
@@ -239,11 +239,6 @@ class Trainer:
         engine_name, engine_params = _select(cfg, "engine")
         self.engine: Engine = registry.create("engine", engine_name, **engine_params)
         self.env = episodes.build_env(cfg, self.engine)  # env=<name>: multi-turn episodes; None: single-turn
-        if self.env is not None and self.tc.dynamic_sampling != "off":
-            raise ConfigError(
-                "trainer.dynamic_sampling is not supported with env=... yet (refilled episodes are not "
-                "merged into the step): set trainer.dynamic_sampling=off"
-            )
         loggers = [
             (n, registry.create("logger", plugin_name(n, p), **plugin_params(p)))
             for n, p in (cfg.get("logger") or {}).items()
@@ -404,13 +399,20 @@ class Trainer:
         seeds = self.group_seeds(step, len(idx), first_group)[mine]  # seeded by the group index within the step
         with distributed.unsharded(self.parallel):
             if self.env is not None:  # multi-turn episodes (rlvr/core/episodes.py)
-                rollouts = self.engine.generate_episodes(self.policy, self.env, rows, self.tc.num_generations, seeds)  # type: ignore[attr-defined]
+                ep_stats = episodes.EpisodeStats()
+                run_episodes = self.engine.generate_episodes  # type: ignore[attr-defined]
+                rollouts = run_episodes(self.policy, self.env, rows, self.tc.num_generations, seeds, stats=ep_stats)
             else:
                 prompts = [self.task.render(r, self.policy.tokenizer) for r in rows]
                 rollouts = self.engine.generate(self.policy, prompts, self.tc.num_generations, seeds)
         self.engine.release(self.policy)  # e.g. vLLM's sleep mode: its GPU memory goes to the update
         rollouts.rows = [r for r in rows for _ in range(self.tc.num_generations)]
-        extra = episodes.episode_metrics(rollouts, prefix="env/") if rollouts.episodes else {}  # this rank's episodes
+        # the rollout's time (this rank's): the engine generating vs the environment, tools included
+        timing = (
+            {"env/generation_seconds": ep_stats.generation, "env/env_seconds": ep_stats.env}
+            if self.env is not None
+            else {}
+        )
         return StepBatch(
             step=step,
             rollouts=rollouts,
@@ -418,14 +420,15 @@ class Trainer:
             started=t0,
             generation_time=time.perf_counter() - t0,
             prompt_index=list(idx),
-            metrics=extra,
+            metrics=timing,
         )
 
     def score(self, batch: StepBatch) -> None:
         """Phase 2: every reward on this rank's completions, then the whole batch's table on every rank."""
         ro = batch.rollouts
-        table = score(self.rewards, ro.completions, ro.prompts, ro.columns())
-        batch.local_rewards = table
+        turns = [int(e["turns"]) for e in ro.episodes] if ro.episodes else None
+        scores = score_all(self.rewards, ro.completions, ro.prompts, ro.columns(), turns)
+        table = batch.local_rewards = scores.table
         # DISTRIBUTED: gather the whole batch (one process: its own) for batch-wide advantages and metrics
         parts = self.dist.gather(
             {
@@ -433,8 +436,14 @@ class Trainer:
                 "lengths": ro.completion_mask.sum(1).float(),
                 "truncated": ro.truncated,
                 "generation_time": batch.generation_time,
+                "turns": turns,
+                "episodes": [episodes.counts(e) for e in ro.episodes],  # what the env/ metrics need
+                "turn_scores": scores.turn_scores,
             }
         )
+        batch.episodes = [e for p in parts for e in p["episodes"]]
+        if any(p["turn_scores"] is not None for p in parts):  # per-turn rewards (multi-turn episodes)
+            batch.turn_scores = whole_batch_turn_scores(parts, [r.weight for r in self.rewards])
         batch.rewards = torch.cat([p["rewards"] for p in parts])
         batch.lengths = torch.cat([p["lengths"] for p in parts])
         batch.all_truncated = torch.cat([p["truncated"] for p in parts])
@@ -453,7 +462,7 @@ class Trainer:
 
         pad_id = self.policy.tokenizer.pad_token_id
         tc = self.tc
-        return sampling.select_groups(
+        selected = sampling.select_groups(
             batch,
             more,
             mode=tc.dynamic_sampling,
@@ -465,12 +474,24 @@ class Trainer:
             state=self.sampling_state,
             sampler=self.sampler,
         )
+        if selected.episodes:  # env/ metrics of the whole batch's episodes (those trained on)
+            selected.metrics.update(episodes.episode_metrics(selected.episodes, prefix="env/"))
+        return selected
 
     def compute_advantages(self, batch: StepBatch) -> None:
-        """Phase 3: the advantage estimator on the whole batch; this rank keeps its groups' share."""
+        """Phase 3: the advantage estimator on the whole batch; this rank keeps its groups' share. Per-turn
+        rewards (episodes): each turn's tokens get the advantage of the rewards from that turn on."""
         G = self.tc.num_generations
-        adv = self.advantage(batch.total, G)
-        batch.advantages = adv[batch.groups.start * G : batch.groups.stop * G]
+        mine = slice(batch.groups.start * G, batch.groups.stop * G)
+        batch.advantages = self.advantage(batch.total, G)[mine]
+        if batch.turn_scores.numel():
+            if not isinstance(self.advantage, TurnAdvantageEstimator):
+                raise ConfigError(
+                    f"a reward returned per-turn scores, but advantage={self.advantage!r} has no turn_advantages: "
+                    "use advantage=grpo, dr_grpo, rloo or reinforce_pp, or return one score per episode"
+                )
+            per_turn = self.advantage.turn_advantages(batch.turn_scores, G)[mine]
+            batch.token_advantages = token_advantages(per_turn, token_turns(batch.rollouts.completion_mask))
 
     def reference_logprobs(self, batch: StepBatch) -> None:
         """Phase 4: reference log-probs (beta > 0), old log-probs (μ > 1), the step's loss normalisers."""
@@ -539,7 +560,9 @@ class Trainer:
             logps,
             old,
             batch.ref_logps[sl] if batch.ref_logps is not None else None,
-            batch.advantages[sl].to(self.policy.device),
+            (batch.token_advantages if batch.token_advantages.numel() else batch.advantages)[sl].to(
+                self.policy.device
+            ),
             batch.mask[sl],
             batch.truncated[sl],
             num_sequences=batch.num_sequences,

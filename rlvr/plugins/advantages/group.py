@@ -20,7 +20,7 @@ from typing import Any
 from torch import Tensor
 
 from rlvr import PluginSpec, hookimpl
-from rlvr.core.advantages import EPS, group_advantages
+from rlvr.core.advantages import EPS, group_advantages, turn_advantages
 from rlvr.core.errors import ConfigError
 
 BASELINES = ("mean", "rloo")
@@ -66,6 +66,11 @@ class GroupAdvantage:
 
     def __call__(self, rewards: Tensor, group_size: int) -> Tensor:
         return group_advantages(rewards, group_size, self.scaling, self.baseline, self.eps)
+
+    def turn_advantages(self, turn_scores: Tensor, group_size: int) -> Tensor:
+        """Per-turn rewards: turn t is credited with the rewards from turn t on (see
+        :func:`rlvr.core.advantages.turn_advantages`); outcome rewards give ``__call__``'s values at every turn."""
+        return turn_advantages(turn_scores, group_size, self.scaling, self.baseline, self.eps)
 
     def __repr__(self) -> str:
         return f"GroupAdvantage({self.name}: baseline={self.baseline}, scaling={self.scaling}, eps={self.eps})"

@@ -21,6 +21,10 @@ tests skip when vLLM is not installed. User documentation: ``docs/vllm.md``.
   after temperature, and renormalised over the top-k / top-p / min-p support when those are on). The trainer
   multiplies each token's loss by a capped ratio between its own log-probs and these
   (:mod:`rlvr.core.importance`); with a truncated support that ratio is biased low, and the engine warns.
+* Multi-turn episodes (``env=...``, :meth:`VLLMEngine.generate_episodes`): token in, token out, one batched
+  ``generate`` per turn whose requests are each episode's token ids so far (the prefix cache holds the history),
+  ``n = 1`` and a seed per episode and turn (:func:`episode_request_seeds`); the turn rules are shared with
+  ``engine=hf`` (:mod:`rlvr.core.token_episodes`).
 * vLLM's side effects on the process: it seeds the global RNGs and sets the float32 matmul precision (both
   put back after every vLLM call), and it initialises a one-rank ``torch.distributed`` process group.
 """
@@ -42,11 +46,13 @@ from rlvr.core.rollout import Rollouts
 from rlvr.plugins.engines.sampling import SamplingConfig, validate_sampling
 from rlvr.plugins.engines.vllm_utils import (
     engine_dtype,
+    episode_request_seeds,
     preserved_global_state,
     request_seeds,
     rollouts_from_outputs,
     sampling_kwargs,
     truncates_support,
+    turn_output,
     weights_for_vllm,
 )
 
@@ -167,6 +173,8 @@ class VLLMEngine:
         self._weights_resident = False  # False after sleep level 2: the next push must send every weight
         self._awake = {"weights": True, "kv_cache": True}
         self.last_decoder = "vllm"
+        self.min_model_len = 0  # raised by generate_episodes before start-up: prompt + env.max_tokens must fit
+        self.model_len = 0  # vLLM's max_model_len, once started
 
     # ----- vLLM life cycle ----------------------------------------------------------------
     def sleep_level(self, policy: Policy) -> int:
@@ -186,7 +194,7 @@ class VLLMEngine:
             model=path,
             dtype=dtype,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
-            max_model_len=cfg.max_model_len or cfg.max_prompt_length + cfg.max_new_tokens,
+            max_model_len=cfg.max_model_len or max(cfg.max_prompt_length + cfg.max_new_tokens, self.min_model_len),
             max_num_seqs=cfg.max_num_seqs,
             enable_sleep_mode=cfg.enable_sleep_mode,
             enable_prefix_caching=cfg.enable_prefix_caching,
@@ -221,6 +229,7 @@ class VLLMEngine:
                 f"{INSTALL_HINT}); use engine=hf otherwise"
             )
         self.llm, self._model, self.dtype = llm, model, str(kwargs["dtype"])
+        self.model_len = int(kwargs["max_model_len"])
         # vLLM loaded `path`, which may not be the policy's current weights: the first sync pushes all of them
         self._weights_resident, self._pushed_version = True, None
         self._awake = {"weights": True, "kv_cache": True}
@@ -330,6 +339,77 @@ class VLLMEngine:
         device = policy.device
         for name in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "sampling_logps"):
             setattr(ro, name, getattr(ro, name).to(device))
+        return ro
+
+    def _fit_episodes(self, env: Any) -> None:
+        """Make room in vLLM's ``max_model_len`` for a whole episode (first prompt + ``env.max_tokens``), or say
+        which option to raise when it was set (or vLLM started) smaller."""
+        need = self.cfg.max_prompt_length + int(env.cfg.max_tokens)
+        have = self.model_len if self.llm is not None else self.cfg.max_model_len
+        if have and have < need:
+            raise ConfigError(
+                f"engine=vllm: an episode needs up to engine.max_prompt_length + env.max_tokens = {need} tokens, but "
+                f"vLLM's max_model_len is {have}: set engine.max_model_len={need} (or 0 to size it automatically)"
+            )
+        self.min_model_len = max(self.min_model_len, need)
+
+    @torch.no_grad()
+    def generate_episodes(
+        self,
+        policy: Policy,
+        env: Any,
+        rows: Sequence[dict[str, Any]],
+        num_generations: int,
+        seeds: Sequence[int],
+        greedy: bool = False,
+        stats: Any = None,
+    ) -> Rollouts:
+        """Multi-turn episodes (``env=<name>``), the contract of ``engine=hf``'s: Rollouts in group order with
+        ``completion_mask`` 1 on sampled tokens and 0 on inserted env tokens, ``attention_mask``, vLLM's
+        ``sampling_logps`` and ``episodes``. UNTESTED ON LIVE vLLM (tested against a stand-in).
+
+        Token in, token out: every turn is one ``generate`` call over the active episodes, each a
+        ``TokensPrompt`` of the episode's token ids so far (vLLM's prefix cache holds the history, so only new
+        tokens are prefilled) with ``n = 1``, ``max_tokens`` = what the turn may still sample, and its own seed
+        (:func:`episode_request_seeds`). See :mod:`rlvr.core.token_episodes` for the turn rules."""
+        from rlvr.core.token_episodes import TurnRequest, run_token_episodes
+
+        self._fit_episodes(env)
+        self.sync_weights(policy)  # starts vLLM on first use
+        from vllm import SamplingParams
+
+        self.wake("weights")
+        self.wake("kv_cache")
+        eos = eos_token_ids(policy)
+        turn_seeds = episode_request_seeds(seeds, num_generations, int(env.cfg.max_turns))
+
+        def generate_turn(requests: list[TurnRequest]) -> list[tuple[list[int], list[float]]]:
+            params = [
+                SamplingParams(
+                    **sampling_kwargs(self.cfg, 1, r.max_tokens, turn_seeds[r.episode][r.turn], greedy, eos)
+                )
+                for r in requests
+            ]
+            prompts = [{"prompt_token_ids": r.token_ids} for r in requests]  # vllm.inputs.TokensPrompt (a dict)
+            with preserved_global_state():
+                outputs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
+            return [turn_output(o.outputs[0]) for o in outputs]
+
+        ro = run_token_episodes(
+            policy,
+            env,
+            rows,
+            num_generations,
+            generate_turn,
+            self.cfg.max_new_tokens,
+            self.cfg.max_prompt_length,
+            stats=stats,
+        )
+        device = policy.device
+        for name in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "sampling_logps"):
+            setattr(ro, name, getattr(ro, name).to(device))
+        if ro.attention_mask is not None:
+            ro.attention_mask = ro.attention_mask.to(device)
         return ro
 
 

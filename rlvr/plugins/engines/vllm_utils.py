@@ -143,6 +143,21 @@ def request_seeds(group_seeds: Sequence[int], num_generations: int) -> list[int]
     return out
 
 
+def episode_request_seeds(group_seeds: Sequence[int], num_generations: int, max_turns: int) -> list[list[int]]:
+    """``SamplingParams.seed`` of each turn of each episode (group order): ``out[b*G + j][t]`` seeds turn t of
+    episode j of group b.
+
+    Each turn is its own ``n = 1`` request, and a seeded vLLM request draws its noise from a generator seeded with
+    the request's seed, so reusing an episode's seed every turn would replay turn 1's noise in turn 2. Group b gets
+    the block of ``G * max_turns`` seeds :func:`request_seeds` gives it for ``n = G * max_turns``, and episode j's
+    turn t the seed ``block + j * max_turns + t``: no two turns of a call share a seed, all stay inside int64, and
+    an episode's seeds depend on its group seed and its index only (not on which other episodes share the call).
+    """
+    G, T = max(1, int(num_generations)), max(1, int(max_turns))
+    blocks = request_seeds(group_seeds, G * T)
+    return [[blocks[b] + j * T + t for t in range(T)] for b in range(len(group_seeds)) for j in range(G)]
+
+
 def truncates_support(cfg: Any) -> bool:
     """True when the sampling config samples from a truncated distribution (top-p < 1, top-k > 0 or min-p > 0).
 
@@ -203,6 +218,13 @@ def _token_logprob(entry: Any, token: int) -> float:
     if value is None:
         return float("nan")
     return float(getattr(value, "logprob", value))
+
+
+def turn_output(completion: Any) -> tuple[list[int], list[float]]:
+    """(token ids, log-probs) of one ``CompletionOutput`` (NaN where vLLM gave no log-prob for a token)."""
+    ids = [int(t) for t in completion.token_ids]
+    lp = completion.logprobs or [None] * len(ids)
+    return ids, [_token_logprob(lp[j] if j < len(lp) else None, ids[j]) for j in range(len(ids))]
 
 
 def rollouts_from_outputs(

@@ -107,14 +107,24 @@ def guess_solved_reward(cfg: RewardConfig) -> Any:
     return guess_solved
 
 
-def guess_valid_reward(cfg: RewardConfig) -> Any:
-    def guess_valid(completions: list[str], episode: list[Any] | None = None, **kw: Any) -> list[float | None]:
+@dataclass
+class GuessValidConfig(RewardConfig):
+    per_turn: bool = False  # score each turn (1/turns for an in-range guess) instead of the episode's fraction
+
+
+def guess_valid_reward(cfg: GuessValidConfig) -> Any:
+    def guess_valid(completions: list[str], episode: list[Any] | None = None, **kw: Any) -> list[Any]:
         if episode is None:
             raise ValueError("guess_valid scores env=guess episodes (the 'episode' column)")
-        out: list[float | None] = []
+        out: list[Any] = []
         for ep in episode:
             infos = ep.get("infos", []) if isinstance(ep, dict) else []
-            out.append(sum(bool(i.get("valid")) for i in infos) / len(infos) if infos else 0.0)
+            if cfg.per_turn:  # a turn cut by a limit has no info (the env never saw it): 0
+                turns = int(ep.get("turns", 0)) if isinstance(ep, dict) else 0
+                valid = [bool(i.get("valid")) for i in infos[:turns]] + [False] * max(0, turns - len(infos))
+                out.append([v / max(turns, 1) for v in valid])
+            else:
+                out.append(sum(bool(i.get("valid")) for i in infos) / len(infos) if infos else 0.0)
         return out
 
     return guess_valid
@@ -142,7 +152,7 @@ def rlvr_rewards() -> list[PluginSpec]:
         PluginSpec(
             "guess_valid",
             guess_valid_reward,
-            RewardConfig,
-            "env=guess: fraction of turns with an in-range numeric guess",
+            GuessValidConfig,
+            "env=guess: fraction of turns with an in-range numeric guess (per_turn=true: per-turn scores)",
         ),
     ]
