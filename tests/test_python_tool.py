@@ -237,11 +237,12 @@ def test_python_correct_reads_only_the_models_final_message():
         episode([u, {"role": "assistant", "content": "The answer is 72."}, {"role": "assistant", "content": "?"}]),
         episode([u, {"role": "assistant", "content": "The answer is <number>."}]),  # format without substance
         episode([u, {"role": "assistant", "content": QUESTION}]),  # echoing the question (48 ... May?)
+        episode([u, {"role": "assistant", "content": "The answer is 72 or 73."}]),  # hedging
         episode([u, {"role": "assistant", "content": "The answer is 72"}]),
     ]
     completions = ["The answer is 72"] * len(eps)  # the decoded trajectory holds the tool's text: never read
     got = reward(completions, episode=eps, answer=["72"] * len(eps), question=[QUESTION] * len(eps))
-    assert got == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    assert got == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
     assert reward(["x"], episode=[eps[0]], answer=[None]) == [None]  # no reference: not applicable
     with pytest.raises(ValueError, match="env=python"):
         reward(["The answer is 72"], answer=["72"])
