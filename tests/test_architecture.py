@@ -156,6 +156,7 @@ NEEDS = {
     ("task", "gsm8k"): {"data_dir": str(GSM8K_DIR)} if GSM8K_DIR.is_dir() else None,
     ("env", "openenv"): None,  # needs an installed environment package: checked in tests/test_env_adapters.py
     ("task", "verifiers"): None,  # likewise
+    ("task", "gsm8k_python"): {"data_dir": str(GSM8K_DIR), "max_train_rows": 8} if GSM8K_DIR.is_dir() else None,
 }
 
 

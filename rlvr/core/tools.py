@@ -31,6 +31,11 @@ from typing import Any
 FORMATS = ("auto", "rlvr", "hermes", "llama3", "mistral")
 
 
+class ToolError(Exception):
+    """Raised by a tool to send ``error: <message>`` back to the model verbatim (without the exception's type
+    name that other exceptions get); the call counts as a tool error."""
+
+
 @dataclass
 class ToolCall:
     """One parsed call: ``name`` and ``arguments``, or ``error`` (why it could not be parsed) and ``raw`` text."""
@@ -185,6 +190,8 @@ def run_tool(call: ToolCall, tools: dict[str, Callable[..., Any]], timeout: floa
     def target() -> None:
         try:
             box["value"] = fn(**call.arguments)
+        except ToolError as exc:
+            box["error"] = str(exc)
         except TypeError as exc:
             box["error"] = f"bad arguments for {call.name}: {exc}"
         except Exception as exc:  # the tool's own failure is the model's feedback

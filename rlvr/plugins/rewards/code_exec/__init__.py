@@ -40,6 +40,7 @@ from .sandbox import (
     _uid_base,
     compiled,
     processes_of_uid,
+    run_program,
     sweep_shared_tmp,
     uid_block,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "extract_code",
     "parse_tests",
     "processes_of_uid",
+    "run_program",
     "run_tests",
     "same_output",
     "sweep_shared_tmp",
@@ -166,9 +168,8 @@ def run_tests(code: str, suite: TestSuite, sandbox: Sandbox) -> TestReport:
         )
     passed = 0
     details = []
-    files = {"solution.py": code.encode("utf-8", errors="replace")}
     for i, (stdin, expected) in enumerate(suite.cases):
-        res = sandbox.run("solution.py", [], files, stdin.encode(), cfg.timeout_s + cfg.startup_grace_s)
+        res = run_program(sandbox, code, stdin.encode(), cfg.timeout_s + cfg.startup_grace_s)
         ok = (
             not res.timed_out
             and not res.output_capped

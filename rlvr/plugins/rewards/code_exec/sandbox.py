@@ -513,6 +513,20 @@ class Sandbox:
             time.sleep(0.02)
 
 
+def run_program(sandbox: Sandbox, code: str, stdin: bytes = b"", wall: Optional[float] = None) -> RunResult:
+    """Run ``code`` as a Python program (``python solution.py``) in a fresh run of ``sandbox``.
+
+    Every limit of the sandbox's config applies (memory, processes, files, output caps, no network in
+    bubblewrap mode) and every process the code starts is killed and reaped before this returns. ``wall``:
+    seconds of wall clock for the whole run, interpreter start-up included (default ``timeout_s +
+    startup_grace_s`` of the config). Nothing is kept between runs. Undecodable characters in ``code``
+    (lone surrogates) become ``?``."""
+    cfg = sandbox.cfg
+    limit = cfg.timeout_s + cfg.startup_grace_s if wall is None else wall
+    files = {"solution.py": code.encode("utf-8", errors="replace")}
+    return sandbox.run("solution.py", [], files, stdin, limit)
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """Ask the supervisor to clean up (SIGTERM), then kill its process group if it does not."""
     if proc.poll() is None:
