@@ -293,7 +293,8 @@ def _shared_bins(
     positions = position_ids_from_mask(torch.cat([p_mask.index_select(0, group), c_mask.to(p_mask.dtype)], 1))[:, Pp:]
     fills = [sum(int(widths[n]) for n, _ in b) for b in bins]
     dtype = last.dtype
-    dests, parts = [], []
+    dests: list[Tensor] = []
+    parts: list[Any] = []
     for bucket in length_buckets(fills, overhead):
         R, W = len(bucket), max(fills[b] for b in bucket)
         ids = torch.zeros(R, W, dtype=input_ids.dtype, device=device)
