@@ -152,6 +152,9 @@ def main() -> None:
     if n:
         print(f"  decode forward per step       {1e3 * med['    decode forward'] / n:7.1f} ms  ({n:.0f} steps)")
         print(f"  decode loop per step          {1e3 * med['  decode loop'] / n:7.1f} ms")
+    from rlvr.core.resources import peak_rss_mib
+
+    print(f"  peak resident memory          {peak_rss_mib() / 1024:7.2f} GiB")
     if prof is not None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.ops))
 
