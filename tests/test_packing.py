@@ -168,3 +168,22 @@ def test_shared_rows_path_is_taken_and_equals_padded(attn, monkeypatch):
     assert calls == [1]
     torch.testing.assert_close(packed * c_mask, padded * c_mask, atol=1e-5, rtol=1e-5)
     model.config._attn_implementation = "sdpa"
+
+
+def test_shared_rows_need_a_small_mask(monkeypatch):
+    """Long contexts would need a huge 4D mask: above SHARED_ROWS_MASK_BYTES the rows stay apart (buckets)."""
+    import rlvr.modeling.packing as packing
+
+    torch.manual_seed(0)
+    policy = rlvr.create("model", "tiny")
+    calls = []
+    real = packing._shared_bins
+    monkeypatch.setattr(packing, "_shared_bins", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(packing, "SHARED_ROWS_MASK_BYTES", 0)
+    ids, mask = batch(policy.model.config.vocab_size, seed=3)
+    with torch.no_grad():
+        padded = completion_logprobs(policy.model, ids, mask, P)
+        packed = packed_completion_logprobs(policy.model, ids, mask, P, G)
+    assert calls == []
+    c_mask = mask[:, P:].float()
+    torch.testing.assert_close(packed * c_mask, padded * c_mask, atol=1e-5, rtol=1e-5)

@@ -10,6 +10,12 @@ once for the whole batch, and every bucket attends to its rows' copy of their pr
 (``index_select`` is differentiable, so each completion's gradient flows back into the one prompt
 pass), as in :mod:`rlvr.modeling.shared_prompt`.
 
+With groups of identical prompts and a model whose attention takes a custom 4D mask (sdpa, eager), the short
+completions of a group first share rows (:func:`group_bins`: first fit, longest first, into rows as wide as the
+batch's longest completion), each attending to its prompt and its own earlier tokens only (an additive mask) at
+the positions it has in the padded batch; the shared rows are then bucketed by their filled width. So a batch
+whose longest completion hits the cap (one bucket) no longer pads every short completion to it.
+
 The buckets' results are written back into ``[N, T]`` in the original row order, zeros on the padding
 (masked by every loss). Values and gradients equal the padded forward's up to float rounding (tested);
 when every row has the same length this is the padded forward, unchanged.
@@ -39,6 +45,9 @@ __all__ = ["completion_widths", "length_buckets", "packed_completion_logprobs", 
 # the fixed cost of one more forward/backward, in padded tokens (SmolLM2-135M, 2 CPU threads: a pass costs
 # ~13 ms per token and ~30 layers × ~40 ops of overhead; small matmuls also run below peak)
 BUCKET_OVERHEAD_TOKENS = 32
+# shared rows need an additive [rows, 1, W, P + W] attention mask; above this size (long contexts) the rows stay
+# apart and are length-bucketed instead
+SHARED_ROWS_MASK_BYTES = 256 * 2**20
 
 
 def completion_widths(completion_mask: Tensor) -> Tensor:
@@ -132,7 +141,8 @@ def packed_completion_logprobs(
     shared = bool(group_size) and shared_prompt_applies(model, input_ids[:, :P], group_size, attention_mask[:, :P])
     if shared and mask_accepts_4d(model):  # short completions of a group share a row
         bins = group_bins(widths.tolist(), group_size)
-        if len(bins) < len(widths):
+        mask_bytes = len(bins) * T * (P + T) * 4  # at most: the mask is in the model's dtype
+        if len(bins) < len(widths) and mask_bytes <= SHARED_ROWS_MASK_BYTES:
             return _shared_bins(model, input_ids, attention_mask, P, group_size, bins, widths, kw, overhead)
     buckets = length_buckets(widths.tolist(), overhead)
     if len(buckets) == 1 and int(widths.max()) == T:  # nothing to skip: the padded forward as it was
