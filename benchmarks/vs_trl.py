@@ -71,14 +71,9 @@ def load_average() -> str:
 # ------------------------------------------------------------------------------------------------
 # workers (each in its own process)
 # ------------------------------------------------------------------------------------------------
-def worker_rlvr(args: argparse.Namespace) -> dict:
-    import torch
-
-    import rlvr
-
-    torch.set_num_threads(args.threads)
-    out_dir = tempfile.mkdtemp(prefix="rlvr-vs-trl-")
-    overrides = [
+def rlvr_overrides(threads: int, steps: int, out_dir: str) -> list[str]:
+    """rlvr's config overrides for the benchmark's setting (the same as TRL's ``GRPOConfig`` below)."""
+    return [
         "model=smollm2",
         "model.dtype=float32",
         "task=arithmetic",
@@ -102,13 +97,22 @@ def worker_rlvr(args: argparse.Namespace) -> dict:
         "trainer.num_iterations=1",
         "trainer.advantage_scaling=group",
         "trainer.gradient_checkpointing=false",
-        f"trainer.threads={args.threads}",
+        f"trainer.threads={threads}",
         f"trainer.seed={SEED}",
-        f"trainer.max_steps={args.steps}",
+        f"trainer.max_steps={steps}",
         "trainer.progress=false",
         f"trainer.output_dir={out_dir}",
-        *args.rlvr_override,
     ]
+
+
+def worker_rlvr(args: argparse.Namespace) -> dict:
+    import torch
+
+    import rlvr
+
+    torch.set_num_threads(args.threads)
+    out_dir = tempfile.mkdtemp(prefix="rlvr-vs-trl-")
+    overrides = [*rlvr_overrides(args.threads, args.steps, out_dir), *args.rlvr_override]
     trainer = rlvr.Trainer(rlvr.compose(overrides), rewards=[correct])
     steps = []
     for _ in range(args.steps):

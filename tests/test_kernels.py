@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rlvr.kernels import reference_token_logprobs, token_logprobs
+from rlvr.kernels.logprobs import KEEP_LOGITS_BYTES
 from rlvr.modeling.causal_lm import completion_logprobs, lm_head_params, position_ids_from_mask
 
 F64 = torch.float64
@@ -17,7 +18,21 @@ def _grads(outs, weights, params):
 
 
 def _compare(
-    kw, N, T, H, V, chunk, bias, entropy, weight_grad, dtype=F64, tol=1e-10, ignore=True, seed=0, chunk_vocab=16
+    kw,
+    N,
+    T,
+    H,
+    V,
+    chunk,
+    bias,
+    entropy,
+    weight_grad,
+    dtype=F64,
+    tol=1e-10,
+    ignore=True,
+    seed=0,
+    chunk_vocab=16,
+    keep_logits_bytes=KEEP_LOGITS_BYTES,
 ):
     g = torch.Generator().manual_seed(seed)
     h = torch.randn(N, T, H, generator=g, dtype=F64).to(dtype).requires_grad_(True)
@@ -26,7 +41,17 @@ def _compare(
     t = torch.randint(0, V, (N, T), generator=g)
     if ignore:
         t[0, min(1, T - 1)] = -100
-    out = token_logprobs(h, W, t, bias=b, chunk_tokens=chunk, return_entropy=entropy, chunk_vocab=chunk_vocab, **kw)
+    out = token_logprobs(
+        h,
+        W,
+        t,
+        bias=b,
+        chunk_tokens=chunk,
+        return_entropy=entropy,
+        chunk_vocab=chunk_vocab,
+        keep_logits_bytes=keep_logits_bytes,
+        **kw,
+    )
     ref = reference_token_logprobs(h, W, t, bias=b, return_entropy=entropy, **kw)
     out, ref = (out if entropy else (out,)), (ref if entropy else (ref,))
     for o, r in zip(out, ref):
@@ -46,7 +71,8 @@ def _compare(
 )
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("bias", [False, True])
-def test_values_and_gradients_match_naive_float64(N, T, H, V, chunk, chunk_vocab, temperature, bias):
+@pytest.mark.parametrize("keep", [KEEP_LOGITS_BYTES, 0])  # logits kept for backward / recomputed there
+def test_values_and_gradients_match_naive_float64(N, T, H, V, chunk, chunk_vocab, temperature, bias, keep):
     _compare(
         dict(temperature=temperature),
         N,
@@ -58,14 +84,48 @@ def test_values_and_gradients_match_naive_float64(N, T, H, V, chunk, chunk_vocab
         entropy=False,
         weight_grad=True,
         chunk_vocab=chunk_vocab,
+        keep_logits_bytes=keep,
     )
 
 
 @pytest.mark.parametrize("entropy", [False, True])
 @pytest.mark.parametrize("weight_grad", [False, True])  # False: frozen head (LoRA) -> precompute path
 @pytest.mark.parametrize("kw", [dict(), dict(temperature=1.3), dict(softcap=4.0, logit_scale=1.5, temperature=0.8)])
-def test_entropy_softcap_scale_and_frozen_head(entropy, weight_grad, kw):
-    _compare(kw, 2, 11, 16, 45, 4, bias=True, entropy=entropy, weight_grad=weight_grad)
+@pytest.mark.parametrize("keep", [KEEP_LOGITS_BYTES, 0])
+def test_entropy_softcap_scale_and_frozen_head(entropy, weight_grad, kw, keep):
+    _compare(kw, 2, 11, 16, 45, 4, bias=True, entropy=entropy, weight_grad=weight_grad, keep_logits_bytes=keep)
+
+
+def test_kept_logits_equal_recomputed_float32():
+    """The kept-logits backward (one full-vocabulary tile) equals the tiled recompute within float32 rounding,
+    and it is picked by size: a budget below the logits' bytes recomputes."""
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(24, 32, generator=g, requires_grad=True)
+    W = (torch.randn(3000, 32, generator=g) * 0.2).requires_grad_(True)
+    t = torch.randint(0, 3000, (24,), generator=g)
+    adv = torch.randn(24, generator=g)
+    outs, kept = [], []
+    for keep in (24 * 3000 * 4, 24 * 3000 * 4 - 1):
+        lp = token_logprobs(h, W, t, chunk_tokens=7, chunk_vocab=1000, keep_logits_bytes=keep)
+        node = lp.grad_fn
+        while "TokenLogprobs" not in node.name():
+            node = node.next_functions[0][0]
+        kept.append(node.saved_tensors[-1])
+        outs.append((lp.detach(), *torch.autograd.grad((lp * adv).sum(), (h, W))))
+    assert kept[0].shape == (24, 3000) and kept[1] is None  # one byte short of the budget: recomputed
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_kept_logits_second_backward_fails_loudly():
+    """Backward overwrites the kept logits: a second backward through the same graph raises (never a wrong
+    gradient)."""
+    h = torch.randn(5, 8, requires_grad=True)
+    W = torch.randn(40, 8, requires_grad=True)
+    lp = token_logprobs(h, W, torch.randint(0, 40, (5,)))
+    lp.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        lp.sum().backward()
 
 
 def test_gradcheck_float64():

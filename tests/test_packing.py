@@ -7,7 +7,7 @@ import torch
 
 import rlvr
 from rlvr.modeling.causal_lm import completion_logprobs
-from rlvr.modeling.packing import completion_widths, length_buckets, packed_completion_logprobs
+from rlvr.modeling.packing import completion_widths, group_bins, length_buckets, packed_completion_logprobs
 from rlvr.modeling.shared_prompt import grouped_completion_logprobs
 
 G, B, P, T = 3, 2, 7, 12
@@ -131,3 +131,59 @@ def test_trainer_step_with_and_without_packing_agree(tmp_path):
     for a, b in zip(metrics[True], metrics[False]):
         for k in ("reward/mean", "loss", "grad_norm", "completion_length/mean"):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
+
+
+def test_group_bins_place_every_row_once_within_its_group():
+    widths = [12, 2, 5, 9, 2, 11, 3, 3, 3]
+    bins = group_bins(widths, 3)
+    placed = sorted(n for b in bins for n, _ in b)
+    assert placed == list(range(len(widths)))
+    for b in bins:
+        assert len({n // 3 for n, _ in b}) == 1  # one group per row
+        spans = sorted((o, o + widths[n]) for n, o in b)
+        assert spans[0][0] == 0 and all(a[1] == c[0] for a, c in zip(spans, spans[1:]))  # back to back
+        assert spans[-1][1] <= max(widths)
+    assert len(bins) == 2 + 2 + 1  # [12] [5, 2] | [11] [9, 2] | [3, 3, 3]
+    assert group_bins([4, 4, 4, 4], 2) == [[(0, 0)], [(1, 0)], [(2, 0)], [(3, 0)]]  # nothing fits twice
+    assert group_bins([], 4) == []
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_rows_path_is_taken_and_equals_padded(attn, monkeypatch):
+    """Short completions of a group share a row (additive 4D mask): the path runs and gives the padded values."""
+    import rlvr.modeling.packing as packing
+
+    torch.manual_seed(0)
+    policy = rlvr.create("model", "tiny")
+    model = policy.model
+    model.config._attn_implementation = attn
+    calls = []
+    real = packing._shared_bins
+    monkeypatch.setattr(packing, "_shared_bins", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ids, mask = batch(model.config.vocab_size, seed=3)
+    c_mask = mask[:, P:].float()
+    with torch.no_grad():
+        padded = completion_logprobs(model, ids, mask, P, temperature=0.9)
+        packed = packed_completion_logprobs(model, ids, mask, P, G, temperature=0.9)
+    assert calls == [1]
+    torch.testing.assert_close(packed * c_mask, padded * c_mask, atol=1e-5, rtol=1e-5)
+    model.config._attn_implementation = "sdpa"
+
+
+def test_shared_rows_need_a_small_mask(monkeypatch):
+    """Long contexts would need a huge 4D mask: above SHARED_ROWS_MASK_BYTES the rows stay apart (buckets)."""
+    import rlvr.modeling.packing as packing
+
+    torch.manual_seed(0)
+    policy = rlvr.create("model", "tiny")
+    calls = []
+    real = packing._shared_bins
+    monkeypatch.setattr(packing, "_shared_bins", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(packing, "SHARED_ROWS_MASK_BYTES", 0)
+    ids, mask = batch(policy.model.config.vocab_size, seed=3)
+    with torch.no_grad():
+        padded = completion_logprobs(policy.model, ids, mask, P)
+        packed = packed_completion_logprobs(policy.model, ids, mask, P, G)
+    assert calls == []
+    c_mask = mask[:, P:].float()
+    torch.testing.assert_close(packed * c_mask, padded * c_mask, atol=1e-5, rtol=1e-5)

@@ -192,6 +192,7 @@ RESUMABLE = (
     "trainer.progress",
     "trainer.output_dir",
     "trainer.threads",
+    "trainer.reuse_freed_memory",
     "trainer.max_bad_steps",
     "trainer.gradient_checkpointing",
     "trainer.offload_activations",

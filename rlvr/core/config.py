@@ -56,6 +56,7 @@ class TrainerConfig:
     offload_activations: bool = False
     output_dir: Optional[str] = None  # default: Hydra's run directory (or rlvr-runs/<timestamp> outside Hydra)
     threads: int = 0  # torch intra-op threads; 0 = PyTorch's default
+    reuse_freed_memory: bool = True  # glibc: keep freed blocks for the next step (rlvr.core.resources)
     progress: bool = True
     log_completions: int = 4  # completions kept per step in completions.jsonl
     max_bad_steps: int = 5  # non-finite losses in a row before the run stops

@@ -226,6 +226,8 @@ class Trainer:
         validate_trainer(self.tc)
         if self.tc.threads > 0:
             torch.set_num_threads(self.tc.threads)
+        if self.tc.reuse_freed_memory:  # no page faults on memory the last step freed (rlvr/core/resources.py)
+            resources.reuse_freed_memory()
         self.dist = distributed.setup(self.tc.dist_backend)  # torchrun: join the process group; else one process
         self._validate_parallel()
         # cheap components first: a bad name or value fails before the model loads

@@ -15,11 +15,15 @@ one chunk at a time, the vocabulary one tile at a time with an online log-sum-ex
 backward pass recomputes each tile's logits instead of keeping them. Extra memory is
 ``O(chunk_tokens * chunk_vocab)`` plus the gradient buffers, whatever the sequence length.
 
-Two ways of getting the gradient, picked automatically:
+Three ways of getting the gradient, picked automatically:
 
-* *recompute* (the weight or the bias needs a gradient, or the entropy is returned): forward
-  keeps only ``logsumexp`` per token; backward recomputes each chunk's logits and produces
-  ``dh``, ``dW`` and ``db`` from them. Cost: 1 matmul forward, 3 backward.
+* *keep* (a gradient is needed, not *precompute*, and the ``tokens x V`` logits fit in
+  ``keep_logits_bytes``, 256 MiB by default: e.g. 512 tokens of a 49 152-token vocabulary in float32,
+  100 MB): forward writes all the logits into one buffer and keeps it; backward turns it into the
+  gradient in place and produces ``dh``, ``dW`` and ``db``. Cost: 1 matmul forward, 2 backward.
+* *recompute* (the weight or the bias needs a gradient, or the entropy is returned, and the logits
+  are larger): forward keeps only ``logsumexp`` per token; backward recomputes each chunk's logits and
+  produces ``dh``, ``dW`` and ``db`` from them. Cost: 1 matmul forward, 3 backward.
 * *precompute* (only ``hidden`` needs a gradient, e.g. LoRA with a frozen LM head, and no
   entropy): since ``logp`` is a scalar per token, ``d logp_i / d h_i`` is a fixed ``H``-vector
   that forward computes while the chunk's probabilities are in hand (full-vocabulary rows,
@@ -40,6 +44,12 @@ import torch
 __all__ = ["token_logprobs", "reference_token_logprobs", "triton_available"]
 
 Tensor = torch.Tensor
+
+# Keep the forward's logits for backward (instead of recomputing them there) when they take at most this many
+# bytes: 512 tokens x 49 152 vocabulary in float32 is 100 MB, and keeping them saves one of the head's four
+# (tokens x V x H) matmuls. Above it the logits are recomputed tile by tile (memory independent of length).
+KEEP_LOGITS_BYTES = 256 * 2**20
+KEEP_LSE_ROWS = 64  # rows per log-sum-exp block over kept logits (its temporary: 64 x V)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,13 +106,23 @@ def _check_inputs(
 # per-chunk building blocks (shared by forward, backward and the reference)
 # ----------------------------------------------------------------------------------------------
 def _chunk_logits(
-    h: Tensor, w: Tensor, b: Optional[Tensor], logit_scale: float, softcap: Optional[float], temperature: float
+    h: Tensor,
+    w: Tensor,
+    b: Optional[Tensor],
+    logit_scale: float,
+    softcap: Optional[float],
+    temperature: float,
+    out: Optional[Tensor] = None,
 ) -> Tensor:
-    """z = softcap*tanh(((h @ w.T + b) * logit_scale) / softcap) / temperature, new [C, V] tensor.
+    """z = softcap*tanh(((h @ w.T + b) * logit_scale) / softcap) / temperature, a [C, V] tensor (``out`` when
+    given, else new).
 
     ``h`` and ``w`` are already in the compute dtype; the result is in that dtype.
     """
-    z = torch.addmm(b, h, w.t()) if b is not None else h @ w.t()
+    if out is not None:
+        z = torch.addmm(b, h, w.t(), out=out) if b is not None else torch.mm(h, w.t(), out=out)
+    else:
+        z = torch.addmm(b, h, w.t()) if b is not None else h @ w.t()
     if logit_scale != 1.0:
         z.mul_(logit_scale)
     if softcap is not None:
@@ -194,6 +214,7 @@ class _TokenLogprobs(torch.autograd.Function):
         logit_scale: float,
         chunk_vocab: int,
         grad_needed: Tuple[bool, bool, bool],
+        keep_bytes: int = KEEP_LOGITS_BYTES,
     ):
         cd = _compute_dtype(hidden2d, weight)
         M, H = hidden2d.shape
@@ -214,6 +235,11 @@ class _TokenLogprobs(torch.autograd.Function):
                 hidden2d, weight, bias, targets, valid, temperature, rows, softcap, logit_scale, logp, lse, cd
             )
             ctx.save_for_backward(dh_unit)
+        elif keep_bytes >= M * V * torch.empty((), dtype=cd).element_size() and any(grad_needed):
+            kept = _kept_logits_forward(
+                hidden2d, weight, bias, targets, valid, temperature, chunk, softcap, logit_scale, logp, lse, ent, cd
+            )
+            ctx.save_for_backward(hidden2d, weight, bias, targets, lse, ent, kept)
         else:
             tiles = _vocab_tiles(V, chunk_vocab)
             for s in range(0, M, chunk):
@@ -251,7 +277,7 @@ class _TokenLogprobs(torch.autograd.Function):
                 logp[s:e] = torch.where(ok, tz - lse_c, torch.zeros_like(tz))
                 if want_entropy:
                     ent[s:e] = lse_c - sz / ssum  # type: ignore[arg-type,index,operator]
-            ctx.save_for_backward(hidden2d, weight, bias, targets, lse, ent)
+            ctx.save_for_backward(hidden2d, weight, bias, targets, lse, ent, None)
         ctx.meta = (
             temperature,
             chunk,
@@ -268,13 +294,13 @@ class _TokenLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_lp: Optional[Tensor], g_ent: Optional[Tensor]):
         temperature, chunk, want_entropy, softcap, logit_scale, chunk_vocab, precompute, h_dtype, w_dtype = ctx.meta
-        nothing = (None,) * 11
+        nothing = (None,) * 12
         if precompute:
             (dh_unit,) = ctx.saved_tensors
             if g_lp is None or not ctx.needs_input_grad[0]:
                 return nothing
             return ((dh_unit * g_lp.to(dh_unit.dtype)[:, None]).to(h_dtype),) + nothing[1:]
-        hidden2d, weight, bias, targets, lse, ent = ctx.saved_tensors
+        hidden2d, weight, bias, targets, lse, ent, kept = ctx.saved_tensors
         if not want_entropy:
             g_ent = None
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -290,18 +316,22 @@ class _TokenLogprobs(torch.autograd.Function):
         g_ent = g_ent.to(cd) if g_ent is not None else None
         mu = (lse - ent) if g_ent is not None else None
         dh = torch.zeros(M, H, dtype=cd, device=dev) if need_h else None
-        dw = torch.zeros(V, H, dtype=cd, device=dev) if need_w else None
+        dw = torch.zeros(V, H, dtype=cd, device=dev) if need_w and (M > chunk or kept is None) else None
+        dw_first = need_w and dw is None  # one row chunk: torch.mm writes dW (no zero-filled [V, H] first)
         db = torch.zeros(V, dtype=cd, device=dev) if need_b else None
-        tiles = _vocab_tiles(V, chunk_vocab)
+        tiles = _vocab_tiles(V, V if kept is not None else chunk_vocab)
         for s in range(0, M, chunk):
             e = min(s + chunk, M)
             h = hidden2d[s:e].to(cd)
             t, ok = targets[s:e], valid[s:e]
             for v0, v1 in tiles:
                 w = weight[v0:v1].to(cd)
-                z = _chunk_logits(
-                    h, w, None if bias is None else bias[v0:v1].to(cd), logit_scale, softcap, temperature
-                )
+                if kept is not None:  # the forward's logits (overwritten below: this backward runs once)
+                    z = kept[s:e]
+                else:
+                    z = _chunk_logits(
+                        h, w, None if bias is None else bias[v0:v1].to(cd), logit_scale, softcap, temperature
+                    )
                 local_t, hit = _tile_targets(t, ok, v0, v1)
                 gz = _grad_z_tile(
                     z,
@@ -317,7 +347,9 @@ class _TokenLogprobs(torch.autograd.Function):
                 del z
                 if dh is not None:
                     dh[s:e].addmm_(gz, w)
-                if dw is not None:
+                if dw_first:
+                    dw = torch.mm(gz.t(), h)
+                elif dw is not None:
                     dw[v0:v1].addmm_(gz.t(), h)
                 if db is not None:
                     db[v0:v1] += gz.sum(dim=0)
@@ -327,6 +359,48 @@ class _TokenLogprobs(torch.autograd.Function):
             dw.to(w_dtype) if dw is not None else None,
             db.to(bias.dtype) if db is not None else None,
         ) + nothing[3:]
+
+
+def _kept_logits_forward(
+    hidden2d: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    targets: Tensor,
+    valid: Tensor,
+    temperature: float,
+    chunk: int,
+    softcap: Optional[float],
+    logit_scale: float,
+    logp: Tensor,
+    lse: Tensor,
+    ent: Optional[Tensor],
+    cd: torch.dtype,
+) -> Tensor:
+    """Fill ``logp``/``lse`` (and ``ent``) and return the logits z ``[M, V]`` (compute dtype) for backward.
+
+    One matmul per ``chunk`` rows over the whole vocabulary, written into the kept buffer; the log-sum-exp in
+    blocks of :data:`KEEP_LSE_ROWS` rows (``lse = m + log sum exp(z - m)``, ``m`` the row max), so the only
+    temporary is ``KEEP_LSE_ROWS x V``. Entropy: ``lse - sum_v softmax(z)_v z_v``."""
+    M = hidden2d.shape[0]
+    w = weight.to(cd)
+    b = bias.to(cd) if bias is not None else None
+    kept = torch.empty(M, w.shape[0], dtype=cd, device=hidden2d.device)
+    for s in range(0, M, chunk):
+        e = min(s + chunk, M)
+        _chunk_logits(hidden2d[s:e].to(cd), w, b, logit_scale, softcap, temperature, out=kept[s:e])
+    for s in range(0, M, KEEP_LSE_ROWS):
+        e = min(s + KEEP_LSE_ROWS, M)
+        z = kept[s:e]
+        m = z.amax(dim=1)
+        ez = z.sub(m[:, None]).exp_()
+        ssum = ez.sum(dim=1)
+        lse[s:e] = m + ssum.log()
+        tz = z.gather(1, targets[s:e].clamp(min=0)[:, None]).squeeze(1)
+        logp[s:e] = torch.where(valid[s:e], tz - lse[s:e], torch.zeros_like(tz))
+        if ent is not None:
+            ent[s:e] = lse[s:e] - ez.mul_(z).sum(dim=1) / ssum
+        del ez
+    return kept
 
 
 def _precompute_forward(
@@ -417,8 +491,10 @@ def token_logprobs(
     *,
     chunk_vocab: int = 8192,
     backend: str = "auto",
+    keep_logits_bytes: int = KEEP_LOGITS_BYTES,
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-    """Log-probabilities of ``target_ids`` under the LM head, without materialising the logits.
+    """Log-probabilities of ``target_ids`` under the LM head, without materialising the logits (unless they
+    are small: ``keep_logits_bytes``).
 
     Formula (per token ``i``; see the module docstring)::
 
@@ -442,6 +518,9 @@ def token_logprobs(
         backend: ``"auto"`` (Triton on CUDA when importable, else PyTorch), ``"torch"`` or
             ``"triton"`` (also runs on CPU tensors under ``TRITON_INTERPRET=1``). The environment
             variable ``RLVR_KERNELS_BACKEND`` overrides ``"auto"``.
+        keep_logits_bytes: PyTorch implementation, when a gradient is needed: if the ``tokens x V`` logits
+            (compute dtype) take at most this many bytes, forward keeps them and backward reuses them
+            (overwriting them: one backward per forward) instead of recomputing them; 0 = always recompute.
 
     Returns:
         ``logp`` ``[...]`` float32 (float64 when ``hidden`` or ``weight`` is float64), or
@@ -470,7 +549,9 @@ def token_logprobs(
 
         logp, ent = triton_token_logprobs(hidden2d, weight, bias, targets, *args)
     else:
-        logp, ent = _TokenLogprobs.apply(hidden2d, weight, bias, targets, *args, int(chunk_vocab), grad_needed)
+        logp, ent = _TokenLogprobs.apply(
+            hidden2d, weight, bias, targets, *args, int(chunk_vocab), grad_needed, int(keep_logits_bytes)
+        )
     logp = logp.reshape(lead)
     if return_entropy:
         return logp, ent.reshape(lead)

@@ -10,6 +10,12 @@ once for the whole batch, and every bucket attends to its rows' copy of their pr
 (``index_select`` is differentiable, so each completion's gradient flows back into the one prompt
 pass), as in :mod:`rlvr.modeling.shared_prompt`.
 
+With groups of identical prompts and a model whose attention takes a custom 4D mask (sdpa, eager), the short
+completions of a group first share rows (:func:`group_bins`: first fit, longest first, into rows as wide as the
+batch's longest completion), each attending to its prompt and its own earlier tokens only (an additive mask) at
+the positions it has in the padded batch; the shared rows are then bucketed by their filled width. So a batch
+whose longest completion hits the cap (one bucket) no longer pads every short completion to it.
+
 The buckets' results are written back into ``[N, T]`` in the original row order, zeros on the padding
 (masked by every loss). Values and gradients equal the padded forward's up to float rounding (tested);
 when every row has the same length this is the padded forward, unchanged.
@@ -24,7 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from rlvr.kernels.logprobs import token_logprobs
-from rlvr.modeling.causal_lm import completion_logprobs, decoder_of, lm_head_params, position_ids_from_mask
+from rlvr.modeling.causal_lm import (
+    base_model,
+    completion_logprobs,
+    decoder_of,
+    lm_head_params,
+    position_ids_from_mask,
+)
 
 Tensor = torch.Tensor
 
@@ -33,6 +45,9 @@ __all__ = ["completion_widths", "length_buckets", "packed_completion_logprobs", 
 # the fixed cost of one more forward/backward, in padded tokens (SmolLM2-135M, 2 CPU threads: a pass costs
 # ~13 ms per token and ~30 layers × ~40 ops of overhead; small matmuls also run below peak)
 BUCKET_OVERHEAD_TOKENS = 32
+# shared rows need an additive [rows, 1, W, P + W] attention mask; above this size (long contexts) the rows stay
+# apart and are length-bucketed instead
+SHARED_ROWS_MASK_BYTES = 256 * 2**20
 
 
 def completion_widths(completion_mask: Tensor) -> Tensor:
@@ -123,10 +138,15 @@ def packed_completion_logprobs(
         "backend": backend,
     }
     widths = completion_widths(attention_mask[:, P:]).clamp(min=1)
+    shared = bool(group_size) and shared_prompt_applies(model, input_ids[:, :P], group_size, attention_mask[:, :P])
+    if shared and mask_accepts_4d(model):  # short completions of a group share a row
+        bins = group_bins(widths.tolist(), group_size)
+        mask_bytes = len(bins) * T * (P + T) * 4  # at most: the mask is in the model's dtype
+        if len(bins) < len(widths) and mask_bytes <= SHARED_ROWS_MASK_BYTES:
+            return _shared_bins(model, input_ids, attention_mask, P, group_size, bins, widths, kw, overhead)
     buckets = length_buckets(widths.tolist(), overhead)
     if len(buckets) == 1 and int(widths.max()) == T:  # nothing to skip: the padded forward as it was
         return grouped_completion_logprobs(model, input_ids, attention_mask, P, group_size, **kw)  # type: ignore[arg-type]
-    shared = bool(group_size) and shared_prompt_applies(model, input_ids[:, :P], group_size, attention_mask[:, :P])
     if shared:
         parts = _shared_buckets(model, input_ids, attention_mask, P, group_size, buckets, widths, kw)
     else:
@@ -153,6 +173,41 @@ def packed_completion_logprobs(
     if return_entropy:
         return assemble([p[0] for p in parts]), assemble([p[1] for p in parts])
     return assemble(parts)
+
+
+def group_bins(widths: Sequence[int], group_size: int) -> list[list[tuple[int, int]]]:
+    """Pack each group's completions into rows as wide as the widest completion of the batch (first fit,
+    longest first): several short completions of a group share one row, one after the other.
+
+    ``widths``: each row's width (:func:`completion_widths`), rows in groups of ``group_size`` (rows
+    ``g·G … g·G+G-1`` share a prompt). Returns the bins, each a list of ``(row, offset)`` in row order of
+    placement; every row appears in exactly one bin, at ``offset`` columns from the bin's start, and a bin only
+    holds rows of one group. Deterministic."""
+    n = len(widths)
+    if n == 0:
+        return []
+    cap = max(int(w) for w in widths)
+    bins: list[list[tuple[int, int]]] = []
+    for g0 in range(0, n, group_size):
+        rows = sorted(range(g0, min(g0 + group_size, n)), key=lambda i: (-int(widths[i]), i))
+        fills: list[int] = []
+        mine: list[list[tuple[int, int]]] = []
+        for i in rows:
+            w = int(widths[i])
+            k = next((j for j, f in enumerate(fills) if f + w <= cap), len(fills))
+            if k == len(fills):
+                fills.append(0)
+                mine.append([])
+            mine[k].append((i, fills[k]))
+            fills[k] += w
+        bins.extend(mine)
+    return bins
+
+
+def mask_accepts_4d(model: Any) -> bool:
+    """Whether the model's attention takes a custom additive ``[rows, 1, q, kv]`` mask (sdpa, eager)."""
+    cfg = getattr(base_model(model), "config", None)
+    return getattr(cfg, "_attn_implementation", None) in ("sdpa", "eager")
 
 
 def _shared_buckets(
@@ -203,3 +258,96 @@ def _shared_buckets(
         hidden = torch.cat([last.index_select(0, g), out.last_hidden_state[:, :-1]], dim=1)
         parts.append(token_logprobs(hidden, weight, comp_ids, bias=bias, softcap=softcap, logit_scale=scale, **kw))
     return parts
+
+
+def _shared_bins(
+    model: Any,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    P: int,
+    G: int,
+    bins: list[list[tuple[int, int]]],
+    widths: Tensor,
+    kw: dict[str, Any],
+    overhead: int,
+) -> Union[Tensor, tuple[Tensor, Tensor]]:
+    """Log-probs ``[N, T]`` with each group's prompt run once and its completions packed into shared rows.
+
+    ``bins`` (:func:`group_bins`): the completions of a row sit one after the other, each attending to its
+    group's prompt and to its own earlier tokens only (an additive ``[rows, 1, W, P' + W]`` mask), at the
+    positions it has in the padded forward; the rows are bucketed by their filled width (:func:`length_buckets`).
+    Each token is predicted from the hidden state before it in its own completion (the first one from its
+    prompt's last hidden state), so values and gradients equal the padded forward's up to float rounding."""
+    from transformers import DynamicCache
+
+    device = input_ids.device
+    N, T = input_ids.shape[0], input_ids.shape[1] - P
+    p_mask = attention_mask[::G, :P]
+    start = _first_column(p_mask)
+    p_ids, p_mask = input_ids[::G, start:P], p_mask[:, start:]
+    Pp, B = P - start, p_ids.shape[0]
+    decoder = decoder_of(model)
+    prompt_cache = DynamicCache()
+    out = decoder(
+        input_ids=p_ids,
+        attention_mask=p_mask,
+        position_ids=position_ids_from_mask(p_mask),
+        use_cache=True,
+        **_cache_kw(decoder, prompt_cache),
+    )
+    last = out.last_hidden_state[:, -1]  # [B, H]: predicts each completion's first token
+    kv = [(layer.keys, layer.values) for layer in prompt_cache.layers]  # type: ignore[union-attr]
+    weight, bias, softcap, scale = lm_head_params(model)
+    group = torch.arange(N, device=device) // G
+    c_mask = attention_mask[:, P:]
+    positions = position_ids_from_mask(torch.cat([p_mask.index_select(0, group), c_mask.to(p_mask.dtype)], 1))[:, Pp:]
+    fills = [sum(int(widths[n]) for n, _ in b) for b in bins]
+    dtype = last.dtype
+    dests: list[Tensor] = []
+    parts: list[Any] = []
+    for bucket in length_buckets(fills, overhead):
+        R, W = len(bucket), max(fills[b] for b in bucket)
+        ids = torch.zeros(R, W, dtype=input_ids.dtype, device=device)
+        pos = torch.ones(R, W, dtype=positions.dtype, device=device)
+        seg = torch.full((R, W), -1, dtype=torch.long, device=device)  # which completion each column holds
+        key_ok = torch.zeros(R, W, dtype=torch.bool, device=device)  # attended (not a hole in the mask)
+        rows_g = torch.empty(R, dtype=torch.long, device=device)
+        pred, targ, dest = [], [], []
+        for r, b in enumerate(bucket):
+            for n, o in bins[b]:
+                w = int(widths[n])
+                ids[r, o : o + w] = input_ids[n, P : P + w]
+                pos[r, o : o + w] = positions[n, :w]
+                seg[r, o : o + w] = n
+                key_ok[r, o : o + w] = c_mask[n, :w] != 0
+                rows_g[r] = n // G
+                k = torch.arange(w, device=device)
+                # token k of row n is predicted by token k - 1 of the same completion (k = 0: the prompt's end)
+                pred.append(torch.where(k == 0, n // G, B + r * W + o + k - 1))
+                targ.append(input_ids[n, P : P + w])
+                dest.append(n * T + k)
+        same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)
+        causal = torch.ones(W, W, dtype=torch.bool, device=device).tril()
+        allowed = same & causal & key_ok[:, None, :]
+        allowed |= torch.eye(W, dtype=torch.bool, device=device) & (seg < 0)[:, :, None]  # padding: itself
+        prompt_ok = (p_mask.index_select(0, rows_g) != 0)[:, None, :].expand(R, W, Pp)
+        mask = torch.cat([prompt_ok, allowed], dim=2)[:, None]  # [R, 1, W, P' + W]
+        mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, torch.finfo(dtype).min)
+        cache = DynamicCache(ddp_cache_data=[(k.index_select(0, rows_g), v.index_select(0, rows_g)) for k, v in kv])  # type: ignore[union-attr]
+        out = decoder(
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **_cache_kw(decoder, cache)
+        )
+        hidden = torch.cat([last, out.last_hidden_state.reshape(R * W, -1)]).index_select(0, torch.cat(pred))
+        parts.append(
+            token_logprobs(hidden, weight, torch.cat(targ), bias=bias, softcap=softcap, logit_scale=scale, **kw)
+        )
+        dests.append(torch.cat(dest))
+    where = (torch.cat(dests),)
+
+    def assemble(pieces: list[Tensor]) -> Tensor:
+        flat = torch.cat(pieces)
+        return flat.new_zeros(N * T).index_put(where, flat).reshape(N, T)
+
+    if kw.get("return_entropy"):
+        return assemble([p[0] for p in parts]), assemble([p[1] for p in parts])
+    return assemble(parts)
