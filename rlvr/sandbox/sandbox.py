@@ -32,9 +32,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from rlvr.core.errors import ConfigError
-
-from . import cgroups as cg
-from .channel import ResultChannel
+from rlvr.sandbox import cgroups as cg
+from rlvr.sandbox.channel import ResultChannel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SUPERVISOR = os.path.join(HERE, "supervisor.py")
