@@ -165,7 +165,7 @@ def probe(memory_bytes: int, max_pids: int, root: str = ROOT) -> tuple[Optional[
             return None, f"cgroup v2: cannot create and delegate {parent}: {exc}"
         groups = Cgroups(2, [parent], memory_bytes, max_pids)
     else:
-        parents = []
+        parents: list[str] = []
         for controller in ("memory", "pids"):
             mount = os.path.join(root, controller)
             if not os.path.exists(os.path.join(mount, "cgroup.procs")):
