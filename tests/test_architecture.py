@@ -3,6 +3,7 @@ behaviour of the loop (issue: architecture; user's path)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import signal
@@ -179,6 +180,48 @@ def test_every_registered_plugin_meets_its_contract(kind, name):
     except (ImportError, ModuleNotFoundError) as exc:
         pytest.skip(f"optional dependency missing: {exc}")
     assert check(kind, obj, name) is obj
+
+
+# ----- import graph ------------------------------------------------------------------------------------------
+def _rlvr_imports(path, module):
+    """The ``rlvr...`` modules (and ``module.name`` for each ``from module import name``) that the file at
+    ``path``, the module ``module``, imports anywhere (top level or inside functions), relative ones resolved."""
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            found += [base] + [f"{base}.{alias.name}" for alias in node.names]
+    return [name for name in found if name == "rlvr" or name.startswith("rlvr.")]
+
+
+def _modules(folder):
+    for path in sorted((REPO / "rlvr" / folder).rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        yield path, ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_plugins_of_one_family_never_import_plugins_of_another():
+    """Plugins are leaf modules: they import rlvr.core and shared packages (rlvr.sandbox, rlvr.modeling, ...),
+    never a plugin of another family (an env importing a reward plugin to borrow its sandbox, say)."""
+    crossing = []
+    for path, module in _modules("plugins"):
+        family = module.split(".")[2] if module.count(".") >= 2 else None
+        for name in _rlvr_imports(path, module):
+            parts = name.split(".")
+            if parts[:2] == ["rlvr", "plugins"] and len(parts) >= 3 and parts[2] != family:
+                crossing.append(f"{module} imports {name}")
+    assert not crossing, "plugins import plugins of another family:\n" + "\n".join(crossing)
+
+
+def test_the_shared_sandbox_imports_no_plugin():
+    leaks = [f"{m} imports {n}" for p, m in _modules("sandbox") for n in _rlvr_imports(p, m) if "plugins" in n]
+    assert not leaks and list(_modules("sandbox")), leaks
 
 
 # ----- advantage estimators ----------------------------------------------------------------------------------

@@ -19,16 +19,8 @@ from pathlib import Path
 import pytest
 
 import rlvr
-from rlvr.plugins.rewards.code_exec import (
-    CodeExecConfig,
-    Sandbox,
-    SandboxError,
-    _uid_base,
-    extract_code,
-    parse_tests,
-    processes_of_uid,
-    same_output,
-)
+from rlvr.plugins.rewards.code_exec import CodeExecConfig, extract_code, parse_tests, same_output
+from rlvr.sandbox import Sandbox, SandboxError, processes_of_uid, uid_block
 
 FAST = {"timeout_s": 0.5, "startup_grace_s": 1.0, "memory_mb": 256, "max_processes": 16, "max_output_bytes": 64_000}
 
@@ -72,7 +64,7 @@ def leftovers() -> list[str]:
         if b"solution.py" in cmd or b"rlvr_harness.py" in cmd:
             found.append(f"{entry.name}: {cmd[:120]!r}")
     if os.geteuid() == 0:
-        found += [f"uid-owned {p}" for s in range(64) for p in processes_of_uid(_uid_base() + s)]
+        found += [f"uid-owned {p}" for s in range(64) for p in processes_of_uid(uid_block() + s)]
     return found
 
 
@@ -217,7 +209,7 @@ def test_limits_environment_and_fresh_directory(mode, monkeypatch):
 
 
 def test_bwrap_required_but_missing(monkeypatch):
-    import rlvr.plugins.rewards.code_exec.sandbox as ce
+    import rlvr.sandbox.sandbox as ce
 
     monkeypatch.setattr(ce.shutil, "which", lambda name: None)
     with pytest.raises(SandboxError, match="apt-get install bubblewrap"):

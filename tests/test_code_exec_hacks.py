@@ -13,7 +13,8 @@ from __future__ import annotations
 import pytest
 
 import rlvr
-from rlvr.plugins.rewards.code_exec import CodeExecConfig, Sandbox, SandboxError, TestsNotSupported, parse_tests
+from rlvr.plugins.rewards.code_exec import CodeExecConfig, TestsNotSupported, parse_tests
+from rlvr.sandbox import Sandbox, SandboxError
 
 FAST = {
     "timeout_s": 1.0,

@@ -16,8 +16,9 @@ import textwrap
 
 import pytest
 
-from rlvr.plugins.rewards.code_exec import CodeExecConfig, Sandbox, SandboxError, uid_block
-from rlvr.plugins.rewards.code_exec.cgroups import probe as cgroup_probe
+from rlvr.plugins.rewards.code_exec import CodeExecConfig
+from rlvr.sandbox import Sandbox, SandboxError, uid_block
+from rlvr.sandbox.cgroups import probe as cgroup_probe
 
 
 def _bwrap_reason() -> str:
@@ -193,8 +194,8 @@ def test_bwrap_probe_leaves_no_zombie():
     code = textwrap.dedent("""
         import ctypes, json, os, time
         ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-        from rlvr.plugins.rewards.code_exec import CodeExecConfig, Sandbox
-        sb = Sandbox(CodeExecConfig(sandbox="bwrap", cgroups=False))
+        from rlvr.sandbox import Sandbox, SandboxConfig
+        sb = Sandbox(SandboxConfig(sandbox="bwrap", cgroups=False))
         time.sleep(0.3)
         kids = []
         for task in os.listdir("/proc/self/task"):
@@ -212,7 +213,7 @@ def test_sandbox_uid_blocks_are_unique_across_trainers():
     mine = uid_block()
     k = (mine - 200_000) // 64
     # another trainer whose pid maps to the same block starts its search there and must move on
-    code = f"from rlvr.plugins.rewards.code_exec import uid_block\nprint(uid_block(start={k}))"
+    code = f"from rlvr.sandbox import uid_block\nprint(uid_block(start={k}))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     theirs = int(other.stdout.strip())
     assert theirs != mine and (theirs - 200_000) % 64 == 0
@@ -242,7 +243,7 @@ def test_without_cgroups_the_probe_says_why(tmp_path):
 def test_cgroup_v2_layout_is_written_as_the_kernel_expects(tmp_path, monkeypatch):
     """The v2 code path on a fake hierarchy (this machine may only have v1 controllers): a parent
     under our own cgroup with memory and pids delegated, one leaf per slot with the limits."""
-    from rlvr.plugins.rewards.code_exec import cgroups
+    from rlvr.sandbox import cgroups
 
     monkeypatch.setattr(cgroups, "_own_paths", lambda: {"": "/trainer.scope"})
     own = tmp_path / "trainer.scope"

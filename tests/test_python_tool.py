@@ -15,7 +15,7 @@ from rlvr.core.episodes import ScriptedSampler, run_episodes
 from rlvr.core.errors import ConfigError
 from rlvr.core.tools import ToolCall, run_tool
 from rlvr.plugins.envs.python_tool import error_line, python_tool_use_score
-from rlvr.plugins.rewards.code_exec import processes_of_uid, uid_block
+from rlvr.sandbox import processes_of_uid, uid_block
 from tests.conftest import GSM8K_DIR, run_cli
 
 QUESTION = (

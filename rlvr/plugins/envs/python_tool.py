@@ -1,8 +1,8 @@
 """``env=python task=gsm8k_python reward=[python_correct,python_tool_use]``: word problems solved with a
 ``python`` tool that runs the model's code in the code_exec sandbox.
 
-The tool ``python(code)`` runs ``code`` as a fresh Python program in the sandbox of the ``code_exec`` reward
-(:func:`rlvr.plugins.rewards.code_exec.run_program`: bubblewrap when it is installed, else rlimits; memory,
+The tool ``python(code)`` runs ``code`` as a fresh Python program in the sandbox the ``code_exec`` reward uses
+(:func:`rlvr.sandbox.run_program`: bubblewrap when it is installed, else rlimits; memory,
 process, file and output caps; a clean environment; every process it starts killed afterwards; no network in
 bubblewrap mode). It returns the program's stdout, cut to ``env.max_output_chars`` characters, or ``error:
 ...`` (the exception's last line, a timeout, the output cap, a kill). Nothing is kept between calls: every
@@ -19,8 +19,8 @@ Rewards (read the ``episode`` column, i.e. the whole trajectory):
   JSON, unknown tool, bad arguments, the code raised or timed out); 0.2 = ``<tool_call>`` written without a
   parseable call; 0.0 = no attempt. The best turn of the episode counts (more calls earn nothing more).
 
-The sandbox comes from the ``code_exec`` reward plugin: this module imports
-``rlvr.plugins.rewards.code_exec`` (one-way: code_exec does not know about environments).
+The sandbox comes from the shared :mod:`rlvr.sandbox` package (not from the ``code_exec`` plugin: plugins do not
+import each other).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from rlvr.core.errors import ConfigError
 from rlvr.core.rewards import RewardConfig
 from rlvr.core.task import Task, TaskConfig
 from rlvr.core.tools import ToolError
-from rlvr.plugins.rewards.code_exec import CodeExecConfig, RunResult, Sandbox, run_program
+from rlvr.sandbox import RunResult, Sandbox, SandboxConfig, run_program
 
 SYSTEM_PROMPT = (
     "Solve the math word problem. Compute with the python tool: write a short program that prints the "
@@ -66,11 +66,10 @@ class PythonEnvConfig(EnvConfig):
     python: str = ""  # interpreter for the code ("" = this one, or /usr's python3 when the sandbox uid cannot)
 
 
-def sandbox_config(cfg: PythonEnvConfig) -> CodeExecConfig:
-    """The code_exec limits of the python tool (per call: one run)."""
-    return CodeExecConfig(
+def sandbox_config(cfg: PythonEnvConfig) -> SandboxConfig:
+    """The sandbox limits of the python tool (per call: one run)."""
+    return SandboxConfig(
         timeout_s=cfg.tool_timeout,
-        total_timeout_s=cfg.tool_timeout,
         startup_grace_s=0.0,
         memory_mb=cfg.memory_mb,
         max_processes=cfg.max_processes,
@@ -79,7 +78,6 @@ def sandbox_config(cfg: PythonEnvConfig) -> CodeExecConfig:
         cgroups=cfg.cgroups,
         drop_root=cfg.drop_root,
         python=cfg.python,
-        max_workers=1,
     )
 
 

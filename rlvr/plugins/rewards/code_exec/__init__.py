@@ -7,20 +7,22 @@ against the ``tests`` column of its row; the reward is the fraction of tests tha
 Verdicts are decided here, never in the sandbox: every assert is rewritten (``transform.py``) so
 that the sandbox only evaluates the non-constant operands and sends them back as strict JSON of
 built-in values (``harness.py``, over a channel whose writer pid the kernel attests,
-``channel.py``); constant operands (the expected values) never enter the sandbox; the comparison
-happens in ``verdict.py``. stdin → stdout tests compare the program's output here as well.
-Process control, limits and clean-up: ``sandbox.py``, ``supervisor.py``, ``cgroups.py``.
-Everything enforced, per sandbox mode, and the residual risks: docs/sandbox.md.
+``rlvr/sandbox/channel.py``); constant operands (the expected values) never enter the sandbox; the
+comparison happens in ``verdict.py``. stdin → stdout tests compare the program's output here as well.
+Process control, limits and clean-up: the shared :mod:`rlvr.sandbox` package (``sandbox.py``,
+``supervisor.py``, ``cgroups.py``). Everything enforced, per sandbox mode, and the residual risks:
+docs/sandbox.md.
 
 Modules: ``suite`` (tests and code blocks), ``transform`` (assert rewriting), ``verdict``
-(decoding and comparing), ``channel`` (result socket), ``sandbox`` / ``supervisor`` / ``cgroups``
-(processes and limits), ``harness`` (runs inside the sandbox).
+(decoding and comparing), ``harness`` (runs inside the sandbox); from :mod:`rlvr.sandbox`: the result
+channel, processes and limits.
 """
 
 from __future__ import annotations
 
 import json
 import marshal
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,67 +31,42 @@ from typing import Any, Callable, Optional
 from rlvr import PluginSpec, hookimpl
 from rlvr.core.errors import ColumnError
 from rlvr.core.rewards import VerifierConfig, verifier_as_reward
+from rlvr.sandbox import ResultChannel, Sandbox, SandboxConfig, compiled, run_program
 
-from .channel import ResultChannel
-from .sandbox import (
-    HARNESS,
-    SANDBOX_MODES,
-    RunResult,
-    Sandbox,
-    SandboxError,
-    _uid_base,
-    compiled,
-    processes_of_uid,
-    run_program,
-    sweep_shared_tmp,
-    uid_block,
-)
 from .suite import TestSuite, extract_code, parse_tests, same_output
 from .transform import TestsNotSupported, transform
 from .verdict import check_passes, duplicate_count, unplain_count
 
+HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "harness.py")
+
 __all__ = [
     "CodeExecConfig",
     "CodeExecutor",
-    "RunResult",
-    "SANDBOX_MODES",
-    "Sandbox",
-    "SandboxError",
+    "HARNESS",
     "TestReport",
     "TestSuite",
     "TestsNotSupported",
     "extract_code",
     "parse_tests",
-    "processes_of_uid",
-    "run_program",
     "run_tests",
     "same_output",
-    "sweep_shared_tmp",
     "transform",
-    "uid_block",
-    "_uid_base",
 ]
 
 
 @dataclass
-class CodeExecConfig(VerifierConfig):
-    """Limits apply per run (one run per completion for assert tests, per test for stdin tests)."""
+class CodeExecConfig(SandboxConfig, VerifierConfig):
+    """Limits apply per run (one run per completion for assert tests, per test for stdin tests).
+
+    The sandbox's limits are the fields of :class:`rlvr.sandbox.SandboxConfig`, with the same defaults:
+    ``timeout_s`` (5.0; here: wall clock per test, i.e. each assert execution, each set-up step, each
+    stdin→stdout run), ``startup_grace_s``, ``memory_mb``, ``max_processes``, ``max_output_bytes``,
+    ``max_file_mb``, ``max_disk_mb``, ``max_open_files``, ``sandbox``, ``cgroups``, ``drop_root``, ``python``.
+    """
 
     tests_column: str = "tests"
-    timeout_s: float = 5.0  # wall clock per test (each assert execution, each set-up step, each stdin→stdout run)
     total_timeout_s: float = 30.0  # wall clock cap for all the asserts of one completion
-    startup_grace_s: float = 2.0  # extra wall clock for the interpreter to start
-    memory_mb: int = 512  # memory of the whole run (cgroup) and address space of each process (RLIMIT_AS)
-    max_processes: int = 32  # processes/threads of the whole run (cgroup pids.max; RLIMIT_NPROC per uid)
-    max_output_bytes: int = 1 << 20  # stdout (and stderr) kept; more ends the run
     max_result_bytes: int = 1 << 24  # assert values sent back in all; more fails the run
-    max_file_mb: int = 16  # largest file the code may write (RLIMIT_FSIZE)
-    max_disk_mb: int = 64  # bubblewrap: size of the run's writable tmpfs (its directory, /tmp) and of /dev/shm
-    max_open_files: int = 64  # RLIMIT_NOFILE
-    sandbox: str = "auto"  # auto (bubblewrap when usable) | bwrap (required) | rlimit (never bubblewrap)
-    cgroups: bool = True  # whole-run memory / process limits with cgroups when this process may create them
-    drop_root: bool = True  # when the trainer runs as root, run the code under a uid of its own
-    python: str = ""  # interpreter for the code; "" = this one, or /usr's python3 when the sandbox uid cannot run it
     max_workers: int = 2  # runs in parallel
     allow_unfenced: bool = False  # no code block: run the whole completion (else it scores fail_score)
     partial: bool = True  # reward = fraction of tests passed; false: pass_score only when all pass
@@ -115,8 +92,11 @@ class TestReport:
 
 
 def run_tests(code: str, suite: TestSuite, sandbox: Sandbox) -> TestReport:
-    """Run ``code`` against ``suite`` in ``sandbox``; verdicts decided here."""
+    """Run ``code`` against ``suite`` in ``sandbox`` (made from a :class:`CodeExecConfig`); verdicts decided
+    here."""
     cfg = sandbox.cfg
+    if not isinstance(cfg, CodeExecConfig):
+        raise TypeError(f"run_tests needs a Sandbox made from a CodeExecConfig, got {type(cfg).__name__}")
     if suite.kind == "assert":
         program = suite.program
         slot_counts = [c.slots for c in program.checks]

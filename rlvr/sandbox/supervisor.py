@@ -1,4 +1,4 @@
-"""code_exec's supervisor: starts one sandboxed program, waits for it, then kills and reaps all it left.
+"""The sandbox's supervisor: starts one sandboxed program, waits for it, then kills and reaps all it left.
 
 Run by the trainer (as the trainer's user) as ``python -I -S supervisor.py PLAN CMD...`` where
 ``PLAN`` is ``marshal`` data in hex: ``{"uid": sandbox uid or null, "limits": {"RLIMIT_AS": n, ...},

@@ -1,4 +1,5 @@
-"""Process control for code_exec: one sandboxed program per call of :meth:`Sandbox.run`.
+"""Process control for untrusted code (the ``code_exec`` reward, the ``python`` tool env): one sandboxed
+program per call of :meth:`Sandbox.run`.
 
 Every run: a fresh directory, a clean environment, a supervisor (``supervisor.py``, the child
 subreaper of everything the code starts) that starts the program under rlimits, in the run's
@@ -31,13 +32,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from rlvr.core.errors import ConfigError
-
-from . import cgroups as cg
-from .channel import ResultChannel
+from rlvr.sandbox import cgroups as cg
+from rlvr.sandbox.channel import ResultChannel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SUPERVISOR = os.path.join(HERE, "supervisor.py")
-HARNESS = os.path.join(HERE, "harness.py")
 SANDBOX_MODES = ("auto", "bwrap", "rlimit")
 UID_START, UID_BLOCK, UID_BLOCKS = 200_000, 64, 10_000
 SHARED_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
@@ -52,7 +51,7 @@ _COMPILE_SCRIPT = (
 
 
 def compiled(python: str, source: str) -> tuple[str, bytes]:
-    """``source`` (``supervisor.py`` / ``harness.py``) byte-compiled by ``python`` once per process:
+    """``source`` (``supervisor.py``, code_exec's ``harness.py``) byte-compiled by ``python`` once per process:
     (a private path of the ``.pyc``, its bytes). Running the ``.pyc`` by path skips compiling the
     file on every run (~5 ms each for the harness). Falls back to the ``.py`` when it cannot."""
     key = (python, source)
@@ -74,6 +73,25 @@ def compiled(python: str, source: str) -> tuple[str, bytes]:
                 with open(source, "rb") as f:
                     _COMPILED[key] = (source, f.read())
         return _COMPILED[key]
+
+
+@dataclass
+class SandboxConfig:
+    """The limits of every run of a :class:`Sandbox` (the ``code_exec`` reward's config and the ``python``
+    env's build one)."""
+
+    timeout_s: float = 5.0  # wall clock per run (run_program's default: timeout_s + startup_grace_s)
+    startup_grace_s: float = 2.0  # extra wall clock for the interpreter to start
+    memory_mb: int = 512  # memory of the whole run (cgroup) and address space of each process (RLIMIT_AS)
+    max_processes: int = 32  # processes/threads of the whole run (cgroup pids.max; RLIMIT_NPROC per uid)
+    max_output_bytes: int = 1 << 20  # stdout (and stderr) kept; more ends the run
+    max_file_mb: int = 16  # largest file the code may write (RLIMIT_FSIZE)
+    max_disk_mb: int = 64  # bubblewrap: size of the run's writable tmpfs (its directory, /tmp) and of /dev/shm
+    max_open_files: int = 64  # RLIMIT_NOFILE
+    sandbox: str = "auto"  # auto (bubblewrap when usable) | bwrap (required) | rlimit (never bubblewrap)
+    cgroups: bool = True  # whole-run memory / process limits with cgroups when this process may create them
+    drop_root: bool = True  # when the trainer runs as root, run the code under a uid of its own
+    python: str = ""  # interpreter for the code; "" = this one, or /usr's python3 when the sandbox uid cannot run it
 
 
 class SandboxError(RuntimeError):
@@ -145,11 +163,6 @@ def uid_block(start: Optional[int] = None) -> int:
             _FREE_SLOTS[:] = list(range(UID_BLOCK))
             return base
     raise SandboxError(f"code_exec: all {UID_BLOCKS} sandbox uid blocks are in use (lock files in {directory})")
-
-
-def _uid_base() -> int:
-    """Kept for callers of the old API: the first uid of this process's block."""
-    return uid_block()
 
 
 def processes_of_uid(uid: int) -> list[int]:
@@ -226,9 +239,10 @@ def sweep_shared_tmp(uid: int, dirs: tuple[str, ...] = SHARED_TMP_DIRS) -> list[
 
 
 class Sandbox:
-    """Runs Python programs under the limits of a code_exec config (see ``CodeExecConfig``)."""
+    """Runs Python programs under the limits of a :class:`SandboxConfig` (or a config that extends it, such as
+    ``CodeExecConfig``: ``self.cfg`` is the object given)."""
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: SandboxConfig):
         if cfg.sandbox not in SANDBOX_MODES:
             raise ConfigError(f"code_exec: sandbox={cfg.sandbox!r}; choose one of {SANDBOX_MODES}")
         if cfg.timeout_s <= 0 or cfg.memory_mb <= 0 or cfg.max_processes <= 0 or cfg.max_disk_mb <= 0:

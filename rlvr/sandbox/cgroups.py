@@ -4,7 +4,7 @@ A run's processes (the sandboxed program and everything it starts) join one cgro
 slot, created under the trainer's own cgroup: ``memory.max`` / ``memory.limit_in_bytes`` caps the
 memory of all of them together (files in a tmpfs count too), ``pids.max`` their number. When the
 machine does not let this process create cgroups (not root, no delegation, controllers missing),
-:func:`probe` says why and code_exec falls back to per-process rlimits (see docs/sandbox.md).
+:func:`probe` says why and the sandbox falls back to per-process rlimits (see docs/sandbox.md).
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def probe(memory_bytes: int, max_pids: int, root: str = ROOT) -> tuple[Optional[
             return None, f"cgroup v2: cannot create and delegate {parent}: {exc}"
         groups = Cgroups(2, [parent], memory_bytes, max_pids)
     else:
-        parents = []
+        parents: list[str] = []
         for controller in ("memory", "pids"):
             mount = os.path.join(root, controller)
             if not os.path.exists(os.path.join(mount, "cgroup.procs")):
