@@ -6,15 +6,19 @@ process's peak resident set (VmHWM) is reset (``/proc/self/clear_refs``), then `
 scripted guess-game episodes of exactly ``turns`` turns run (same tokens in both paths; the model computes every
 logit). Reported, in MiB:
 
-* ``peak``: VmHWM − VmRSS just before the episodes (the episodes' peak memory above the loaded model);
+* ``anon_peak``: the peak of the anonymous resident memory (resident − file-backed, polled every millisecond by a
+  thread) above its value just before the episodes: tensors, activations, allocator, without the memory-mapped
+  weight files;
 * ``kv``: the largest KV cache the session held (sum of its key/value tensors' bytes, sampled after every
   forward);
-* ``beyond_kv`` = peak − kv: what memory costs besides the KV cache itself (activations, logits, allocator).
+* ``anon_beyond_kv`` = anon_peak − kv: what memory costs besides the KV cache itself;
+* ``peak`` (VmHWM − VmRSS just before the episodes) and ``beyond_kv``: the same from the kernel's high-water mark,
+  which also counts the weight file's pages faulted in again when memory is short (noisier).
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/episode_memory.py --model tiny --turns 2 4 8 16 --sampled-tokens 256
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/episode_memory.py --model tiny --turns 2 4 8 16 --episode-tokens 720
 
-With ``--sampled-tokens N`` every episode samples about N tokens whatever its number of turns (each turn is
-padded with " ok"), so the KV cache stays about the same size and only the number of turns changes. The children
+With ``--episode-tokens N`` every episode holds about N tokens (sampled + inserted) whatever its number of turns
+(each turn is padded with " ok"), so the KV cache stays the same size and only the number of turns changes. The children
 run with ``MALLOC_MMAP_THRESHOLD_=65536`` (unless set): glibc then maps large blocks and returns them when freed,
 so the resident set follows the live tensors instead of the allocator's free lists.
 
@@ -28,6 +32,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 MiB = 2**20
@@ -39,6 +45,37 @@ def _status(key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
     raise KeyError(key)
+
+
+class AnonPeak:
+    """Peak anonymous resident memory (resident − file-backed pages, from /proc/self/statm), polled every
+    ``interval`` seconds by a thread: unlike VmHWM it leaves out the model's memory-mapped weight files, whose
+    pages the kernel may drop and fault in again under memory pressure."""
+
+    def __init__(self, interval: float = 0.001) -> None:
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def now(self) -> int:
+        with open("/proc/self/statm") as f:
+            fields = f.read().split()
+        return (int(fields[1]) - int(fields[2])) * self._page
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.now())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> AnonPeak:
+        self.peak = self.now()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.now())
 
 
 def cache_bytes(cache: Any) -> int:
@@ -60,7 +97,7 @@ def turn_text(tok: Any, guess: int, tokens: int) -> str:
     return text
 
 
-def one(model: str, session: str, turns: int, prompts: int, generations: int, sampled: int) -> dict[str, Any]:
+def one(model: str, session: str, turns: int, prompts: int, generations: int, total: int) -> dict[str, Any]:
     """Run one configuration in this process; returns its measurements."""
     import torch
 
@@ -82,7 +119,14 @@ def one(model: str, session: str, turns: int, prompts: int, generations: int, sa
     task = rlvr.create("task", "guess", low=1, high=100)
     rows = [dict(r, answer=100) for r in task.train_rows[:prompts]]  # never guessed: every turn is played
     n = prompts * generations
-    per_turn = sampled // turns if sampled else 0
+    per_turn = 0
+    if total:  # sampled tokens per turn so that sampled + inserted ≈ total, whatever the number of turns
+        end = tok.decode([tok.eos_token_id])
+        hist = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}]
+        ins = 1 + len(
+            tok(E.inserted_text(tok, hist, [{"role": "user", "content": "Lower."}], None, [end]))["input_ids"]
+        )
+        per_turn = max(1, (total - (turns - 1) * ins) // turns - 1)  # - 1: the end-of-turn token
     script = [[turn_text(tok, 10 + 3 * t % 80 + e % 5, per_turn) for t in range(turns)] for e in range(n)]
     warm = E.ScriptedSampler(tok, script[:generations], generations, tok.eos_token_id)
     E.run_episodes(policy, env, rows[:1], generations, [0], warm, 4096, 8192, session=session)
@@ -91,9 +135,11 @@ def one(model: str, session: str, turns: int, prompts: int, generations: int, sa
         f.write("5")  # reset VmHWM to the current resident set
     base = _status("VmRSS")
     sampler = E.ScriptedSampler(tok, script, generations, tok.eos_token_id)
-    with torch.no_grad():
+    with torch.no_grad(), AnonPeak() as anon:
+        anon_base = anon.peak
         ro = E.run_episodes(policy, env, rows, generations, list(range(prompts)), sampler, 4096, 8192, session=session)
     peak = _status("VmHWM") - base
+    anon_peak = anon.peak - anon_base
     assert all(e["turns"] == turns for e in ro.episodes)
     return {
         "model": model,
@@ -106,6 +152,8 @@ def one(model: str, session: str, turns: int, prompts: int, generations: int, sa
         "peak_mib": peak / MiB,
         "kv_mib": peak_kv[0] / MiB,
         "beyond_kv_mib": (peak - peak_kv[0]) / MiB,
+        "anon_peak_mib": anon_peak / MiB,
+        "anon_beyond_kv_mib": (anon_peak - peak_kv[0]) / MiB,
     }
 
 
@@ -117,16 +165,16 @@ def main() -> None:
     ap.add_argument("--turns", type=int, nargs="+", default=[2, 4, 8, 16])
     ap.add_argument("--sessions", nargs="+", default=["kv", "reprefill"])
     ap.add_argument(
-        "--sampled-tokens",
+        "--episode-tokens",
         type=int,
         default=0,
-        help="pad each turn so that an episode samples about this many tokens in all, whatever the number of "
-        "turns (0: one short sentence per turn, so episodes grow with the turns)",
+        help="pad each turn so that an episode holds about this many tokens (sampled + inserted) whatever its "
+        "number of turns (0: one short sentence per turn, so episodes grow with the turns)",
     )
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        res = one(args.model, args.sessions[0], args.turns[0], args.prompts, args.generations, args.sampled_tokens)
+        res = one(args.model, args.sessions[0], args.turns[0], args.prompts, args.generations, args.episode_tokens)
         print(json.dumps(res), flush=True)
         return
     rows = []
@@ -134,7 +182,7 @@ def main() -> None:
         for turns in args.turns:
             cmd = [sys.executable, __file__, "--one", "--model", args.model, "--sessions", session]
             cmd += ["--turns", str(turns), "--prompts", str(args.prompts), "--generations", str(args.generations)]
-            cmd += ["--sampled-tokens", str(args.sampled_tokens)]
+            cmd += ["--episode-tokens", str(args.episode_tokens)]
             env = {**os.environ}
             env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")  # large blocks are mmapped, returned when freed
             env.setdefault("MALLOC_TRIM_THRESHOLD_", "0")
@@ -142,13 +190,15 @@ def main() -> None:
             out = out.strip().splitlines()[-1]
             rows.append(json.loads(out))
             print(out, flush=True)
-    print("| session | turns | tokens/episode (sampled) | peak (MiB) | KV cache (MiB) | beyond the KV cache (MiB) |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| session | turns | tokens/episode (sampled) | KV cache (MiB) | peak, anonymous (MiB) | "
+        "beyond the KV cache (MiB) | peak, VmHWM (MiB) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['session']} | {r['turns']} | {r['tokens_per_episode']:.0f} ({r['sampled_per_episode']:.0f}) | "
-            f"{r['peak_mib']:.1f} | "
-            f"{r['kv_mib']:.1f} | {r['beyond_kv_mib']:.1f} |"
+            f"{r['kv_mib']:.1f} | {r['anon_peak_mib']:.1f} | {r['anon_beyond_kv_mib']:.1f} | {r['peak_mib']:.1f} |"
         )
 
 
