@@ -139,6 +139,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12, help="GRPO steps")
     ap.add_argument("--eval-every", type=int, default=3, help="evaluate every N GRPO steps")
     ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument(
+        "--rewards",
+        default="calculator_correct,tool_use",
+        help="GRPO rewards, comma-separated (tool_use: partial credit for calls, which GRPO can exploit by calling "
+        "again instead of answering)",
+    )
     ap.add_argument("--prompts-per-step", type=int, default=2)
     ap.add_argument("--generations", type=int, default=4)
     ap.add_argument("--max-new", type=int, default=40, help="tokens per assistant turn (a call is 34)")
@@ -151,7 +157,7 @@ def main() -> None:
             "model=smollm2",
             "env=calculator",
             "task=multiply3",
-            "reward=[calculator_correct,tool_use]",
+            f"reward=[{args.rewards}]",
             f"engine.max_new_tokens={args.max_new}",
             "engine.max_prompt_length=1024",
             f"trainer.max_steps={args.steps}",
@@ -203,7 +209,13 @@ def main() -> None:
     trainer = rlvr.Trainer(cfg, run_dir=args.out, policy=policy)
     while trainer.step < args.steps:
         m = trainer.train_step()
-        keep = ("rewards/calculator_correct/mean", "rewards/tool_use/mean", "env/tool_use_rate", "step_time", "loss")
+        keep = (
+            "rewards/calculator_correct/mean",
+            "rewards/tool_use/mean",
+            "env/tool_use_rate",
+            "env/episode_truncated",
+        )
+        keep += ("step_time", "loss")
         result["grpo_steps"].append({"step": trainer.step, **{k: m.get(k) for k in keep}})
         print(json.dumps(result["grpo_steps"][-1]), flush=True)
         if trainer.step % args.eval_every == 0 or trainer.step == args.steps:
@@ -213,7 +225,9 @@ def main() -> None:
     (out_dir / "curve.json").write_text(json.dumps(result, indent=1))
     title = (
         f"SmolLM2-135M-Instruct, calculator tool, {args.eval} held-out 3-digit multiplications; "
-        f"{args.demos} SFT demos, {args.steps} GRPO steps; {result['total_s'] / 60:.0f} min on 2 shared CPU cores"
+        f"{args.demos} SFT demos, {args.steps} GRPO steps (reward {args.rewards}, lr {args.lr});\n"
+        f"{result['total_s'] / 60:.0f} min on 2 shared CPU cores, load average {load0[0]:.1f} → "
+        f"{result['load_after'][0]:.1f}"
     )
     plot(points, Path(args.plot), title)
     print(
