@@ -84,7 +84,7 @@ def plot(points: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    fig, ax = plt.subplots(figsize=(8, 4.6))
     t = [p["elapsed_s"] / 60 for p in points]
     for key, label, colour in (
         ("accuracy", "accuracy", "tab:blue"),
@@ -119,11 +119,21 @@ def plot(points: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_xlabel("wall time (minutes, evaluations included)")
     ax.set_ylabel("held-out rate (greedy), 95 % Wilson band")
     ax.set_title(title, fontsize=9)
-    ax.legend(loc="center right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+
+
+def title(args: argparse.Namespace, result: dict[str, Any]) -> str:
+    """The plot's title: the run's settings, wall time and load averages."""
+    return (
+        f"SmolLM2-135M-Instruct + calculator tool: {args.eval} held-out 3-digit multiplications (greedy)\n"
+        f"{args.demos} SFT demos, {args.steps} GRPO steps (reward {getattr(args, 'rewards', 'calculator_correct,tool_use')}, "
+        f"lr {args.lr})\n{result['total_s'] / 60:.0f} min on 2 shared CPU cores, load average "
+        f"{result['load_before'][0]:.1f} → {result['load_after'][0]:.1f}"
+    )
 
 
 def main() -> None:
@@ -149,7 +159,12 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=4)
     ap.add_argument("--max-new", type=int, default=40, help="tokens per assistant turn (a call is 34)")
     ap.add_argument("--max-tokens", type=int, default=96, help="env.max_tokens: tokens per episode after the prompt")
+    ap.add_argument("--replot", help="only redraw the plot from this curve.json (no training)")
     args = ap.parse_args()
+    if args.replot:
+        saved = json.loads(Path(args.replot).read_text())
+        plot(saved["points"], Path(args.plot), title(argparse.Namespace(**saved["args"]), saved))
+        return
     t0 = time.perf_counter()
     load0 = os.getloadavg()
     cfg = rlvr.compose(
@@ -223,13 +238,7 @@ def main() -> None:
     result["total_s"] = time.perf_counter() - t0
     result["load_after"] = os.getloadavg()
     (out_dir / "curve.json").write_text(json.dumps(result, indent=1))
-    title = (
-        f"SmolLM2-135M-Instruct, calculator tool, {args.eval} held-out 3-digit multiplications; "
-        f"{args.demos} SFT demos, {args.steps} GRPO steps (reward {args.rewards}, lr {args.lr});\n"
-        f"{result['total_s'] / 60:.0f} min on 2 shared CPU cores, load average {load0[0]:.1f} → "
-        f"{result['load_after'][0]:.1f}"
-    )
-    plot(points, Path(args.plot), title)
+    plot(points, Path(args.plot), title(args, result))
     print(
         json.dumps(
             {
