@@ -5,7 +5,7 @@ For B rows whose first P columns are identical and unpadded, the prefix's keys/v
 (batch 1), the cache is repeated B times, and one batched forward runs over the remaining L − P columns with
 the full attention mask. Same attention, same positions; only the matrix shapes differ, so the logits agree with
 a full prefill up to float rounding (tests/test_prefix.py). Cost: P + B·(L − P) token-forwards instead of B·L
-(for 100 held-out calculator prompts of 197 tokens with a 181-token shared prefix: 1,781 instead of 19,700).
+(for the 100 held-out calculator prompts of 197 tokens, with a 177-token shared prefix: 2,177 instead of 19,700).
 """
 
 from __future__ import annotations
