@@ -44,6 +44,7 @@ import torch
 
 from rlvr.core.errors import ConfigError
 from rlvr.core.policy import Policy, eos_token_ids
+from rlvr.core.prefix import prefill
 from rlvr.core.rollout import Rollouts
 from rlvr.core.tools import detect_format, rlvr_tool_prompt, tool_schema
 
@@ -196,7 +197,7 @@ class KVSession:
         self.model = model
         self.cache = DynamicCache()
         pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-        logits = _forward(model, prompt_ids, prompt_mask, pos, self.cache)
+        logits = prefill(model, prompt_ids, prompt_mask, pos, self.cache, _forward)  # a shared prefix: once
         self.cache.batch_repeat_interleave(repeats)  # the group's prompt is prefilled once
         self.mask = prompt_mask.repeat_interleave(repeats, dim=0)
         self.logits = logits.repeat_interleave(repeats, dim=0)
