@@ -186,3 +186,30 @@ def test_per_turn_scores_on_the_last_turn_train_exactly_as_outcome_scores(tmp_pa
     assert adv_outcome[0].abs().sum() > 0  # there was something to learn
     assert all(torch.equal(a, b) for a, b in zip(outcome, per_turn))
     assert any(not torch.equal(a, b) for a, b in zip(before, outcome))
+
+
+def test_the_audit_checks_read_an_episodes_final_answer_not_its_trajectory(tmp_path):
+    """A tool's output in the trajectory is not the model's answer: the reward-hacking monitor gets the final
+    assistant message of each episode ("" when a limit cut it)."""
+    from rlvr.core.episodes import final_answer
+
+    t = rlvr.Trainer(rlvr.compose(guess_overrides(["reward=[guess_valid]"])), run_dir=tmp_path)
+    end_turns_often(t)
+    seen = []
+    monitor = t.monitor
+
+    def spy(step, completions, *a, **kw):
+        seen.append((list(completions), list(t._batch_episodes)))
+        return monitor(step, completions, *a, **kw)
+
+    orig_score = t.score
+
+    def score(batch):
+        orig_score(batch)
+        t._batch_episodes = batch.rollouts.episodes
+
+    t.score, t.monitor = score, spy
+    t.train()
+    said, eps = seen[0]
+    assert said == [final_answer(e) or "" for e in eps]
+    assert any(e["turns"] > 1 for e in eps)  # trajectories longer than the answer

@@ -632,10 +632,12 @@ class Trainer:
         metrics.update(sums)
         metrics.update(batch.metrics)
         ro = batch.rollouts  # the reward-hacking monitor (audit/...): every rank's share gathered, rank 0 warns
+        # episodes: the checks read the final answer, not the trajectory (a tool's output is not the model's answer)
+        said = [episodes.final_answer(e) or "" for e in ro.episodes] if ro.episodes else ro.completions
         metrics.update(
             self.monitor(
                 batch.step,
-                ro.completions,
+                said,
                 batch.local_rewards,
                 self.rewards,
                 ro.rows,
