@@ -21,6 +21,7 @@ from rlvr.core.episodes import ScriptedSampler, render, run_episodes
 from rlvr.plugins.models.tiny import byte_tokenizer
 
 CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "12*34"}}</tool_call>'
+MISTRAL_CALL = '[TOOL_CALLS][{"name": "calculator", "arguments": {"expression": "12*34"}}]'
 
 QWEN25 = (
     "{%- if tools %}{{- '<|im_start|>system\\n' }}"
@@ -59,6 +60,49 @@ GEMMA3 = (
     "{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
 )
 
+# Qwen 3 (reduced): reasoning in an assistant message is rendered only after the last real user query (so in a
+# tool-calling loop every turn keeps its <think> block; turns before a later user message lose it)
+QWEN3 = (
+    "{%- if tools %}{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}"
+    "{{- '# Tools\\n<tools>' }}{%- for t in tools %}{{- '\\n' }}{{- t | tojson }}{%- endfor %}"
+    "{{- '\\n</tools><|im_end|>\\n' }}"
+    "{%- elif messages[0].role == 'system' %}{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- set ns = namespace(last_query_index=messages|length - 1) %}"
+    "{%- for message in messages[::-1] %}{%- set index = (messages|length - 1) - loop.index0 %}"
+    "{%- if ns.multi_step_tool is not defined %}{%- set ns.multi_step_tool = true %}{%- endif %}"
+    "{%- if ns.multi_step_tool and message.role == 'user' %}"
+    "{%- set ns.multi_step_tool = false %}{%- set ns.last_query_index = index %}{%- endif %}{%- endfor %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'assistant' %}{%- set content = message.content %}{%- set reasoning = '' %}"
+    "{%- if '</think>' in content %}"
+    "{%- set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
+    "{%- if loop.index0 > ns.last_query_index and reasoning %}"
+    "{{- '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' + content + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if loop.index0 == 0 or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+# Mistral (reduced, v7-style markers): no separator between turns; tool results follow the call directly
+MISTRAL = (
+    "{{- '<s>' }}{%- if messages[0].role == 'system' %}"
+    "{{- '[SYSTEM_PROMPT]' + messages[0].content + '[/SYSTEM_PROMPT]' }}{%- endif %}"
+    "{%- if tools %}{{- '[AVAILABLE_TOOLS]' + (tools | tojson) + '[/AVAILABLE_TOOLS]' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'user' %}{{- '[INST]' + message.content + '[/INST]' }}"
+    "{%- elif message.role == 'assistant' %}{{- message.content + '</s>' }}"
+    "{%- elif message.role == 'tool' %}{{- '[TOOL_RESULTS]' + message.content + '[/TOOL_RESULTS]' }}"
+    "{%- endif %}{%- endfor %}"
+)
+
 FAMILIES = {  # name: (template, specials, end of turn, env, tool format)
     "chatml": (None, [], "<|im_end|>", "calculator", "rlvr"),
     "qwen2.5": (QWEN25, [], "<|im_end|>", "calculator", "hermes"),
@@ -77,6 +121,15 @@ FAMILIES = {  # name: (template, specials, end of turn, env, tool format)
         "rlvr",
     ),
     "gemma3": (GEMMA3, ["<bos>", "<start_of_turn>", "<end_of_turn>"], "<end_of_turn>", "guess", "rlvr"),
+    "qwen3": (QWEN3, ["<think>", "</think>"], "<|im_end|>", "calculator", "hermes"),
+    "mistral": (
+        MISTRAL,
+        ["<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"]
+        + ["[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"],
+        "</s>",
+        "calculator",
+        "mistral",
+    ),
 }
 
 
@@ -129,7 +182,11 @@ def test_family_trajectory_equals_template(name):
     if env_name == "calculator":
         env = rlvr.create("env", "calculator", tool_format=fmt, max_tokens=2000, max_turns=4)
         rows = [{"question": "What is 12 * 34?", "answer": 408}]
-        ro = check_trajectory(policy, env, [[CALL, CALL, "408"]], rows, fmt)
+        call = MISTRAL_CALL if fmt == "mistral" else CALL
+        if name == "qwen3":  # thinking: every turn of a tool loop keeps its reasoning in the template's rendering
+            call = f"<think>\nI need 12*34.\n</think>\n\n{call}"
+        ro = check_trajectory(policy, env, [[call, call, "408"]], rows, fmt)
+        assert ro.episodes[0]["tool_calls"] == 2 and ro.episodes[0]["tool_errors"] == 0
         assert [m["role"] for m in ro.episodes[0]["messages"]][-5:] == [
             "assistant",
             "tool",
@@ -141,6 +198,25 @@ def test_family_trajectory_equals_template(name):
         env = rlvr.create("env", "guess", max_tokens=2000, max_turns=4)
         rows = [{"question": "Guess 1-20", "answer": 7, "low": 1, "high": 20}]
         check_trajectory(policy, env, [["10", "5", "7"]], rows, fmt)
+
+
+def test_qwen3_reasoning_before_a_later_user_turn_is_the_documented_difference():
+    """Qwen 3's template drops the <think> block of assistant turns that precede the last user message; the
+    trajectory keeps what was sampled. Without those blocks the two are token for token the same."""
+    policy = family_policy("qwen3")
+    tok = policy.tokenizer
+    env = rlvr.create("env", "guess", max_tokens=2000, max_turns=4)
+    rows = [{"question": "Guess 1-20", "answer": 7, "low": 1, "high": 20}]
+    turns = [[f"<think>\nTry {g}.\n</think>\n\n{g}" for g in ("10", "5", "7")]]
+    ro = run_episodes(policy, env, rows, 1, [0], ScriptedSampler(tok, turns, 1, tok.eos_token_id), 128, 4096)
+    ep = ro.episodes[0]
+    assert ep["stop"] == "env_done" and ep["turns"] == 3
+    sampled = tok.decode(ro.prompt_ids[0][ro.prompt_mask[0] == 1].tolist() + ro.completion_ids[0].tolist())
+    rendered = render(tok, ep["messages"], None, False)
+    assert sampled != rendered[: len(sampled)]
+    dropped = sampled.replace("<think>\nTry 10.\n</think>\n\n", "").replace("<think>\nTry 5.\n</think>\n\n", "")
+    assert rendered.startswith(dropped) and rendered[len(dropped) :].strip() == ""
+    assert "<think>\nTry 7.\n</think>" in rendered  # the last turn (after the last user message) keeps it
 
 
 def test_qwen_separator_after_im_end_is_inserted_not_dropped():

@@ -324,8 +324,8 @@ def start_episodes(
     for b, row in enumerate(rows):
         for j in range(G):
             m, s = starts[b] if j == 0 else (list(starts[b][0]), env.reset(row)[1])
-            if isinstance(s, dict):
-                s.setdefault("tool_format", fmt)
+            if isinstance(s, dict) and s.get("tool_format") is None:  # ToolEnv.reset leaves it None
+                s["tool_format"] = fmt
             episodes.append(Episode(row=row, messages=[dict(x) for x in m], state=s))
     return EpisodeStart(
         episodes,
