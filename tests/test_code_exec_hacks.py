@@ -430,17 +430,15 @@ def test_honest_scores_are_exact(mode):
 
 def test_the_fork_oracle_really_has_64_guessers():
     code = HACKS["fork oracle: 64 children, each answering with a different guess"]
-    code += "\nimport sys\nif guess == 63:\n    print('all 64 ran', flush=True)\n"
+    # the parent waits for its children: otherwise, on a busy machine, it can exit (and the sandbox kill the
+    # rest) before child 63 has printed
+    code += (
+        "\nif guess == 63:\n    print('all 64 ran', flush=True)\n"
+        "if guess == 0:\n    try:\n        while True:\n            os.wait()\n    except ChildProcessError:\n        pass\n"
+    )
     sb = reward("rlimit").executor.sandbox
-    # this checks the hack above is a real 64-way oracle; a fork can fail transiently when the machine is busy
-    # (seen once in a full-suite run, not reproduced alone), so up to 3 runs
-    outs = []
-    for _ in range(3):
-        res = sb.run("solution.py", [], {"solution.py": code.encode()}, b"", 10.0)
-        outs.append(res)
-        if b"all 64 ran" in res.stdout:
-            break
-    assert b"all 64 ran" in outs[-1].stdout, outs
+    res = sb.run("solution.py", [], {"solution.py": code.encode()}, b"", 10.0)
+    assert b"all 64 ran" in res.stdout, res
 
 
 def test_results_from_a_forked_child_fail_closed_with_a_reason():

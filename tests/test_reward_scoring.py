@@ -204,8 +204,10 @@ def test_scalar_or_mapping_return_is_an_error(returned):
 
 
 def test_non_number_in_list_is_an_error():
-    with pytest.raises(RewardError, match=r"returned \[1\] for completion 0"):
+    with pytest.raises(RewardError, match=r"'obj' returned a list for completion 0: per-turn scores exist only"):
         score([RewardFn("obj", lambda completions, **_: [[1], 1.0, 1.0])], COMPLETIONS, PROMPTS, COLUMNS)
+    with pytest.raises(RewardError, match=r"'obj' returned \{'a': 1\} for completion 0; expected a number"):
+        score([RewardFn("obj", lambda completions, **_: [{"a": 1}, 1.0, 1.0])], COMPLETIONS, PROMPTS, COLUMNS)
 
 
 def test_column_of_wrong_length_is_rejected():
