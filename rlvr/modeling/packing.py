@@ -210,6 +210,30 @@ def mask_accepts_4d(model: Any) -> bool:
     return getattr(cfg, "_attn_implementation", None) in ("sdpa", "eager")
 
 
+def _prompt_pass(
+    model: Any, input_ids: Tensor, attention_mask: Tensor, P: int, G: int
+) -> tuple[Tensor, int, Tensor, list[Any]]:
+    """Each group's prompt (rows 0, G, 2G, ... of the first ``P`` columns), run once without its all-padding
+    leading columns. Returns (prompt mask long [B, P'], the first column kept, last hidden states
+    [B, P', H], each layer's (keys, values)) with P' = P − that column."""
+    from transformers import DynamicCache
+
+    p_mask = attention_mask[::G, :P]
+    start = _first_column(p_mask)
+    p_ids, p_mask = input_ids[::G, start:P], p_mask[:, start:]
+    decoder = decoder_of(model)
+    prompt_cache = DynamicCache()
+    out = decoder(
+        input_ids=p_ids,
+        attention_mask=p_mask,
+        position_ids=position_ids_from_mask(p_mask),
+        use_cache=True,
+        **_cache_kw(decoder, prompt_cache),
+    )
+    kv = [(layer.keys, layer.values) for layer in prompt_cache.layers]  # type: ignore[union-attr]
+    return p_mask, start, out.last_hidden_state, kv
+
+
 def _shared_buckets(
     model: Any,
     input_ids: Tensor,
@@ -224,20 +248,9 @@ def _shared_buckets(
     from transformers import DynamicCache
 
     device = input_ids.device
-    p_mask = attention_mask[::G, :P]
-    start = _first_column(p_mask)
-    p_ids, p_mask = input_ids[::G, start:P], p_mask[:, start:]
+    p_mask, start, hidden, kv = _prompt_pass(model, input_ids, attention_mask, P, G)
+    last = hidden[:, -1:]  # [B, 1, H]: predicts each completion's first token
     decoder = decoder_of(model)
-    prompt_cache = DynamicCache()
-    out = decoder(
-        input_ids=p_ids,
-        attention_mask=p_mask,
-        position_ids=position_ids_from_mask(p_mask),
-        use_cache=True,
-        **_cache_kw(decoder, prompt_cache),
-    )
-    last = out.last_hidden_state[:, -1:]  # [B, 1, H]: predicts each completion's first token
-    kv = [(layer.keys, layer.values) for layer in prompt_cache.layers]  # type: ignore[union-attr]
     weight, bias, softcap, scale = lm_head_params(model)
     parts = []
     for rows in buckets:
@@ -282,21 +295,10 @@ def _shared_bins(
 
     device = input_ids.device
     N, T = input_ids.shape[0], input_ids.shape[1] - P
-    p_mask = attention_mask[::G, :P]
-    start = _first_column(p_mask)
-    p_ids, p_mask = input_ids[::G, start:P], p_mask[:, start:]
-    Pp, B = P - start, p_ids.shape[0]
+    p_mask, start, hidden, kv = _prompt_pass(model, input_ids, attention_mask, P, G)
+    Pp, B = P - start, p_mask.shape[0]
+    last = hidden[:, -1]  # [B, H]: predicts each completion's first token
     decoder = decoder_of(model)
-    prompt_cache = DynamicCache()
-    out = decoder(
-        input_ids=p_ids,
-        attention_mask=p_mask,
-        position_ids=position_ids_from_mask(p_mask),
-        use_cache=True,
-        **_cache_kw(decoder, prompt_cache),
-    )
-    last = out.last_hidden_state[:, -1]  # [B, H]: predicts each completion's first token
-    kv = [(layer.keys, layer.values) for layer in prompt_cache.layers]  # type: ignore[union-attr]
     weight, bias, softcap, scale = lm_head_params(model)
     group = torch.arange(N, device=device) // G
     c_mask = attention_mask[:, P:]
