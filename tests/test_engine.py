@@ -292,3 +292,34 @@ def test_bfloat16_decode_samples_close_to_float32_and_asks_for_the_importance_co
         engine(decode_dtype="float16")
     with pytest.raises(ValueError, match="fast decoder only"):
         engine(decode_dtype="bfloat16", decoder="transformers")
+
+
+@pytest.mark.parametrize("decoder", ["fast", "transformers"])
+def test_min_new_tokens_holds_back_eos(tiny, decoder):
+    """engine.min_new_tokens: no row ends before it (EOS is removed from the sampling distribution), later steps
+    sample as usual, and sampling_logps stay the trainer's (unfiltered) log-probs."""
+    policy = tiny
+    eos_ids = list(range(3, 259, 3))  # a third of the vocabulary ends a completion: most rows would stop early
+    old = policy.model.generation_config.eos_token_id
+    policy.model.generation_config.eos_token_id = eos_ids
+    try:
+        free = engine(max_new_tokens=8, decoder=decoder).generate(policy, PROMPTS, 8, [5, 6])
+        held = engine(max_new_tokens=8, min_new_tokens=5, decoder=decoder).generate(policy, PROMPTS, 8, [5, 6])
+    finally:
+        policy.model.generation_config.eos_token_id = old
+    eos = torch.tensor(eos_ids + [policy.tokenizer.eos_token_id])
+    assert (free.completion_mask.sum(1) < 5).any()  # the check below can fail
+    lengths = held.completion_mask.sum(1)
+    assert (lengths >= 5).all() and (lengths < 8).any()  # EOS comes only from the 6th token on, and does come
+    assert not torch.isin(held.completion_ids[:, :4], eos).any()
+    ref = teacher_forced(policy, held)
+    torch.testing.assert_close(held.sampling_logps, ref * held.completion_mask, atol=2e-5, rtol=1e-5)
+
+
+def test_min_new_tokens_config_errors(tiny):
+    from rlvr.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="min_new_tokens=40"):
+        engine(max_new_tokens=32, min_new_tokens=40)
+    with pytest.raises(ConfigError, match="single-turn"):
+        engine(min_new_tokens=2).generate_episodes(tiny, None, [], 2, [])

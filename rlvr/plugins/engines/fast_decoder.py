@@ -140,10 +140,28 @@ def fast_decoder_reason(model: Any, total_length: int) -> Optional[str]:
     return None
 
 
+def rms_norm_of(module: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The norm as one fused op (``F.rms_norm``) for transformers' Llama-style RMSNorm in float32: the module
+    computes ``weight * x * rsqrt(mean(x²) + eps)`` in five ops. Any other norm (or dtype) runs as the module."""
+    weight, eps = getattr(module, "weight", None), getattr(module, "variance_epsilon", None)
+    if type(module).__name__.endswith("RMSNorm") and isinstance(weight, torch.Tensor) and isinstance(eps, float):
+        if weight.dtype == torch.float32 and weight.dim() == 1:
+            shape = (weight.shape[0],)
+
+            def norm(x: torch.Tensor) -> torch.Tensor:
+                return module(x) if x.dtype != torch.float32 else F.rms_norm(x, shape, weight, eps)
+
+            return norm
+    return module
+
+
 class _Layer:
     def __init__(self, layer: Any, packed: bool, dtype: Optional[torch.dtype] = None) -> None:
         attn = layer.self_attn
-        self.input_norm, self.post_norm = layer.input_layernorm, layer.post_attention_layernorm
+        self.input_norm, self.post_norm = (
+            rms_norm_of(layer.input_layernorm),
+            rms_norm_of(layer.post_attention_layernorm),
+        )
         self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
         self.qkv = Projection([attn.q_proj, attn.k_proj, attn.v_proj], packed, dtype)
         self.o = Projection([attn.o_proj], packed, dtype)
@@ -173,7 +191,7 @@ class FastDecoder:
     def __init__(self, model: Any, packed: bool, dtype: Optional[torch.dtype] = None) -> None:
         cfg = base_model(model).config
         inner = decoder_of(model)
-        self.embed, self.norm, self.rotary = inner.embed_tokens, inner.norm, inner.rotary_emb
+        self.embed, self.norm, self.rotary = inner.embed_tokens, rms_norm_of(inner.norm), inner.rotary_emb
         self.heads = int(cfg.num_attention_heads)
         self.kv_heads = int(getattr(cfg, "num_key_value_heads", None) or self.heads)
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads)
@@ -238,23 +256,29 @@ class FastDecoder:
         g = Hq // Hk
         h = self.embed(tokens[:, None])  # [N, 1, H]
         cos, sin = self.rotary(h, positions[:, None])  # [N, 1, D]
-        cos, sin = cos[:, None], sin[:, None]  # [N, 1, 1, D]: broadcast over heads
-        bias = self.bias[..., : t + 1]
         half = D // 2
+        # rotate_half(x) * sin == roll(x, half) * signed_sin, with signed_sin = (-sin[:half], sin[half:])
+        cos, signed_sin = cos[:, 0, None], torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)[:, 0, None]
+        bias = self.bias[..., : t + 1]
         for i, lay in enumerate(self.layers):
             x = lay.input_norm(h)
             q, k, v = lay.qkv(x)
-            q, k, v = q.view(N, 1, Hq, D), k.view(N, 1, Hk, D), v.view(N, 1, Hk, D)
-            if lay.q_norm is not None:
-                q, k = lay.q_norm(q), lay.k_norm(k)
-            q, k = q.transpose(1, 2), k.transpose(1, 2)  # [N, heads, 1, D]
-            q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
-            k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
+            if lay.q_norm is None and q.data_ptr() + Hq * D * q.element_size() == k.data_ptr():
+                # q and k are adjacent columns of the fused projection: rotate both heads' sets in one pass
+                qk = q.as_strided((N, Hq + Hk, D), (q.stride(0), D, 1))  # [N, Hq + Hk, D]
+                qk = qk * cos + qk.roll(half, -1) * signed_sin
+                q, k = qk[:, :Hq], qk[:, Hq:]
+            else:
+                q, k = q.view(N, Hq, D), k.view(N, Hk, D)
+                if lay.q_norm is not None:
+                    q, k = lay.q_norm(q), lay.k_norm(k)
+                q = q * cos + q.roll(half, -1) * signed_sin
+                k = k * cos + k.roll(half, -1) * signed_sin
             keys, values = self.keys[i], self.values[i]
-            keys[:, :, t].copy_(k[:, :, 0])
-            values[:, :, t].copy_(v[:, 0])
+            keys[:, :, t].copy_(k)
+            values[:, :, t].copy_(v.view(N, Hk, D))
             qg = q.reshape(N, Hk, g, D)  # query heads grouped by their KV head: no repeat of K/V
-            scores = torch.matmul(qg, keys[:, :, : t + 1].transpose(-1, -2)) * lay.scaling + bias
+            scores = torch.matmul(qg, keys[:, :, : t + 1].transpose(-1, -2)).mul_(lay.scaling).add_(bias)
             attn = torch.matmul(scores.softmax(-1, dtype=torch.float32).to(qg.dtype), values[:, :, : t + 1])
             h = h + lay.o(attn.reshape(N, 1, Hq * D))
             x = lay.post_norm(h)
@@ -262,7 +286,7 @@ class FastDecoder:
                 h = h + lay.mlp(x)
             else:
                 gate, up = lay.gate_up(x)
-                h = h + lay.down(lay.act(gate) * up)
+                h = h + lay.down(lay.act(gate).mul_(up))
         return self.logits(self.norm(h)[:, 0])
 
 

@@ -43,6 +43,7 @@ class HFEngineConfig(SamplingConfig):
     compact_finished: bool = True  # `fast`: finished rows leave the decode batch (see should_compact)
     decode_dtype: str = "float32"  # float32 | bfloat16: the packed decode matmuls' dtype (weights stay as they are)
     importance_sampling_cap: float = 3.0  # decode_dtype=bfloat16: cap of the token-level truncated IS ratio
+    min_new_tokens: int = 0  # no end-of-sequence token before this many new tokens (transformers' min_new_tokens)
 
 
 def validate(cfg: HFEngineConfig) -> None:
@@ -53,6 +54,10 @@ def validate(cfg: HFEngineConfig) -> None:
         raise ConfigError(f"engine.packed_weights={cfg.packed_weights!r}: choose auto, on or off")
     if cfg.decode_dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"engine.decode_dtype={cfg.decode_dtype!r}: choose float32 or bfloat16")
+    if cfg.min_new_tokens < 0 or cfg.min_new_tokens > cfg.max_new_tokens:
+        raise ConfigError(
+            f"engine.min_new_tokens={cfg.min_new_tokens}: must be in [0, engine.max_new_tokens={cfg.max_new_tokens}]"
+        )
     if cfg.decode_dtype == "bfloat16" and cfg.decoder == "transformers":
         raise ConfigError(
             "engine.decode_dtype=bfloat16 runs in the fast decoder only; use engine.decoder=auto or fast"
@@ -246,6 +251,11 @@ class HFEngine:
         comparison). ``engine.max_new_tokens`` limits each assistant turn. See :mod:`rlvr.core.episodes`."""
         from rlvr.core.episodes import run_episodes
 
+        if self.cfg.min_new_tokens:
+            raise ConfigError(
+                f"engine.min_new_tokens={self.cfg.min_new_tokens} applies to single-turn generation only; with "
+                "env=... a turn ends at the end-of-turn token the environment waits for: set engine.min_new_tokens=0"
+            )
         return run_episodes(
             policy,
             env,
@@ -291,13 +301,17 @@ class HFEngine:
         self.decode_rows = 0  # rows × decode steps actually run (metrics / benchmarks)
         for t in range(max_new):
             scaled = logits / cfg.temperature if cfg.temperature != 1.0 else logits
-            logp_all = scaled.log_softmax(-1)
+            logp_all = scaled.log_softmax(-1)  # log-probs of the unfiltered distribution (the trainer's)
+            early = t < cfg.min_new_tokens  # no end of sequence yet: sample from the distribution without it
+            if early:
+                scaled = scaled.index_fill(-1, eos, float("-inf"))
             if greedy:
                 nxt = scaled.argmax(-1)
             else:
-                probs = (
-                    filter_logits(scaled, cfg.top_k, cfg.top_p, cfg.min_p).softmax(-1) if filtering else logp_all.exp()
-                )
+                if filtering:
+                    probs = filter_logits(scaled, cfg.top_k, cfg.top_p, cfg.min_p).softmax(-1)
+                else:
+                    probs = scaled.softmax(-1) if early else logp_all.exp()
                 uniform = torch.cat([torch.rand(G, generator=g) for g in gens]).to(device)
                 nxt = sample_inverse_cdf(probs, uniform[rows] if rows.numel() < N else uniform)
             was_done = done[rows]
