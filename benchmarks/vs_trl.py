@@ -373,6 +373,14 @@ def main() -> None:
         action="store_true",
         help=f"both sides: no end-of-sequence before {MAX_NEW} tokens, so every completion has the same length",
     )
+    ap.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="LABEL=OVERRIDE[,OVERRIDE...]",
+        help="also run rlvr with these config overrides, reported as LABEL "
+        "(e.g. bf16=engine.decode_dtype=bfloat16,trainer.update_dtype=bfloat16)",
+    )
     ap.add_argument("--json", default="", help="write the raw results here")
     ap.add_argument("--verbose", action="store_true", help="show the workers' per-step lines")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
@@ -398,8 +406,13 @@ def main() -> None:
         label, path = variant.split("=", 1)
         print(f"running {label} (rlvr from {path}) ... (load {load_average()})", flush=True)
         raw[label] = run_worker(args.rlvr_python, "rlvr", args, Path(path))
+    for config in args.config:
+        label, overrides = config.split("=", 1)
+        print(f"running {label} (rlvr with {overrides}) ... (load {load_average()})", flush=True)
+        extra = argparse.Namespace(**{**vars(args), "rlvr_override": args.rlvr_override + overrides.split(",")})
+        raw[label] = run_worker(args.rlvr_python, "rlvr", extra)
     raw["load_after"] = load_average()
-    labels = [k for k in ("trl", "rlvr") if k in raw] + [v.split("=", 1)[0] for v in args.variant]
+    labels = [k for k in ("trl", "rlvr") if k in raw] + [v.split("=", 1)[0] for v in args.variant + args.config]
     equal = equal_work_steps(raw, labels, args.warmup) if labels else []
     rows = {k: summarise(raw[k], args.warmup, equal) for k in labels}
     if rows:

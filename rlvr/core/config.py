@@ -53,6 +53,7 @@ class TrainerConfig:
         True  # update: rows bucketed by length, no forward/backward on padding (rlvr/modeling/packing.py)
     )
     gradient_checkpointing: bool = False
+    update_dtype: str = "float32"  # float32 | bfloat16: forward passes under torch.autocast (float32 master weights)
     offload_activations: bool = False
     output_dir: Optional[str] = None  # default: Hydra's run directory (or rlvr-runs/<timestamp> outside Hydra)
     threads: int = 0  # torch intra-op threads; 0 = PyTorch's default

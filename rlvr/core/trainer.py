@@ -166,6 +166,10 @@ def validate_trainer(tc: TrainerConfig) -> None:
             f"trainer.dist_backend={tc.dist_backend!r}: choose auto, gloo or nccl",
         ),
         (tc.eval_num_samples >= 0, f"trainer.eval_num_samples must be >= 0, got {tc.eval_num_samples}"),
+        (
+            tc.update_dtype in ("float32", "bfloat16"),
+            f"trainer.update_dtype={tc.update_dtype!r}: choose float32 or bfloat16 (autocast)",
+        ),
     ]
     sampling.validate(tc.dynamic_sampling, tc.dynamic_max_rounds)
     for ok, message in checks:
@@ -663,7 +667,11 @@ class Trainer:
             "return_entropy": with_entropy,
             "pack": self.tc.pack_completions,
         }
-        with ctx:
+        # trainer.update_dtype=bfloat16: matmuls in bfloat16 under autocast, weights and gradients stay float32
+        cast = torch.autocast(
+            self.policy.device.type, dtype=torch.bfloat16, enabled=self.tc.update_dtype == "bfloat16"
+        )
+        with ctx, cast:
             if self.parallel is not None and model is self.policy.model:  # DDP / FSDP2 act through the wrapper
                 return self.parallel(ids, attn, ro.prompt_ids.shape[1], group_size=self.tc.num_generations, **kw)
             # each group's prompt once when the rows allow it (rlvr/modeling/shared_prompt.py)

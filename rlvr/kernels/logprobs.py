@@ -525,8 +525,26 @@ def token_logprobs(
     Returns:
         ``logp`` ``[...]`` float32 (float64 when ``hidden`` or ``weight`` is float64), or
         ``(logp, entropy)`` when ``return_entropy``. Differentiable with respect to ``hidden``,
-        ``weight`` and ``bias`` (gradients in their own dtypes, accumulated in float32).
+        ``weight`` and ``bias`` (gradients in their own dtypes, accumulated in float32). Under
+        ``torch.autocast`` (``trainer.update_dtype=bfloat16``) this function runs outside it, ``hidden`` promoted
+        to the weight's dtype: a float32 LM head keeps float32 logits while the layers below run in bfloat16.
     """
+    if torch.is_autocast_enabled(hidden.device.type):  # the logits stay in the weights' precision (see Returns)
+        with torch.autocast(hidden.device.type, enabled=False):
+            return token_logprobs(
+                hidden.to(torch.promote_types(hidden.dtype, weight.dtype)),
+                weight,
+                target_ids,
+                temperature=temperature,
+                bias=bias,
+                chunk_tokens=chunk_tokens,
+                return_entropy=return_entropy,
+                softcap=softcap,
+                logit_scale=logit_scale,
+                chunk_vocab=chunk_vocab,
+                backend=backend,
+                keep_logits_bytes=keep_logits_bytes,
+            )
     _check_inputs(hidden, weight, target_ids, bias, temperature, chunk_tokens, softcap, chunk_vocab)
     lead = tuple(hidden.shape[:-1])
     H = hidden.shape[-1]
