@@ -112,10 +112,14 @@ def test_two_processes_ddp_equal_one_process(ddp_reference, tmp_path):
     assert (run_dir / "checkpoints" / "checkpoint-3" / "COMPLETE").is_file()
 
 
-def test_two_processes_with_dynamic_sampling_and_curriculum_equal_one_process(tmp_path):
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16-decode-and-update"])
+def test_two_processes_with_dynamic_sampling_and_curriculum_equal_one_process(tmp_path, bf16):
     """trainer.dynamic_sampling=refill: the filtering decision is taken on the whole batch's rewards and the kept
-    groups are re-split over the ranks, so 2 processes keep, refill and train exactly what 1 process does."""
+    groups are re-split over the ranks, so 2 processes keep, refill and train exactly what 1 process does. Also
+    with bfloat16 decoding and a bfloat16 (autocast) update."""
     common = [*BASE, "trainer.dynamic_sampling=refill", "trainer.curriculum=true"]
+    if bf16:
+        common += ["engine.decode_dtype=bfloat16", "trainer.update_dtype=bfloat16"]
     one, two = tmp_path / "one", tmp_path / "two"
     proc = run_cli("train", *common, f"hydra.run.dir={one}")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -213,9 +213,11 @@ def test_jsonl_logger_truncates_after_the_checkpoint_and_drops_a_torn_line(tmp_p
     assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
-def test_dynamic_sampling_and_curriculum_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16-decode-and-update"])
+def test_dynamic_sampling_and_curriculum_resume_is_bit_identical(tmp_path, bf16):
     """trainer.dynamic_sampling=refill + trainer.curriculum=true: the sampler's streaks and draw counter and the
-    prompts-consumed counter travel with the checkpoint; a resumed run equals the uninterrupted one."""
+    prompts-consumed counter travel with the checkpoint; a resumed run equals the uninterrupted one. Also with
+    bfloat16 decoding (importance-sampling correction) and a bfloat16 (autocast) update."""
     import rlvr
 
     run = [
@@ -229,7 +231,7 @@ def test_dynamic_sampling_and_curriculum_resume_is_bit_identical(tmp_path):
         "trainer.curriculum=true",
         "reward=[rubric]",
         "reward.rubric.criteria=[{kind:length,max_chars:3,weight:1.0,fail:0.0,penalty_per_unit:0.1}]",
-    ]
+    ] + (["engine.decode_dtype=bfloat16", "trainer.update_dtype=bfloat16"] if bf16 else [])
     rlvr.Trainer(rlvr.compose(run), run_dir=tmp_path / "a").train()
     want = metric_rows(tmp_path / "a")
     assert sum(m["dynamic/refill_rounds"] for m in want) >= 1  # the refill path ran
