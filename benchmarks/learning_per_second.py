@@ -7,6 +7,10 @@ intervals) against the run's cumulative training time: the sum of ``step_time`` 
 in every run). Prints a table and writes a PNG.
 
     python benchmarks/learning_per_second.py --run baseline=RUN_DIR_A --run dynamic=RUN_DIR_B --out docs/img/x.png
+    python benchmarks/learning_per_second.py --x step --run ... # against the step instead (same-algorithm runs)
+
+A third panel shows the training reward per step (the mean over every completion the step generated,
+``dynamic/reward_all_mean`` with dynamic sampling, else ``reward/mean``) against the same x axis.
 """
 
 from __future__ import annotations
@@ -14,6 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+
+def reward_curve(run_dir: Path) -> list[dict[str, float]]:
+    """One row per step: step, train_s (cumulative step_time), reward (mean over everything generated)."""
+    out, elapsed = [], 0.0
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        elapsed += float(m.get("step_time") or 0.0)
+        reward = m.get("dynamic/reward_all_mean", m.get("reward/mean"))
+        if reward is not None:
+            out.append({"step": m["step"], "train_s": elapsed, "reward": float(reward)})
+    return out
 
 
 def curve(run_dir: Path) -> list[dict[str, float]]:
@@ -40,13 +56,15 @@ def main() -> None:
     ap.add_argument("--run", action="append", required=True, help="LABEL=RUN_DIR (repeat)")
     ap.add_argument("--out", default="learning-per-second.png")
     ap.add_argument("--title", default="Held-out accuracy against training time")
+    ap.add_argument("--x", choices=("time", "step"), default="time", help="x axis: training time or step")
     args = ap.parse_args()
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    x_key = "train_s" if args.x == "time" else "step"
     for label, path in (r.split("=", 1) for r in args.run):
         rows = curve(Path(path))
         print(f"{label} ({path})")
@@ -62,7 +80,9 @@ def main() -> None:
                 f"  {r['step']:>4}  {r['train_s']:7.0f}  {r['prompts']:7.0f}  {r['eval/greedy_accuracy']:.3f} "
                 f"[{r['eval/greedy_accuracy_ci_low']:.3f}, {r['eval/greedy_accuracy_ci_high']:.3f}]   {sampled}"
             )
-        t = [r["train_s"] for r in rows]
+        t = [r[x_key] for r in rows]
+        rewards = reward_curve(Path(path))
+        axes[2].plot([r[x_key] for r in rewards], [r["reward"] for r in rewards], marker=".", label=label)
         for ax, key in zip(axes, ("eval/greedy_accuracy", "eval/sampled_pass@1")):
             if not rows or key not in rows[0]:
                 continue
@@ -74,12 +94,18 @@ def main() -> None:
                 color=line.get_color(),
                 alpha=0.15,
             )
-    for ax, name in zip(axes, ("greedy accuracy", "sampled pass@1")):
-        ax.set_xlabel("training wall-clock time (s, evaluations excluded)")
-        ax.set_title(f"held-out {name} (95 % interval)")
+    titles = ("held-out greedy accuracy (95 % interval)", "held-out sampled pass@1 (95 % interval)", "training reward")
+    for ax, title in zip(axes, titles):
+        ax.set_xlabel("training wall-clock time (s, evaluations excluded)" if args.x == "time" else "step")
+        ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     axes[0].set_ylabel("accuracy")
+    axes[1].sharey(axes[0])
+    if not axes[1].lines:  # no run sampled during its evaluations
+        axes[1].set_visible(False)
+    axes[2].set_ylabel("mean reward of the step's completions")
     fig.suptitle(args.title)
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

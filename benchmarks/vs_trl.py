@@ -102,6 +102,9 @@ def rlvr_overrides(threads: int, steps: int, out_dir: str) -> list[str]:
         "trainer.num_iterations=1",
         "trainer.advantage_scaling=group",
         "trainer.gradient_checkpointing=false",
+        "trainer.dynamic_sampling=off",  # TRL has no dynamic sampling: the same groups are trained on
+        "engine.decode_dtype=float32",  # float32 like TRL (the `auto` default is bfloat16 on AVX512-BF16 CPUs)
+        "trainer.update_dtype=float32",
         f"trainer.threads={threads}",
         f"trainer.seed={SEED}",
         f"trainer.max_steps={steps}",

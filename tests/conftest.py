@@ -14,7 +14,10 @@ GSM8K_DIR = Path(os.environ.get("RLVR_GSM8K_DIR") or REPO.parent / "shared" / "d
 if (GSM8K_DIR / "train.jsonl").is_file():  # task=gsm8k without data_dir reads the local copy (no network here)
     os.environ.setdefault("RLVR_GSM8K_DIR", str(GSM8K_DIR))
 
-# a tiny, fast run: tiny model, 2 prompts x 2 generations, 8 new tokens
+# a tiny, fast run: tiny model, 2 prompts x 2 generations, 8 new tokens. It pins the exact plain-GRPO path (no
+# dynamic sampling, float32 decode and update) so that a test sees the same numbers on every CPU (`auto` dtypes
+# follow the CPU's bfloat16 support); the tests of dynamic sampling and bfloat16 ask for them explicitly.
+EXACT = ["trainer.dynamic_sampling=off", "engine.decode_dtype=float32", "trainer.update_dtype=float32"]
 TINY = [
     "model=tiny",
     "trainer.prompts_per_step=2",
@@ -23,6 +26,7 @@ TINY = [
     "trainer.progress=false",
     "trainer.threads=1",
     "trainer.eval_steps=0",
+    *EXACT,
 ]
 
 

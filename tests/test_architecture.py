@@ -306,7 +306,7 @@ def test_resume_with_a_changed_config(tmp_path):
 
     refused = run_cli("train", *run, "trainer.lr=1e-3", "loss.epsilon=0.3")
     assert refused.returncode == 2, refused.stderr
-    assert "trainer.lr: 3e-05 → 0.001" in refused.stderr and "loss.epsilon: 0.2 → 0.3" in refused.stderr
+    assert "trainer.lr: 7e-05 → 0.001" in refused.stderr and "loss.epsilon: 0.2 → 0.3" in refused.stderr
     assert "trainer.resume=none" in refused.stderr and "hydra.run.dir" in refused.stderr
     assert (tmp_path / "run" / "config.json").read_text() == original
 

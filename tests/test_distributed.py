@@ -36,6 +36,7 @@ BASE = [
     "trainer.max_steps=3",
     "trainer.lr=1e-2",
     "trainer.warmup_steps=0",
+    "trainer.lr_schedule=constant",  # a resume that extends max_steps keeps the same learning rates
     "trainer.prompts_per_step=4",
     "trainer.micro_batch_size=2",
     *REWARD,
@@ -234,6 +235,8 @@ def test_two_processes_with_episodes_per_turn_rewards_and_dynamic_sampling_equal
         "trainer.lr=1e-2",
         "trainer.warmup_steps=0",
         "trainer.dynamic_sampling=refill",
+        "engine.decode_dtype=float32",
+        "trainer.update_dtype=float32",
         "engine.max_new_tokens=6",
         "trainer.eval_steps=0",
         "trainer.progress=false",
@@ -261,5 +264,10 @@ def test_two_processes_with_episodes_per_turn_rewards_and_dynamic_sampling_equal
                 assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (a["step"], k)
     assert any(m["env/turns/mean"] > 1 for m in m1)  # multi-turn episodes
     assert sum(m["dynamic/groups_filtered"] for m in m1) >= 1  # dynamic sampling dropped something
-    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) <= 1e-5
+    # a short step (3 informative groups) splits 2/1 over the ranks: each rank holds a different number of
+    # micro-batches (this hung DDP before its forwards went inside no_sync) and pads its rows to its own longest
+    # completion, so matmul shapes differ from one process's and rounding differs; Adam at lr 1e-2 turns that
+    # into weight differences of ~2e-5 where a gradient is near 0 (losses and grad norms agree to 1e-7)
+    assert any(m["dynamic/groups_trained"] % 2 for m in m1)  # the uneven split happened
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) <= 1e-4
     assert max(float(w1[k].abs().max()) for k in w1 if "lora_B" in k) > 1e-3  # the adapters did move

@@ -20,7 +20,7 @@ def tiny():
 
 
 def engine(**kw) -> HFEngine:
-    return HFEngine(HFEngineConfig(**{"max_new_tokens": 10, **kw}))
+    return HFEngine(HFEngineConfig(**{"max_new_tokens": 10, "decode_dtype": "float32", **kw}))
 
 
 def teacher_forced(policy, ro, temperature: float = 1.0) -> torch.Tensor:
@@ -281,9 +281,12 @@ def test_bfloat16_decode_samples_close_to_float32_and_asks_for_the_importance_co
     if not onednn_linear_available():
         pytest.skip("needs PyTorch's oneDNN packed linear ops")
     eng = engine(decoder="fast", decode_dtype="bfloat16")
-    assert eng.importance_sampling is not None and eng.importance_sampling.enabled
-    assert engine().importance_sampling is None
     ro = eng.generate(tiny, PROMPTS, 4, [3, 4])
+    assert eng.importance_sampling is not None and eng.importance_sampling.enabled
+    assert eng.last_decode_dtype == "bfloat16"
+    exact = engine()
+    exact.generate(tiny, PROMPTS, 2, [3, 4])
+    assert exact.importance_sampling is None and exact.last_decode_dtype == "float32"
     assert next(tiny.model.parameters()).dtype == torch.float32  # the master weights are untouched
     ref = teacher_forced(tiny, ro) * ro.completion_mask
     diff = (ro.sampling_logps - ref).abs()

@@ -7,6 +7,7 @@ import torch
 
 import rlvr
 from rlvr.core.importance import ImportanceSamplingConfig
+from tests.conftest import EXACT
 
 TINY = [
     "model=tiny",
@@ -16,6 +17,7 @@ TINY = [
     "trainer.progress=false",
     "trainer.threads=1",
     "trainer.warmup_steps=0",
+    *EXACT,
 ]
 
 

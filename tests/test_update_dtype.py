@@ -71,3 +71,47 @@ def test_bfloat16_update_trains_float32_weights_close_to_float32(tmp_path):
 def test_update_dtype_is_checked(tmp_path):
     with pytest.raises(ConfigError, match="trainer.update_dtype='float16'"):
         rlvr.Trainer(rlvr.compose(list(TINY) + [f"trainer.output_dir={tmp_path}", "trainer.update_dtype=float16"]))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtypes_follow_the_cpu(monkeypatch, native):
+    """auto: bfloat16 decode and update for float32 weights on a CPU that multiplies bfloat16 in hardware, float32
+    elsewhere; the engine asks for the importance-sampling correction exactly when it decoded in bfloat16."""
+    from rlvr.core import resources
+    from rlvr.core.trainer import resolve_update_dtype
+    from rlvr.plugins.engines import hf
+
+    monkeypatch.setattr(resources, "cpu_has_native_bfloat16", lambda: native)
+    monkeypatch.setattr(hf, "cpu_has_native_bfloat16", lambda: native)
+    torch.manual_seed(0)
+    policy = rlvr.create("model", "tiny", num_layers=2, hidden_size=64)
+    want = "bfloat16" if native else "float32"
+    assert resolve_update_dtype("auto", policy) == want
+    assert resolve_update_dtype("float32", policy) == "float32"
+    engine = hf.HFEngine(hf.HFEngineConfig(max_new_tokens=4))  # decode_dtype=auto
+    engine.generate(policy, ["2 + 3 ="], 2, [1])
+    assert engine.last_decode_dtype == want
+    assert (engine.importance_sampling is not None) == native
+    exact = hf.HFEngine(hf.HFEngineConfig(max_new_tokens=4, decode_dtype="float32"))
+    exact.generate(policy, ["2 + 3 ="], 2, [1])
+    assert exact.last_decode_dtype == "float32" and exact.importance_sampling is None
+    policy.model.to(torch.bfloat16)  # bfloat16 weights: nothing to cast, the update runs without autocast
+    assert resolve_update_dtype("auto", policy) == "float32"
+
+
+def test_the_auto_choice_is_printed_when_it_picks_bfloat16(monkeypatch, tmp_path, capsys):
+    from rlvr.core import resources
+    from rlvr.plugins.engines import hf
+
+    monkeypatch.setattr(resources, "cpu_has_native_bfloat16", lambda: True)
+    monkeypatch.setattr(hf, "cpu_has_native_bfloat16", lambda: True)
+    auto = [o for o in TINY if "dtype" not in o]
+    trainer = rlvr.Trainer(rlvr.compose(auto + [f"trainer.output_dir={tmp_path}", "trainer.max_steps=1"]))
+    trainer.train()
+    out = capsys.readouterr().out
+    assert "this run decodes and updates in bfloat16" in out and "trainer.update_dtype=float32" in out
+    exact = rlvr.Trainer(
+        rlvr.compose(list(TINY) + [f"trainer.output_dir={tmp_path / 'exact'}", "trainer.max_steps=1"])
+    )
+    exact.train()
+    assert exact.precision_notice() is None and "bfloat16" not in capsys.readouterr().out

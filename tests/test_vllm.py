@@ -41,6 +41,8 @@ TRAINER_TINY = [
     "trainer.threads=1",
     "trainer.eval_steps=0",
     "trainer.warmup_steps=0",
+    "trainer.dynamic_sampling=off",  # one generate per step (a refill round would wake and sleep vLLM again)
+    "trainer.update_dtype=float32",
 ]
 LIVE_SKIP = "vLLM is not installed here (it needs a CUDA machine: pip install 'rlvr[vllm]')"
 

@@ -26,17 +26,17 @@ from rlvr.core.hookspecs import KINDS, LIST_KINDS
 class TrainerConfig:
     """The loop's own settings (``trainer.*``)."""
 
-    max_steps: int = 20
+    max_steps: int = 10
     prompts_per_step: int = 4  # B: prompts sampled per step (groups)
     num_generations: int = 8  # G: completions per prompt
     num_iterations: int = 1  # mu: optimisation passes over each generation batch
     micro_batch_size: int = 0  # completions per forward/backward; 0 = the whole batch at once
-    lr: float = 3e-5
+    lr: float = 7e-5
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
-    warmup_steps: int = 2
-    lr_schedule: str = "constant"  # constant | linear | cosine (after warmup)
+    warmup_steps: int = 1
+    lr_schedule: str = "cosine"  # constant | linear | cosine (after warmup, to 0 at max_steps)
     max_grad_norm: float = 1.0
     advantage_scaling: Optional[str] = None  # shortcut for advantage.scaling: group | batch | none
     advantage_baseline: Optional[str] = None  # shortcut for advantage.baseline: mean | rloo (leave-one-out)
@@ -45,7 +45,7 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     resume: str = "auto"  # auto = latest complete checkpoint in the run directory | none | a checkpoint path
     log_steps: int = 10
-    eval_steps: int = 10  # held-out greedy accuracy every N steps and at the end (0 = never)
+    eval_steps: int = 5  # held-out greedy accuracy every N steps and at the end (0 = never)
     eval_samples: int = 0  # held-out prompts per evaluation (0 = all)
     eval_num_samples: int = 1  # sampled completions per held-out prompt for sampled pass@1 (0 = greedy only)
     logprob_chunk_tokens: int = 1024
@@ -53,7 +53,9 @@ class TrainerConfig:
         True  # update: rows bucketed by length, no forward/backward on padding (rlvr/modeling/packing.py)
     )
     gradient_checkpointing: bool = False
-    update_dtype: str = "float32"  # float32 | bfloat16: forward passes under torch.autocast (float32 master weights)
+    # auto (bfloat16 on a CPU with AVX512-BF16/AMX and float32 weights, else float32) | float32 | bfloat16:
+    # the update's forward passes under torch.autocast, float32 master weights (docs/configuration.md)
+    update_dtype: str = "auto"
     offload_activations: bool = False
     output_dir: Optional[str] = None  # default: Hydra's run directory (or rlvr-runs/<timestamp> outside Hydra)
     threads: int = 0  # torch intra-op threads; 0 = PyTorch's default
@@ -66,8 +68,10 @@ class TrainerConfig:
         "ddp"  # under torchrun: ddp (replicate the model) | fsdp (FSDP2: shard params, grads, optimizer)
     )
     dist_backend: str = "auto"  # auto (nccl with CUDA, else gloo) | gloo | nccl
-    dynamic_sampling: str = "off"  # off | refill (drop all-agree groups, refill to B informative) | skip (drop only)
-    dynamic_max_rounds: int = 4  # refill: at most this many refill rounds per step
+    dynamic_sampling: str = (
+        "refill"  # refill (drop all-agree groups, refill to B informative) | skip (drop only) | off
+    )
+    dynamic_max_rounds: int = 2  # refill: at most this many refill rounds per step
     curriculum: bool = False  # sample prompts whose recent groups all agreed less (rlvr/core/sampling.py)
     curriculum_decay: float = 0.25  # weight = max(curriculum_min_weight, curriculum_decay ** streak)
     curriculum_min_weight: float = 0.05

@@ -195,7 +195,9 @@ def wrap(model: nn.Module, dist: Dist, strategy: str = "ddp") -> Optional[nn.Mod
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         device_ids = [dist.device.index] if dist.device is not None and dist.device.type == "cuda" else None
-        return DDP(module, device_ids=device_ids)
+        # no buffer broadcast in each forward (a collective): the buffers (rotary tables) are the same on every rank
+        # from the seeded load, and ranks with fewer micro-batches run fewer forwards (uneven group splits)
+        return DDP(module, device_ids=device_ids, broadcast_buffers=False)
     if _is_4bit(model):
         raise ConfigError(
             "trainer.distributed=fsdp does not shard bitsandbytes 4-bit weights; use DDP for QLoRA "

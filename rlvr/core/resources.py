@@ -72,3 +72,15 @@ def reuse_freed_memory(keep: int = 2**31 - 1) -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(mallopt(M_TRIM_THRESHOLD, int(keep)))
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), where bfloat16 matmuls run about
+    twice as fast as float32 ones (docs/performance.md). Without it oneDNN emulates bfloat16, slower than
+    float32, so ``auto`` dtypes stay float32 there."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False

@@ -333,6 +333,8 @@ def _merge(
     out.local_rewards = out.rewards[mine.start * G : mine.stop * G]
     out.trainable = trainable
     all_total = torch.cat([p.total for p in parts])
+    timers = {k for p in parts for k in p.metrics if k.startswith("env/") and k.endswith("_seconds")}
+    out.metrics.update({k: sum(float(p.metrics.get(k, 0.0)) for p in parts) for k in sorted(timers)})  # all rounds
     out.metrics.update(
         {
             "dynamic/groups_filtered": float(len(order) - int(info.sum())),

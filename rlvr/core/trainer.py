@@ -134,6 +134,17 @@ def _fmt(value: Optional[float], spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def resolve_update_dtype(choice: str, policy: Policy) -> str:
+    """``trainer.update_dtype``: ``auto`` is bfloat16 for float32 weights on a CPU that multiplies bfloat16 in
+    hardware (:func:`rlvr.core.resources.cpu_has_native_bfloat16`), float32 anywhere else (GPUs included: load the
+    model in bfloat16 there, or set bfloat16)."""
+    if choice != "auto":
+        return choice
+    weights = next(policy.model.parameters())
+    native = policy.device.type == "cpu" and weights.dtype == torch.float32 and resources.cpu_has_native_bfloat16()
+    return "bfloat16" if native else "float32"
+
+
 def validate_trainer(tc: TrainerConfig) -> None:
     """Fail before any model loads on values that cannot work."""
     checks = [
@@ -167,8 +178,8 @@ def validate_trainer(tc: TrainerConfig) -> None:
         ),
         (tc.eval_num_samples >= 0, f"trainer.eval_num_samples must be >= 0, got {tc.eval_num_samples}"),
         (
-            tc.update_dtype in ("float32", "bfloat16"),
-            f"trainer.update_dtype={tc.update_dtype!r}: choose float32 or bfloat16 (autocast)",
+            tc.update_dtype in ("auto", "float32", "bfloat16"),
+            f"trainer.update_dtype={tc.update_dtype!r}: choose auto, float32 or bfloat16 (autocast)",
         ),
     ]
     sampling.validate(tc.dynamic_sampling, tc.dynamic_max_rounds)
@@ -266,6 +277,7 @@ class Trainer:
                 self.dist.device
             )  # the GPU (cuda:LOCAL_RANK under torchrun); device_map'd models stay
         self.temperature = float(self.engine.cfg.temperature)
+        self.update_dtype = resolve_update_dtype(self.tc.update_dtype, self.policy)
         self.step = 0
         self.sampler = sampling.make_sampler(
             len(self.task.train_rows),
@@ -523,8 +535,10 @@ class Trainer:
         for _ in range(tc.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             for sl in batch.slices:
-                value, metrics = self.micro_batch_loss(batch, sl)
+                # DDP decides at forward time whether a backward reduces: forward and backward both go inside. Each
+                # rank reduces once per pass, so ranks may hold different numbers of micro-batches (uneven splits)
                 with distributed.grad_sync(self.parallel, sync=sl is batch.slices[-1]):
+                    value, metrics = self.micro_batch_loss(batch, sl)
                     (value * self.dist.world_size).backward()  # DDP / FSDP2 average gradients over the ranks
                 update.loss_sum += float(value.detach())
                 share = (min(sl.stop, batch.rollouts.num) - sl.start) / batch.num_sequences
@@ -668,9 +682,7 @@ class Trainer:
             "pack": self.tc.pack_completions,
         }
         # trainer.update_dtype=bfloat16: matmuls in bfloat16 under autocast, weights and gradients stay float32
-        cast = torch.autocast(
-            self.policy.device.type, dtype=torch.bfloat16, enabled=self.tc.update_dtype == "bfloat16"
-        )
+        cast = torch.autocast(self.policy.device.type, dtype=torch.bfloat16, enabled=self.update_dtype == "bfloat16")
         with ctx, cast:
             if self.parallel is not None and model is self.policy.model:  # DDP / FSDP2 act through the wrapper
                 return self.parallel(ids, attn, ro.prompt_ids.shape[1], group_size=self.tc.num_generations, **kw)
@@ -824,8 +836,12 @@ class Trainer:
             self.callbacks.on_train_start(run_dir=self.run_dir, config=config_dict, start_step=self.step)
             bar = ProgressBar(tc, self.step, [r.name for r in self.rewards], enabled=tc.progress and self.dist.is_main)
             with interrupt_after_step() as interrupt:
+                first = True
                 while self.step < tc.max_steps:
                     metrics = self.train_step()
+                    if first and self.dist.is_main and (notice := self.precision_notice()):
+                        print(notice, flush=True)
+                    first = False
                     if tc.eval_steps and (self.step % tc.eval_steps == 0 or self.step == tc.max_steps):
                         metrics.update(self.evaluate(limit=tc.eval_samples))
                     self.callbacks.on_step_end(step=self.step, metrics=metrics, samples=self._last_samples)
@@ -842,6 +858,23 @@ class Trainer:
             self.callbacks.on_train_end(metrics=metrics)
             self.dist.close()  # leave the process group this trainer joined (torchrun)
         return metrics
+
+    def precision_notice(self) -> Optional[str]:
+        """What the ``auto`` dtypes chose, when they chose bfloat16 (after the first step, once decoding ran)."""
+        parts = []
+        if (
+            getattr(self.engine.cfg, "decode_dtype", "") == "auto"
+            and getattr(self.engine, "last_decode_dtype", "") == "bfloat16"
+        ):
+            parts.append("decodes")
+        if self.tc.update_dtype == "auto" and self.update_dtype == "bfloat16":
+            parts.append("updates")
+        if not parts:
+            return None
+        return (
+            f"rlvr: this CPU multiplies bfloat16 in hardware, so this run {' and '.join(parts)} in bfloat16 with float32 "
+            "master weights (the `auto` default); engine.decode_dtype=float32 trainer.update_dtype=float32 for float32"
+        )
 
     def evaluate(self, limit: int = 0, num_samples: int = 0) -> dict[str, float]:
         from rlvr.core.evaluate import evaluate

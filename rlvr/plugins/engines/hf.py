@@ -29,6 +29,7 @@ from rlvr import PluginSpec, hookimpl
 from rlvr.core.errors import ConfigError
 from rlvr.core.importance import ImportanceSamplingConfig
 from rlvr.core.policy import Policy, eos_token_ids
+from rlvr.core.resources import cpu_has_native_bfloat16
 from rlvr.core.rollout import Rollouts
 from rlvr.plugins.engines.fast_decoder import FastDecoder, fast_decoder_reason, onednn_linear_available, should_compact
 from rlvr.plugins.engines.sampling import SamplingConfig, filter_logits, sample_inverse_cdf, validate_sampling
@@ -41,7 +42,9 @@ class HFEngineConfig(SamplingConfig):
     decoder: str = "auto"  # auto | fast (static KV cache, Llama-family) | transformers (model forward + DynamicCache)
     packed_weights: str = "auto"  # auto (CPU, float32/bfloat16) | on | off: oneDNN pre-packed projections in `fast`
     compact_finished: bool = True  # `fast`: finished rows leave the decode batch (see should_compact)
-    decode_dtype: str = "float32"  # float32 | bfloat16: the packed decode matmuls' dtype (weights stay as they are)
+    # auto (bfloat16 where the fast decoder packs float32 weights on a CPU with AVX512-BF16/AMX) | float32 | bfloat16:
+    # the packed decode matmuls' dtype (weights stay as they are)
+    decode_dtype: str = "auto"
     importance_sampling_cap: float = 3.0  # decode_dtype=bfloat16: cap of the token-level truncated IS ratio
     min_new_tokens: int = 0  # no end-of-sequence token before this many new tokens (transformers' min_new_tokens)
 
@@ -52,8 +55,8 @@ def validate(cfg: HFEngineConfig) -> None:
         raise ConfigError(f"engine.decoder={cfg.decoder!r}: choose one of {', '.join(DECODERS)}")
     if str(cfg.packed_weights) not in ("auto", "on", "off", "True", "False"):
         raise ConfigError(f"engine.packed_weights={cfg.packed_weights!r}: choose auto, on or off")
-    if cfg.decode_dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"engine.decode_dtype={cfg.decode_dtype!r}: choose float32 or bfloat16")
+    if cfg.decode_dtype not in ("auto", "float32", "bfloat16"):
+        raise ConfigError(f"engine.decode_dtype={cfg.decode_dtype!r}: choose auto, float32 or bfloat16")
     if cfg.min_new_tokens < 0 or cfg.min_new_tokens > cfg.max_new_tokens:
         raise ConfigError(
             f"engine.min_new_tokens={cfg.min_new_tokens}: must be in [0, engine.max_new_tokens={cfg.max_new_tokens}]"
@@ -75,12 +78,10 @@ class HFEngine:
         validate(cfg)
         self.cfg = cfg
         # float32 decode samples from the trainer's own distribution: no correction; bfloat16 matmuls sample from a
-        # slightly different one, which the trainer reweights (token-level truncated importance sampling)
-        self.importance_sampling = (
-            None
-            if cfg.decode_dtype == "float32"
-            else ImportanceSamplingConfig(mode="token_truncate", cap=cfg.importance_sampling_cap)
-        )
+        # slightly different one, which the trainer reweights (token-level truncated importance sampling). Set by
+        # each generate() to what its decode ran in (``auto`` is decided there, once the model is known).
+        self.importance_sampling: Optional[ImportanceSamplingConfig] = None
+        self.last_decode_dtype = ""  # what the last generate() decoded in: "float32" or "bfloat16"
         self._fast: Optional[FastDecoder] = None
         self.last_decoder = ""  # which loop the last generate() used: "fast" or "transformers"
         self.decode_rows = 0  # rows × decode steps the last generate() ran (fewer with compact_finished)
@@ -111,7 +112,9 @@ class HFEngine:
         return ok and choice == "auto"
 
     def decoder_for(self, policy: Policy, total_length: int) -> Optional[FastDecoder]:
-        """The fast decoder when it applies (rebuilt after any parameter changed), else None."""
+        """The fast decoder when it applies (rebuilt after any parameter changed), else None. Sets
+        ``importance_sampling`` and ``last_decode_dtype`` to match the decode about to run."""
+        self.importance_sampling, self.last_decode_dtype = None, "float32"
         if self.cfg.decoder == "transformers":
             return None
         reason = fast_decoder_reason(policy.model, total_length)
@@ -120,14 +123,29 @@ class HFEngine:
                 raise ConfigError(f"engine.decoder=fast cannot run this model: {reason}; use engine.decoder=auto")
             return None
         packed = self.use_packed(policy)
-        dtype = None if self.cfg.decode_dtype == "float32" else torch.bfloat16
-        if dtype is not None and not packed:
-            raise ValueError(
-                "engine.decode_dtype=bfloat16 needs the packed decode weights (CPU, a PyTorch with "
-                "oneDNN, engine.packed_weights=auto/on); use engine.decode_dtype=float32 here"
+        dtype = self.decode_dtype_for(policy, packed)
+        if dtype is not None:
+            self.last_decode_dtype = "bfloat16"
+            self.importance_sampling = ImportanceSamplingConfig(
+                mode="token_truncate", cap=self.cfg.importance_sampling_cap
             )
         self._fast = FastDecoder(policy.model, packed=packed, dtype=dtype)
         return self._fast
+
+    def decode_dtype_for(self, policy: Policy, packed: bool) -> Optional[torch.dtype]:
+        """``engine.decode_dtype`` for this model: None (the weights' own dtype) or bfloat16. ``auto`` is bfloat16
+        when the packed weights are float32 on a CPU that multiplies bfloat16 in hardware."""
+        choice = self.cfg.decode_dtype
+        if choice == "bfloat16" and not packed:
+            raise ValueError(
+                "engine.decode_dtype=bfloat16 needs the packed decode weights (CPU, a PyTorch with "
+                "oneDNN, engine.packed_weights=auto/on); use engine.decode_dtype=float32 or auto here"
+            )
+        if choice == "auto":
+            weights = next(policy.model.parameters())
+            native = packed and weights.dtype == torch.float32 and cpu_has_native_bfloat16()
+            return torch.bfloat16 if native else None
+        return torch.bfloat16 if choice == "bfloat16" else None
 
     @torch.no_grad()
     def generate(
@@ -251,6 +269,7 @@ class HFEngine:
         comparison). ``engine.max_new_tokens`` limits each assistant turn. See :mod:`rlvr.core.episodes`."""
         from rlvr.core.episodes import run_episodes
 
+        self.importance_sampling, self.last_decode_dtype = None, "float32"  # episodes decode in the model's dtype
         if self.cfg.min_new_tokens:
             raise ConfigError(
                 f"engine.min_new_tokens={self.cfg.min_new_tokens} applies to single-turn generation only; with "
