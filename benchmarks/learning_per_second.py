@@ -99,8 +99,8 @@ def main() -> None:
         ax.set_xlabel("training wall-clock time (s, evaluations excluded)" if args.x == "time" else "step")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend()
+
+    axes[0].legend(fontsize="small")  # one legend: the runs are the same in every panel
     axes[0].set_ylabel("accuracy")
     axes[1].sharey(axes[0])
     if not axes[1].lines:  # no run sampled during its evaluations

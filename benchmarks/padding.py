@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -78,7 +79,9 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data-dir", default=str(ROOT.parent.parent / "shared" / "data" / "gsm8k"))
+    ap.add_argument(
+        "--data-dir", default=os.environ.get("RLVR_GSM8K_DIR", str(ROOT.parent / "shared" / "data" / "gsm8k"))
+    )
     ap.add_argument("--override", action="append", default=[], help="extra rlvr config override (repeatable)")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
