@@ -429,3 +429,24 @@ def test_sweep_of_synthetic_runs_plots_audit_metrics_and_gpu_memory(tmp_path):
     text = page.read_text()
     assert "<b>2.950</b>" in text and "<b>3.000</b>" in text and "<b>925 MiB</b>" not in text  # best in bold
     assert "<b>2.00 GiB</b>" in text  # the lower peak GPU memory
+
+
+def test_reward_plot_adds_the_mean_of_everything_generated_with_dynamic_sampling(tmp_path, monkeypatch):
+    from rlvr.commands import report
+
+    labels: list[str] = []
+    draw = report._curve
+
+    def spy(ax, xs, ys, color, label, **kw):
+        labels.append(label)
+        return draw(ax, xs, ys, color, label, **kw)
+
+    monkeypatch.setattr(report, "_curve", spy)
+    metrics = [{"step": s, "reward/mean": 1.0, "reward/std": 0.5, "dynamic/reward_all_mean": 2.0} for s in (1, 2, 3)]
+    report.make_plots(metrics, tmp_path / "dynamic")
+    assert "mean of everything generated (dynamic sampling)" in labels
+    labels.clear()
+    report.make_plots(
+        [{k: v for k, v in m.items() if not k.startswith("dynamic/")} for m in metrics], tmp_path / "off"
+    )
+    assert labels and not any("everything" in label for label in labels)

@@ -361,6 +361,11 @@ def make_plots(metrics: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.5 * rows), squeeze=False)
     for i, (key, label) in enumerate(panels):
         _mean_std_panel(axes[i // cols][i % cols], metrics, key, COLORS[i % len(COLORS)], label)
+    xs, ys = _series(metrics, "dynamic/reward_all_mean")
+    if xs:  # dynamic sampling: the trained groups disagree by construction; the mean of all generated says more
+        ax = axes[0][0]
+        _curve(ax, xs, ys, "black", "mean of everything generated (dynamic sampling)", linestyle="--")
+        _legend(ax)
     for j in range(len(panels), rows * cols):
         axes[j // cols][j % cols].axis("off")
     plots["reward"] = _save(fig, out / "reward.png")
