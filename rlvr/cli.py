@@ -74,6 +74,12 @@ def set_env_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
+def one_line_warning(message: Any, category: type, filename: str, lineno: int, line: Optional[str] = None) -> str:
+    """``warnings.formatwarning`` for the CLI: where and what, without the echoed source line (which says nothing
+    to someone running ``rlvr train``)."""
+    return f"{filename}:{lineno}: {category.__name__}: {message}\n"
+
+
 def _quiet_libraries() -> None:
     import logging
 
@@ -794,6 +800,9 @@ def run_command(cmd: Command, rest: list[str], parser: argparse.ArgumentParser) 
 def main(argv: Optional[list[str]] = None) -> None:
     """The ``rlvr`` console script."""
     set_env_defaults()
+    import warnings
+
+    warnings.formatwarning = one_line_warning
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     by_name = {c.name: c for c in COMMANDS}

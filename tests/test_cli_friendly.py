@@ -359,3 +359,11 @@ def test_registry_does_not_import_config():  # the config -> registry dependency
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_cli_warnings_are_one_line():
+    """A warning on the console says where and what, without the echoed source line."""
+    from rlvr.cli import one_line_warning
+
+    text = one_line_warning(UserWarning("step 6: dynamic sampling found 2 informative groups"), UserWarning, "x.py", 3)
+    assert text == "x.py:3: UserWarning: step 6: dynamic sampling found 2 informative groups\n"
