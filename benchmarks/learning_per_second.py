@@ -20,24 +20,30 @@ import json
 from pathlib import Path
 
 
-def reward_curve(run_dir: Path) -> list[dict[str, float]]:
-    """One row per step: step, train_s (cumulative step_time), reward (mean over everything generated)."""
+def timed_steps(run_dir: Path) -> list[tuple[float, dict]]:
+    """Each line of the run's ``metrics.jsonl`` with the training time up to that step (the sum of ``step_time``)."""
     out, elapsed = [], 0.0
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         m = json.loads(line)
         elapsed += float(m.get("step_time") or 0.0)
+        out.append((elapsed, m))
+    return out
+
+
+def reward_curve(steps: list[tuple[float, dict]]) -> list[dict[str, float]]:
+    """One row per step: step, train_s, reward (mean over everything generated)."""
+    out = []
+    for elapsed, m in steps:
         reward = m.get("dynamic/reward_all_mean", m.get("reward/mean"))
         if reward is not None:
             out.append({"step": m["step"], "train_s": elapsed, "reward": float(reward)})
     return out
 
 
-def curve(run_dir: Path) -> list[dict[str, float]]:
-    """One row per evaluating step: step, train_s (cumulative step_time), the eval metrics and prompts consumed."""
-    out, elapsed, prompts = [], 0.0, 0.0
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        m = json.loads(line)
-        elapsed += float(m.get("step_time") or 0.0)
+def curve(steps: list[tuple[float, dict]]) -> list[dict[str, float]]:
+    """One row per evaluating step: step, train_s, the eval metrics and prompts consumed."""
+    out, prompts = [], 0.0
+    for elapsed, m in steps:
         prompts = float(m.get("dynamic/prompts_consumed_total") or prompts)
         if m.get("eval/greedy_accuracy") is not None:
             out.append(
@@ -66,7 +72,8 @@ def main() -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     x_key = "train_s" if args.x == "time" else "step"
     for label, path in (r.split("=", 1) for r in args.run):
-        rows = curve(Path(path))
+        steps = timed_steps(Path(path))
+        rows = curve(steps)
         print(f"{label} ({path})")
         print("  step  train_s  prompts  greedy [95% CI]          sampled pass@1 [95% CI]")
         for r in rows:
@@ -81,7 +88,7 @@ def main() -> None:
                 f"[{r['eval/greedy_accuracy_ci_low']:.3f}, {r['eval/greedy_accuracy_ci_high']:.3f}]   {sampled}"
             )
         t = [r[x_key] for r in rows]
-        rewards = reward_curve(Path(path))
+        rewards = reward_curve(steps)
         axes[2].plot([r[x_key] for r in rewards], [r["reward"] for r in rewards], marker=".", label=label)
         for ax, key in zip(axes, ("eval/greedy_accuracy", "eval/sampled_pass@1")):
             if not rows or key not in rows[0]:

@@ -82,7 +82,6 @@ def test_auto_dtypes_follow_the_cpu(monkeypatch, native):
     from rlvr.plugins.engines import hf
 
     monkeypatch.setattr(resources, "cpu_has_native_bfloat16", lambda: native)
-    monkeypatch.setattr(hf, "cpu_has_native_bfloat16", lambda: native)
     torch.manual_seed(0)
     policy = rlvr.create("model", "tiny", num_layers=2, hidden_size=64)
     want = "bfloat16" if native else "float32"
@@ -101,10 +100,8 @@ def test_auto_dtypes_follow_the_cpu(monkeypatch, native):
 
 def test_the_auto_choice_is_printed_when_it_picks_bfloat16(monkeypatch, tmp_path, capsys):
     from rlvr.core import resources
-    from rlvr.plugins.engines import hf
 
     monkeypatch.setattr(resources, "cpu_has_native_bfloat16", lambda: True)
-    monkeypatch.setattr(hf, "cpu_has_native_bfloat16", lambda: True)
     auto = [o for o in TINY if "dtype" not in o]
     trainer = rlvr.Trainer(rlvr.compose(auto + [f"trainer.output_dir={tmp_path}", "trainer.max_steps=1"]))
     trainer.train()

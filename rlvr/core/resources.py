@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import resource
 import sys
+from typing import Any
 
 MIB = 2**20
 
@@ -84,3 +85,12 @@ def cpu_has_native_bfloat16() -> bool:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def bfloat16_pays(weights: Any) -> bool:
+    """What ``auto`` dtypes (``engine.decode_dtype``, ``trainer.update_dtype``) decide: bfloat16 for float32 weights
+    on a CPU that multiplies bfloat16 in hardware; float32 anywhere else (GPUs included: load the model in bfloat16
+    there, or set the dtype)."""
+    import torch
+
+    return weights.device.type == "cpu" and weights.dtype == torch.float32 and cpu_has_native_bfloat16()

@@ -135,14 +135,10 @@ def _fmt(value: Optional[float], spec: str) -> str:
 
 
 def resolve_update_dtype(choice: str, policy: Policy) -> str:
-    """``trainer.update_dtype``: ``auto`` is bfloat16 for float32 weights on a CPU that multiplies bfloat16 in
-    hardware (:func:`rlvr.core.resources.cpu_has_native_bfloat16`), float32 anywhere else (GPUs included: load the
-    model in bfloat16 there, or set bfloat16)."""
+    """``trainer.update_dtype``: ``auto`` is bfloat16 where :func:`rlvr.core.resources.bfloat16_pays`, else float32."""
     if choice != "auto":
         return choice
-    weights = next(policy.model.parameters())
-    native = policy.device.type == "cpu" and weights.dtype == torch.float32 and resources.cpu_has_native_bfloat16()
-    return "bfloat16" if native else "float32"
+    return "bfloat16" if resources.bfloat16_pays(next(policy.model.parameters())) else "float32"
 
 
 def validate_trainer(tc: TrainerConfig) -> None:

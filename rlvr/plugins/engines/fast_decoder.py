@@ -259,21 +259,23 @@ class FastDecoder:
         half = D // 2
         # rotate_half(x) * sin == roll(x, half) * signed_sin, with signed_sin = (-sin[:half], sin[half:])
         cos, signed_sin = cos[:, 0, None], torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)[:, 0, None]
+
+        def rotate(x: torch.Tensor) -> torch.Tensor:  # x: [N, heads, D]
+            return x * cos + x.roll(half, -1) * signed_sin
+
         bias = self.bias[..., : t + 1]
         for i, lay in enumerate(self.layers):
             x = lay.input_norm(h)
             q, k, v = lay.qkv(x)
             if lay.q_norm is None and q.data_ptr() + Hq * D * q.element_size() == k.data_ptr():
                 # q and k are adjacent columns of the fused projection: rotate both heads' sets in one pass
-                qk = q.as_strided((N, Hq + Hk, D), (q.stride(0), D, 1))  # [N, Hq + Hk, D]
-                qk = qk * cos + qk.roll(half, -1) * signed_sin
+                qk = rotate(q.as_strided((N, Hq + Hk, D), (q.stride(0), D, 1)))  # [N, Hq + Hk, D]
                 q, k = qk[:, :Hq], qk[:, Hq:]
             else:
                 q, k = q.view(N, Hq, D), k.view(N, Hk, D)
                 if lay.q_norm is not None:
                     q, k = lay.q_norm(q), lay.k_norm(k)
-                q = q * cos + q.roll(half, -1) * signed_sin
-                k = k * cos + k.roll(half, -1) * signed_sin
+                q, k = rotate(q), rotate(k)
             keys, values = self.keys[i], self.values[i]
             keys[:, :, t].copy_(k)
             values[:, :, t].copy_(v.view(N, Hk, D))

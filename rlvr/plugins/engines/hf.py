@@ -26,10 +26,10 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from rlvr import PluginSpec, hookimpl
+from rlvr.core import resources
 from rlvr.core.errors import ConfigError
 from rlvr.core.importance import ImportanceSamplingConfig
 from rlvr.core.policy import Policy, eos_token_ids
-from rlvr.core.resources import cpu_has_native_bfloat16
 from rlvr.core.rollout import Rollouts
 from rlvr.plugins.engines.fast_decoder import FastDecoder, fast_decoder_reason, onednn_linear_available, should_compact
 from rlvr.plugins.engines.sampling import SamplingConfig, filter_logits, sample_inverse_cdf, validate_sampling
@@ -142,9 +142,7 @@ class HFEngine:
                 "oneDNN, engine.packed_weights=auto/on); use engine.decode_dtype=float32 or auto here"
             )
         if choice == "auto":
-            weights = next(policy.model.parameters())
-            native = packed and weights.dtype == torch.float32 and cpu_has_native_bfloat16()
-            return torch.bfloat16 if native else None
+            return torch.bfloat16 if packed and resources.bfloat16_pays(next(policy.model.parameters())) else None
         return torch.bfloat16 if choice == "bfloat16" else None
 
     @torch.no_grad()
