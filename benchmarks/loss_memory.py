@@ -10,7 +10,8 @@ Variants (each measured in its own process, so peaks do not mix):
 * ``liger``  — Liger-Kernel's ``LigerFusedLinearGRPOLoss`` (loss_type="grpo", beta=0.04,
   chunk_size=1, compiled=False). On the CPU it runs its PyTorch chunked path. Liger is not a
   dependency of rlvr: install it into a separate environment and pass its interpreter with
-  ``--liger-python`` (default: ``.venv-bench/bin/python`` when present).
+  ``--liger-python`` (default: ``.venv-bench/bin/python`` when present). Its worker also imports rlvr:
+  ``python3 -m venv .venv-bench && .venv-bench/bin/pip install torch==2.13.0 liger-kernel==0.8.5 -e .``
 * ``rlvr``   — :func:`rlvr.kernels.token_logprobs` then the same GRPO loss, autograd backward.
 
 Memory: on the CPU, peak resident memory (``VmHWM``, reset through ``/proc/self/clear_refs``)
@@ -211,7 +212,9 @@ def _liger_python(arg: str | None) -> str | None:
     for py in cands:
         py = shutil.which(py) if py else None
         if py:
-            ok = subprocess.run([py, "-c", "import liger_kernel.chunked_loss"], capture_output=True).returncode == 0
+            # the liger worker builds its inputs with rlvr's kernels too, so both must import there
+            check = "import liger_kernel.chunked_loss, rlvr.kernels"
+            ok = subprocess.run([py, "-c", check], capture_output=True).returncode == 0
             if ok:
                 return py
     return None
@@ -296,7 +299,11 @@ def main() -> None:
         return worker(Namespace(args))
     args.liger_python = _liger_python(args.liger_python) if "liger" in args.variants else None
     if "liger" in args.variants and args.liger_python is None:
-        print("liger-kernel not importable (pass --liger-python); skipping it", file=sys.stderr)
+        print(
+            "liger-kernel and rlvr not both importable (pass --liger-python, or set up .venv-bench as the module "
+            "docstring says); skipping liger",
+            file=sys.stderr,
+        )
     H, V = (int(x) for x in args.hv.split(","))
     tmp = tempfile.mkdtemp(prefix="rlvr-loss-bench-")
     print(
